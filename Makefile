@@ -1,0 +1,43 @@
+# Ferry's tasks. `make deps` installs what the tests need on a fresh Debian
+# machine with Go; `make test` runs the whole suite.
+GO ?= go
+BIN := bin/ferry
+
+.PHONY: build deps test test-faults fuzz bench lint demo clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/ferry
+
+# PostgreSQL (and wal2json) are the stand-in legacy database of the bench suite.
+deps:
+	@if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/lib/wal2json.so >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql postgresql-15-wal2json >/dev/null; \
+	fi
+	$(GO) mod download
+
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+test-faults:
+	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'Fault' -v ./cmd/ferry/...
+
+fuzz:
+	@for t in $$($(GO) test -list 'Fuzz.*' ./format/... | grep '^Fuzz'); do \
+		pkg=$$(grep -rl "func $$t(" --include='*_test.go' format | head -1 | xargs dirname); \
+		echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 10s ./$$pkg || exit 1; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+demo: build
+	$(BIN) demo
+
+clean:
+	rm -rf bin

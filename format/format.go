@@ -1,0 +1,236 @@
+// Package format defines Ferry's change files: the segment files a legacy
+// application appends its data changes to, and the frames inside them.
+//
+// The byte-level specification, for writers in any language, is SPEC.md in
+// this directory; this comment summarises it and the code follows it.
+//
+// A source writes a chain of segment files named <source>-<segment>.ferry
+// (segment in 20 decimal digits). Each segment starts with a header
+//
+//	| magic "FERRYSEG" (8) | version u16 | header len u16 | flags u32 |
+//	| segment u64 | created i64 (unix ns) | source len u8 | source | CRC32C u32 |
+//
+// followed by frames
+//
+//	| length u32 | CRC32C u32 | type u8 | payload (length bytes) |
+//
+// where the CRC (Castagnoli) covers the type byte and the payload. All
+// fixed-width integers are little endian; variable lengths inside payloads
+// are unsigned LEB128 varints. A transaction is one frame, written with one
+// write, so a frame is either whole or a torn tail. A segment ends with a
+// seal frame naming the next segment; a writer that crashed leaves a segment
+// without a seal, possibly with a torn last frame, and starts a new segment
+// when it restarts.
+//
+// The constants in this package are part of the on-disk format and must not
+// change.
+package format
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// Magic opens every segment file.
+const Magic = "FERRYSEG"
+
+// Version is the segment format version this package writes and reads.
+const Version = 1
+
+// Sizes and limits of the format.
+const (
+	// FrameHeaderLen is the size of a frame's length, CRC and type.
+	FrameHeaderLen = 9
+	// MinHeaderLen is the size of a segment header with an empty source.
+	MinHeaderLen = 37
+	// MaxFrameLen bounds a frame's payload: larger lengths are corruption.
+	MaxFrameLen = 1 << 30
+	// MaxSourceLen bounds a source name.
+	MaxSourceLen = 64
+	// MaxTableLen bounds a table name.
+	MaxTableLen = 1024
+	// MaxKeyLen bounds a key.
+	MaxKeyLen = 64 << 10
+	// MaxIDLen bounds a transaction id and an origin.
+	MaxIDLen = 1024
+)
+
+// FrameType says what a frame's payload holds.
+type FrameType uint8
+
+// Frame types. Types with the high bit set (128–255) are optional: a reader
+// that does not know one skips it. An unknown type below 128 is an error.
+const (
+	FrameTx        FrameType = 1
+	FrameSeal      FrameType = 2
+	FrameHeartbeat FrameType = 3
+)
+
+func (t FrameType) String() string {
+	switch t {
+	case FrameTx:
+		return "tx"
+	case FrameSeal:
+		return "seal"
+	case FrameHeartbeat:
+		return "heartbeat"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Skippable reports whether a reader that does not know t may skip it.
+func (t FrameType) Skippable() bool { return t >= 128 }
+
+// Op is the kind of a change.
+type Op uint8
+
+// Change operations.
+const (
+	OpInsert Op = 1
+	OpUpdate Op = 2
+	OpUpsert Op = 3
+	OpDelete Op = 4
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpInsert:
+		return "insert"
+	case OpUpdate:
+		return "update"
+	case OpUpsert:
+		return "upsert"
+	case OpDelete:
+		return "delete"
+	}
+	return fmt.Sprintf("op(%d)", uint8(o))
+}
+
+// ParseOp parses the names String returns.
+func ParseOp(s string) (Op, error) {
+	switch s {
+	case "insert":
+		return OpInsert, nil
+	case "update":
+		return OpUpdate, nil
+	case "upsert":
+		return OpUpsert, nil
+	case "delete":
+		return OpDelete, nil
+	}
+	return 0, fmt.Errorf("format: unknown op %q (want insert, update, upsert or delete)", s)
+}
+
+// ContentType says how to read a change's images.
+type ContentType uint8
+
+// Content types of images.
+const (
+	ContentJSON   ContentType = 1 // UTF-8 JSON document
+	ContentBinary ContentType = 2 // opaque bytes
+	ContentText   ContentType = 3 // UTF-8 text
+)
+
+func (c ContentType) String() string {
+	switch c {
+	case ContentJSON:
+		return "json"
+	case ContentBinary:
+		return "binary"
+	case ContentText:
+		return "text"
+	}
+	return fmt.Sprintf("content(%d)", uint8(c))
+}
+
+// MIME returns the media type of c.
+func (c ContentType) MIME() string {
+	switch c {
+	case ContentJSON:
+		return "application/json"
+	case ContentText:
+		return "text/plain; charset=utf-8"
+	}
+	return "application/octet-stream"
+}
+
+// Errors. Readers wrap them with where they happened (see *PositionError),
+// so test for them with errors.Is.
+var (
+	// ErrTornTail means the bytes after the last whole frame do not form a
+	// whole valid frame and nothing valid follows them: a writer stopped in
+	// the middle of a write. In a segment that is still being written it
+	// means "wait for more"; in an abandoned one it is the end.
+	ErrTornTail = errors.New("format: torn tail")
+	// ErrChecksum means a frame or header failed its CRC with data after it:
+	// corruption in the middle of a segment.
+	ErrChecksum = errors.New("format: checksum mismatch")
+	// ErrCorrupt means bytes that cannot be a valid frame or payload.
+	ErrCorrupt = errors.New("format: corrupt data")
+	// ErrBadMagic means a file that is not a Ferry segment.
+	ErrBadMagic = errors.New("format: not a ferry segment (bad magic)")
+	// ErrVersion means a segment written by a newer, incompatible format.
+	ErrVersion = errors.New("format: unsupported format version")
+	// ErrTooLarge means a value over one of the format's limits.
+	ErrTooLarge = errors.New("format: value over limit")
+	// ErrInvalid means a transaction or header that may not be encoded.
+	ErrInvalid = errors.New("format: invalid value")
+	// ErrClosed is returned by a closed Writer.
+	ErrClosed = errors.New("format: writer closed")
+)
+
+// PositionError says where in which segment a reader failed.
+type PositionError struct {
+	Path    string // file, when known
+	Segment uint64
+	Offset  int64 // byte offset of the frame (or header field) that failed
+	Err     error // one of the sentinel errors above, possibly wrapped
+}
+
+func (e *PositionError) Error() string {
+	where := e.Path
+	if where == "" {
+		where = fmt.Sprintf("segment %d", e.Segment)
+	}
+	return fmt.Sprintf("%s: offset %d: %v", where, e.Offset, e.Err)
+}
+
+func (e *PositionError) Unwrap() error { return e.Err }
+
+// Position is a byte position in a source's chain of segments.
+type Position struct {
+	Segment uint64
+	Offset  int64
+}
+
+// Less reports whether p comes before q.
+func (p Position) Less(q Position) bool {
+	if p.Segment != q.Segment {
+		return p.Segment < q.Segment
+	}
+	return p.Offset < q.Offset
+}
+
+func (p Position) String() string { return fmt.Sprintf("%d:%d", p.Segment, p.Offset) }
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Checksum returns the CRC32C (Castagnoli) of b, as the format uses it.
+func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// ValidSource reports whether s may name a source: 1 to MaxSourceLen bytes of
+// ASCII letters, digits, '_' and '-', so that it is also one NATS subject
+// token and a portable file name prefix.
+func ValidSource(s string) bool {
+	if len(s) == 0 || len(s) > MaxSourceLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}

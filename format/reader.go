@@ -1,0 +1,237 @@
+package format
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Reader reads the frames of one segment, verifying every checksum. It can
+// follow a segment that is still being written: at the end of the data it
+// returns io.EOF (nothing more yet) or ErrTornTail (a partial frame so far),
+// and a later Next reads on from where it stopped. Corruption in the middle
+// is sticky: once reported, Next keeps returning it.
+//
+// A Reader does not decide whether a partial last frame is a crashed writer's
+// torn tail or a write in progress; its caller knows whether the writer has
+// moved on (see SPEC.md, "Readers").
+type Reader struct {
+	r      io.Reader
+	path   string
+	hdr    SegmentHeader
+	buf    []byte
+	lo, hi int   // unread bytes are buf[lo:hi]
+	off    int64 // file offset of buf[lo]
+	last   int64 // offset of the frame Next returned last
+	raw    []byte
+	seal   *Seal
+	eof    bool // the underlying reader reported EOF on its last read
+	err    error
+}
+
+const readChunk = 256 << 10
+
+// NewReader reads and checks the segment header from r and returns a Reader
+// positioned at the first frame. path is used in errors only.
+func NewReader(r io.Reader, path string) (*Reader, error) {
+	rd := &Reader{r: r, path: path, buf: make([]byte, readChunk)}
+	for {
+		h, err := ParseHeader(rd.buf[rd.lo:rd.hi])
+		if err == nil {
+			rd.hdr = h
+			rd.lo += h.Len
+			rd.off = int64(h.Len)
+			return rd, nil
+		}
+		if !errors.Is(err, ErrTornTail) {
+			return nil, &PositionError{Path: path, Offset: 0, Err: err}
+		}
+		if rd.eof {
+			return nil, &PositionError{Path: path, Offset: int64(rd.hi), Err: fmt.Errorf("%w: segment header incomplete (%d bytes)", ErrTornTail, rd.hi)}
+		}
+		if err := rd.fill(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// OpenReader opens the segment file at path and positions its Reader at
+// offset from, which must be a frame boundary (or 0 for the first frame).
+// The caller closes the returned file.
+func OpenReader(path string, from int64) (*Reader, *os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("format: opening segment: %w", err)
+	}
+	rd, err := NewReader(f, path)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if from > rd.off {
+		if _, err := f.Seek(from, io.SeekStart); err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("format: seeking %s to %d: %w", path, from, err)
+		}
+		rd.lo, rd.hi, rd.off, rd.eof = 0, 0, from, false
+	}
+	return rd, f, nil
+}
+
+// Header returns the segment's header.
+func (r *Reader) Header() SegmentHeader { return r.hdr }
+
+// Offset returns the offset of the frame Next returned last.
+func (r *Reader) Offset() int64 { return r.last }
+
+// End returns the offset just past the frames read so far: where the next
+// frame starts.
+func (r *Reader) End() int64 { return r.off }
+
+// Raw returns the bytes of the frame Next returned last, header included.
+// They are valid until the next call to Next.
+func (r *Reader) Raw() []byte { return r.raw }
+
+// Sealed returns the seal once Next has returned it.
+func (r *Reader) Sealed() (Seal, bool) {
+	if r.seal == nil {
+		return Seal{}, false
+	}
+	return *r.seal, true
+}
+
+// Next returns the next frame. Its payload is valid until the next call. At
+// the end of the data it returns io.EOF, or an error wrapping ErrTornTail if
+// a partial frame is there; both may be followed by more frames if the
+// segment is still being written. After the seal frame it returns io.EOF
+// for good. Other errors (ErrChecksum, ErrCorrupt) are *PositionError and
+// sticky.
+func (r *Reader) Next() (Frame, error) {
+	if r.err != nil {
+		return Frame{}, r.err
+	}
+	if r.seal != nil {
+		if r.hi > r.lo || r.fillNoEOF() {
+			return Frame{}, r.fail(r.off, fmt.Errorf("%w: data after the seal frame", ErrCorrupt))
+		}
+		return Frame{}, io.EOF
+	}
+	for {
+		f, n, err := ParseFrame(r.buf[r.lo:r.hi])
+		if err == nil {
+			r.raw = r.buf[r.lo : r.lo+n]
+			r.last = r.off
+			r.lo += n
+			r.off += int64(n)
+			switch {
+			case f.Type == FrameSeal:
+				s, err := DecodeSeal(f.Payload)
+				if err != nil {
+					return Frame{}, r.fail(r.last, err)
+				}
+				r.seal = &s
+			case f.Type == FrameTx, f.Type == FrameHeartbeat, f.Type.Skippable():
+			default:
+				return Frame{}, r.fail(r.last, fmt.Errorf("%w: unknown frame type %d", ErrCorrupt, f.Type))
+			}
+			return f, nil
+		}
+		if !errors.Is(err, ErrTornTail) {
+			// A frame that does not check out is a torn tail only if nothing
+			// but zeros follows it; the writer never writes after a frame
+			// it failed to write whole.
+			if tail, terr := r.onlyZerosAfterFrame(); terr != nil {
+				return Frame{}, terr
+			} else if tail {
+				return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: fmt.Errorf("%w: %v", ErrTornTail, err)}
+			}
+			return Frame{}, r.fail(r.off, err)
+		}
+		if r.eof {
+			// Try once more: a segment being written may have grown.
+			r.eof = false
+			grew, ferr := r.grow()
+			if ferr != nil {
+				return Frame{}, ferr
+			}
+			if grew {
+				continue
+			}
+			if r.hi == r.lo {
+				return Frame{}, io.EOF
+			}
+			return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off,
+				Err: fmt.Errorf("%w: %d bytes of an incomplete frame", ErrTornTail, r.hi-r.lo)}
+		}
+		if _, ferr := r.grow(); ferr != nil {
+			return Frame{}, ferr
+		}
+	}
+}
+
+// onlyZerosAfterFrame reads the rest of the input and reports whether the
+// frame at r.lo is the last thing in it, followed by nothing or by zeros.
+func (r *Reader) onlyZerosAfterFrame() (bool, error) {
+	for !r.eof {
+		if _, err := r.grow(); err != nil {
+			return false, err
+		}
+	}
+	rest := r.buf[r.lo:r.hi]
+	if n := FrameLen(rest); n > 0 && n <= len(rest) {
+		return allZero(rest[n:]), nil
+	}
+	return allZero(rest), nil
+}
+
+func (r *Reader) fail(off int64, err error) error {
+	r.err = &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: off, Err: err}
+	return r.err
+}
+
+// grow reads more input, making room as needed, and reports whether any
+// bytes arrived. The buffer grows only as data actually arrives, so a
+// hostile length field cannot make it allocate more than the input holds.
+func (r *Reader) grow() (bool, error) {
+	if r.lo > 0 && (r.hi == len(r.buf) || r.lo > len(r.buf)/2) {
+		r.hi = copy(r.buf, r.buf[r.lo:r.hi])
+		r.lo = 0
+	}
+	if r.hi == len(r.buf) {
+		nb := make([]byte, 2*len(r.buf))
+		r.hi = copy(nb, r.buf[r.lo:r.hi])
+		r.lo = 0
+		r.buf = nb
+	}
+	before := r.hi
+	if err := r.fill(); err != nil {
+		return false, err
+	}
+	return r.hi > before, nil
+}
+
+func (r *Reader) fill() error {
+	if r.hi == len(r.buf) {
+		_, err := r.grow()
+		return err
+	}
+	n, err := r.r.Read(r.buf[r.hi:])
+	r.hi += n
+	if err == io.EOF || (n == 0 && err == nil) {
+		r.eof = true
+		return nil
+	}
+	if err != nil {
+		r.err = &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off + int64(r.hi-r.lo), Err: err}
+		return r.err
+	}
+	return nil
+}
+
+// fillNoEOF reports whether more input is available right now.
+func (r *Reader) fillNoEOF() bool {
+	grew, err := r.grow()
+	r.eof = false
+	return err == nil && grew
+}

@@ -1,0 +1,324 @@
+// Package wire defines how the shipper carries change frames over NATS
+// JetStream and how receivers read them back: one message is a byte range of
+// whole frames of one segment, compressed, described by headers. The
+// protocol is specified in ../SPEC.md ("Wire batches"); this package is its
+// only implementation, shared by shipper and receiver.
+//
+// Frames are carried as written (no re-encoding), so their CRCs travel end to
+// end and receivers verify them again. A frame larger than one message is
+// split into parts, sent in order, which a receiver joins before applying.
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Header names. They are part of the wire protocol and must not change.
+const (
+	HdrMsgID       = "Nats-Msg-Id"
+	HdrVersion     = "Ferry-Version"
+	HdrSource      = "Ferry-Source"
+	HdrSegment     = "Ferry-Segment"
+	HdrFrom        = "Ferry-From"
+	HdrTo          = "Ferry-To"
+	HdrFrames      = "Ferry-Frames"
+	HdrChanges     = "Ferry-Changes"
+	HdrFirstCommit = "Ferry-First-Commit"
+	HdrLastCommit  = "Ferry-Last-Commit"
+	HdrCodec       = "Ferry-Codec"
+	HdrRawLen      = "Ferry-Raw-Len"
+	HdrPart        = "Ferry-Part"
+	HdrParts       = "Ferry-Parts"
+	HdrPrevEnd     = "Ferry-Prev-End"
+	HdrTorn        = "Ferry-Torn"
+)
+
+// Version is the wire protocol version.
+const Version = 1
+
+// MaxRawLen bounds the decompressed size of one message: a receiver refuses
+// to inflate more, whatever the headers claim.
+const MaxRawLen = 64 << 20
+
+// Codec names a compression of message bodies.
+type Codec uint8
+
+// Codecs.
+const (
+	CodecNone Codec = iota
+	CodecZstd
+	CodecS2
+)
+
+func (c Codec) String() string {
+	switch c {
+	case CodecNone:
+		return "none"
+	case CodecZstd:
+		return "zstd"
+	case CodecS2:
+		return "s2"
+	}
+	return "codec(" + strconv.Itoa(int(c)) + ")"
+}
+
+// ParseCodec parses "none", "zstd" or "s2".
+func ParseCodec(s string) (Codec, error) {
+	switch s {
+	case "none":
+		return CodecNone, nil
+	case "zstd":
+		return CodecZstd, nil
+	case "s2":
+		return CodecS2, nil
+	}
+	return 0, fmt.Errorf("wire: unknown codec %q (want zstd, s2 or none)", s)
+}
+
+// Errors.
+var (
+	// ErrHeader means a message whose Ferry headers are missing or invalid.
+	ErrHeader = errors.New("wire: invalid message headers")
+	// ErrBody means a body that does not decompress to what the headers say.
+	ErrBody = errors.New("wire: invalid message body")
+)
+
+// Batch describes one message: the frames of segment Segment in the byte
+// range [From, To), or, for a frame split into parts, part Part of Parts of
+// the frame that starts at From and ends at To.
+type Batch struct {
+	Source  string
+	Segment uint64
+	From    int64
+	To      int64
+	// Frames and Changes count the frames and changes in the range; for a
+	// split frame they count the whole frame on every part.
+	Frames  int
+	Changes int
+	// FirstCommit and LastCommit are the first and last frame times in the
+	// range, Unix nanoseconds (0 if none).
+	FirstCommit int64
+	LastCommit  int64
+	Codec       Codec
+	// RawLen is the body's size once decompressed.
+	RawLen int
+	// Part counts from 0; Parts is 1 for an unsplit batch.
+	Part  int
+	Parts int
+	// PrevEnd is set (>= 0) on the first message of a segment: where the
+	// shipper found the previous segment to end. A receiver moves on to this
+	// segment only from exactly there. -1 otherwise.
+	PrevEnd int64
+	// Torn is the number of torn bytes the shipper found after PrevEnd in
+	// the previous segment (a crashed writer), reported, never shipped.
+	Torn int64
+}
+
+// MsgID returns the message's JetStream de-duplication id, derived from its
+// position so that a re-publish of the same range is dropped by the server.
+func (b *Batch) MsgID() string {
+	id := b.Source + ":" + strconv.FormatUint(b.Segment, 10) + ":" + strconv.FormatInt(b.From, 10)
+	if b.Parts > 1 {
+		id += ":" + strconv.Itoa(b.Part)
+	}
+	return id
+}
+
+// Header returns the message headers describing b, Nats-Msg-Id included.
+func (b *Batch) Header() map[string][]string {
+	h := map[string][]string{
+		HdrMsgID:       {b.MsgID()},
+		HdrVersion:     {strconv.Itoa(Version)},
+		HdrSource:      {b.Source},
+		HdrSegment:     {strconv.FormatUint(b.Segment, 10)},
+		HdrFrom:        {strconv.FormatInt(b.From, 10)},
+		HdrTo:          {strconv.FormatInt(b.To, 10)},
+		HdrFrames:      {strconv.Itoa(b.Frames)},
+		HdrChanges:     {strconv.Itoa(b.Changes)},
+		HdrFirstCommit: {strconv.FormatInt(b.FirstCommit, 10)},
+		HdrLastCommit:  {strconv.FormatInt(b.LastCommit, 10)},
+		HdrCodec:       {b.Codec.String()},
+		HdrRawLen:      {strconv.Itoa(b.RawLen)},
+	}
+	if b.Parts > 1 {
+		h[HdrPart] = []string{strconv.Itoa(b.Part)}
+		h[HdrParts] = []string{strconv.Itoa(b.Parts)}
+	}
+	if b.PrevEnd >= 0 {
+		h[HdrPrevEnd] = []string{strconv.FormatInt(b.PrevEnd, 10)}
+	}
+	if b.Torn > 0 {
+		h[HdrTorn] = []string{strconv.FormatInt(b.Torn, 10)}
+	}
+	return h
+}
+
+// ParseHeader reads a Batch back from message headers, checking that every
+// field is present and consistent.
+func ParseHeader(h map[string][]string) (Batch, error) {
+	get := func(k string) string {
+		if v := h[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	var err error
+	bad := func(k, why string) {
+		if err == nil {
+			err = fmt.Errorf("%w: %s %q: %s", ErrHeader, k, get(k), why)
+		}
+	}
+	num := func(k string, optional bool, def int64) int64 {
+		s := get(k)
+		if s == "" && optional {
+			return def
+		}
+		v, perr := strconv.ParseInt(s, 10, 64)
+		if perr != nil || v < 0 {
+			bad(k, "want a non-negative integer")
+		}
+		return v
+	}
+	if v := get(HdrVersion); v != strconv.Itoa(Version) {
+		return Batch{}, fmt.Errorf("%w: %s %q, this build reads %d", ErrHeader, HdrVersion, v, Version)
+	}
+	b := Batch{Source: get(HdrSource)}
+	if !format.ValidSource(b.Source) {
+		bad(HdrSource, "not a valid source name")
+	}
+	seg, perr := strconv.ParseUint(get(HdrSegment), 10, 64)
+	if perr != nil {
+		bad(HdrSegment, "want an unsigned integer")
+	}
+	b.Segment = seg
+	b.From, b.To = num(HdrFrom, false, 0), num(HdrTo, false, 0)
+	b.Frames, b.Changes = int(num(HdrFrames, false, 0)), int(num(HdrChanges, false, 0))
+	b.FirstCommit, b.LastCommit = num(HdrFirstCommit, false, 0), num(HdrLastCommit, false, 0)
+	b.RawLen = int(num(HdrRawLen, false, 0))
+	b.Part, b.Parts = int(num(HdrPart, true, 0)), int(num(HdrParts, true, 1))
+	b.PrevEnd = num(HdrPrevEnd, true, -1)
+	b.Torn = num(HdrTorn, true, 0)
+	if c, cerr := ParseCodec(get(HdrCodec)); cerr != nil {
+		bad(HdrCodec, "unknown codec")
+	} else {
+		b.Codec = c
+	}
+	if err != nil {
+		return Batch{}, err
+	}
+	switch {
+	case b.To <= b.From:
+		return Batch{}, fmt.Errorf("%w: empty or inverted range [%d, %d)", ErrHeader, b.From, b.To)
+	case b.Parts < 1 || b.Part >= b.Parts:
+		return Batch{}, fmt.Errorf("%w: part %d of %d", ErrHeader, b.Part, b.Parts)
+	case b.RawLen > MaxRawLen:
+		return Batch{}, fmt.Errorf("%w: raw length %d over limit %d", ErrHeader, b.RawLen, MaxRawLen)
+	case b.Parts == 1 && int64(b.RawLen) != b.To-b.From:
+		return Batch{}, fmt.Errorf("%w: raw length %d for range [%d, %d)", ErrHeader, b.RawLen, b.From, b.To)
+	}
+	if id := get(HdrMsgID); id != "" && id != b.MsgID() {
+		return Batch{}, fmt.Errorf("%w: %s %q does not match the batch (%q)", ErrHeader, HdrMsgID, id, b.MsgID())
+	}
+	return b, nil
+}
+
+// Compressor compresses message bodies. It is safe for concurrent use; keep
+// one per process.
+type Compressor struct {
+	zenc *zstd.Encoder
+}
+
+// NewCompressor returns a Compressor using the given zstd level.
+func NewCompressor(level zstd.EncoderLevel) (*Compressor, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true))
+	if err != nil {
+		return nil, fmt.Errorf("wire: creating zstd encoder: %w", err)
+	}
+	return &Compressor{zenc: enc}, nil
+}
+
+// Compress appends raw, compressed with c, to dst.
+func (z *Compressor) Compress(dst, raw []byte, c Codec) ([]byte, error) {
+	switch c {
+	case CodecNone:
+		return append(dst, raw...), nil
+	case CodecZstd:
+		return z.zenc.EncodeAll(raw, dst), nil
+	case CodecS2:
+		// s2.Encode writes from the start of its dst: give it the free tail.
+		n := s2.MaxEncodedLen(len(raw))
+		if cap(dst)-len(dst) < n {
+			nd := make([]byte, len(dst), len(dst)+n)
+			copy(nd, dst)
+			dst = nd
+		}
+		out := s2.Encode(dst[len(dst):len(dst)+n], raw)
+		return dst[:len(dst)+len(out)], nil
+	}
+	return dst, fmt.Errorf("wire: unknown codec %d", c)
+}
+
+// Decompressor inflates message bodies without trusting them: it never
+// produces more than the message's RawLen (itself bounded by MaxRawLen). It
+// is safe for concurrent use.
+type Decompressor struct {
+	zdec *zstd.Decoder
+}
+
+// NewDecompressor returns a Decompressor.
+func NewDecompressor() (*Decompressor, error) {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0),
+		zstd.WithDecoderMaxMemory(MaxRawLen), zstd.WithDecodeAllCapLimit(true))
+	if err != nil {
+		return nil, fmt.Errorf("wire: creating zstd decoder: %w", err)
+	}
+	return &Decompressor{zdec: dec}, nil
+}
+
+// Decompress appends the raw bytes of body, described by b, to dst[:0] and
+// returns them. The result must be exactly b.RawLen bytes.
+func (d *Decompressor) Decompress(dst, body []byte, b *Batch) ([]byte, error) {
+	if b.RawLen > MaxRawLen {
+		return nil, fmt.Errorf("%w: raw length %d over limit", ErrBody, b.RawLen)
+	}
+	if cap(dst) < b.RawLen {
+		dst = make([]byte, 0, b.RawLen)
+	}
+	dst = dst[:0:b.RawLen]
+	var out []byte
+	var err error
+	switch b.Codec {
+	case CodecNone:
+		if len(body) != b.RawLen {
+			return nil, fmt.Errorf("%w: %s: body of %d bytes, headers say %d", ErrBody, b.MsgID(), len(body), b.RawLen)
+		}
+		out = append(dst, body...)
+	case CodecZstd:
+		out, err = d.zdec.DecodeAll(body, dst)
+	case CodecS2:
+		n, lerr := s2.DecodedLen(body)
+		if lerr != nil || n != b.RawLen {
+			return nil, fmt.Errorf("%w: %s: s2 body decodes to %d bytes, headers say %d (%v)", ErrBody, b.MsgID(), n, b.RawLen, lerr)
+		}
+		out, err = s2.Decode(dst[:b.RawLen], body)
+	default:
+		return nil, fmt.Errorf("%w: unknown codec %d", ErrBody, b.Codec)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBody, b.MsgID(), err)
+	}
+	if len(out) != b.RawLen {
+		return nil, fmt.Errorf("%w: %s: body decodes to %d bytes, headers say %d", ErrBody, b.MsgID(), len(out), b.RawLen)
+	}
+	return out, nil
+}
+
+// Close releases the decoder's resources.
+func (d *Decompressor) Close() { d.zdec.Close() }

@@ -1,0 +1,544 @@
+package format
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// SyncPolicy says when a Writer makes committed transactions durable.
+type SyncPolicy int
+
+const (
+	// SyncNone leaves flushing to the operating system: a transaction
+	// reaches the file within microseconds of Commit (so it survives the
+	// application crashing soon after) but survives a power loss only once
+	// the kernel writes it back.
+	SyncNone SyncPolicy = iota
+	// SyncInterval fsyncs the segment every interval (default 100 ms):
+	// a power loss loses at most that much. Commit never waits for the disk.
+	SyncInterval
+	// SyncAlways returns from Commit only once its frame is fsynced.
+	// Concurrent commits share one fsync (group commit).
+	SyncAlways
+)
+
+func (p SyncPolicy) String() string {
+	switch p {
+	case SyncNone:
+		return "none"
+	case SyncInterval:
+		return "interval"
+	case SyncAlways:
+		return "always"
+	}
+	return fmt.Sprintf("SyncPolicy(%d)", int(p))
+}
+
+// ParseSyncPolicy parses "none", "interval" or "always".
+func ParseSyncPolicy(s string) (SyncPolicy, error) {
+	switch s {
+	case "none":
+		return SyncNone, nil
+	case "interval":
+		return SyncInterval, nil
+	case "always":
+		return SyncAlways, nil
+	}
+	return 0, fmt.Errorf("format: unknown sync policy %q (want none, interval or always)", s)
+}
+
+// Writer defaults.
+const (
+	DefaultSyncInterval   = 100 * time.Millisecond
+	DefaultMaxSegmentSize = 64 << 20
+	DefaultMaxSegmentAge  = 10 * time.Minute
+	DefaultHeartbeat      = time.Second
+	DefaultMaxPending     = 8 << 20
+)
+
+type writerOptions struct {
+	sync         SyncPolicy
+	syncInterval time.Duration
+	maxSize      int64
+	maxAge       time.Duration
+	heartbeat    time.Duration
+	maxPending   int
+	now          func() time.Time
+}
+
+// WriterOption configures a Writer.
+type WriterOption func(*writerOptions) error
+
+// WithSync sets the sync policy; interval matters for SyncInterval only
+// (0 means DefaultSyncInterval).
+func WithSync(p SyncPolicy, interval time.Duration) WriterOption {
+	return func(o *writerOptions) error {
+		if p < SyncNone || p > SyncAlways {
+			return fmt.Errorf("format: invalid sync policy %d", p)
+		}
+		if interval < 0 {
+			return fmt.Errorf("format: negative sync interval %v", interval)
+		}
+		o.sync = p
+		if interval > 0 {
+			o.syncInterval = interval
+		}
+		return nil
+	}
+}
+
+// WithMaxSegmentSize rotates to a new segment once one holds n bytes.
+func WithMaxSegmentSize(n int64) WriterOption {
+	return func(o *writerOptions) error {
+		if n < 4096 {
+			return fmt.Errorf("format: max segment size %d below 4096", n)
+		}
+		o.maxSize = n
+		return nil
+	}
+}
+
+// WithMaxSegmentAge rotates to a new segment once one is older than d and
+// holds at least one frame; 0 disables rotation by age.
+func WithMaxSegmentAge(d time.Duration) WriterOption {
+	return func(o *writerOptions) error {
+		if d < 0 {
+			return fmt.Errorf("format: negative max segment age %v", d)
+		}
+		o.maxAge = d
+		return nil
+	}
+}
+
+// WithHeartbeat writes a heartbeat frame when nothing was committed for d,
+// so that readers can tell an idle source from a dead one; 0 disables it.
+func WithHeartbeat(d time.Duration) WriterOption {
+	return func(o *writerOptions) error {
+		if d < 0 {
+			return fmt.Errorf("format: negative heartbeat interval %v", d)
+		}
+		o.heartbeat = d
+		return nil
+	}
+}
+
+// WithMaxPending bounds the bytes committed but not yet written to the file;
+// Commit waits while more are pending (the disk is slower than the app).
+func WithMaxPending(n int) WriterOption {
+	return func(o *writerOptions) error {
+		if n < 4096 {
+			return fmt.Errorf("format: max pending %d below 4096", n)
+		}
+		o.maxPending = n
+		return nil
+	}
+}
+
+// Writer appends transactions to a source's segments. It is safe for
+// concurrent use. Each transaction is encoded into one frame that reaches the
+// file in one write (frames are never split across writes), by a background
+// flusher that batches whatever is committed while it writes; the sync policy
+// decides when Commit waits for the disk.
+//
+// A Writer holds an exclusive lock on its source in its directory. When it
+// opens it starts a new segment after the highest one present, so a writer
+// restarted after a crash never appends to a segment it may have torn.
+type Writer struct {
+	dir, source string
+	opts        writerOptions
+	lock        *os.File
+
+	mu        sync.Mutex
+	cond      *sync.Cond // signalled when written/synced advance or err is set
+	buf       []byte     // committed frames not yet handed to the flusher
+	spare     []byte
+	seg       uint64
+	segBorn   time.Time
+	size      int64 // logical size of the current segment, pending bytes included
+	txs, chs  uint64
+	appended  int64 // bytes committed since open, all segments
+	written   int64 // of which handed to the OS
+	synced    int64 // of which fsynced
+	lastWrite time.Time
+	lastSync  time.Time
+	closed    bool
+	err       error // sticky I/O error
+
+	ioMu sync.Mutex // serialises writes to f; taken with mu held, never the reverse
+	f    *os.File
+
+	kick   chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// OpenWriter opens a Writer for source in dir, creating dir if needed.
+func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
+	o := writerOptions{
+		sync:         SyncInterval,
+		syncInterval: DefaultSyncInterval,
+		maxSize:      DefaultMaxSegmentSize,
+		maxAge:       DefaultMaxSegmentAge,
+		heartbeat:    DefaultHeartbeat,
+		maxPending:   DefaultMaxPending,
+		now:          time.Now,
+	}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	if !ValidSource(source) {
+		return nil, fmt.Errorf("%w: source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalid, source, MaxSourceLen)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("format: creating segment directory: %w", err)
+	}
+	lock, err := lockSource(dir, source)
+	if err != nil {
+		return nil, err
+	}
+	segs, err := ListSegments(dir, source)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	w := &Writer{dir: dir, source: source, opts: o, lock: lock, seg: 1, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	if len(segs) > 0 {
+		w.seg = segs[len(segs)-1].Segment + 1
+	}
+	w.cond = sync.NewCond(&w.mu)
+	if err := w.createSegment(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	now := o.now()
+	w.lastWrite, w.lastSync = now, now
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	go w.flushLoop(ctx)
+	return w, nil
+}
+
+func lockSource(dir, source string) (*os.File, error) {
+	path := filepath.Join(dir, source+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("format: opening lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: source %q in %s (lock file %s): %w; stop the other writer first", ErrLocked, source, dir, path, err)
+	}
+	return f, nil
+}
+
+// createSegment creates segment w.seg, writes and fsyncs its header and the
+// directory entry. Called with ioMu held or before the flusher starts.
+func (w *Writer) createSegment() error {
+	now := w.opts.now()
+	hdr, err := AppendHeader(nil, SegmentHeader{Source: w.source, Segment: w.seg, Created: now.UnixNano()})
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(w.dir, SegmentName(w.source, w.seg))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("format: creating segment: %w", err)
+	}
+	if _, err := f.Write(hdr); err != nil {
+		f.Close()
+		return fmt.Errorf("format: writing segment header to %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("format: syncing %s: %w", path, err)
+	}
+	if err := syncDir(w.dir); err != nil {
+		f.Close()
+		return err
+	}
+	w.f, w.size, w.segBorn, w.txs, w.chs = f, int64(len(hdr)), now, 0, 0
+	return nil
+}
+
+// syncDir makes a new directory entry durable: without it a power cut can
+// lose a file that was fsynced itself (Beats #3537).
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("format: opening directory to sync: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("format: syncing directory %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Commit appends tx as one frame and returns its position. Depending on the
+// sync policy it returns once the frame is buffered or once it is fsynced. An
+// invalid tx is refused whole with an error wrapping ErrInvalid or
+// ErrTooLarge; an I/O error is sticky: every later Commit returns it.
+func (w *Writer) Commit(tx *Tx) (Position, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.usable(); err != nil {
+		return Position{}, err
+	}
+	for len(w.buf) >= w.opts.maxPending && w.err == nil && !w.closed {
+		w.cond.Wait()
+	}
+	if err := w.usable(); err != nil {
+		return Position{}, err
+	}
+	pos := Position{Segment: w.seg, Offset: w.size}
+	before := len(w.buf)
+	buf, err := AppendTx(w.buf, tx)
+	if err != nil {
+		return Position{}, err
+	}
+	w.buf = buf
+	n := int64(len(buf) - before)
+	w.size += n
+	w.appended += n
+	w.txs++
+	w.chs += uint64(len(tx.Changes))
+	w.lastWrite = w.opts.now()
+	end := w.appended
+	if w.size >= w.opts.maxSize {
+		if err := w.rotateLocked(); err != nil {
+			return pos, err
+		}
+	} else {
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+	}
+	if w.opts.sync == SyncAlways {
+		for w.synced < end && w.err == nil {
+			w.cond.Wait()
+		}
+		if w.synced < end {
+			return pos, w.err
+		}
+	}
+	return pos, nil
+}
+
+func (w *Writer) usable() error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Segment returns the number of the segment being written.
+func (w *Writer) Segment() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seg
+}
+
+// Sync writes everything committed so far and fsyncs it.
+func (w *Writer) Sync() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.usable(); err != nil {
+		return err
+	}
+	return w.flushLocked(true)
+}
+
+// Rotate seals the current segment and starts the next one.
+func (w *Writer) Rotate() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.usable(); err != nil {
+		return err
+	}
+	return w.rotateLocked()
+}
+
+// Close writes what is pending, seals the segment (naming the next one, which
+// a restarted writer creates), fsyncs and releases the source.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return ErrClosed
+	}
+	w.closed = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	w.cancel()
+	<-w.done
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	err := w.err
+	if err == nil {
+		w.buf = AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: w.opts.now().UnixNano()})
+		err = w.flushLocked(true)
+	}
+	if cerr := w.f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("format: closing segment: %w", cerr)
+	}
+	w.lock.Close()
+	return err
+}
+
+// rotateLocked seals the current segment and creates the next. mu is held.
+func (w *Writer) rotateLocked() error {
+	w.buf = AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: w.opts.now().UnixNano()})
+	if err := w.flushLocked(true); err != nil {
+		return err
+	}
+	w.ioMu.Lock()
+	defer w.ioMu.Unlock()
+	if err := w.f.Close(); err != nil {
+		return w.setErr(fmt.Errorf("format: closing sealed segment %d: %w", w.seg, err))
+	}
+	w.seg++
+	if err := w.createSegment(); err != nil {
+		return w.setErr(err)
+	}
+	return nil
+}
+
+// flushLocked writes w.buf to the file and, if sync, fsyncs it. mu is held;
+// ioMu is taken after any write of the flusher already under way, so bytes
+// reach the file in commit order.
+func (w *Writer) flushLocked(sync bool) error {
+	w.ioMu.Lock()
+	defer w.ioMu.Unlock()
+	if len(w.buf) > 0 {
+		if _, err := w.f.Write(w.buf); err != nil {
+			return w.setErr(fmt.Errorf("format: writing segment %d: %w", w.seg, err))
+		}
+		w.buf = w.buf[:0]
+	}
+	w.written = w.appended
+	if sync {
+		if err := w.f.Sync(); err != nil {
+			return w.setErr(fmt.Errorf("format: syncing segment %d: %w", w.seg, err))
+		}
+		w.synced = w.appended
+		w.lastSync = w.opts.now()
+	}
+	w.cond.Broadcast()
+	return nil
+}
+
+func (w *Writer) setErr(err error) error {
+	if w.err == nil {
+		w.err = err
+	}
+	w.cond.Broadcast()
+	return w.err
+}
+
+func (w *Writer) flushLoop(ctx context.Context) {
+	defer close(w.done)
+	tick := time.Second
+	for _, d := range []time.Duration{w.opts.heartbeat, w.opts.maxAge} {
+		if d > 0 && d < tick {
+			tick = d
+		}
+	}
+	if w.opts.sync == SyncInterval && w.opts.syncInterval < tick {
+		tick = w.opts.syncInterval
+	}
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.kick:
+			w.flushOnce(false)
+		case <-ticker.C:
+			w.tick()
+		}
+	}
+}
+
+// flushOnce hands the pending bytes to the OS without holding mu during the
+// write, so commits go on while the flusher writes.
+func (w *Writer) flushOnce(forceSync bool) {
+	w.mu.Lock()
+	if w.err != nil || (len(w.buf) == 0 && w.synced == w.appended) {
+		w.mu.Unlock()
+		return
+	}
+	b, end := w.buf, w.appended
+	w.buf, w.spare = w.spare[:0], nil
+	sync := forceSync || w.opts.sync == SyncAlways
+	f, seg := w.f, w.seg
+	w.ioMu.Lock()
+	w.mu.Unlock()
+
+	var err error
+	if len(b) > 0 {
+		if _, werr := f.Write(b); werr != nil {
+			err = fmt.Errorf("format: writing segment %d: %w", seg, werr)
+		}
+	}
+	if err == nil && sync {
+		if serr := f.Sync(); serr != nil {
+			err = fmt.Errorf("format: syncing segment %d: %w", seg, serr)
+		}
+	}
+	w.ioMu.Unlock()
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.spare = b[:0]
+	if err != nil {
+		w.setErr(err)
+		return
+	}
+	w.written = max(w.written, end)
+	if sync {
+		w.synced = max(w.synced, end)
+		w.lastSync = w.opts.now()
+	}
+	w.cond.Broadcast()
+}
+
+func (w *Writer) tick() {
+	w.mu.Lock()
+	now := w.opts.now()
+	if w.err != nil || w.closed {
+		w.mu.Unlock()
+		return
+	}
+	if w.opts.maxAge > 0 && now.Sub(w.segBorn) >= w.opts.maxAge && w.txs > 0 {
+		w.rotateLocked()
+		w.mu.Unlock()
+		return
+	}
+	if w.opts.heartbeat > 0 && now.Sub(w.lastWrite) >= w.opts.heartbeat {
+		w.buf = AppendHeartbeat(w.buf, now.UnixNano())
+		n := int64(FrameHeaderLen + 8)
+		w.size += n
+		w.appended += n
+		w.lastWrite = now
+	}
+	sync := w.opts.sync == SyncInterval && now.Sub(w.lastSync) >= w.opts.syncInterval && w.synced < w.appended
+	w.mu.Unlock()
+	w.flushOnce(sync)
+}
+
+// ErrLocked is wrapped by OpenWriter when another writer holds the source.
+var ErrLocked = errors.New("format: source locked by another writer")
