@@ -1,0 +1,74 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestApplyConfigPrecedence(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "ferry.yaml")
+	if err := os.WriteFile(cfg, []byte("nats: nats://file:4222\nstream: FROMFILE\nsource: [a, b]\nextra: 7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name               string
+		args               []string
+		env                map[string]string
+		nats, stream, srcs string
+	}{
+		{"file", nil, nil, "nats://file:4222", "FROMFILE", "a,b"},
+		{"env over file", nil, map[string]string{"FERRY_STREAM": "FROMENV"}, "nats://file:4222", "FROMENV", "a,b"},
+		{"flag over env", []string{"--stream", "FROMFLAG"}, map[string]string{"FERRY_STREAM": "FROMENV"}, "nats://file:4222", "FROMFLAG", "a,b"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			nats := fs.String("nats", "nats://default:4222", "")
+			stream := fs.String("stream", "FERRY", "")
+			srcs := fs.String("source", "", "")
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			env := &Env{Getenv: func(k string) string { return tt.env[k] }}
+			file, err := applyConfig(fs, env, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := file["extra"]; got != 7 {
+				t.Errorf("file[extra] = %v, want 7", got)
+			}
+			if *nats != tt.nats || *stream != tt.stream || *srcs != tt.srcs {
+				t.Errorf("got nats=%q stream=%q source=%q, want %q %q %q", *nats, *stream, *srcs, tt.nats, tt.stream, tt.srcs)
+			}
+		})
+	}
+}
+
+func TestApplyConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("linger: [oops\n"), 0o644)
+	badValue := filepath.Join(dir, "badvalue.yaml")
+	os.WriteFile(badValue, []byte("linger: soon\n"), 0o644)
+	for _, tt := range []struct{ name, path string }{
+		{"missing file", filepath.Join(dir, "nope.yaml")},
+		{"bad yaml", bad},
+		{"bad value", badValue},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("test", flag.ContinueOnError)
+			fs.Duration("linger", 0, "")
+			if _, err := applyConfig(fs, &Env{Getenv: func(string) string { return "" }}, tt.path); err == nil {
+				t.Fatal("no error")
+			}
+		})
+	}
+}
+
+func TestRedactURLs(t *testing.T) {
+	if got, want := redactURLs("nats://u:secret@h1:4222,nats://h2:4222"), "nats://[REDACTED]@h1:4222,nats://h2:4222"; got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+}
