@@ -229,7 +229,9 @@ func TestCompare(t *testing.T) {
 		{"Unexpected", func(m *memReceiver) { m.feed = append(m.feed, check.ChangeID{Source: "shop", Segment: 9}) }, func(r *check.Report) bool { return r.Unexpected == 1 }},
 		{"OtherSource", func(m *memReceiver) { m.feed = append(m.feed, check.ChangeID{Source: "ghost", Segment: 1}) }, func(r *check.Report) bool { return r.Unexpected == 1 }},
 		{"RowMissing", func(m *memReceiver) { m.rows["orders"] = m.rows["orders"][:1] }, func(r *check.Report) bool { return r.RowsMissing == 1 }},
-		{"RowExtra", func(m *memReceiver) { m.rows["orders"] = append(m.rows["orders"], check.GotRow{Key: "2", Value: []byte(`{"a":2}`)}) }, func(r *check.Report) bool { return r.RowsExtra == 1 }},
+		{"RowExtra", func(m *memReceiver) {
+			m.rows["orders"] = append(m.rows["orders"], check.GotRow{Key: "2", Value: []byte(`{"a":2}`)})
+		}, func(r *check.Report) bool { return r.RowsExtra == 1 }},
 		{"RowWrong", func(m *memReceiver) { m.rows["orders"][1].Value = []byte(`{"c":[2,1]}`) }, func(r *check.Report) bool { return r.RowsWrong == 1 }},
 		{"VersionWrong", func(m *memReceiver) { m.rows["orders"][0].Version = ids[1].String() }, func(r *check.Report) bool { return r.RowsWrong == 1 }},
 	}
