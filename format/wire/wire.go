@@ -7,6 +7,33 @@
 // Frames are carried as written (no re-encoding), so their CRCs travel end to
 // end and receivers verify them again. A frame larger than one message is
 // split into parts, sent in order, which a receiver joins before applying.
+//
+// What the shipper (package shipper) promises about the messages of one
+// source, on subject "<prefix>.<source>":
+//   - Ranges are whole frames, in file order: within a segment the next
+//     message's From is the previous message's To; every part of a split
+//     frame carries the same From and To (the frame's whole range), parts
+//     are published in order 0..Parts-1, and part i decompresses to the
+//     i-th consecutive slice of the frame's bytes, so the parts' raw bodies
+//     concatenated are exactly the bytes [From, To). Frames and Changes
+//     count the whole frame on every part.
+//   - Heartbeat and seal frames travel inside ranges like any frame.
+//   - The first message of each segment carries PrevEnd (see Batch). The
+//     previous segment is always Segment-1: a gap in the chain stops the
+//     shipper. PrevEnd 0 means no earlier segment was shipped for the
+//     source (the chain starts here).
+//   - A segment that holds no frame at all (a writer crashed right after
+//     creating it) produces no message; the next segment's PrevEnd then
+//     refers to that empty segment, and equals its header length.
+//   - The same range is always published with the same Nats-Msg-Id
+//     (MsgID), so a retry inside the stream's duplicate window is dropped
+//     by the server. Outside the window, and when a broker lost acknowledged
+//     messages and the shipper re-ships from the stream's real tail, the
+//     stream may hold a range twice: receivers skip frames they already
+//     applied by position.
+//   - A split frame may be cut short if the shipper restarts in the middle
+//     of it: it re-sends the frame from part 0. A receiver that sees part 0
+//     of a frame again drops the parts it holds and starts over.
 package wire
 
 import (
