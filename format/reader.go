@@ -1,6 +1,7 @@
 package format
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -130,6 +131,10 @@ func (r *Reader) Next() (Frame, error) {
 				if err != nil {
 					return Frame{}, r.fail(r.last, err)
 				}
+				if s.Next != r.hdr.Segment+1 {
+					return Frame{}, r.fail(r.last, fmt.Errorf("%w: seal of segment %d names segment %d as next, want %d",
+						ErrCorrupt, r.hdr.Segment, s.Next, r.hdr.Segment+1))
+				}
 				r.seal = &s
 			case f.Type == FrameTx, f.Type == FrameHeartbeat, f.Type.Skippable():
 			default:
@@ -138,15 +143,10 @@ func (r *Reader) Next() (Frame, error) {
 			return f, nil
 		}
 		if !errors.Is(err, ErrTornTail) {
-			// A frame that does not check out is a torn tail only if nothing
-			// but zeros follows it; the writer never writes after a frame
+			// A frame that does not check out is a torn tail only if no
+			// valid frame follows it: a writer never writes after a frame
 			// it failed to write whole.
-			if tail, terr := r.onlyZerosAfterFrame(); terr != nil {
-				return Frame{}, terr
-			} else if tail {
-				return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: fmt.Errorf("%w: %v", ErrTornTail, err)}
-			}
-			return Frame{}, r.fail(r.off, err)
+			return r.badFrame(err)
 		}
 		if r.eof {
 			// Try once more: a segment being written may have grown.
@@ -161,8 +161,11 @@ func (r *Reader) Next() (Frame, error) {
 			if r.hi == r.lo {
 				return Frame{}, io.EOF
 			}
-			return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off,
-				Err: fmt.Errorf("%w: %d bytes of an incomplete frame", ErrTornTail, r.hi-r.lo)}
+			// The frame's declared length runs past the end of the data: a
+			// torn or in-progress write, unless a valid frame follows (then
+			// the length field itself is corrupt).
+			return r.badFrame(fmt.Errorf("%w: frame length %d runs past the end of the data (%d bytes left)",
+				ErrCorrupt, FrameLen(r.buf[r.lo:r.hi])-FrameHeaderLen, r.hi-r.lo-FrameHeaderLen))
 		}
 		if _, ferr := r.grow(); ferr != nil {
 			return Frame{}, ferr
@@ -170,19 +173,58 @@ func (r *Reader) Next() (Frame, error) {
 	}
 }
 
-// onlyZerosAfterFrame reads the rest of the input and reports whether the
-// frame at r.lo is the last thing in it, followed by nothing or by zeros.
-func (r *Reader) onlyZerosAfterFrame() (bool, error) {
+// badFrame classifies the bytes at r.lo, which do not form a valid frame
+// (why says how), once the rest of the input has been read: a torn tail if no
+// valid frame starts anywhere after them (nothing, zeros or a partial write
+// follow), corruption otherwise. A torn tail is not sticky (the write may be
+// in progress); corruption is.
+func (r *Reader) badFrame(why error) (Frame, error) {
 	for !r.eof {
 		if _, err := r.grow(); err != nil {
-			return false, err
+			return Frame{}, err
 		}
 	}
 	rest := r.buf[r.lo:r.hi]
-	if n := FrameLen(rest); n > 0 && n <= len(rest) {
-		return allZero(rest[n:]), nil
+	switch at := findFrame(rest, 1); {
+	case at > 0:
+		return Frame{}, r.fail(r.off, fmt.Errorf("%w; a valid frame starts at offset %d", why, r.off+int64(at)))
+	case at == scanGaveUp:
+		return Frame{}, r.fail(r.off, fmt.Errorf("%w; too much data follows to prove it a torn tail", why))
 	}
-	return allZero(rest), nil
+	if errors.Is(why, ErrTornTail) {
+		return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: why}
+	}
+	return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off,
+		Err: fmt.Errorf("%w: %d bytes that are not a whole frame and nothing valid after them (%v)", ErrTornTail, len(rest), why)}
+}
+
+const scanGaveUp = -2
+
+// findFrame returns the first offset >= from in b where a valid frame starts
+// (plausible length, whole in b, known or skippable type, matching CRC), -1
+// if there is none, or scanGaveUp if proving that took too much work: the
+// CRC work is bounded so that hostile input cannot make the scan quadratic.
+func findFrame(b []byte, from int) int {
+	budget := 64<<20 + 16*len(b)
+	for i := from; i+FrameHeaderLen <= len(b); i++ {
+		n := int(binary.LittleEndian.Uint32(b[i:]))
+		if n > len(b)-i-FrameHeaderLen {
+			continue
+		}
+		switch t := FrameType(b[i+8]); {
+		case t == FrameTx && n < minTxLen, t == FrameSeal && n != sealLen, t == FrameHeartbeat && n != 8:
+			continue
+		case t != FrameTx && t != FrameSeal && t != FrameHeartbeat && !t.Skippable():
+			continue
+		}
+		if budget -= n + 1; budget < 0 {
+			return scanGaveUp
+		}
+		if Checksum(b[i+8:i+FrameHeaderLen+n]) == binary.LittleEndian.Uint32(b[i+4:]) {
+			return i
+		}
+	}
+	return -1
 }
 
 func (r *Reader) fail(off int64, err error) error {

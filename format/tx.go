@@ -50,7 +50,11 @@ const (
 	changeHasBefore = 1 << 0
 	// minChangeLen is the smallest encoded change, used to bound the change
 	// count a hostile payload can announce.
-	minChangeLen = 3 + 1 + 1 + 1
+	// (op, content, flags, a 1-byte table, a 1-byte key, an empty after).
+	minChangeLen = 3 + 2 + 2 + 1
+	// minTxLen is the smallest encoded transaction payload: commit time,
+	// flags, empty id and origin, a count of 1 and one change.
+	minTxLen = 8 + 1 + 1 + 1 + 1 + minChangeLen
 )
 
 // ValidateTx checks tx against the format's rules and limits.
@@ -330,13 +334,40 @@ func (d *decoder) uvarint() uint64 {
 	if d.err != nil {
 		return 0
 	}
-	v, n := binary.Uvarint(d.b[d.off:])
+	if d.off < len(d.b) && d.b[d.off] < 0x80 {
+		v := uint64(d.b[d.off])
+		d.off++
+		return v
+	}
+	v, n := uvarint(d.b[d.off:])
 	if n <= 0 {
-		d.fail("bad varint")
+		d.fail("bad varint (truncated, over 64 bits or not in its shortest form)")
 		return 0
 	}
 	d.off += n
 	return v
+}
+
+// uvarint decodes an unsigned LEB128 varint from the start of b and returns
+// it with its size, or n <= 0 if b holds no valid one. Unlike
+// binary.Uvarint it refuses encodings longer than needed (a last byte of 0
+// after the first), so that every value has exactly one encoding.
+func uvarint(b []byte) (uint64, int) {
+	var v uint64
+	for i := 0; i < len(b) && i < binary.MaxVarintLen64; i++ {
+		c := b[i]
+		if c < 0x80 {
+			if i > 0 && c == 0 {
+				return 0, -1 // not minimal
+			}
+			if i == binary.MaxVarintLen64-1 && c > 1 {
+				return 0, -1 // overflow
+			}
+			return v | uint64(c)<<(7*i), i + 1
+		}
+		v |= uint64(c&0x7f) << (7 * i)
+	}
+	return 0, 0
 }
 
 func (d *decoder) bytes(limit int) []byte {

@@ -162,10 +162,11 @@ type Writer struct {
 	segBorn   time.Time
 	size      int64 // logical size of the current segment, pending bytes included
 	txs, chs  uint64
-	appended  int64 // bytes committed since open, all segments
-	written   int64 // of which handed to the OS
-	synced    int64 // of which fsynced
-	lastWrite time.Time
+	appended  int64     // bytes committed since open, all segments
+	written   int64     // of which handed to the OS
+	synced    int64     // of which fsynced
+	lastWrite time.Time // last time the flusher saw appended advance
+	lastSeen  int64     // appended as of lastWrite
 	lastSync  time.Time
 	closed    bool
 	err       error // sticky I/O error
@@ -310,13 +311,15 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 	w.appended += n
 	w.txs++
 	w.chs += uint64(len(tx.Changes))
-	w.lastWrite = w.opts.now()
 	end := w.appended
 	if w.size >= w.opts.maxSize {
 		if err := w.rotateLocked(); err != nil {
 			return pos, err
 		}
-	} else {
+	} else if before == 0 {
+		// Wake the flusher only when the buffer stops being empty: until
+		// it takes the buffer, later commits ride on this wake-up, so a
+		// busy writer costs one wake-up per flush, not one per commit.
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -528,12 +531,17 @@ func (w *Writer) tick() {
 		w.mu.Unlock()
 		return
 	}
+	if w.appended != w.lastSeen {
+		// Commits do not read the clock (it costs more than encoding a
+		// small change): activity is noticed here, to a tick's precision.
+		w.lastSeen, w.lastWrite = w.appended, now
+	}
 	if w.opts.heartbeat > 0 && now.Sub(w.lastWrite) >= w.opts.heartbeat {
 		w.buf = AppendHeartbeat(w.buf, now.UnixNano())
 		n := int64(FrameHeaderLen + 8)
 		w.size += n
 		w.appended += n
-		w.lastWrite = now
+		w.lastWrite, w.lastSeen = now, w.appended
 	}
 	sync := w.opts.sync == SyncInterval && now.Sub(w.lastSync) >= w.opts.syncInterval && w.synced < w.appended
 	w.mu.Unlock()
