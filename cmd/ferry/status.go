@@ -2,10 +2,429 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
-// runStatus is being built; see the open issues.
+// stagePos is how far one stage got in a source: a position in the source's
+// change files and the commit time of the last transaction before it.
+type stagePos struct {
+	Segment    uint64    `json:"segment"`
+	Offset     int64     `json:"offset"`
+	LastCommit time.Time `json:"last_commit,omitzero"`
+	// StreamSeq is the stream sequence of the shipped message (shipped only).
+	StreamSeq uint64 `json:"stream_seq,omitempty"`
+	// Error is the stage's error for this source, if it reports one.
+	Error string `json:"error,omitempty"`
+}
+
+func (p *stagePos) pos() format.Position { return format.Position{Segment: p.Segment, Offset: p.Offset} }
+
+// stageLag is how far a stage is behind the one before it. Records and
+// Bytes are -1 when unknown (no --dir to count them in).
+type stageLag struct {
+	Records int64   `json:"records"`
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+}
+
+// sourceStatus is the status of every stage of one source.
+type sourceStatus struct {
+	Source   string    `json:"source"`
+	OnDisk   *stagePos `json:"on_disk,omitempty"`
+	Shipped  *stagePos `json:"shipped,omitempty"`
+	Applied  *stagePos `json:"applied,omitempty"`
+	ShipLag  *stageLag `json:"ship_lag,omitempty"`  // on disk → shipped
+	ApplyLag *stageLag `json:"apply_lag,omitempty"` // shipped (or on disk) → applied
+}
+
 func runStatus(ctx context.Context, env *Env, args []string) error {
-	return errors.New("ferry status: not available in this build yet")
+	fs := flag.NewFlagSet("ferry status", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	dir := fs.String("dir", "", "directory of the change files (the on-disk stage)")
+	stream := fs.String("stream", "FERRY", "JetStream stream name")
+	prefix := fs.String("prefix", "ferry", "subject prefix of the stream")
+	receiverURL := fs.String("receiver", "", "base URL of a receiver's HTTP API, e.g. http://127.0.0.1:8080")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for NATS and the receiver")
+	configPath := fs.String("config", "", "YAML config file")
+	nf := addNATSFlags(fs, "ferry status")
+	fs.Usage = func() {
+		fmt.Fprintln(env.Stderr, "Usage: ferry status [--dir DIR] [--nats URL --stream FERRY] [--receiver http://HOST:PORT] [--json]")
+		fmt.Fprintln(env.Stderr, "\nShows how far each stage (on disk, shipped, applied) got in every source and how far behind it is.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{code: 2, err: errUsageShown}
+	}
+	if _, err := applyConfig(fs, env, *configPath); err != nil {
+		return &exitError{code: 2, err: err}
+	}
+	natsSet := false
+	fs.Visit(func(f *flag.Flag) { natsSet = natsSet || f.Name == "nats" })
+	if env.Getenv("FERRY_NATS") != "" {
+		natsSet = true
+	}
+	if *dir == "" && !natsSet && *receiverURL == "" {
+		fs.Usage()
+		return &exitError{code: 2, err: errors.New("ferry status: give at least one of --dir, --nats, --receiver")}
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+
+	st := map[string]*sourceStatus{}
+	get := func(src string) *sourceStatus {
+		if st[src] == nil {
+			st[src] = &sourceStatus{Source: src}
+		}
+		return st[src]
+	}
+	if *dir != "" {
+		disk, err := diskStatus(*dir)
+		if err != nil {
+			return err
+		}
+		for src, p := range disk {
+			get(src).OnDisk = p
+		}
+	}
+	if natsSet {
+		nc, err := nf.connectOnce()
+		if err != nil {
+			return err
+		}
+		shipped, err := shippedStatus(ctx, nc, *stream, *prefix)
+		nc.Close()
+		if err != nil {
+			return err
+		}
+		for src, p := range shipped {
+			get(src).Shipped = p
+		}
+	}
+	if *receiverURL != "" {
+		applied, err := appliedStatus(ctx, *receiverURL)
+		if err != nil {
+			return err
+		}
+		for src, p := range applied {
+			get(src).Applied = p
+		}
+	}
+	out := make([]*sourceStatus, 0, len(st))
+	for _, s := range st {
+		s.computeLags(*dir)
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"sources": out})
+	}
+	printStatus(env.Stdout, out)
+	return nil
+}
+
+// connectOnce dials NATS without the endless retries of the agents: status
+// is a one-shot command and must fail fast when NATS is unreachable.
+func (f *natsFlags) connectOnce() (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(f.name), nats.Timeout(5 * time.Second)}
+	if f.user != "" {
+		opts = append(opts, nats.UserInfo(f.user, f.password))
+	}
+	if f.token != "" {
+		opts = append(opts, nats.Token(f.token))
+	}
+	if f.creds != "" {
+		opts = append(opts, nats.UserCredentials(f.creds))
+	}
+	if f.nkey != "" {
+		o, err := nats.NkeyOptionFromSeed(f.nkey)
+		if err != nil {
+			return nil, fmt.Errorf("ferry status: reading nkey seed file %s: %w", f.nkey, err)
+		}
+		opts = append(opts, o)
+	}
+	if f.tlsCA != "" {
+		opts = append(opts, nats.RootCAs(f.tlsCA))
+	}
+	if f.tlsCert != "" || f.tlsKey != "" {
+		if f.tlsCert == "" || f.tlsKey == "" {
+			return nil, fmt.Errorf("ferry status: --tlscert and --tlskey go together")
+		}
+		opts = append(opts, nats.ClientCert(f.tlsCert, f.tlsKey))
+	}
+	nc, err := nats.Connect(strings.TrimSpace(f.urls), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: connecting to NATS at %s: %w (check --nats and that the server runs)", redactURLs(f.urls), err)
+	}
+	return nc, nil
+}
+
+// diskStatus returns, per source in dir, the end of its last whole frame and
+// the commit time of its last transaction or heartbeat.
+func diskStatus(dir string) (map[string]*stagePos, error) {
+	segs, err := format.ListSegments(dir, "")
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: %w (check --dir)", err)
+	}
+	out := map[string]*stagePos{}
+	for i, sf := range segs {
+		if i+1 < len(segs) && segs[i+1].Source == sf.Source {
+			continue // only the last segment of each source
+		}
+		p := &stagePos{Segment: sf.Segment}
+		out[sf.Source] = p
+		err := scanFrames(sf.Path, 0, -1, func(end int64, commit int64, _ int) {
+			p.Offset = end
+			if commit > 0 {
+				p.LastCommit = time.Unix(0, commit).UTC()
+			}
+		})
+		if err != nil {
+			p.Error = err.Error()
+		}
+	}
+	return out, nil
+}
+
+// scanFrames reads the segment at path from offset from up to offset to
+// (-1: its end) and calls fn with the end offset, frame time and change
+// count of every frame. A torn tail ends the scan quietly.
+func scanFrames(path string, from, to int64, fn func(end, commit int64, changes int)) error {
+	rd, f, err := format.OpenReader(path, from)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if from == 0 {
+		fn(rd.End(), 0, 0)
+	}
+	var tx format.Tx
+	for to < 0 || rd.End() < to {
+		fr, err := rd.Next()
+		if err == io.EOF || errors.Is(err, format.ErrTornTail) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		n := 0
+		if fr.Type == format.FrameTx && format.DecodeTx(fr.Payload, &tx) == nil {
+			n = len(tx.Changes)
+		}
+		fn(rd.End(), format.FrameTime(fr), n)
+	}
+	return nil
+}
+
+// shippedStatus reads, per source, the last message of its subject and the
+// position its wire headers name.
+func shippedStatus(ctx context.Context, nc *nats.Conn, stream, prefix string) (map[string]*stagePos, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: %w", err)
+	}
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: looking up stream %q: %w (check --stream, or ship something first)", stream, err)
+	}
+	info, err := s.Info(ctx, jetstream.WithSubjectFilter(prefix+".>"))
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: reading stream %q's subjects: %w", stream, err)
+	}
+	out := map[string]*stagePos{}
+	for subj := range info.State.Subjects {
+		src, ok := strings.CutPrefix(subj, prefix+".")
+		if !ok || !format.ValidSource(src) {
+			continue
+		}
+		m, err := s.GetLastMsgForSubject(ctx, subj)
+		if err != nil {
+			out[src] = &stagePos{Error: fmt.Sprintf("reading the last message of %s: %v", subj, err)}
+			continue
+		}
+		b, err := wire.ParseHeader(m.Header)
+		if err != nil {
+			out[src] = &stagePos{StreamSeq: m.Sequence, Error: fmt.Sprintf("last message of %s (sequence %d): %v", subj, m.Sequence, err)}
+			continue
+		}
+		p := &stagePos{Segment: b.Segment, Offset: b.To, StreamSeq: m.Sequence}
+		if b.Parts > 1 && b.Part < b.Parts-1 {
+			p.Offset = b.From // a split frame is shipped once its last part is
+		}
+		if b.LastCommit > 0 {
+			p.LastCommit = time.Unix(0, b.LastCommit).UTC()
+		}
+		out[src] = p
+	}
+	return out, nil
+}
+
+// computeLags fills the lags from the positions; records and bytes are
+// counted in the change files when dir is known.
+func (s *sourceStatus) computeLags(dir string) {
+	lag := func(ahead, behind *stagePos) *stageLag {
+		l := &stageLag{Records: -1, Bytes: -1}
+		if !ahead.LastCommit.IsZero() && !behind.LastCommit.IsZero() {
+			l.Seconds = max(0, ahead.LastCommit.Sub(behind.LastCommit).Seconds())
+		}
+		if dir != "" && ahead.Error == "" && behind.Error == "" {
+			l.Records, l.Bytes = countBetween(dir, s.Source, behind.pos(), ahead.pos())
+		}
+		return l
+	}
+	if s.OnDisk != nil && s.Shipped != nil {
+		s.ShipLag = lag(s.OnDisk, s.Shipped)
+	}
+	switch {
+	case s.Applied != nil && s.Shipped != nil:
+		s.ApplyLag = lag(s.Shipped, s.Applied)
+	case s.Applied != nil && s.OnDisk != nil:
+		s.ApplyLag = lag(s.OnDisk, s.Applied)
+	}
+}
+
+// countBetween counts the changes and bytes of source's files from position
+// from to position to, or returns -1, -1 if the files do not cover them.
+func countBetween(dir, source string, from, to format.Position) (records, bytes int64) {
+	if !from.Less(to) {
+		return 0, 0
+	}
+	segs, err := format.ListSegments(dir, source)
+	if err != nil {
+		return -1, -1
+	}
+	for _, sf := range segs {
+		if sf.Segment < from.Segment || sf.Segment > to.Segment {
+			continue
+		}
+		start, end := int64(0), int64(-1)
+		if sf.Segment == from.Segment {
+			start = from.Offset
+		}
+		if sf.Segment == to.Segment {
+			end = to.Offset
+		}
+		last := start
+		err := scanFrames(sf.Path, start, end, func(e, _ int64, n int) {
+			if e > last {
+				bytes += e - max(last, start)
+				last = e
+			}
+			records += int64(n)
+		})
+		if err != nil {
+			return -1, -1
+		}
+	}
+	return records, bytes
+}
+
+// receiverStatus is the part of a receiver's GET /v1/status that status
+// reads. The receiver's full document has more.
+type receiverStatus struct {
+	Sources []struct {
+		Source     string  `json:"source"`
+		Segment    uint64  `json:"segment"`
+		Offset     int64   `json:"offset"`
+		LastCommit int64   `json:"last_commit"`
+		LagSeconds float64 `json:"lag_seconds"`
+		Error      string  `json:"error"`
+	} `json:"sources"`
+}
+
+// appliedStatus reads a receiver's applied positions.
+func appliedStatus(ctx context.Context, base string) (map[string]*stagePos, error) {
+	url := strings.TrimSuffix(base, "/") + "/v1/status"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: --receiver %q: %w", base, err)
+	}
+	if tok := os.Getenv("FERRY_RECEIVER_TOKEN"); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: asking the receiver: %w (check --receiver and that ferry receive runs)", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: reading %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("ferry status: %s answered %s: %.200s", url, resp.Status, body)
+	}
+	var rs receiverStatus
+	if err := json.Unmarshal(body, &rs); err != nil {
+		return nil, fmt.Errorf("ferry status: decoding %s: %w", url, err)
+	}
+	out := map[string]*stagePos{}
+	for _, s := range rs.Sources {
+		p := &stagePos{Segment: s.Segment, Offset: s.Offset, Error: s.Error}
+		if s.LastCommit > 0 {
+			p.LastCommit = time.Unix(0, s.LastCommit).UTC()
+		}
+		out[s.Source] = p
+	}
+	return out, nil
+}
+
+func printStatus(w io.Writer, out []*sourceStatus) {
+	if len(out) == 0 {
+		fmt.Fprintln(w, "no sources found")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "SOURCE\tSTAGE\tPOSITION\tLAST COMMIT\tBEHIND (records)\tBEHIND (bytes)\tBEHIND (s)\t")
+	row := func(src, stage string, p *stagePos, l *stageLag) {
+		if p == nil {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t-\t-\t\n", src, stage)
+			return
+		}
+		pos := fmt.Sprintf("%d:%d", p.Segment, p.Offset)
+		commit := "-"
+		if !p.LastCommit.IsZero() {
+			commit = p.LastCommit.Format("15:04:05.000")
+		}
+		recs, bytes, secs := "-", "-", "-"
+		if l != nil {
+			if l.Records >= 0 {
+				recs = fmt.Sprint(l.Records)
+			}
+			if l.Bytes >= 0 {
+				bytes = fmt.Sprint(l.Bytes)
+			}
+			secs = fmt.Sprintf("%.3f", l.Seconds)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", src, stage, pos, commit, recs, bytes, secs)
+		if p.Error != "" {
+			fmt.Fprintf(tw, "%s\t%s\tERROR: %s\t\t\t\t\t\n", src, stage, p.Error)
+		}
+	}
+	for _, s := range out {
+		row(s.Source, "on disk", s.OnDisk, nil)
+		row(s.Source, "shipped", s.Shipped, s.ShipLag)
+		row(s.Source, "applied", s.Applied, s.ApplyLag)
+	}
+	tw.Flush()
 }
