@@ -32,7 +32,9 @@ type stagePos struct {
 	Error string `json:"error,omitempty"`
 }
 
-func (p *stagePos) pos() format.Position { return format.Position{Segment: p.Segment, Offset: p.Offset} }
+func (p *stagePos) pos() format.Position {
+	return format.Position{Segment: p.Segment, Offset: p.Offset}
+}
 
 // stageLag is how far a stage is behind the one before it. Records and
 // Bytes are -1 when unknown (no --dir to count them in).
