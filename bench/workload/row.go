@@ -1,0 +1,105 @@
+package workload
+
+import (
+	"strconv"
+	"unicode/utf8"
+)
+
+// Value is one column value: I for Int columns, S for Text columns.
+type Value struct {
+	I int64
+	S string
+}
+
+// Row is a table row, one Value per column in the table's column order.
+type Row []Value
+
+// Args returns the row's values as SQL arguments (int64 or string).
+func (r Row) Args(t *Table) []any {
+	out := make([]any, len(r))
+	for i, v := range r {
+		out[i] = r.arg(t, i, v)
+	}
+	return out
+}
+
+func (r Row) arg(t *Table, i int, v Value) any {
+	if t.Columns[i].Type == Int {
+		return v.I
+	}
+	return v.S
+}
+
+// AppendKey appends the row's key as the change-file key: the key columns'
+// values joined by '/' (order_lines "1207/3").
+func (r Row) AppendKey(dst []byte, t *Table) []byte {
+	for i := 0; i < t.KeyLen; i++ {
+		if i > 0 {
+			dst = append(dst, '/')
+		}
+		if t.Columns[i].Type == Int {
+			dst = strconv.AppendInt(dst, r[i].I, 10)
+		} else {
+			dst = append(dst, r[i].S...)
+		}
+	}
+	return dst
+}
+
+// AppendJSON appends the row as a JSON object keyed by column name.
+func (r Row) AppendJSON(dst []byte, t *Table) []byte {
+	dst = append(dst, '{')
+	for i, v := range r {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, '"')
+		dst = append(dst, t.Columns[i].Name...)
+		dst = append(dst, '"', ':')
+		if t.Columns[i].Type == Int {
+			dst = strconv.AppendInt(dst, v.I, 10)
+		} else {
+			dst = appendJSONString(dst, v.S)
+		}
+	}
+	return append(dst, '}')
+}
+
+func appendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		if c < utf8.RuneSelf {
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			default:
+				const hex = "0123456789abcdef"
+				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}
+
+func (r Row) clone() Row { return append(Row(nil), r...) }

@@ -1,0 +1,316 @@
+package workload
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+
+	"github.com/ferrysync/ferry/format"
+)
+
+// key identifies a row of a table (B is 0 for single-column keys).
+type key struct{ a, b int64 }
+
+// tableState holds the live rows a stream owns in one table. Keys are kept
+// in insertion order: deletes take the oldest (purging old data), updates
+// pick any live row.
+type tableState struct {
+	t    *Table
+	rows map[key]Row
+	keys []key
+	head int
+	next int64 // next id counter (ids are next*Streams + stream + 1)
+}
+
+func (ts *tableState) add(k key, r Row) {
+	ts.rows[k] = r
+	ts.keys = append(ts.keys, k)
+}
+
+func (ts *tableState) live() int { return len(ts.keys) - ts.head }
+
+func (ts *tableState) pick(rng *rand.Rand) (key, Row) {
+	k := ts.keys[ts.head+rng.IntN(ts.live())]
+	return k, ts.rows[k]
+}
+
+func (ts *tableState) popOldest() (key, Row) {
+	k := ts.keys[ts.head]
+	ts.head++
+	r := ts.rows[k]
+	delete(ts.rows, k)
+	if ts.head > 1024 && ts.head > len(ts.keys)/2 {
+		ts.keys = append(ts.keys[:0:0], ts.keys[ts.head:]...)
+		ts.head = 0
+	}
+	return k, r
+}
+
+// Stream generates the transactions of one worker. See the package doc.
+type Stream struct {
+	cfg      Config
+	id       int
+	rng      *rand.Rand
+	seq      uint64
+	cust     tableState
+	ord      tableState
+	lines    tableState
+	stk      tableState
+	nextLine map[int64]int64 // order id -> next line number
+	pad      map[*Table]int  // payload length that makes a row RowSize bytes
+	initial  []TableRows
+}
+
+// TableRows are rows of one table.
+type TableRows struct {
+	Table *Table
+	Rows  []Row
+}
+
+// NewStream returns stream number stream (0 ≤ stream < cfg.Streams) of the
+// workload cfg (defaults applied).
+func NewStream(cfg Config, stream int) (*Stream, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if stream < 0 || stream >= cfg.Streams {
+		return nil, fmt.Errorf("workload: stream %d of %d", stream, cfg.Streams)
+	}
+	s := &Stream{
+		cfg:      cfg,
+		id:       stream,
+		rng:      newRand(cfg.Seed, stream),
+		nextLine: map[int64]int64{},
+		pad:      map[*Table]int{},
+	}
+	for _, p := range []struct {
+		ts *tableState
+		t  *Table
+	}{{&s.cust, customers}, {&s.ord, orders}, {&s.lines, orderLines}, {&s.stk, stock}} {
+		p.ts.t = p.t
+		p.ts.rows = map[key]Row{}
+	}
+	s.initPad()
+	s.initial = s.populate()
+	return s, nil
+}
+
+// Config returns the stream's configuration, defaults applied.
+func (s *Stream) Config() Config { return s.cfg }
+
+// Initial returns the rows this stream owns before its first transaction
+// (version 0), to load once before running the workload. The slices are
+// shared; do not modify them.
+func (s *Stream) Initial() []TableRows { return s.initial }
+
+// share returns how many of total rows belong to this stream.
+func (s *Stream) share(total int) int {
+	n := total / s.cfg.Streams
+	if s.id < total%s.cfg.Streams {
+		n++
+	}
+	return n
+}
+
+func (s *Stream) newID(ts *tableState) int64 {
+	id := ts.next*int64(s.cfg.Streams) + int64(s.id) + 1
+	ts.next++
+	return id
+}
+
+func (s *Stream) populate() []TableRows {
+	out := []TableRows{{Table: customers}, {Table: orders}, {Table: orderLines}, {Table: stock}}
+	for i := s.share(s.cfg.Customers); i > 0; i-- {
+		out[0].Rows = append(out[0].Rows, s.insertCustomer(0))
+	}
+	for i := s.share(s.cfg.Products); i > 0; i-- {
+		out[3].Rows = append(out[3].Rows, s.insertStock(0))
+	}
+	for i := s.share(s.cfg.Orders); i > 0; i-- {
+		o := s.insertOrder(0)
+		out[1].Rows = append(out[1].Rows, o)
+		for j := 0; j < linesPerOrder; j++ {
+			out[2].Rows = append(out[2].Rows, s.insertLine(0, o[0].I))
+		}
+	}
+	return out
+}
+
+// Next returns the stream's next transaction.
+func (s *Stream) Next() *Tx {
+	s.seq++
+	tx := &Tx{
+		Stream:  s.id,
+		Seq:     s.seq,
+		Version: int64(s.seq-1)*int64(s.cfg.Streams) + int64(s.id) + 1,
+		Changes: make([]Change, 0, s.cfg.TxSize),
+	}
+	m := s.cfg.Mix
+	total := m.Insert + m.Update + m.Delete
+	for i := 0; i < s.cfg.TxSize; i++ {
+		n := s.rng.IntN(total)
+		var c Change
+		switch {
+		case n < m.Insert:
+			c = s.insert(tx.Version)
+		case n < m.Insert+m.Update:
+			c = s.update(tx.Version)
+		default:
+			c = s.delete(tx.Version)
+		}
+		tx.Changes = append(tx.Changes, c)
+	}
+	return tx
+}
+
+// insert: a line of an existing order (50 %), a new order (35 %) or a new
+// customer (15 %).
+func (s *Stream) insert(v int64) Change {
+	n := s.rng.IntN(100)
+	switch {
+	case n < 50 && s.ord.live() > 0:
+		_, o := s.ord.pick(s.rng)
+		return Change{Table: orderLines, Op: format.OpInsert, After: s.insertLine(v, o[0].I)}
+	case n < 85:
+		return Change{Table: orders, Op: format.OpInsert, After: s.insertOrder(v)}
+	default:
+		return Change{Table: customers, Op: format.OpInsert, After: s.insertCustomer(v)}
+	}
+}
+
+// update: stock quantity (50 %), order status and total (35 %), customer
+// balance (15 %).
+func (s *Stream) update(v int64) Change {
+	n := s.rng.IntN(100)
+	switch {
+	case n < 50 && s.stk.live() > 0:
+		k, old := s.stk.pick(s.rng)
+		r := old.clone()
+		r[1].I = max(0, r[1].I-int64(1+s.rng.IntN(5)))
+		if r[1].I == 0 {
+			r[1].I = 1000 // restocked
+		}
+		r[colVersionStock].I = v
+		s.stk.rows[k] = r
+		return Change{Table: stock, Op: format.OpUpdate, Before: old, After: r, Set: []int{1, colVersionStock}}
+	case n < 85 && s.ord.live() > 0:
+		k, old := s.ord.pick(s.rng)
+		r := old.clone()
+		r[2].S = statuses[s.rng.IntN(len(statuses))]
+		r[3].I += int64(s.rng.IntN(5000))
+		r[colVersionOrders].I = v
+		s.ord.rows[k] = r
+		return Change{Table: orders, Op: format.OpUpdate, Before: old, After: r, Set: []int{2, 3, colVersionOrders}}
+	case s.cust.live() > 0:
+		k, old := s.cust.pick(s.rng)
+		r := old.clone()
+		r[4].I += int64(s.rng.IntN(20000)) - 10000
+		r[colVersionCustomers].I = v
+		s.cust.rows[k] = r
+		return Change{Table: customers, Op: format.OpUpdate, Before: old, After: r, Set: []int{4, colVersionCustomers}}
+	}
+	return s.insert(v)
+}
+
+// delete: the oldest order line (60 %), order (30 %) or customer (10 %).
+func (s *Stream) delete(v int64) Change {
+	n := s.rng.IntN(100)
+	var ts *tableState
+	switch {
+	case n < 60 && s.lines.live() > 0:
+		ts = &s.lines
+	case n < 90 && s.ord.live() > 0:
+		ts = &s.ord
+	case s.cust.live() > 0:
+		ts = &s.cust
+	default:
+		return s.insert(v)
+	}
+	k, old := ts.popOldest()
+	if ts == &s.ord {
+		delete(s.nextLine, k.a)
+	}
+	return Change{Table: ts.t, Op: format.OpDelete, Before: old}
+}
+
+func (s *Stream) insertCustomer(v int64) Row {
+	id := s.newID(&s.cust)
+	first, last := firstNames[s.rng.IntN(len(firstNames))], lastNames[s.rng.IntN(len(lastNames))]
+	r := Row{{I: id}, {S: first + " " + last}, {S: first + "." + last + strconv.FormatInt(id, 10) + "@example.com"},
+		{S: cities[s.rng.IntN(len(cities))]}, {I: int64(s.rng.IntN(100000))}, {I: v}, {}}
+	r[6].S = s.payload(customers)
+	s.cust.add(key{a: id}, r)
+	return r
+}
+
+func (s *Stream) insertOrder(v int64) Row {
+	id := s.newID(&s.ord)
+	cust := int64(s.id + 1)
+	if s.cust.live() > 0 {
+		_, c := s.cust.pick(s.rng)
+		cust = c[0].I
+	}
+	r := Row{{I: id}, {I: cust}, {S: "new"}, {I: int64(s.rng.IntN(50000))}, {I: v}, {}}
+	r[5].S = s.payload(orders)
+	s.ord.add(key{a: id}, r)
+	s.nextLine[id] = 1
+	return r
+}
+
+func (s *Stream) insertLine(v, order int64) Row {
+	no := s.nextLine[order]
+	s.nextLine[order] = no + 1
+	sku := int64(s.rng.IntN(max(1, s.share(s.cfg.Products))))*int64(s.cfg.Streams) + int64(s.id) + 1
+	r := Row{{I: order}, {I: no}, {I: sku}, {I: int64(1 + s.rng.IntN(5))}, {I: int64(100 + s.rng.IntN(9900))}, {I: v}, {}}
+	r[6].S = s.payload(orderLines)
+	s.lines.add(key{a: order, b: no}, r)
+	return r
+}
+
+func (s *Stream) insertStock(v int64) Row {
+	sku := s.newID(&s.stk)
+	r := Row{{I: sku}, {I: int64(100 + s.rng.IntN(900))}, {I: v}, {}}
+	r[3].S = s.payload(stock)
+	s.stk.add(key{a: sku}, r)
+	return r
+}
+
+// initPad sizes each table's payload so that a typical row is RowSize bytes
+// of JSON.
+func (s *Stream) initPad() {
+	samples := map[*Table]Row{
+		customers:  {{I: 1234567}, {S: "Camille Martin"}, {S: "Camille.Martin1234567@example.com"}, {S: "Lyon"}, {I: 12345}, {I: 1234567}, {}},
+		orders:     {{I: 1234567}, {I: 1234567}, {S: "shipped"}, {I: 12345}, {I: 1234567}, {}},
+		orderLines: {{I: 1234567}, {I: 3}, {I: 12345}, {I: 2}, {I: 1234}, {I: 1234567}, {}},
+		stock:      {{I: 12345}, {I: 123}, {I: 1234567}, {}},
+	}
+	for t, r := range samples {
+		s.pad[t] = max(0, s.cfg.RowSize-len(r.AppendJSON(nil, t)))
+	}
+}
+
+// payload returns text of the table's payload length made of words, so
+// that it compresses like real text rather than like random bytes.
+func (s *Stream) payload(t *Table) string {
+	n := s.pad[t]
+	b := make([]byte, 0, n+16)
+	for len(b) < n {
+		if len(b) > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, words[s.rng.IntN(len(words))]...)
+	}
+	return string(b[:n])
+}
+
+var (
+	statuses   = []string{"new", "paid", "packed", "shipped", "delivered", "returned"}
+	firstNames = []string{"Camille", "Louis", "Léa", "Hugo", "Chloé", "Gabriel", "Manon", "Arthur", "Inès", "Jules", "Emma", "Lucas", "Zoé", "Noah", "Alice", "Adam"}
+	lastNames  = []string{"Martin", "Bernard", "Dubois", "Thomas", "Robert", "Richard", "Petit", "Durand", "Leroy", "Moreau", "Simon", "Laurent", "Lefebvre", "Michel", "Garcia", "David"}
+	cities     = []string{"Paris", "Lyon", "Marseille", "Lille", "Rouen", "Nantes", "Bordeaux", "Toulouse", "Nice", "Strasbourg", "Rennes", "Grenoble"}
+	words      = []string{"fresh", "organic", "bottle", "pack", "carton", "kg", "apple", "pear", "cheese", "bread", "milk", "coffee",
+		"tea", "pasta", "rice", "olive", "oil", "sugar", "salt", "flour", "butter", "yogurt", "water", "juice", "wine", "beer",
+		"soap", "towel", "shelf", "aisle", "promo", "discount", "loyalty", "card", "store", "delivery", "pickup", "basket",
+		"voucher", "return", "refund", "label", "barcode", "supplier", "warehouse", "pallet", "batch", "expiry", "season", "local"}
+)
