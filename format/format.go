@@ -20,7 +20,13 @@
 // write, so a frame is either whole or a torn tail. A segment ends with a
 // seal frame naming the next segment; a writer that crashed leaves a segment
 // without a seal, possibly with a torn last frame, and starts a new segment
-// when it restarts.
+// when it restarts. One writer per source, enforced by a lock on
+// <source>.lock in the directory.
+//
+// Bytes at a frame boundary that do not form a valid frame are a torn tail
+// (ErrTornTail: wait, or drop them if the segment was abandoned) when no
+// valid frame follows them, and corruption (ErrChecksum, ErrCorrupt: stop)
+// when one does.
 //
 // The constants in this package are part of the on-disk format and must not
 // change.
