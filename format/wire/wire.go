@@ -18,9 +18,9 @@
 //     concatenated are exactly the bytes [From, To). Frames and Changes
 //     count the whole frame on every part.
 //   - Heartbeat and seal frames travel inside ranges like any frame.
-//   - The first message of each segment carries PrevEnd (see Batch). The
-//     previous segment is always Segment-1: a gap in the chain stops the
-//     shipper. PrevEnd 0 means no earlier segment was shipped for the
+//   - The first message of each segment (part 0 of a split frame that
+//     starts it) carries PrevEnd (see Batch). The previous segment is
+//     always Segment-1: a gap in the chain stops the shipper. PrevEnd 0 means no earlier segment was shipped for the
 //     source (the chain starts here).
 //   - A segment that holds no frame at all (a writer crashed right after
 //     creating it) produces no message; the next segment's PrevEnd then
@@ -31,6 +31,10 @@
 //     messages and the shipper re-ships from the stream's real tail, the
 //     stream may hold a range twice: receivers skip frames they already
 //     applied by position.
+//   - In the rare case that the stream stored a message after one it
+//     rejected (a hole), the shipper re-ships from the hole with a
+//     Repair number (see Batch.Repair): receivers must wait at a range
+//     that starts beyond their position rather than fail.
 //   - A split frame may be cut short if the shipper restarts in the middle
 //     of it: it re-sends the frame from part 0. A receiver that sees part 0
 //     of a frame again drops the parts it holds and starts over.
@@ -64,6 +68,7 @@ const (
 	HdrParts       = "Ferry-Parts"
 	HdrPrevEnd     = "Ferry-Prev-End"
 	HdrTorn        = "Ferry-Torn"
+	HdrRepair      = "Ferry-Repair"
 )
 
 // Version is the wire protocol version.
@@ -145,6 +150,16 @@ type Batch struct {
 	// Torn is the number of torn bytes the shipper found after PrevEnd in
 	// the previous segment (a crashed writer), reported, never shipped.
 	Torn int64
+	// Repair is 0 normally. A shipper that found a hole in the stream (a
+	// message rejected while a later one was stored, so the stream holds
+	// ranges out of order) re-ships from the hole with Repair set to a
+	// number unique to that attempt: it changes the message id, so the
+	// server does not drop the re-shipped ranges as duplicates of the copies
+	// stored out of order. Receivers treat a repaired range like any other
+	// (skip what they applied, apply from their position); they must not
+	// fail on a range that starts beyond their position, because a repair
+	// follows it.
+	Repair uint64
 }
 
 // MsgID returns the message's JetStream de-duplication id, derived from its
@@ -153,6 +168,9 @@ func (b *Batch) MsgID() string {
 	id := b.Source + ":" + strconv.FormatUint(b.Segment, 10) + ":" + strconv.FormatInt(b.From, 10)
 	if b.Parts > 1 {
 		id += ":" + strconv.Itoa(b.Part)
+	}
+	if b.Repair > 0 {
+		id += ":r" + strconv.FormatUint(b.Repair, 10)
 	}
 	return id
 }
@@ -182,6 +200,9 @@ func (b *Batch) Header() map[string][]string {
 	}
 	if b.Torn > 0 {
 		h[HdrTorn] = []string{strconv.FormatInt(b.Torn, 10)}
+	}
+	if b.Repair > 0 {
+		h[HdrRepair] = []string{strconv.FormatUint(b.Repair, 10)}
 	}
 	return h
 }
@@ -231,6 +252,13 @@ func ParseHeader(h map[string][]string) (Batch, error) {
 	b.Part, b.Parts = int(num(HdrPart, true, 0)), int(num(HdrParts, true, 1))
 	b.PrevEnd = num(HdrPrevEnd, true, -1)
 	b.Torn = num(HdrTorn, true, 0)
+	if r := get(HdrRepair); r != "" {
+		v, perr := strconv.ParseUint(r, 10, 64)
+		if perr != nil || v == 0 {
+			bad(HdrRepair, "want a positive integer")
+		}
+		b.Repair = v
+	}
 	if c, cerr := ParseCodec(get(HdrCodec)); cerr != nil {
 		bad(HdrCodec, "unknown codec")
 	} else {
