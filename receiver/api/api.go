@@ -1,0 +1,370 @@
+// Package api serves a receiver's store to the microservice next to it over
+// HTTP: rows by key and by prefix, the change log as pages and as a
+// Server-Sent Events feed, status, health, readiness and metrics. Every
+// response is JSON (errors too: {"error": ..., "code": ...}); the API binds to
+// loopback by default and can require a bearer token.
+package api
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/receiver/store"
+)
+
+// Store is what the API reads.
+type Store interface {
+	Get(table string, key []byte) (store.Row, bool, error)
+	Scan(table string, prefix, after []byte, limit int) ([]store.Row, bool, error)
+	Changes(after uint64, limit int) ([]store.Change, error)
+	ChangeRange() (first, last uint64)
+	Changed() <-chan struct{}
+}
+
+// Limits of the API.
+const (
+	DefaultPageSize    = 100
+	MaxRowPageSize     = 1000
+	MaxChangePageSize  = 10000
+	sseBatch           = 1000
+	DefaultSSEKeepAive = 15 * time.Second
+)
+
+// Config configures the handler.
+type Config struct {
+	Store Store
+	// Status returns the receiver's status (ready fields included).
+	Status func() Status
+	// Metrics serves /metrics.
+	Metrics http.Handler
+	// Token, when set, is required as "Authorization: Bearer <token>" on
+	// /v1/* and /metrics (not on /healthz and /readyz, for probes).
+	Token  string
+	Logger *slog.Logger
+	// KeepAlive is the SSE comment interval (default 15 s).
+	KeepAlive time.Duration
+}
+
+// Handler is the receiver's HTTP API.
+type Handler struct {
+	cfg Config
+	mux *http.ServeMux
+	log *slog.Logger
+}
+
+// New returns the API handler.
+func New(cfg Config) (*Handler, error) {
+	if cfg.Store == nil || cfg.Status == nil {
+		return nil, errors.New("api: Config.Store and Config.Status are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.KeepAlive <= 0 {
+		cfg.KeepAlive = DefaultSSEKeepAive
+	}
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger}
+	h.mux.HandleFunc("GET /v1/tables/{table}/rows/{key...}", h.auth(h.getRow))
+	h.mux.HandleFunc("GET /v1/tables/{table}/rows", h.auth(h.scanRows))
+	h.mux.HandleFunc("GET /v1/changes", h.auth(h.changes))
+	h.mux.HandleFunc("GET /v1/changes/stream", h.auth(h.stream))
+	h.mux.HandleFunc("GET /v1/status", h.auth(h.status))
+	h.mux.HandleFunc("GET /healthz", h.healthz)
+	h.mux.HandleFunc("GET /readyz", h.readyz)
+	if cfg.Metrics != nil {
+		h.mux.Handle("GET /metrics", h.auth(cfg.Metrics.ServeHTTP))
+	}
+	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s; see GET /v1/status, /v1/tables/{table}/rows/{key}, /v1/changes", r.Method, r.URL.Path))
+	})
+	return h, nil
+}
+
+// Handle registers an extra endpoint (such as a checkpoint action) behind
+// the same token check.
+func (h *Handler) Handle(pattern string, f http.HandlerFunc) {
+	h.mux.HandleFunc(pattern, h.auth(f))
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+func (h *Handler) auth(next http.HandlerFunc) http.HandlerFunc {
+	if h.cfg.Token == "" {
+		return next
+	}
+	want := []byte("Bearer " + h.cfg.Token)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ferry"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
+			return
+		}
+		next(w, r)
+	}
+}
+
+type errorJSON struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, errorJSON{Error: msg, Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(errorJSON{Error: "encoding the response: " + err.Error(), Code: "internal"})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+func (h *Handler) internal(w http.ResponseWriter, what string, err error) {
+	h.log.Error("api: "+what, "err", err)
+	writeError(w, http.StatusInternalServerError, "internal", what+": "+err.Error())
+}
+
+func tableParam(w http.ResponseWriter, r *http.Request) (string, bool) {
+	t := r.PathValue("table")
+	if t == "" || len(t) > format.MaxTableLen {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("table name must be 1 to %d bytes", format.MaxTableLen))
+		return "", false
+	}
+	return t, true
+}
+
+func (h *Handler) getRow(w http.ResponseWriter, r *http.Request) {
+	table, ok := tableParam(w, r)
+	if !ok {
+		return
+	}
+	key := r.PathValue("key")
+	if key == "" || len(key) > format.MaxKeyLen {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("key must be 1 to %d bytes", format.MaxKeyLen))
+		return
+	}
+	row, found, err := h.cfg.Store.Get(table, []byte(key))
+	if err != nil {
+		h.internal(w, "reading row", err)
+		return
+	}
+	if !found {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no row %q in table %q", key, table))
+		return
+	}
+	writeJSON(w, http.StatusOK, Row(&row))
+}
+
+func limitParam(w http.ResponseWriter, q url.Values, max int) (int, bool) {
+	s := q.Get("limit")
+	if s == "" {
+		return DefaultPageSize, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || n > max {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("limit=%q: want an integer from 1 to %d", s, max))
+		return 0, false
+	}
+	return n, true
+}
+
+type rowsPage struct {
+	Rows    []RowJSON `json:"rows"`
+	More    bool      `json:"more"`
+	Next    string    `json:"next,omitempty"`
+	NextURL string    `json:"next_url,omitempty"`
+}
+
+func (h *Handler) scanRows(w http.ResponseWriter, r *http.Request) {
+	table, ok := tableParam(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	limit, ok := limitParam(w, q, MaxRowPageSize)
+	if !ok {
+		return
+	}
+	prefix := []byte(q.Get("prefix"))
+	var after []byte
+	if q.Has("after") {
+		after = []byte(q.Get("after"))
+	}
+	if len(prefix) > format.MaxKeyLen || len(after) > format.MaxKeyLen {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("prefix and after are keys: at most %d bytes", format.MaxKeyLen))
+		return
+	}
+	rows, more, err := h.cfg.Store.Scan(table, prefix, after, limit)
+	if err != nil {
+		h.internal(w, "scanning rows", err)
+		return
+	}
+	page := rowsPage{Rows: make([]RowJSON, len(rows)), More: more}
+	for i := range rows {
+		page.Rows[i] = Row(&rows[i])
+	}
+	if more {
+		last := rows[len(rows)-1].Key
+		page.Next, _ = keyFields(last)
+		nq := url.Values{"after": {string(last)}, "limit": {strconv.Itoa(limit)}}
+		if len(prefix) > 0 {
+			nq.Set("prefix", string(prefix))
+		}
+		page.NextURL = "/v1/tables/" + url.PathEscape(table) + "/rows?" + nq.Encode()
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+type changesPage struct {
+	Changes []ChangeJSON `json:"changes"`
+	// Next is the cursor for the following page (after=Next).
+	Next  uint64 `json:"next"`
+	First uint64 `json:"first_change_id"`
+	Last  uint64 `json:"last_change_id"`
+}
+
+func afterParam(w http.ResponseWriter, s string) (uint64, bool) {
+	if s == "" {
+		return 0, true
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("after=%q: want a change id (non-negative integer)", s))
+		return 0, false
+	}
+	return n, true
+}
+
+func (h *Handler) changes(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	limit, ok := limitParam(w, q, MaxChangePageSize)
+	if !ok {
+		return
+	}
+	after, ok := afterParam(w, q.Get("after"))
+	if !ok {
+		return
+	}
+	cs, err := h.cfg.Store.Changes(after, limit)
+	if errors.Is(err, store.ErrTrimmed) {
+		writeError(w, http.StatusGone, "trimmed", err.Error()+"; re-read the rows (GET /v1/tables/{table}/rows) and follow from the first change id")
+		return
+	}
+	if err != nil {
+		h.internal(w, "reading changes", err)
+		return
+	}
+	first, last := h.cfg.Store.ChangeRange()
+	page := changesPage{Changes: make([]ChangeJSON, len(cs)), Next: after, First: first, Last: last}
+	for i := range cs {
+		page.Changes[i] = Change(&cs[i])
+	}
+	if len(cs) > 0 {
+		page.Next = cs[len(cs)-1].ID
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+// stream serves the change log as Server-Sent Events from ?after= or the
+// Last-Event-ID header (which wins, so that a reconnecting EventSource
+// resumes where it stopped). Each event has id = change id, event = change,
+// data = the change as JSON.
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
+	from := r.URL.Query().Get("after")
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		from = id
+	}
+	after, ok := afterParam(w, strings.TrimSpace(from))
+	if !ok {
+		return
+	}
+	if first, _ := h.cfg.Store.ChangeRange(); after+1 < first {
+		writeError(w, http.StatusGone, "trimmed", fmt.Sprintf("changes after %d were trimmed, the log starts at %d; re-read the rows and follow from there", after, first))
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if _, err := fmt.Fprintf(w, "retry: 1000\n\n"); err != nil {
+		return
+	}
+	rc.Flush()
+	keep := time.NewTicker(h.cfg.KeepAlive)
+	defer keep.Stop()
+	buf := make([]byte, 0, 4096)
+	for {
+		changed := h.cfg.Store.Changed()
+		cs, err := h.cfg.Store.Changes(after, sseBatch)
+		if err != nil {
+			b, _ := json.Marshal(errorJSON{Error: err.Error(), Code: "trimmed"})
+			fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+			rc.Flush()
+			return
+		}
+		if len(cs) > 0 {
+			for i := range cs {
+				b, err := json.Marshal(Change(&cs[i]))
+				if err != nil {
+					h.log.Error("api: encoding change", "id", cs[i].ID, "err", err)
+					return
+				}
+				buf = fmt.Appendf(buf[:0], "id: %d\nevent: change\ndata: ", cs[i].ID)
+				buf = append(buf, b...)
+				buf = append(buf, '\n', '\n')
+				if _, err := w.Write(buf); err != nil {
+					return
+				}
+				after = cs[i].ID
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+			continue
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-changed:
+		case <-keep.C:
+			if _, err := fmt.Fprintf(w, ": keep-alive\n\n"); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, h.cfg.Status())
+}
+
+func (h *Handler) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	st := h.cfg.Status()
+	if !st.Ready {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", st.NotReadyReason)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}

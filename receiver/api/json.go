@@ -1,0 +1,149 @@
+package api
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/receiver/store"
+)
+
+// VersionJSON is a change's identity in its source.
+type VersionJSON struct {
+	Source  string `json:"source"`
+	Segment uint64 `json:"segment"`
+	Offset  int64  `json:"offset"`
+	Index   int    `json:"index"`
+}
+
+// RowJSON is a row as the API serves it. Value is the after image: the JSON
+// document itself when the content type is JSON, else base64 (Encoding says
+// which).
+type RowJSON struct {
+	Table       string          `json:"table"`
+	Key         string          `json:"key,omitempty"`
+	KeyBase64   string          `json:"key_base64,omitempty"`
+	Op          string          `json:"op"`
+	ContentType string          `json:"content_type"`
+	Encoding    string          `json:"encoding"`
+	Value       json.RawMessage `json:"value"`
+	Version     VersionJSON     `json:"version"`
+	CommitTime  time.Time       `json:"commit_time"`
+	ChangeID    uint64          `json:"change_id"`
+}
+
+// ChangeJSON is a change log entry as the API, the SSE feed and the webhook
+// serve it. ID is the cursor and the de-duplication key.
+type ChangeJSON struct {
+	ID          uint64          `json:"id"`
+	Table       string          `json:"table"`
+	Key         string          `json:"key,omitempty"`
+	KeyBase64   string          `json:"key_base64,omitempty"`
+	Op          string          `json:"op"`
+	ContentType string          `json:"content_type"`
+	Encoding    string          `json:"encoding"`
+	After       json.RawMessage `json:"after,omitempty"`
+	Before      json.RawMessage `json:"before,omitempty"`
+	Version     VersionJSON     `json:"version"`
+	CommitTime  time.Time       `json:"commit_time"`
+	AppliedAt   time.Time       `json:"applied_at"`
+	TxID        string          `json:"tx_id,omitempty"`
+	Origin      string          `json:"origin,omitempty"`
+}
+
+func keyFields(k []byte) (string, string) {
+	if utf8.Valid(k) {
+		return string(k), ""
+	}
+	return "", base64.StdEncoding.EncodeToString(k)
+}
+
+// image renders an image: JSON documents as themselves, anything else (or
+// a JSON image that is not valid JSON) as a base64 string.
+func image(ct format.ContentType, b []byte) (json.RawMessage, string) {
+	if ct == format.ContentJSON && json.Valid(b) {
+		return json.RawMessage(b), "json"
+	}
+	s, _ := json.Marshal(base64.StdEncoding.EncodeToString(b))
+	return s, "base64"
+}
+
+func version(v store.Version) VersionJSON {
+	return VersionJSON{Source: v.Source, Segment: v.Segment, Offset: v.Offset, Index: v.Index}
+}
+
+// Row converts a stored row.
+func Row(r *store.Row) RowJSON {
+	out := RowJSON{Table: r.Table, Op: r.Op.String(), ContentType: r.Content.MIME(), Version: version(r.Version),
+		CommitTime: time.Unix(0, r.CommitTime).UTC(), ChangeID: r.ChangeID}
+	out.Key, out.KeyBase64 = keyFields(r.Key)
+	out.Value, out.Encoding = image(r.Content, r.Value)
+	return out
+}
+
+// Change converts a change log entry.
+func Change(c *store.Change) ChangeJSON {
+	out := ChangeJSON{ID: c.ID, Table: c.Table, Op: c.Op.String(), ContentType: c.Content.MIME(), Version: version(c.Version),
+		CommitTime: time.Unix(0, c.CommitTime).UTC(), AppliedAt: time.Unix(0, c.AppliedAt).UTC(), TxID: c.TxID, Origin: c.Origin}
+	out.Key, out.KeyBase64 = keyFields(c.Key)
+	if c.Op != format.OpDelete || len(c.After) > 0 {
+		out.After, out.Encoding = image(c.Content, c.After)
+	}
+	if c.Before != nil {
+		var enc string
+		out.Before, enc = image(c.Content, c.Before)
+		if out.Encoding == "" || enc == "base64" {
+			out.Encoding = enc
+		}
+	}
+	if out.Encoding == "" {
+		out.Encoding = "json"
+	}
+	return out
+}
+
+// Status is the receiver's status as /v1/status serves it.
+type Status struct {
+	Stream          string         `json:"stream"`
+	Consuming       bool           `json:"consuming"`
+	CaughtUp        bool           `json:"caught_up"`
+	Ready           bool           `json:"ready"`
+	NotReadyReason  string         `json:"not_ready_reason,omitempty"`
+	StreamSeq       uint64         `json:"stream_seq"`
+	MessagesPending int64          `json:"messages_pending"`
+	FirstChangeID   uint64         `json:"first_change_id"`
+	LastChangeID    uint64         `json:"last_change_id"`
+	WebhookChangeID *uint64        `json:"webhook_change_id,omitempty"`
+	Error           string         `json:"error,omitempty"`
+	Sources         []SourceStatus `json:"sources"`
+}
+
+// SourceStatus is one source's status.
+type SourceStatus struct {
+	Source string `json:"source"`
+	// State is "ok", "waiting" (configured but nothing received yet) or
+	// "stopped" (see Error).
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+	// Applied is where the next frame starts: segment and byte offset.
+	AppliedSegment uint64 `json:"applied_segment"`
+	AppliedOffset  int64  `json:"applied_offset"`
+	// Shipped is the end of the furthest message this receiver has seen.
+	ShippedSegment uint64 `json:"shipped_segment"`
+	ShippedOffset  int64  `json:"shipped_offset"`
+	// BehindBytes is Shipped - Applied when both are in one segment.
+	BehindBytes int64 `json:"behind_bytes"`
+	// StreamSeq is the stream sequence of the last message applied from.
+	StreamSeq uint64 `json:"stream_seq"`
+	// LastCommitTime is the commit time of the last applied transaction;
+	// AliveAt the time of the last applied frame (heartbeats included).
+	LastCommitTime *time.Time `json:"last_commit_time,omitempty"`
+	AliveAt        *time.Time `json:"alive_at,omitempty"`
+	// LagSeconds is now - AliveAt: how stale this receiver's copy may be.
+	LagSeconds   float64 `json:"lag_seconds"`
+	Transactions uint64  `json:"transactions"`
+	Changes      uint64  `json:"changes"`
+	TornBytes    int64   `json:"torn_bytes,omitempty"`
+}

@@ -1,0 +1,442 @@
+package consume
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/receiver/store"
+)
+
+// Message is one stream message as the applier needs it.
+type Message struct {
+	Subject   string
+	Header    map[string][]string
+	Body      []byte
+	StreamSeq uint64
+}
+
+// Applier turns stream messages into store batches, exactly once. It is the
+// consumer without the network: feed it messages in stream order with
+// Handle and call Commit when the input pauses or the batch is big enough.
+// It is not safe for concurrent use, except Status.
+//
+// For every message it decides, from the source's applied position alone
+// (never from stream sequence numbers), whether the message's frames were
+// already applied (skipped, frame by frame), continue exactly where the
+// source stands (applied), or leave a gap (the source stops). Every frame's
+// CRC is checked and every transaction decoded before anything of the
+// message is applied, so a corrupt message stops its source without any
+// effect on the store.
+type Applier struct {
+	st     *store.Store
+	dec    *wire.Decompressor
+	m      *Metrics
+	log    *slog.Logger
+	prefix string // subject prefix with its trailing dot
+
+	batch   *store.Batch
+	raw     []byte
+	txs     []format.Tx
+	frames  []frameRef
+	lastSeq uint64
+	created int64
+	counts  map[string]*counts
+
+	mu      sync.Mutex // guards sources for Status
+	sources map[string]*sourceState
+}
+
+type counts struct{ changes, txs, bytes, skipped int }
+
+type frameRef struct {
+	typ      format.FrameType
+	off, end int64
+	tx       int // index into txs for FrameTx
+	t        int64
+}
+
+type sourceState struct {
+	err     *SourceError
+	hold    uint64 // stream seq of the earliest message still needed (0: none)
+	lastSeq uint64 // last stream seq seen for the source
+	shipped format.Position
+	torn    int64
+
+	// A frame split in parts being joined.
+	join      []byte
+	joinKey   wire.Batch // Segment, From, To, Parts, PrevEnd of the frame
+	joinNext  int
+	joinValid bool
+}
+
+// NewApplier returns an Applier writing to st. prefix is the subject prefix
+// ("ferry"): a message's source is also the last token of its subject.
+func NewApplier(st *store.Store, dec *wire.Decompressor, m *Metrics, log *slog.Logger, prefix string) *Applier {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m, _ = NewMetrics(nil)
+	}
+	return &Applier{st: st, dec: dec, m: m, log: log, prefix: prefix + ".", batch: st.NewBatch(),
+		sources: map[string]*sourceState{}, counts: map[string]*counts{}, lastSeq: st.Cursor().Seq, created: st.Cursor().Created}
+}
+
+// Close releases the open batch without committing it.
+func (a *Applier) Close() { a.batch.Close() }
+
+// Reset discards what is not committed and forgets per-source join and error
+// state: the caller is about to re-read the stream from cursor c.
+func (a *Applier) Reset(c store.StreamCursor) {
+	a.batch.Discard()
+	clear(a.counts)
+	a.mu.Lock()
+	for _, s := range a.sources {
+		*s = sourceState{lastSeq: s.lastSeq, shipped: s.shipped, torn: s.torn}
+	}
+	a.mu.Unlock()
+	a.lastSeq, a.created = c.Seq, c.Created
+}
+
+// Pending returns the size of the uncommitted batch, in bytes and changes.
+func (a *Applier) Pending() (bytes int, changes int) { return a.batch.Size(), a.batch.Changes() }
+
+func (a *Applier) source(name string) *sourceState {
+	s := a.sources[name]
+	if s == nil {
+		a.mu.Lock()
+		s = &sourceState{}
+		a.sources[name] = s
+		a.mu.Unlock()
+	}
+	return s
+}
+
+func (a *Applier) count(name string) *counts {
+	c := a.counts[name]
+	if c == nil {
+		c = &counts{}
+		a.counts[name] = c
+	}
+	return c
+}
+
+// Handle applies one message to the open batch (or skips it, or stops its
+// source). It returns an error only when the store fails: the caller must
+// then stop and restart from the store.
+func (a *Applier) Handle(m Message) error {
+	if m.StreamSeq > a.lastSeq {
+		a.lastSeq = m.StreamSeq
+	}
+	b, err := wire.ParseHeader(m.Header)
+	subjSource, _ := strings.CutPrefix(m.Subject, a.prefix)
+	if err == nil && b.Source != subjSource {
+		err = fmt.Errorf("%w: source %q on subject %q", wire.ErrHeader, b.Source, m.Subject)
+	}
+	if err != nil {
+		if !format.ValidSource(subjSource) {
+			a.log.Error("message with invalid headers on an unknown subject; ignored", "subject", m.Subject, "stream_seq", m.StreamSeq, "err", err)
+			a.m.Errors.WithLabelValues("", KindHeader).Inc()
+			return nil
+		}
+		st := a.source(subjSource)
+		a.stop(subjSource, st, &SourceError{Kind: KindHeader, StreamSeq: m.StreamSeq, Err: err})
+		return nil
+	}
+	st := a.source(b.Source)
+	a.mu.Lock()
+	st.lastSeq = m.StreamSeq
+	if end := (format.Position{Segment: b.Segment, Offset: b.To}); st.shipped.Less(end) {
+		st.shipped = end
+	}
+	if b.Torn > 0 {
+		st.torn += b.Torn
+	}
+	a.mu.Unlock()
+
+	pos := a.batch.Position(b.Source)
+	// Already applied whole: skip without even decompressing.
+	if b.Segment < pos.Segment || (b.Segment == pos.Segment && b.To <= pos.Offset) {
+		if b.Parts == 1 || b.Part == b.Parts-1 {
+			a.count(b.Source).skipped += b.Frames
+		}
+		a.m.Messages.WithLabelValues(b.Source).Inc()
+		return nil
+	}
+	if b.Parts > 1 && b.Part > 0 && st.joinValid && st.joinKey == partKey(&b) {
+		// The next part of a frame whose first part passed the checks.
+		return a.handlePart(m, &b, st, pos)
+	}
+	if gerr := a.checkContinues(&b, pos); gerr != nil {
+		a.stop(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq, Err: gerr})
+		return nil
+	}
+	if b.Parts > 1 {
+		return a.handlePart(m, &b, st, pos)
+	}
+	raw, err := a.dec.Decompress(a.raw, m.Body, &b)
+	if err != nil {
+		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+			Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+		return nil
+	}
+	a.raw = raw
+	return a.applyRange(m.StreamSeq, &b, st, pos, raw)
+}
+
+// checkContinues reports a gap unless b continues the source from pos: same
+// segment and starting at or before pos, or the first message of the next
+// segment starting exactly where the previous one ended.
+func (a *Applier) checkContinues(b *wire.Batch, pos store.SourcePosition) error {
+	switch {
+	case b.Segment == pos.Segment:
+		if b.From > pos.Offset {
+			return fmt.Errorf("%w: message starts at offset %d, source applied up to %d", ErrGap, b.From, pos.Offset)
+		}
+	case pos.Segment == 0:
+		if b.PrevEnd < 0 {
+			return fmt.Errorf("%w: nothing applied yet and the first message of the source (segment %d offset %d) is not the start of a segment: the stream no longer holds the beginning", ErrGap, b.Segment, b.From)
+		}
+	case b.Segment != pos.Segment+1:
+		return fmt.Errorf("%w: message of segment %d, source applied up to segment %d", ErrGap, b.Segment, pos.Segment)
+	case b.PrevEnd < 0:
+		return fmt.Errorf("%w: message at offset %d of segment %d but the segment's first message was not received", ErrGap, b.From, b.Segment)
+	case b.PrevEnd != pos.Offset:
+		return fmt.Errorf("%w: segment %d says segment %d ended at %d, source applied up to %d", ErrGap, b.Segment, pos.Segment, b.PrevEnd, pos.Offset)
+	}
+	return nil
+}
+
+func (a *Applier) handlePart(m Message, b *wire.Batch, st *sourceState, pos store.SourcePosition) error {
+	if b.Segment == pos.Segment && b.From != pos.Offset {
+		a.stop(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+			Err: fmt.Errorf("%w: split frame [%d, %d) does not start at the applied position %d", ErrGap, b.From, b.To, pos.Offset)})
+		return nil
+	}
+	key := partKey(b)
+	if b.Part == 0 {
+		st.join, st.joinKey, st.joinNext, st.joinValid = st.join[:0], key, 0, true
+		st.hold = m.StreamSeq
+	} else if !st.joinValid || st.joinKey != key || b.Part != st.joinNext {
+		st.joinValid, st.join = false, nil
+		a.stop(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+			Err: fmt.Errorf("%w: part %d of %d of the frame at %d arrived without the parts before it", ErrGap, b.Part, b.Parts, b.From)})
+		return nil
+	}
+	part, err := a.dec.Decompress(nil, m.Body, b)
+	if err == nil && int64(len(st.join)+len(part)) > b.To-b.From {
+		err = fmt.Errorf("parts add up to more than the frame's %d bytes", b.To-b.From)
+	}
+	if err != nil {
+		st.joinValid, st.join = false, nil
+		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+			Err: fmt.Errorf("%w: part %d of %d: %w", ErrCorrupt, b.Part, b.Parts, err)})
+		return nil
+	}
+	st.join = append(st.join, part...)
+	st.joinNext++
+	if b.Part < b.Parts-1 {
+		return nil
+	}
+	raw := st.join
+	st.join, st.joinValid = nil, false
+	if int64(len(raw)) != b.To-b.From {
+		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+			Err: fmt.Errorf("%w: %d parts joined into %d bytes, the frame spans %d", ErrCorrupt, b.Parts, len(raw), b.To-b.From)})
+		return nil
+	}
+	return a.applyRange(m.StreamSeq, b, st, pos, raw)
+}
+
+// partKey identifies the frame a part belongs to.
+func partKey(b *wire.Batch) wire.Batch {
+	return wire.Batch{Source: b.Source, Segment: b.Segment, From: b.From, To: b.To, Parts: b.Parts}
+}
+
+// applyRange checks every frame of raw (the bytes [b.From, b.To) of the
+// segment), then applies those after pos.
+func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw []byte) error {
+	a.frames = a.frames[:0]
+	ntx := 0
+	newSeg := b.Segment != pos.Segment
+	for i := 0; i < len(raw); {
+		off := b.From + int64(i)
+		f, n, err := format.ParseFrame(raw[i:])
+		if err != nil {
+			if errors.Is(err, format.ErrTornTail) {
+				err = fmt.Errorf("%w: the message ends inside a frame (%d bytes left)", format.ErrCorrupt, len(raw)-i)
+			}
+			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+			return nil
+		}
+		i += n
+		end := off + int64(n)
+		if !newSeg && end <= pos.Offset {
+			continue // applied before: skip this frame
+		}
+		if !newSeg && off < pos.Offset {
+			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
+				Err: fmt.Errorf("%w: frame [%d, %d) straddles the applied position %d: frame boundaries disagree", ErrCorrupt, off, end, pos.Offset)})
+			return nil
+		}
+		ref := frameRef{typ: f.Type, off: off, end: end}
+		switch {
+		case f.Type == format.FrameTx:
+			if ntx == len(a.txs) {
+				a.txs = append(a.txs, format.Tx{})
+			}
+			if err := format.DecodeTx(f.Payload, &a.txs[ntx]); err != nil {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+				return nil
+			}
+			ref.tx = ntx
+			ntx++
+		case f.Type == format.FrameHeartbeat:
+			t, err := format.DecodeHeartbeat(f.Payload)
+			if err != nil {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+				return nil
+			}
+			ref.t = t
+		case f.Type == format.FrameSeal:
+			s, err := format.DecodeSeal(f.Payload)
+			if err != nil {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+				return nil
+			}
+			if s.Next != b.Segment+1 {
+				a.log.Warn("seal names an unexpected next segment", "source", b.Source, "segment", b.Segment, "next", s.Next)
+			}
+			ref.t = s.Time
+		case f.Type.Skippable():
+		default:
+			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
+				Err: fmt.Errorf("%w: unknown frame type %d", ErrCorrupt, f.Type)})
+			return nil
+		}
+		a.frames = append(a.frames, ref)
+	}
+	c := a.count(b.Source)
+	c.skipped += b.Frames - len(a.frames)
+	for i := range a.frames {
+		f := &a.frames[i]
+		var err error
+		if f.typ == format.FrameTx {
+			tx := &a.txs[f.tx]
+			err = a.batch.ApplyTx(b.Source, b.Segment, f.off, f.end, seq, tx)
+			c.txs++
+			c.changes += len(tx.Changes)
+		} else {
+			err = a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, f.t)
+		}
+		if err != nil {
+			return fmt.Errorf("consume: applying %s frame of %q at %d:%d: %w", f.typ, b.Source, b.Segment, f.off, err)
+		}
+		c.bytes += int(f.end - f.off)
+	}
+	if len(a.frames) > 0 {
+		a.clear(b.Source, st)
+	}
+	a.m.Messages.WithLabelValues(b.Source).Inc()
+	return nil
+}
+
+func (a *Applier) stop(source string, st *sourceState, e *SourceError) {
+	pos := a.batch.Position(source)
+	e.Source, e.AppliedSegment, e.AppliedOffset = source, pos.Segment, pos.Offset
+	a.mu.Lock()
+	first := st.err == nil
+	if first {
+		st.err = e
+		if st.hold == 0 || e.StreamSeq < st.hold {
+			st.hold = e.StreamSeq
+		}
+	}
+	a.mu.Unlock()
+	if !first {
+		a.m.Blocked.WithLabelValues(source).Inc()
+		return
+	}
+	a.m.Errors.WithLabelValues(source, e.Kind).Inc()
+	{
+		a.m.Stopped.WithLabelValues(source).Set(1)
+		a.log.Error("source stopped", "source", source, "kind", e.Kind, "segment", e.Segment, "offset", e.Offset,
+			"stream_seq", e.StreamSeq, "err", e)
+	}
+}
+
+// clear marks a source healthy again after it applied frames.
+func (a *Applier) clear(source string, st *sourceState) {
+	a.mu.Lock()
+	was := st.err
+	st.err, st.hold = nil, 0
+	a.mu.Unlock()
+	if was != nil {
+		a.m.Stopped.WithLabelValues(source).Set(0)
+		a.log.Info("source resumed: a message continued from the applied position", "source", source)
+	}
+}
+
+// cursor is where to resume reading after a restart: the last message seen,
+// but never past one that a source still needs (an incomplete split frame,
+// or the message that stopped it, so that a restart retries it).
+func (a *Applier) cursor() store.StreamCursor {
+	seq := a.lastSeq
+	a.mu.Lock()
+	for _, s := range a.sources {
+		if s.hold > 0 && s.hold-1 < seq {
+			seq = s.hold - 1
+		}
+	}
+	a.mu.Unlock()
+	return store.StreamCursor{Seq: seq, Created: a.created}
+}
+
+// Commit commits the open batch with the stream cursor.
+func (a *Applier) Commit() error {
+	c := a.cursor()
+	if a.batch.Empty() && c == a.st.Cursor() {
+		return nil
+	}
+	a.batch.SetCursor(c)
+	start := time.Now()
+	if err := a.batch.Commit(); err != nil {
+		return err
+	}
+	a.m.CommitTime.Observe(time.Since(start).Seconds())
+	for src, n := range a.counts {
+		a.m.Changes.WithLabelValues(src).Add(float64(n.changes))
+		a.m.Transactions.WithLabelValues(src).Add(float64(n.txs))
+		a.m.Bytes.WithLabelValues(src).Add(float64(n.bytes))
+		if n.skipped > 0 {
+			a.m.Skipped.WithLabelValues(src).Add(float64(n.skipped))
+		}
+	}
+	clear(a.counts)
+	return nil
+}
+
+// SourceStatus is what the applier knows of a source beyond its position.
+type SourceStatus struct {
+	Err       *SourceError
+	LastSeq   uint64
+	Shipped   format.Position // end of the furthest message seen
+	TornBytes int64
+}
+
+// Status returns per-source status. Safe for concurrent use.
+func (a *Applier) Status() map[string]SourceStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make(map[string]SourceStatus, len(a.sources))
+	for name, s := range a.sources {
+		out[name] = SourceStatus{Err: s.err, LastSeq: s.lastSeq, Shipped: s.shipped, TornBytes: s.torn}
+	}
+	return out
+}

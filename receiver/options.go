@@ -1,0 +1,220 @@
+package receiver
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type options struct {
+	nc            *nats.Conn
+	dataDir       string
+	stream        string
+	prefix        string
+	sources       []string
+	readyLag      time.Duration
+	webhook       string
+	webhookToken  string
+	rebuild       bool
+	token         string
+	keepChanges   uint64
+	keepAge       time.Duration
+	cacheSize     int64
+	sync          bool
+	registry      *prometheus.Registry
+	log           *slog.Logger
+	listen        string
+	checkpointDir string
+	maxBatchBytes int
+}
+
+// Option configures a Receiver. Options validate their arguments.
+type Option func(*options) error
+
+// WithNATS sets the NATS connection (required). The caller owns it.
+func WithNATS(nc *nats.Conn) Option {
+	return func(o *options) error {
+		if nc == nil {
+			return errors.New("receiver: nil NATS connection")
+		}
+		o.nc = nc
+		return nil
+	}
+}
+
+// WithDataDir sets the directory of the store (required).
+func WithDataDir(dir string) Option {
+	return func(o *options) error {
+		if dir == "" {
+			return errors.New("receiver: empty data directory")
+		}
+		o.dataDir = dir
+		return nil
+	}
+}
+
+// WithStream sets the stream name (default "FERRY").
+func WithStream(name string) Option {
+	return func(o *options) error {
+		if name == "" {
+			return errors.New("receiver: empty stream name")
+		}
+		o.stream = name
+		return nil
+	}
+}
+
+// WithSubjectPrefix sets the subject prefix (default "ferry").
+func WithSubjectPrefix(p string) Option {
+	return func(o *options) error {
+		if p == "" {
+			return errors.New("receiver: empty subject prefix")
+		}
+		o.prefix = p
+		return nil
+	}
+}
+
+// WithSources restricts the receiver to these sources (default: all in the
+// stream). Readiness then also waits for each of them.
+func WithSources(sources ...string) Option {
+	return func(o *options) error {
+		for _, s := range sources {
+			if !format.ValidSource(s) {
+				return fmt.Errorf("receiver: invalid source name %q (want 1-%d of [A-Za-z0-9_-])", s, format.MaxSourceLen)
+			}
+		}
+		o.sources = append(o.sources, sources...)
+		return nil
+	}
+}
+
+// WithReadyLag sets the lag under which /readyz says ready (default 5 s).
+func WithReadyLag(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("receiver: ready lag %v must be positive", d)
+		}
+		o.readyLag = d
+		return nil
+	}
+}
+
+// WithWebhook pushes the change log to url; token (optional) is sent as a
+// bearer token.
+func WithWebhook(rawURL, token string) Option {
+	return func(o *options) error {
+		u, err := url.Parse(rawURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("receiver: webhook URL %q: want http(s)://host/path", rawURL)
+		}
+		o.webhook, o.webhookToken = rawURL, token
+		return nil
+	}
+}
+
+// WithRebuild discards the store and rebuilds it from the start of the
+// stream.
+func WithRebuild(rebuild bool) Option {
+	return func(o *options) error { o.rebuild = rebuild; return nil }
+}
+
+// WithToken requires "Authorization: Bearer <token>" on the API.
+func WithToken(token string) Option {
+	return func(o *options) error { o.token = token; return nil }
+}
+
+// WithChangeLogRetention keeps at most count changes (0: no count bound)
+// and none older than age (0: no age bound) in the change log. Changes the
+// webhook has not delivered are always kept.
+func WithChangeLogRetention(count uint64, age time.Duration) Option {
+	return func(o *options) error {
+		if age < 0 {
+			return fmt.Errorf("receiver: negative change log age %v", age)
+		}
+		if count == 0 && age == 0 {
+			return errors.New("receiver: change log retention needs a count or an age")
+		}
+		o.keepChanges, o.keepAge = count, age
+		return nil
+	}
+}
+
+// WithCacheSize sets the Pebble block cache size in bytes (default 64 MiB).
+func WithCacheSize(n int64) Option {
+	return func(o *options) error {
+		if n < 1<<20 {
+			return fmt.Errorf("receiver: cache size %d below 1 MiB", n)
+		}
+		o.cacheSize = n
+		return nil
+	}
+}
+
+// WithSync fsyncs every store commit (default off; see receiver/store).
+func WithSync(sync bool) Option {
+	return func(o *options) error { o.sync = sync; return nil }
+}
+
+// WithRegistry registers the receiver's metrics on reg (default: a new
+// registry, served on /metrics).
+func WithRegistry(reg *prometheus.Registry) Option {
+	return func(o *options) error {
+		if reg == nil {
+			return errors.New("receiver: nil registry")
+		}
+		o.registry = reg
+		return nil
+	}
+}
+
+// WithLogger sets the logger.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return errors.New("receiver: nil logger")
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithListen makes Run also serve the API on addr ("127.0.0.1:8080").
+func WithListen(addr string) Option {
+	return func(o *options) error {
+		if addr == "" {
+			return errors.New("receiver: empty listen address")
+		}
+		o.listen = addr
+		return nil
+	}
+}
+
+// WithCheckpointDir enables POST /v1/checkpoint, which writes a checkpoint
+// of the store under dir and returns its path.
+func WithCheckpointDir(dir string) Option {
+	return func(o *options) error {
+		if dir == "" {
+			return errors.New("receiver: empty checkpoint directory")
+		}
+		o.checkpointDir = dir
+		return nil
+	}
+}
+
+// WithMaxBatchBytes bounds one store commit (default 16 MiB).
+func WithMaxBatchBytes(n int) Option {
+	return func(o *options) error {
+		if n < 64<<10 || n > 1<<30 {
+			return fmt.Errorf("receiver: max batch bytes %d outside 64 KiB..1 GiB", n)
+		}
+		o.maxBatchBytes = n
+		return nil
+	}
+}

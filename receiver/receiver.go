@@ -1,0 +1,372 @@
+// Package receiver is Ferry's receiving side as a library: a Receiver
+// consumes a Ferry stream from NATS JetStream, applies every change exactly
+// once into a local Pebble store (receiver/store, receiver/consume), serves
+// it to the microservice next to it over HTTP (receiver/api) and optionally
+// pushes the change log to a webhook (receiver/webhook). `ferry receive`, the
+// demo and the bench embed it.
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/receiver/api"
+	"github.com/ferrysync/ferry/receiver/consume"
+	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/ferrysync/ferry/receiver/webhook"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Status and SourceStatus are the receiver's status, as /v1/status serves it.
+type (
+	Status       = api.Status
+	SourceStatus = api.SourceStatus
+)
+
+// Receiver consumes a stream into a store and serves it.
+type Receiver struct {
+	o    options
+	log  *slog.Logger
+	st   *store.Store
+	dec  *wire.Decompressor
+	ap   *consume.Applier
+	cons *consume.Consumer
+	hook *webhook.Webhook
+	h    *api.Handler
+	reg  *prometheus.Registry
+	m    *consume.Metrics
+
+	closeOnce sync.Once
+	closeErr  error
+	mu        sync.Mutex
+	runErr    error
+}
+
+// StoreDir is the store's directory inside the data directory.
+const StoreDir = "store"
+
+// New validates the options and opens the store; Run starts the work.
+func New(opts ...Option) (*Receiver, error) {
+	o := options{stream: "FERRY", prefix: "ferry", readyLag: 5 * time.Second, keepChanges: 1_000_000,
+		keepAge: 24 * time.Hour, cacheSize: 64 << 20, log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	if o.nc == nil {
+		return nil, errors.New("receiver: a NATS connection is required (WithNATS)")
+	}
+	if o.dataDir == "" {
+		return nil, errors.New("receiver: a data directory is required (WithDataDir)")
+	}
+	if o.registry == nil {
+		o.registry = prometheus.NewRegistry()
+		o.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	dir := filepath.Join(o.dataDir, StoreDir)
+	if o.rebuild {
+		o.log.Warn("rebuilding: discarding the store, it will be rebuilt from the start of the stream", "dir", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("receiver: removing %s to rebuild: %w", dir, err)
+		}
+	}
+	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("receiver: creating data directory: %w", err)
+	}
+	st, err := store.Open(dir, store.WithCacheSize(o.cacheSize), store.WithSync(o.sync), store.WithLogger(o.log))
+	if err != nil {
+		return nil, err
+	}
+	r := &Receiver{o: o, log: o.log, st: st, reg: o.registry}
+	if err := r.build(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Receiver) build() error {
+	var err error
+	if r.m, err = consume.NewMetrics(r.reg); err != nil {
+		return err
+	}
+	if r.dec, err = wire.NewDecompressor(); err != nil {
+		return err
+	}
+	r.ap = consume.NewApplier(r.st, r.dec, r.m, r.log, r.o.prefix)
+	js, err := jetstream.New(r.o.nc)
+	if err != nil {
+		return fmt.Errorf("receiver: JetStream context: %w", err)
+	}
+	r.cons, err = consume.New(js, r.st, r.ap, consume.Config{Stream: r.o.stream, SubjectPrefix: r.o.prefix,
+		Sources: r.o.sources, MaxBatchBytes: r.o.maxBatchBytes, Logger: r.log, Metrics: r.m})
+	if err != nil {
+		return err
+	}
+	if r.o.webhook != "" {
+		r.hook, err = webhook.New(r.st, webhook.Config{URL: r.o.webhook, Token: r.o.webhookToken, Logger: r.log, Registerer: r.reg})
+		if err != nil {
+			return err
+		}
+	}
+	r.h, err = api.New(api.Config{Store: r.st, Status: r.Status, Token: r.o.token, Logger: r.log,
+		Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{})})
+	if err != nil {
+		return err
+	}
+	if r.o.checkpointDir != "" {
+		r.h.Handle("POST /v1/checkpoint", r.serveCheckpoint)
+	}
+	return nil
+}
+
+// Handler returns the HTTP API (rows, changes, SSE, status, health,
+// readiness, metrics).
+func (r *Receiver) Handler() http.Handler { return r.h }
+
+// Store returns the store, for embedding programs that read it directly.
+func (r *Receiver) Store() *store.Store { return r.st }
+
+// Registry returns the Prometheus registry holding the receiver's metrics.
+func (r *Receiver) Registry() *prometheus.Registry { return r.reg }
+
+// Positions returns every source's applied position.
+func (r *Receiver) Positions() map[string]store.SourcePosition { return r.st.Positions() }
+
+// Run consumes, trims the change log, delivers the webhook and (WithListen)
+// serves the API until ctx is done or something fails for good (the store);
+// then it closes the store. A Receiver runs once.
+func (r *Receiver) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	fail := func(err error) {
+		if err == nil {
+			return
+		}
+		r.mu.Lock()
+		if r.runErr == nil {
+			r.runErr = err
+		}
+		r.mu.Unlock()
+		cancel()
+	}
+	start := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				fail(fmt.Errorf("receiver: %s: %w", name, err))
+			}
+		}()
+	}
+	if r.o.listen != "" {
+		ln, err := net.Listen("tcp", r.o.listen)
+		if err != nil {
+			r.Close()
+			return fmt.Errorf("receiver: listening on %s: %w (use another --http address)", r.o.listen, err)
+		}
+		r.log.Info("serving the API", "addr", ln.Addr().String())
+		start("http", func(ctx context.Context) error { return r.serve(ctx, ln) })
+	}
+	start("consumer", r.cons.Run)
+	start("trim", r.trimLoop)
+	start("gauges", r.gaugeLoop)
+	if r.hook != nil {
+		start("webhook", r.hook.Run)
+	}
+	<-ctx.Done()
+	wg.Wait()
+	r.ap.Close()
+	if err := r.Close(); err != nil {
+		fail(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.runErr
+}
+
+// Close closes the store; Run calls it on exit. Use it for a Receiver that
+// was created but never run.
+func (r *Receiver) Close() error {
+	r.closeOnce.Do(func() {
+		r.dec.Close()
+		r.closeErr = r.st.Close()
+	})
+	return r.closeErr
+}
+
+func (r *Receiver) serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: r.h, ReadHeaderTimeout: 5 * time.Second, MaxHeaderBytes: 64 << 10, IdleTimeout: 2 * time.Minute}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx) // SSE streams end with the request context
+	srv.Close()
+	<-errc
+	return nil
+}
+
+func (r *Receiver) trimLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		floor := ^uint64(0)
+		if r.hook != nil {
+			floor = r.st.Webhook()
+		}
+		if n, err := r.st.Trim(r.o.keepChanges, r.o.keepAge, floor); err != nil {
+			r.log.Warn("trimming the change log", "err", err)
+		} else if n > 0 {
+			r.log.Debug("trimmed the change log", "changes", n)
+		}
+	}
+}
+
+func (r *Receiver) gaugeLoop(ctx context.Context) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			r.Status() // refreshes the lag gauges
+		}
+	}
+}
+
+// Status returns the receiver's status; it also refreshes the lag gauges.
+func (r *Receiver) Status() Status {
+	now := time.Now()
+	first, last := r.st.ChangeRange()
+	st := Status{Stream: r.o.stream, Consuming: r.cons.Running(), CaughtUp: r.cons.CaughtUp(),
+		StreamSeq: r.st.Cursor().Seq, MessagesPending: r.cons.Pending(), FirstChangeID: first, LastChangeID: last}
+	if err := r.cons.LastError(); err != nil && !st.Consuming {
+		st.Error = err.Error()
+	}
+	if r.hook != nil {
+		w := r.st.Webhook()
+		st.WebhookChangeID = &w
+		if err := r.hook.LastError(); err != nil && st.Error == "" {
+			st.Error = err.Error()
+		}
+	}
+	pos := r.st.Positions()
+	aps := r.ap.Status()
+	names := map[string]bool{}
+	for n := range pos {
+		names[n] = true
+	}
+	for n := range aps {
+		names[n] = true
+	}
+	for _, n := range r.o.sources {
+		names[n] = true
+	}
+	reason := ""
+	if !st.CaughtUp {
+		reason = fmt.Sprintf("catching up with stream %s (%d messages pending)", r.o.stream, st.MessagesPending)
+	}
+	for n := range names {
+		if len(r.o.sources) > 0 && !contains(r.o.sources, n) {
+			continue
+		}
+		p, a := pos[n], aps[n]
+		s := SourceStatus{Source: n, State: "ok", AppliedSegment: p.Segment, AppliedOffset: p.Offset,
+			ShippedSegment: a.Shipped.Segment, ShippedOffset: a.Shipped.Offset, StreamSeq: p.StreamSeq,
+			Transactions: p.Transactions, Changes: p.Changes, TornBytes: a.TornBytes}
+		if a.Shipped.Segment == p.Segment && a.Shipped.Offset > p.Offset {
+			s.BehindBytes = a.Shipped.Offset - p.Offset
+		}
+		if p.LastCommit > 0 {
+			t := time.Unix(0, p.LastCommit).UTC()
+			s.LastCommitTime = &t
+		}
+		if p.AliveAt > 0 {
+			t := time.Unix(0, p.AliveAt).UTC()
+			s.AliveAt = &t
+			s.LagSeconds = max(now.Sub(t).Seconds(), 0)
+			r.m.Lag.WithLabelValues(n).Set(s.LagSeconds)
+		}
+		switch {
+		case a.Err != nil:
+			s.State, s.Error = "stopped", a.Err.Error()
+			if reason == "" {
+				reason = fmt.Sprintf("source %s stopped: %s", n, a.Err.Kind)
+			}
+		case p.Segment == 0:
+			s.State = "waiting"
+			if reason == "" {
+				reason = fmt.Sprintf("source %s: nothing applied yet", n)
+			}
+		case s.LagSeconds > r.o.readyLag.Seconds():
+			if reason == "" {
+				reason = fmt.Sprintf("source %s lags %.1fs (ready under %s)", n, s.LagSeconds, r.o.readyLag)
+			}
+		}
+		st.Sources = append(st.Sources, s)
+	}
+	sort.Slice(st.Sources, func(i, j int) bool { return st.Sources[i].Source < st.Sources[j].Source })
+	st.Ready, st.NotReadyReason = reason == "", reason
+	if st.Sources == nil {
+		st.Sources = []SourceStatus{}
+	}
+	return st
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Checkpoint writes a consistent copy of the store to dir (which must not
+// exist). A receiver started with that directory as its store (DIR/store of
+// its --data) catches up from the checkpoint's positions.
+func (r *Receiver) Checkpoint(dir string) error { return r.st.Checkpoint(dir) }
+
+func (r *Receiver) serveCheckpoint(w http.ResponseWriter, req *http.Request) {
+	dir := filepath.Join(r.o.checkpointDir, "checkpoint-"+time.Now().UTC().Format("20060102T150405.000000000Z"))
+	if err := os.MkdirAll(r.o.checkpointDir, 0o755); err != nil {
+		http.Error(w, `{"error":"creating checkpoint directory","code":"internal"}`, http.StatusInternalServerError)
+		return
+	}
+	if err := r.Checkpoint(dir); err != nil {
+		r.log.Error("checkpoint failed", "dir", dir, "err", err)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprintf(w, "{\"error\":%q,\"code\":\"internal\"}\n", err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, "{\"checkpoint\":%q,\"store_dir_name\":%q}\n", dir, StoreDir)
+}

@@ -1,0 +1,212 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/ferrysync/ferry/format"
+)
+
+// Batch accumulates applied frames and commits them, with the positions they
+// move, atomically. Only one Batch may be open at a time (the store has one
+// writer); it is not safe for concurrent use.
+//
+// Batch does not decide what to apply: its caller checks each frame against
+// Position and hands over only the next one. Batch checks that it does (a
+// frame must start where the source's position ends, or open a segment
+// after it) and refuses anything else, so a bug upstream cannot apply a
+// frame twice.
+type Batch struct {
+	s        *Store
+	b        *pebble.Batch
+	next     uint64 // next change id
+	pos      map[string]SourcePosition
+	dirty    map[string]bool
+	cursor   StreamCursor
+	cursorOK bool
+	changes  int
+	txs      int
+	bytes    int64
+	now      int64
+	key, val []byte
+}
+
+// NewBatch starts a batch.
+func (s *Store) NewBatch() *Batch {
+	s.mu.Lock()
+	next := s.lastChange + 1
+	s.mu.Unlock()
+	return &Batch{s: s, b: s.db.NewBatch(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, now: time.Now().UnixNano()}
+}
+
+// Position returns a source's position including what this batch applied.
+func (b *Batch) Position(source string) SourcePosition {
+	if p, ok := b.pos[source]; ok {
+		return p
+	}
+	return b.s.Position(source)
+}
+
+// ErrNotNext means a frame was handed to a Batch that does not start at its
+// source's position: applying it would skip or repeat data.
+var ErrNotNext = errors.New("store: frame is not the next one of its source")
+
+func (b *Batch) advance(source string, seg uint64, off, end int64, streamSeq uint64, t int64) (*SourcePosition, error) {
+	p := b.Position(source)
+	if seg != p.Segment || off != p.Offset {
+		if !(seg > p.Segment && (p.Segment == 0 || seg == p.Segment+1)) {
+			return nil, fmt.Errorf("%w: source %q at %d:%d, frame at %d:%d", ErrNotNext, source, p.Segment, p.Offset, seg, off)
+		}
+	}
+	if end <= off {
+		return nil, fmt.Errorf("%w: source %q: empty frame at %d:%d", ErrNotNext, source, seg, off)
+	}
+	p.Segment, p.Offset, p.StreamSeq = seg, end, streamSeq
+	if t > p.AliveAt {
+		p.AliveAt = t
+	}
+	b.pos[source] = p
+	b.dirty[source] = true
+	q := b.pos[source]
+	return &q, nil
+}
+
+// ApplyTx applies the transaction whose frame spans [off, end) of segment
+// seg of source, read from the message with stream sequence streamSeq: every
+// change updates or deletes its row and is appended to the change log.
+func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uint64, tx *format.Tx) error {
+	p, err := b.advance(source, seg, off, end, streamSeq, tx.CommitTime)
+	if err != nil {
+		return err
+	}
+	v := Version{Source: source, Segment: seg, Offset: off}
+	for i := range tx.Changes {
+		c := &tx.Changes[i]
+		v.Index = i
+		id := b.next
+		b.next++
+		b.key = appendRowKey(b.key[:0], c.Table, c.Key)
+		if c.Op == format.OpDelete {
+			if err := b.b.Delete(b.key, nil); err != nil {
+				return fmt.Errorf("store: deleting row: %w", err)
+			}
+		} else {
+			b.val = appendRow(b.val[:0], c, &v, tx.CommitTime, id)
+			if err := b.b.Set(b.key, b.val, nil); err != nil {
+				return fmt.Errorf("store: setting row: %w", err)
+			}
+		}
+		b.key = appendChangeKey(b.key[:0], id)
+		b.val = appendChange(b.val[:0], c, &v, tx, b.now)
+		if err := b.b.Set(b.key, b.val, nil); err != nil {
+			return fmt.Errorf("store: appending change: %w", err)
+		}
+	}
+	p.LastCommit = tx.CommitTime
+	p.Transactions++
+	p.Changes += uint64(len(tx.Changes))
+	b.pos[source] = *p
+	b.changes += len(tx.Changes)
+	b.txs++
+	b.bytes += end - off
+	return nil
+}
+
+// Advance moves a source past a frame that changes no rows (a heartbeat or a
+// seal, or a skippable frame type), t being its time (0 if none).
+func (b *Batch) Advance(source string, seg uint64, off, end int64, streamSeq uint64, t int64) error {
+	_, err := b.advance(source, seg, off, end, streamSeq, t)
+	if err == nil {
+		b.bytes += end - off
+	}
+	return err
+}
+
+// SetCursor records the stream cursor in the batch.
+func (b *Batch) SetCursor(c StreamCursor) {
+	b.cursor, b.cursorOK = c, true
+}
+
+// Changes, Transactions and Bytes count what the batch applied so far.
+func (b *Batch) Changes() int      { return b.changes }
+func (b *Batch) Transactions() int { return b.txs }
+func (b *Batch) Bytes() int64      { return b.bytes }
+
+// Size returns the batch's encoded size.
+func (b *Batch) Size() int { return b.b.Len() }
+
+// Empty reports whether the batch holds nothing to commit.
+func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK }
+
+// Commit writes the batch: data, positions, last change id and cursor in one
+// atomic Pebble commit. The Batch can be used again afterwards.
+func (b *Batch) Commit() error {
+	if b.Empty() {
+		return nil
+	}
+	for src := range b.dirty {
+		p := b.pos[src]
+		b.val = encodePos(b.val[:0], &p)
+		if err := b.b.Set(posKey(src), b.val, nil); err != nil {
+			return fmt.Errorf("store: setting position: %w", err)
+		}
+	}
+	last := b.next - 1
+	if b.changes > 0 {
+		if err := b.b.Set(keyLastChange, leAppend(nil, last), nil); err != nil {
+			return fmt.Errorf("store: setting last change id: %w", err)
+		}
+	}
+	if b.cursorOK {
+		if err := b.b.Set(keyStream, encodeCursor(b.cursor), nil); err != nil {
+			return fmt.Errorf("store: setting stream cursor: %w", err)
+		}
+	}
+	if err := b.b.Commit(b.s.wo); err != nil {
+		return fmt.Errorf("store: committing %d changes: %w", b.changes, err)
+	}
+	s := b.s
+	s.mu.Lock()
+	for src := range b.dirty {
+		s.positions[src] = b.pos[src]
+	}
+	if b.changes > 0 {
+		if s.firstChange > s.lastChange {
+			s.firstChange = s.lastChange + 1
+		}
+		s.lastChange = last
+	}
+	if b.cursorOK {
+		s.cursor = b.cursor
+	}
+	close(s.notify)
+	s.notify = make(chan struct{})
+	s.mu.Unlock()
+	b.reset()
+	return nil
+}
+
+// Discard drops what the batch holds.
+func (b *Batch) Discard() {
+	b.s.mu.Lock()
+	b.next = b.s.lastChange + 1
+	b.s.mu.Unlock()
+	b.reset()
+}
+
+func (b *Batch) reset() {
+	b.b.Close()
+	b.b = b.s.db.NewBatch()
+	clear(b.pos)
+	clear(b.dirty)
+	b.cursorOK = false
+	b.changes, b.txs, b.bytes = 0, 0, 0
+	b.now = time.Now().UnixNano()
+}
+
+// Close releases the batch without committing.
+func (b *Batch) Close() {
+	b.b.Close()
+}

@@ -1,0 +1,166 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// ErrTrimmed means a change log cursor older than what the log still keeps.
+var ErrTrimmed = errors.New("store: changes trimmed from the log")
+
+// Get returns the current row of (table, key); ok is false when there is
+// none (never written, or deleted).
+func (s *Store) Get(table string, key []byte) (Row, bool, error) {
+	k := appendRowKey(make([]byte, 0, 16+len(table)+len(key)), table, key)
+	v, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Row{}, false, nil
+	}
+	if err != nil {
+		return Row{}, false, fmt.Errorf("store: reading row %s/%q: %w", table, key, err)
+	}
+	defer closer.Close()
+	row, err := decodeRow(table, append([]byte(nil), key...), bytes.Clone(v))
+	return row, err == nil, err
+}
+
+// Scan returns up to limit rows of table whose key starts with prefix and
+// comes strictly after after (nil: from the start), in key order, and
+// whether more follow. The rows come from one consistent snapshot: a
+// transaction is either wholly in it or not at all.
+func (s *Store) Scan(table string, prefix, after []byte, limit int) ([]Row, bool, error) {
+	tp := appendTablePrefix(nil, table)
+	lower := append(append([]byte(nil), tp...), prefix...)
+	upper := prefixEnd(lower)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return nil, false, fmt.Errorf("store: scanning %s: %w", table, err)
+	}
+	defer it.Close()
+	var ok bool
+	if after != nil {
+		seek := append(append(append([]byte(nil), tp...), after...), 0)
+		ok = it.SeekGE(seek)
+	} else {
+		ok = it.First()
+	}
+	var rows []Row
+	for ; ok; ok = it.Next() {
+		if len(rows) == limit {
+			return rows, true, nil
+		}
+		key := bytes.Clone(it.Key()[len(tp):])
+		row, err := decodeRow(table, key, bytes.Clone(it.Value()))
+		if err != nil {
+			return nil, false, err
+		}
+		rows = append(rows, row)
+	}
+	if err := it.Error(); err != nil {
+		return nil, false, fmt.Errorf("store: scanning %s: %w", table, err)
+	}
+	return rows, false, nil
+}
+
+// Changes returns up to limit changes with ids after after, in order. It
+// returns ErrTrimmed if changes after after were already trimmed.
+func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
+	first, _ := s.ChangeRange()
+	if after+1 < first {
+		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first)
+	}
+	lower := appendChangeKey(nil, after+1)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: []byte{prefixChange + 1}})
+	if err != nil {
+		return nil, fmt.Errorf("store: reading changes: %w", err)
+	}
+	defer it.Close()
+	var out []Change
+	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+		id, _ := changeKeyID(it.Key())
+		c, err := decodeChange(id, bytes.Clone(it.Value()))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	if err := it.Error(); err != nil {
+		return nil, fmt.Errorf("store: reading changes: %w", err)
+	}
+	// A concurrent trim may have removed the first ones between the check
+	// and the iterator: never return a log with a hole at its start.
+	if first2, _ := s.ChangeRange(); after+1 < first2 {
+		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first2)
+	}
+	return out, nil
+}
+
+// Trim removes old changes from the log: those beyond the newest keep (0:
+// no count bound) and those applied more than maxAge ago (0: no age bound),
+// but never a change after floor (a subscriber such as the webhook that has
+// not consumed it yet). It returns how many it removed.
+func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, error) {
+	first, last := s.ChangeRange()
+	if first > last {
+		return 0, nil
+	}
+	cut := first // remove ids in [first, cut)
+	if keep > 0 && last-first+1 > keep {
+		cut = last - keep + 1
+	}
+	if maxAge > 0 {
+		limit := time.Now().Add(-maxAge).UnixNano()
+		// Applied times grow with ids: binary search the first young one.
+		n := int(last - first + 1)
+		var serr error
+		i := sort.Search(n, func(i int) bool {
+			t, err := s.appliedAt(first + uint64(i))
+			if err != nil && serr == nil {
+				serr = err
+			}
+			return t >= limit
+		})
+		if serr != nil {
+			return 0, serr
+		}
+		if c := first + uint64(i); c > cut {
+			cut = c
+		}
+	}
+	if cut > floor+1 {
+		cut = floor + 1
+	}
+	if cut <= first {
+		return 0, nil
+	}
+	// Move the start first so that readers refuse the doomed range before it
+	// disappears under them.
+	s.mu.Lock()
+	s.firstChange = cut
+	s.mu.Unlock()
+	if err := s.db.DeleteRange(appendChangeKey(nil, first), appendChangeKey(nil, cut), s.wo); err != nil {
+		return 0, fmt.Errorf("store: trimming changes [%d, %d): %w", first, cut, err)
+	}
+	return cut - first, nil
+}
+
+func (s *Store) appliedAt(id uint64) (int64, error) {
+	v, closer, err := s.db.Get(appendChangeKey(nil, id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil // trimmed concurrently: old
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: reading change %d: %w", id, err)
+	}
+	defer closer.Close()
+	c, err := decodeChange(id, v)
+	if err != nil {
+		return 0, err
+	}
+	return c.AppliedAt, nil
+}

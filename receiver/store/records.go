@@ -1,0 +1,233 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/ferrysync/ferry/format"
+)
+
+// Version says where a change came from: its identity in its source.
+type Version struct {
+	Source  string
+	Segment uint64
+	// Offset is the byte offset of the transaction's frame in the segment.
+	Offset int64
+	// Index is the change's index in its transaction.
+	Index int
+}
+
+func (v Version) String() string {
+	return fmt.Sprintf("%s:%d:%d:%d", v.Source, v.Segment, v.Offset, v.Index)
+}
+
+// Row is the current state of one (table, key).
+type Row struct {
+	Table   string
+	Key     []byte
+	Op      format.Op
+	Content format.ContentType
+	// Value is the after image of the last change.
+	Value      []byte
+	Version    Version
+	CommitTime int64 // Unix ns, from the legacy's transaction
+	ChangeID   uint64
+}
+
+// Change is one entry of the change log.
+type Change struct {
+	// ID orders the log: the receiver's apply sequence number, dense and
+	// increasing. Subscribers use it as a cursor and to de-duplicate.
+	ID      uint64
+	Table   string
+	Key     []byte
+	Op      format.Op
+	Content format.ContentType
+	After   []byte
+	// Before is nil when the writer did not record it.
+	Before     []byte
+	Version    Version
+	CommitTime int64 // Unix ns
+	AppliedAt  int64 // Unix ns, when this receiver applied it
+	TxID       string
+	Origin     string
+}
+
+// SourcePosition is how far a source has been applied.
+type SourcePosition struct {
+	Source string
+	// Segment and Offset: the end of the last applied frame, where the next
+	// frame of the source starts. Segment 0 means nothing applied yet.
+	Segment uint64
+	Offset  int64
+	// StreamSeq is the stream sequence of the message the last applied frame
+	// came from.
+	StreamSeq uint64
+	// LastCommit is the commit time of the last applied transaction, and
+	// AliveAt the time of the last applied frame of any kind (transaction,
+	// heartbeat, seal), Unix ns.
+	LastCommit int64
+	AliveAt    int64
+	// Transactions and Changes count what this receiver applied.
+	Transactions uint64
+	Changes      uint64
+}
+
+// Position returns the source position as a format.Position.
+func (p SourcePosition) Position() format.Position {
+	return format.Position{Segment: p.Segment, Offset: p.Offset}
+}
+
+// StreamCursor is where the receiver resumes reading its stream.
+type StreamCursor struct {
+	// Seq is the last stream sequence handled; reading resumes after it.
+	Seq uint64
+	// Created identifies the stream incarnation (its creation time, Unix ns):
+	// a recreated stream restarts its sequences.
+	Created int64
+}
+
+func encodePos(dst []byte, p *SourcePosition) []byte {
+	dst = append(dst, recordVersion)
+	dst = binary.LittleEndian.AppendUint64(dst, p.Segment)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(p.Offset))
+	dst = binary.LittleEndian.AppendUint64(dst, p.StreamSeq)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(p.LastCommit))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(p.AliveAt))
+	dst = binary.LittleEndian.AppendUint64(dst, p.Transactions)
+	return binary.LittleEndian.AppendUint64(dst, p.Changes)
+}
+
+func decodePos(source string, b []byte) (SourcePosition, error) {
+	r := reader{b: b}
+	if v := r.u8(); v != recordVersion && r.err == nil {
+		return SourcePosition{}, fmt.Errorf("store: position of source %q: unknown record version %d", source, v)
+	}
+	p := SourcePosition{Source: source}
+	p.Segment = r.u64()
+	p.Offset = int64(r.u64())
+	p.StreamSeq = r.u64()
+	p.LastCommit = int64(r.u64())
+	p.AliveAt = int64(r.u64())
+	p.Transactions = r.u64()
+	p.Changes = r.u64()
+	if r.err != nil {
+		return SourcePosition{}, fmt.Errorf("store: position of source %q: %w", source, r.err)
+	}
+	return p, nil
+}
+
+func encodeCursor(c StreamCursor) []byte {
+	b := []byte{recordVersion}
+	b = binary.LittleEndian.AppendUint64(b, c.Seq)
+	return binary.LittleEndian.AppendUint64(b, uint64(c.Created))
+}
+
+func decodeCursor(b []byte) (StreamCursor, error) {
+	r := reader{b: b}
+	r.u8()
+	c := StreamCursor{Seq: r.u64(), Created: int64(r.u64())}
+	if r.err != nil {
+		return StreamCursor{}, fmt.Errorf("store: stream cursor: %w", r.err)
+	}
+	return c, nil
+}
+
+// Row record: | version | op | content | segment u64 | offset u64 | index u32 |
+// commit i64 | change id u64 | source (uvarint len + bytes) | value (rest) |
+func appendRow(dst []byte, c *format.Change, v *Version, commit int64, id uint64) []byte {
+	ct := c.Content
+	if ct == 0 {
+		ct = format.ContentJSON
+	}
+	dst = append(dst, recordVersion, byte(c.Op), byte(ct))
+	dst = binary.LittleEndian.AppendUint64(dst, v.Segment)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(v.Offset))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(v.Index))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(commit))
+	dst = binary.LittleEndian.AppendUint64(dst, id)
+	dst = appendString(dst, v.Source)
+	return append(dst, c.After...)
+}
+
+func decodeRow(table string, key, b []byte) (Row, error) {
+	r := reader{b: b}
+	if v := r.u8(); v != recordVersion && r.err == nil {
+		return Row{}, fmt.Errorf("store: row %s/%q: unknown record version %d", table, key, v)
+	}
+	row := Row{Table: table, Key: key}
+	row.Op = format.Op(r.u8())
+	row.Content = format.ContentType(r.u8())
+	row.Version.Segment = r.u64()
+	row.Version.Offset = int64(r.u64())
+	row.Version.Index = int(r.u32())
+	row.CommitTime = int64(r.u64())
+	row.ChangeID = r.u64()
+	row.Version.Source = string(r.bytes())
+	row.Value = r.rest()
+	if r.err != nil {
+		return Row{}, fmt.Errorf("store: row %s/%q: %w", table, key, r.err)
+	}
+	return row, nil
+}
+
+// Change record: | version | op | content | flags (bit 0: before) |
+// segment u64 | offset u64 | index u32 | commit i64 | applied i64 |
+// source | table | key | tx id | origin | after | [before] | (each uvarint len + bytes)
+const changeHasBefore = 1
+
+func appendChange(dst []byte, c *format.Change, v *Version, tx *format.Tx, applied int64) []byte {
+	ct := c.Content
+	if ct == 0 {
+		ct = format.ContentJSON
+	}
+	var flags byte
+	if c.Before != nil {
+		flags |= changeHasBefore
+	}
+	dst = append(dst, recordVersion, byte(c.Op), byte(ct), flags)
+	dst = binary.LittleEndian.AppendUint64(dst, v.Segment)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(v.Offset))
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(v.Index))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(tx.CommitTime))
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(applied))
+	dst = appendString(dst, v.Source)
+	dst = appendString(dst, c.Table)
+	dst = appendBytes(dst, c.Key)
+	dst = appendString(dst, tx.ID)
+	dst = appendString(dst, tx.Origin)
+	dst = appendBytes(dst, c.After)
+	if c.Before != nil {
+		dst = appendBytes(dst, c.Before)
+	}
+	return dst
+}
+
+func decodeChange(id uint64, b []byte) (Change, error) {
+	r := reader{b: b}
+	if v := r.u8(); v != recordVersion && r.err == nil {
+		return Change{}, fmt.Errorf("store: change %d: unknown record version %d", id, v)
+	}
+	c := Change{ID: id}
+	c.Op = format.Op(r.u8())
+	c.Content = format.ContentType(r.u8())
+	flags := r.u8()
+	c.Version.Segment = r.u64()
+	c.Version.Offset = int64(r.u64())
+	c.Version.Index = int(r.u32())
+	c.CommitTime = int64(r.u64())
+	c.AppliedAt = int64(r.u64())
+	c.Version.Source = string(r.bytes())
+	c.Table = string(r.bytes())
+	c.Key = r.bytes()
+	c.TxID = string(r.bytes())
+	c.Origin = string(r.bytes())
+	c.After = r.bytes()
+	if flags&changeHasBefore != 0 {
+		c.Before = r.bytes()
+	}
+	if r.err != nil {
+		return Change{}, fmt.Errorf("store: change %d: %w", id, r.err)
+	}
+	return c, nil
+}
