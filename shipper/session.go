@@ -1,0 +1,480 @@
+package shipper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/shipper/jsclient"
+	"github.com/ferrysync/ferry/shipper/tail"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// inflight is a published message waiting for its ack.
+type inflight struct {
+	b    wire.Batch
+	fut  jetstream.PubAckFuture
+	size int64
+	body int
+	sent time.Time
+	last bool // whole frames, or the last part: the acked position moves to To
+}
+
+// session is one run of publishing, from the stream's tail until an error,
+// a reconnection or a stop.
+type session struct {
+	mu     sync.Mutex
+	err    error
+	failed *format.Position // first position that failed
+	hole   bool
+}
+
+func (ss *session) fail(err error, at format.Position) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.err == nil {
+		ss.err, ss.failed = err, &at
+	}
+}
+
+func (ss *session) state() (error, *format.Position, bool) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.err, ss.failed, ss.hole
+}
+
+// resume works out where to start: the stream's last message for the
+// subject, unless a hole must be repaired. It returns the position, the
+// sequence to fence the first publish on, and the repair number.
+func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, bool, error) {
+	last, err := s.st.LastMsg(ctx, s.subject)
+	if err != nil {
+		return format.Position{}, 0, 0, false, err
+	}
+	var pos format.Position
+	var seq uint64
+	if last != nil {
+		b, err := wire.ParseHeader(last.Header)
+		if err != nil {
+			return pos, 0, 0, false, fatal(fmt.Errorf("%w: the last message on %s (sequence %d) is not a Ferry batch: %v; something else publishes there",
+				ErrSourceBusy, s.subject, last.Sequence, err))
+		}
+		if b.Source != s.source {
+			return pos, 0, 0, false, fatal(fmt.Errorf("%w: the last message on %s (sequence %d) is from source %q",
+				ErrSourceBusy, s.subject, last.Sequence, b.Source))
+		}
+		seq = last.Sequence
+		pos = format.Position{Segment: b.Segment, Offset: b.To}
+		if b.Parts > 1 && b.Part < b.Parts-1 {
+			pos.Offset = b.From // a split frame cut short: re-send it whole
+		}
+	} else {
+		first, ok, err := tail.First(s.dir, s.source)
+		if err != nil {
+			return pos, 0, 0, false, fatal(err)
+		}
+		if !ok {
+			return pos, 0, 0, false, nil
+		}
+		pos = first
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var repair uint64
+	if s.repairAt != nil {
+		s.log.Error("re-shipping from a hole in the stream: messages after it were stored while it failed",
+			"hole", s.repairAt.String(), "stream_tail", pos.String())
+		pos = *s.repairAt
+		repair = uint64(time.Now().UnixNano())
+		s.repairAt = nil
+	} else if known := s.stats.Acked; known.Segment > 0 && pos.Less(known) || s.hintOK && pos.Less(s.hint) {
+		if known.Segment == 0 {
+			known = s.hint
+		}
+		s.stats.Behind++
+		s.met.error("stream_behind")
+		s.log.Error("the stream's tail is behind what it acknowledged: the broker lost acknowledged messages; re-shipping from the stream's real tail",
+			"acknowledged", known.String(), "stream_tail", pos.String(), "subject", s.subject,
+			"hint", "set sync_interval: always and replicas 3 on the servers for broker-side durability")
+	}
+	s.hintOK = false
+	if pos.Offset > 0 {
+		s.stats.Acked = pos
+	}
+	s.stats.Published = pos
+	return pos, seq, repair, true, nil
+}
+
+// session ships from the stream's tail until an error, a reconnection or
+// ctx ends. It reports whether it shipped anything.
+func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (bool, error) {
+	epoch := s.st.Epoch()
+	pos, lastSeq, repair, ok, err := s.resume(ctx)
+	if err != nil || !ok {
+		if err == nil {
+			// No segment yet: wait for the writer.
+			s.wait(ctx, watch, s.o.poll)
+		}
+		return false, err
+	}
+	s.mu.Lock()
+	s.stats.Sessions++
+	s.mu.Unlock()
+	fl, err := tail.Open(s.dir, s.source, pos, tail.Options{MaxBytes: s.maxRaw, MaxChanges: s.o.maxBatchChanges, ListEvery: s.o.poll})
+	if err != nil {
+		return false, fatal(err)
+	}
+	defer fl.Close()
+	s.log.Debug("session", "from", pos.String(), "last_seq", lastSeq, "repair", repair)
+
+	ss := &session{}
+	pending := make(chan *inflight, s.o.maxInFlightMsgs)
+	abandon := make(chan struct{})
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		s.acker(ss, pending, abandon)
+	}()
+	s.inFlightB.Store(0)
+	s.inFlightN.Store(0)
+
+	fenced := true
+	shipped := false
+	var lingerFrom int64 = -1
+	var lingerStart time.Time
+	nextUpkeep := time.Now()
+	var loopErr error
+	for {
+		if now := time.Now(); !now.Before(nextUpkeep) {
+			s.upkeep(fl, now)
+			nextUpkeep = now.Add(s.o.poll)
+		}
+		if err, _, _ := ss.state(); err != nil {
+			break
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if e := s.st.Epoch(); e != epoch {
+			loopErr = fmt.Errorf("reconnected to NATS: checking the stream's tail")
+			s.met.error("reconnect")
+			break
+		}
+		if err := l.valid(); err != nil {
+			loopErr = err
+			s.met.error("lease")
+			break
+		}
+		span, err := fl.Fill()
+		if err != nil {
+			s.met.error("corruption")
+			loopErr = fatal(fmt.Errorf("shipper: source %s: %w", s.source, err))
+			break
+		}
+		if span.Len() == 0 {
+			s.wait(ctx, watch, time.Until(nextUpkeep))
+			continue
+		}
+		if !span.Big && !span.Full && s.o.linger > 0 && s.inFlightN.Load() > 0 {
+			if lingerFrom != span.From {
+				lingerFrom, lingerStart = span.From, time.Now()
+			}
+			if left := s.o.linger - time.Since(lingerStart); left > 0 {
+				s.wait(ctx, watch, left)
+				continue
+			}
+		}
+		lingerFrom = -1
+		if err := s.ship(ctx, fl, span, pending, ss, &fenced, lastSeq, repair); err != nil {
+			loopErr = err
+			break
+		}
+		fl.Consume(span)
+		shipped = true
+	}
+
+	// Drain: wait for every ack, within the drain timeout.
+	close(pending)
+	timer := time.NewTimer(s.o.drainTimeout)
+	select {
+	case <-ackerDone:
+	case <-timer.C:
+		s.log.Warn("gave up waiting for acks; the next start re-ships from the stream's tail", "after", s.o.drainTimeout)
+		close(abandon)
+		<-ackerDone
+	}
+	timer.Stop()
+	s.upkeep(fl, time.Now())
+	s.saveCheckpoint()
+
+	serr, failedAt, hole := ss.state()
+	if hole && failedAt != nil {
+		s.mu.Lock()
+		s.repairAt = failedAt
+		s.stats.Repairs++
+		s.mu.Unlock()
+	}
+	if loopErr == nil {
+		loopErr = serr
+	}
+	return shipped, loopErr
+}
+
+// wait sleeps until a file event, an ack, ctx's end or d.
+func (s *Shipper) wait(ctx context.Context, watch *tail.Watch, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	var events <-chan struct{}
+	if watch != nil {
+		events = watch.C()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-events:
+	case <-s.ackSignal:
+	case <-t.C:
+	}
+}
+
+// ship publishes span as one message, or as parts if it is one big frame.
+func (s *Shipper) ship(ctx context.Context, fl *tail.Follower, span tail.Span, pending chan<- *inflight, ss *session, fenced *bool, lastSeq, repair uint64) error {
+	if span.PrevEnd >= 0 && span.Torn > 0 {
+		s.log.Warn("segment abandoned by a crashed writer: torn tail not shipped",
+			"segment", span.Segment-1, "ends_at", span.PrevEnd, "torn_bytes", span.Torn)
+		s.met.tornBytes.Add(float64(span.Torn))
+		s.mu.Lock()
+		s.stats.TornBytes += span.Torn
+		s.mu.Unlock()
+	}
+	b := wire.Batch{
+		Source: s.source, Segment: span.Segment, From: span.From, To: span.To,
+		Frames: span.Frames, Changes: span.Changes, FirstCommit: span.FirstCommit, LastCommit: span.LastCommit,
+		Codec: s.o.codec, Parts: 1, PrevEnd: span.PrevEnd, Torn: span.Torn, Repair: repair,
+	}
+	if !span.Big {
+		b.RawLen = len(span.Raw)
+		return s.publish(ctx, b, span.Raw, true, pending, ss, fenced, lastSeq)
+	}
+	n := int((span.Len() + int64(s.maxRaw) - 1) / int64(s.maxRaw))
+	b.Parts = n
+	if cap(s.partBuf) < s.maxRaw {
+		s.partBuf = make([]byte, s.maxRaw)
+	}
+	defer func() { s.partBuf = nil }() // big frames are rare: give the memory back
+	for i := 0; i < n; i++ {
+		off := span.From + int64(i)*int64(s.maxRaw)
+		k := min(int64(s.maxRaw), span.To-off)
+		raw := s.partBuf[:k]
+		if _, err := fl.ReadAt(raw, off); err != nil {
+			return fatal(err)
+		}
+		pb := b
+		pb.Part, pb.RawLen = i, int(k)
+		if i > 0 {
+			pb.PrevEnd, pb.Torn = -1, 0
+		}
+		if err := s.publish(ctx, pb, raw, i == n-1, pending, ss, fenced, lastSeq); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publish compresses raw and publishes it described by b: fenced and
+// synchronous for the session's first message, asynchronous after.
+func (s *Shipper) publish(ctx context.Context, b wire.Batch, raw []byte, last bool, pending chan<- *inflight, ss *session, fenced *bool, lastSeq uint64) error {
+	body, err := s.comp.Compress(s.scratch[:0], raw, b.Codec)
+	if err != nil {
+		return fatal(err)
+	}
+	s.scratch = body[:0]
+	hdr := nats.Header(b.Header())
+	size := int64(len(body))
+	for k, v := range hdr {
+		size += int64(len(k) + len(v[0]) + 4)
+	}
+	if size > int64(s.st.MaxPayload()) {
+		return fatal(fmt.Errorf("shipper: message %s of %d bytes over the server's max_payload %d", b.MsgID(), size, s.st.MaxPayload()))
+	}
+	msg := &nats.Msg{Subject: s.subject, Header: hdr, Data: append([]byte(nil), body...)}
+	at := format.Position{Segment: b.Segment, Offset: b.From}
+	if *fenced {
+		start := time.Now()
+		ack, err := s.st.PublishFenced(ctx, msg, lastSeq)
+		if errors.Is(err, jsclient.ErrFenced) {
+			s.met.error("fenced")
+			return fatal(fmt.Errorf("%w: %v; stop the other shipper", ErrSourceBusy, err))
+		}
+		if err != nil {
+			s.met.error("publish")
+			return fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err)
+		}
+		*fenced = false
+		s.acked(&inflight{b: b, body: len(body), sent: start, last: last}, ack)
+		return nil
+	}
+	// Respect the bounds on what is in flight.
+	for s.inFlightB.Load() > 0 && (s.inFlightB.Load()+size > s.o.maxInFlightBytes || s.inFlightN.Load() >= int64(s.o.maxInFlightMsgs)) {
+		if err, _, _ := ss.state(); err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		select {
+		case <-s.ackSignal:
+		case <-ctx.Done():
+		case <-time.After(s.o.poll):
+		}
+	}
+	if err, _, _ := ss.state(); err != nil {
+		return err
+	}
+	fut, err := s.st.PublishAsync(msg)
+	if err != nil {
+		s.met.error("publish")
+		ss.fail(fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err), at)
+		return err
+	}
+	s.inFlightB.Add(size)
+	s.inFlightN.Add(1)
+	s.mu.Lock()
+	s.stats.Published = format.Position{Segment: b.Segment, Offset: b.To}
+	s.mu.Unlock()
+	pending <- &inflight{b: b, fut: fut, size: size, body: len(body), sent: time.Now(), last: last}
+	return nil
+}
+
+// acker waits for the acks of pending in order and advances the acknowledged
+// position. After the first failure it only drains, noting a hole if a later
+// message was stored anyway.
+func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan struct{}) {
+	failed := false
+	for it := range pending {
+		var ack *jetstream.PubAck
+		var err error
+		select {
+		case ack = <-it.fut.Ok():
+		case err = <-it.fut.Err():
+		case <-abandon:
+			return
+		}
+		s.inFlightB.Add(-it.size)
+		s.inFlightN.Add(-1)
+		switch {
+		case err != nil:
+			if !failed {
+				failed = true
+				s.met.error("publish")
+				ss.fail(fmt.Errorf("shipper: publish of %s failed: %w", it.b.MsgID(), err), format.Position{Segment: it.b.Segment, Offset: it.b.From})
+			}
+		case failed:
+			if !ack.Duplicate {
+				ss.mu.Lock()
+				if !ss.hole {
+					ss.hole = true
+					s.met.error("stream_hole")
+					s.log.Error("hole in the stream: a message was stored after one that failed; it will be repaired",
+						"stored", it.b.MsgID(), "sequence", ack.Sequence, "failed_at", ss.failed.String())
+				}
+				ss.mu.Unlock()
+			}
+		default:
+			s.acked(it, ack)
+		}
+		select {
+		case s.ackSignal <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// acked records an acknowledged message.
+func (s *Shipper) acked(it *inflight, ack *jetstream.PubAck) {
+	s.met.publishLatency.Observe(time.Since(it.sent).Seconds())
+	s.met.batches.Inc()
+	s.met.compressedBytes.Add(float64(it.body))
+	s.met.rawBytes.Add(float64(it.b.RawLen))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.Batches++
+	s.stats.CompressedBytes += uint64(it.body)
+	s.stats.RawBytes += uint64(it.b.RawLen)
+	if !it.last {
+		return
+	}
+	s.met.frames.Add(float64(it.b.Frames))
+	s.met.records.Add(float64(it.b.Changes))
+	s.stats.Frames += uint64(it.b.Frames)
+	s.stats.Changes += uint64(it.b.Changes)
+	s.stats.Acked = format.Position{Segment: it.b.Segment, Offset: it.b.To}
+	if it.b.LastCommit > 0 {
+		s.stats.LastCommit = it.b.LastCommit
+	}
+	if s.stats.Published.Less(s.stats.Acked) {
+		s.stats.Published = s.stats.Acked
+	}
+	s.met.shippedSegment.Set(float64(it.b.Segment))
+	s.met.shippedOffset.Set(float64(it.b.To))
+}
+
+// upkeep refreshes the backlog and lag metrics, writes the checkpoint and
+// applies retention.
+func (s *Shipper) upkeep(fl *tail.Follower, now time.Time) {
+	s.mu.Lock()
+	acked, lastCommit := s.stats.Acked, s.stats.LastCommit
+	s.mu.Unlock()
+	var backlog int64
+	var segs int
+	if list, err := format.ListSegments(s.dir, s.source); err == nil {
+		for _, sf := range list {
+			if sf.Segment < acked.Segment {
+				continue
+			}
+			var size int64
+			if sf.Segment == fl.Pos().Segment && fl.Size() > 0 {
+				size = fl.Size()
+			} else if fi, err := statSize(sf.Path); err == nil {
+				size = fi
+			}
+			rest := size
+			if sf.Segment == acked.Segment {
+				rest = size - acked.Offset
+			}
+			if rest > 0 {
+				backlog += rest
+				segs++
+			}
+		}
+	}
+	lag := 0.0
+	if backlog > 0 && lastCommit > 0 {
+		lag = now.Sub(time.Unix(0, lastCommit)).Seconds()
+	}
+	s.met.backlogBytes.Set(float64(backlog))
+	s.met.backlogSegments.Set(float64(segs))
+	s.met.lagSeconds.Set(lag)
+	s.mu.Lock()
+	s.stats.BacklogBytes, s.stats.BacklogSegments = backlog, segs
+	s.mu.Unlock()
+	s.saveCheckpoint()
+	if acked.Segment > 0 {
+		done, err := s.ret.apply(s.dir, s.source, acked, now)
+		for _, p := range done {
+			s.log.Info("retention", "policy", s.o.retention, "segment", p)
+		}
+		if err != nil {
+			s.met.error("retention")
+			s.log.Warn("retention failed", "err", err)
+		}
+	}
+}
