@@ -20,7 +20,9 @@ type checkpoint struct {
 	Offset  int64  `json:"offset"`
 }
 
-func (c checkpoint) pos() format.Position { return format.Position{Segment: c.Segment, Offset: c.Offset} }
+func (c checkpoint) pos() format.Position {
+	return format.Position{Segment: c.Segment, Offset: c.Offset}
+}
 
 // loadCheckpoint reads the checkpoint at path; a missing file is no
 // checkpoint (ok false).

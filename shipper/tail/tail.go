@@ -107,15 +107,15 @@ type Follower struct {
 	acc  Span
 	full bool // acc cannot take the next frame
 
-	sealed    bool
-	sealNext  uint64
-	nextSeen  bool // a later segment exists: the current one is abandoned once read to its end
-	prevEnd   int64
-	torn      int64
-	lastList  time.Time
-	scratch   []byte
-	crcTable  *crc32.Table
-	err       error
+	sealed   bool
+	sealNext uint64
+	nextSeen bool // a later segment exists: the current one is abandoned once read to its end
+	prevEnd  int64
+	torn     int64
+	lastList time.Time
+	scratch  []byte
+	crcTable *crc32.Table
+	err      error
 }
 
 // Open returns a Follower of source in dir positioned at from: a frame
@@ -136,10 +136,10 @@ func Open(dir, source string, from format.Position, opts Options) (*Follower, er
 	}
 	fl := &Follower{
 		dir: dir, source: source, opts: opts,
-		buf:       make([]byte, 2*opts.MaxBytes+64<<10),
-		scratch:   make([]byte, 64<<10),
-		prevEnd:   -1,
-		crcTable:  crc32.MakeTable(crc32.Castagnoli),
+		buf:      make([]byte, 2*opts.MaxBytes+64<<10),
+		scratch:  make([]byte, 64<<10),
+		prevEnd:  -1,
+		crcTable: crc32.MakeTable(crc32.Castagnoli),
 	}
 	if from.Offset == 0 {
 		fl.prevEnd = 0
