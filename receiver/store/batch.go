@@ -56,7 +56,7 @@ var ErrNotNext = errors.New("store: frame is not the next one of its source")
 func (b *Batch) advance(source string, seg uint64, off, end int64, streamSeq uint64, t int64) (*SourcePosition, error) {
 	p := b.Position(source)
 	if seg != p.Segment || off != p.Offset {
-		if !(seg > p.Segment && (p.Segment == 0 || seg == p.Segment+1)) {
+		if seg <= p.Segment {
 			return nil, fmt.Errorf("%w: source %q at %d:%d, frame at %d:%d", ErrNotNext, source, p.Segment, p.Offset, seg, off)
 		}
 	}
