@@ -273,4 +273,3 @@ func WriteSegments(t testing.TB, dir, source string, txs []format.Tx, rotate int
 		t.Fatalf("closing writer: %v", err)
 	}
 }
-
