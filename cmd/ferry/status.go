@@ -345,12 +345,13 @@ func countBetween(dir, source string, from, to format.Position) (records, bytes 
 // reads. The receiver's full document has more.
 type receiverStatus struct {
 	Sources []struct {
-		Source     string  `json:"source"`
-		Segment    uint64  `json:"segment"`
-		Offset     int64   `json:"offset"`
-		LastCommit int64   `json:"last_commit"`
-		LagSeconds float64 `json:"lag_seconds"`
-		Error      string  `json:"error"`
+		Source     string     `json:"source"`
+		State      string     `json:"state"`
+		Error      string     `json:"error"`
+		Segment    uint64     `json:"applied_segment"`
+		Offset     int64      `json:"applied_offset"`
+		LastCommit *time.Time `json:"last_commit_time"`
+		Changes    uint64     `json:"changes"`
 	} `json:"sources"`
 }
 
@@ -383,8 +384,11 @@ func appliedStatus(ctx context.Context, base string) (map[string]*stagePos, erro
 	out := map[string]*stagePos{}
 	for _, s := range rs.Sources {
 		p := &stagePos{Segment: s.Segment, Offset: s.Offset, Error: s.Error}
-		if s.LastCommit > 0 {
-			p.LastCommit = time.Unix(0, s.LastCommit).UTC()
+		if s.Error == "" && s.State == "stopped" {
+			p.Error = s.State
+		}
+		if s.LastCommit != nil {
+			p.LastCommit = s.LastCommit.UTC()
 		}
 		out[s.Source] = p
 	}

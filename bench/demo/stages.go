@@ -1,0 +1,207 @@
+package demo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/shipper"
+	"github.com/ferrysync/ferry/shipper/jsclient"
+	"github.com/nats-io/nats.go"
+)
+
+// stages are the shipper and the receiver, embedded as libraries, and the
+// receiver's HTTP API.
+type stages struct {
+	ship     *shipper.Shipper
+	recv     *receiver.Receiver
+	srv      *http.Server
+	httpAddr string
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	errs   []error
+}
+
+func (s *stages) fail(err error) {
+	if err == nil || errors.Is(err, context.Canceled) {
+		return
+	}
+	s.mu.Lock()
+	s.errs = append(s.errs, err)
+	s.mu.Unlock()
+}
+
+// problem describes what went wrong in the stages, for an error message.
+func (s *stages) problem() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.errs) > 0 {
+		return errors.Join(s.errs...).Error()
+	}
+	st := s.recv.Status()
+	for _, src := range st.Sources {
+		if src.Error != "" {
+			return fmt.Sprintf("receiver: source %s: %s", src.Source, src.Error)
+		}
+	}
+	if st.Error != "" {
+		return "receiver: " + st.Error
+	}
+	return "no error reported"
+}
+
+// startStages starts the receiver (and its HTTP API on cfg.HTTP) and the
+// shipper of changesDir.
+func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, dataDir string) (*stages, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &stages{cancel: cancel}
+	ok := false
+	defer func() {
+		if !ok {
+			s.stop()
+		}
+	}()
+	ship, err := shipper.NewFromConn(ctx, nc, jsclient.Config{}, changesDir, Source,
+		shipper.WithLogger(cfg.Log.With("component", "shipper")))
+	if err != nil {
+		return nil, fmt.Errorf("demo: starting the shipper: %w", err)
+	}
+	s.ship = ship
+	recv, err := receiver.New(receiver.WithNATS(nc), receiver.WithDataDir(dataDir),
+		receiver.WithLogger(cfg.Log.With("component", "receiver")))
+	if err != nil {
+		return nil, fmt.Errorf("demo: starting the receiver: %w", err)
+	}
+	s.recv = recv
+	ln, err := net.Listen("tcp", cfg.HTTP)
+	if err != nil {
+		recv.Close()
+		return nil, fmt.Errorf("demo: listening on %s for the receiver's API: %w (use another --http address)", cfg.HTTP, err)
+	}
+	s.httpAddr = ln.Addr().String()
+	s.srv = &http.Server{Handler: recv.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	s.wg.Add(3)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			s.fail(fmt.Errorf("receiver API: %w", err))
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.fail(recv.Run(ctx))
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.fail(ship.Run(ctx))
+	}()
+	ok = true
+	return s, nil
+}
+
+// stop stops the shipper, the API and the receiver, and waits for them.
+func (s *stages) stop() {
+	if s.ship != nil {
+		s.ship.Stop()
+	}
+	if s.srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s.srv.Shutdown(sctx)
+		cancel()
+	}
+	s.cancel()
+	s.wg.Wait()
+}
+
+// shipped returns what JetStream acknowledged, and the compressed bytes.
+func (s *stages) shipped() (Stage, int64) {
+	st := s.ship.Stats()
+	return Stage{Changes: int64(st.Changes), Bytes: int64(st.RawBytes), LastCommit: st.LastCommit}, int64(st.CompressedBytes)
+}
+
+// applied returns what the receiver applied.
+func (s *stages) applied() Stage {
+	p := s.recv.Positions()[Source]
+	return Stage{Changes: int64(p.Changes), LastCommit: p.LastCommit}
+}
+
+// observer watches the receiver's commits and records, for every
+// transaction committed after since, the delay from its commit time to the
+// moment it became visible in the receiver's store.
+type observer struct {
+	lat    *latencies
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *stages) observe(lat *latencies, since int64) *observer {
+	ctx, cancel := context.WithCancel(context.Background())
+	o := &observer{lat: lat, cancel: cancel, done: make(chan struct{})}
+	if lat == nil {
+		close(o.done)
+		return o
+	}
+	st := s.recv.Store()
+	_, after := st.ChangeRange()
+	go func() {
+		defer close(o.done)
+		for {
+			ch := st.Changed()
+			select {
+			case <-ctx.Done():
+				return
+			case <-ch:
+			}
+			// Visible now: everything committed up to here. Changes
+			// committed while we read are stamped no earlier than the
+			// batch that applied them.
+			seen := time.Now().UnixNano()
+			for {
+				cs, err := st.Changes(after, 10000)
+				if err != nil || len(cs) == 0 {
+					break
+				}
+				for i := range cs {
+					c := &cs[i]
+					after = c.ID
+					if c.Version.Index != 0 || c.CommitTime <= since {
+						continue
+					}
+					lat.add(time.Duration(max(seen, c.AppliedAt) - c.CommitTime))
+				}
+				if len(cs) < 10000 {
+					break
+				}
+			}
+		}
+	}()
+	return o
+}
+
+func (o *observer) stop() {
+	o.cancel()
+	<-o.done
+}
+
+// waitApplied waits until the receiver applied n changes of the source.
+func (s *stages) waitApplied(ctx context.Context, n int64, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for s.applied().Changes < n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo: the receiver applied %d of %d changes in %v (%s)", s.applied().Changes, n, limit, s.problem())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
