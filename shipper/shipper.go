@@ -256,9 +256,7 @@ func (s *Shipper) Source() string { return s.source }
 func (s *Shipper) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.stats
-	st.Published.Segment, st.Published.Offset = s.stats.Published.Segment, s.stats.Published.Offset
-	return st
+	return s.stats
 }
 
 // Stop asks Run to drain what is in flight and return, and waits for it.
@@ -320,9 +318,21 @@ func (s *Shipper) Run(ctx context.Context) error {
 	}
 
 	l := &lease{st: s.st, key: s.subject, owner: s.o.owner, ttl: s.st.LeaseTTL(), log: s.log}
-	if err := l.acquire(ctx); err != nil {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := l.acquire(ctx)
+		if err == nil {
+			break
+		}
 		s.met.error("lease")
-		return err
+		if errors.Is(err, ErrSourceBusy) {
+			return err
+		}
+		s.log.Warn("cannot take the source's lease yet; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
 	}
 	lctx, lcancel := context.WithCancel(context.Background())
 	var lwg sync.WaitGroup

@@ -267,6 +267,12 @@ func (fl *Follower) Fill() (Span, error) {
 		}
 		big, err := fl.parse()
 		if err != nil {
+			if fl.err != nil && fl.acc.Frames > 0 {
+				// Ship the good frames before the fault; the next Fill
+				// reports it.
+				fl.full = true
+				return fl.span(false), nil
+			}
 			return Span{}, err
 		}
 		if big || fl.acc.Frames > 0 {
