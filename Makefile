@@ -23,10 +23,14 @@ test:
 test-faults:
 	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'Fault' -v ./cmd/ferry/...
 
+# Every fuzz target of every package under format/, FUZZTIME each (seeds also
+# run in `make test`). Targets with the same name in two packages both run.
+FUZZTIME ?= 10s
 fuzz:
-	@for t in $$($(GO) test -list 'Fuzz.*' ./format/... | grep '^Fuzz'); do \
-		pkg=$$(grep -rl "func $$t(" --include='*_test.go' format | head -1 | xargs dirname); \
-		echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 10s ./$$pkg || exit 1; \
+	@for pkg in $$($(GO) list ./format/...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
 	done
 
 bench:

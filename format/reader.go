@@ -146,7 +146,7 @@ func (r *Reader) Next() (Frame, error) {
 			// A frame that does not check out is a torn tail only if no
 			// valid frame follows it: a writer never writes after a frame
 			// it failed to write whole.
-			return r.badFrame(err)
+			return r.badFrame(err, fmt.Sprintf("%d bytes that are not a whole valid frame (%v), nothing valid after them", r.hi-r.lo, err))
 		}
 		if r.eof {
 			// Try once more: a segment being written may have grown.
@@ -164,8 +164,10 @@ func (r *Reader) Next() (Frame, error) {
 			// The frame's declared length runs past the end of the data: a
 			// torn or in-progress write, unless a valid frame follows (then
 			// the length field itself is corrupt).
+			n := FrameLen(r.buf[r.lo:r.hi])
 			return r.badFrame(fmt.Errorf("%w: frame length %d runs past the end of the data (%d bytes left)",
-				ErrCorrupt, FrameLen(r.buf[r.lo:r.hi])-FrameHeaderLen, r.hi-r.lo-FrameHeaderLen))
+				ErrCorrupt, n-FrameHeaderLen, r.hi-r.lo-FrameHeaderLen),
+				fmt.Sprintf("%d bytes of a frame of %d", r.hi-r.lo, n))
 		}
 		if _, ferr := r.grow(); ferr != nil {
 			return Frame{}, ferr
@@ -174,28 +176,23 @@ func (r *Reader) Next() (Frame, error) {
 }
 
 // badFrame classifies the bytes at r.lo, which do not form a valid frame
-// (why says how), once the rest of the input has been read: a torn tail if no
-// valid frame starts anywhere after them (nothing, zeros or a partial write
-// follow), corruption otherwise. A torn tail is not sticky (the write may be
-// in progress); corruption is.
-func (r *Reader) badFrame(why error) (Frame, error) {
+// (why says how), once the rest of the input has been read: a torn tail
+// (described by torn) if no valid frame starts anywhere after them (nothing,
+// zeros or a partial write follow), corruption otherwise. A torn tail is not
+// sticky (the write may be in progress); corruption is.
+func (r *Reader) badFrame(why error, torn string) (Frame, error) {
 	for !r.eof {
 		if _, err := r.grow(); err != nil {
 			return Frame{}, err
 		}
 	}
-	rest := r.buf[r.lo:r.hi]
-	switch at := findFrame(rest, 1); {
+	switch at := findFrame(r.buf[r.lo:r.hi], 1); {
 	case at > 0:
 		return Frame{}, r.fail(r.off, fmt.Errorf("%w; a valid frame starts at offset %d", why, r.off+int64(at)))
 	case at == scanGaveUp:
 		return Frame{}, r.fail(r.off, fmt.Errorf("%w; too much data follows to prove it a torn tail", why))
 	}
-	if errors.Is(why, ErrTornTail) {
-		return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: why}
-	}
-	return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off,
-		Err: fmt.Errorf("%w: %d bytes that are not a whole frame and nothing valid after them (%v)", ErrTornTail, len(rest), why)}
+	return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: fmt.Errorf("%w: %s", ErrTornTail, torn)}
 }
 
 const scanGaveUp = -2
