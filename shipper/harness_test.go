@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,7 +62,7 @@ type running struct {
 
 func startShipper(t testing.TB, st shipper.Stream, dir, source string, opts ...shipper.Option) *running {
 	t.Helper()
-	opts = append([]shipper.Option{shipper.WithPollInterval(50 * time.Millisecond)}, opts...)
+	opts = append([]shipper.Option{shipper.WithPollInterval(50 * time.Millisecond), shipper.WithLogger(testLogger(t))}, opts...)
 	s, err := shipper.New(st, dir, source, opts...)
 	if err != nil {
 		t.Fatalf("shipper.New: %v", err)
@@ -266,4 +267,16 @@ func readRange(t testing.TB, dir, source string, seg uint64, from, to int64) []b
 		t.Fatalf("reading segment %d [%d,%d): %v", seg, from, to, err)
 	}
 	return b
+}
+
+// testLogger logs through t.Log, shown with -v or on failure.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
