@@ -183,9 +183,13 @@ func DecodeTx(payload []byte, tx *Tx) error {
 		c.Op, c.Content = op, ct
 		// Transactions usually touch few tables: reuse the previous name's
 		// string instead of allocating one per change.
+		// The same goes across transactions when tx is reused: c.Table
+		// still holds the name this slot had in the previous one.
 		table := d.bytes(MaxTableLen)
 		if string(table) == prevTable {
 			c.Table = prevTable
+		} else if string(table) == c.Table {
+			prevTable = c.Table
 		} else {
 			c.Table = string(table)
 			prevTable = c.Table
