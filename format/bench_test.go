@@ -25,7 +25,9 @@ func benchTx(seq, n int) *format.Tx {
 }
 
 // changeSize is the encoded size of one change of benchTx, for the report.
-func changeSize() int { return format.TxPayloadLen(benchTx(1000, 2)) - format.TxPayloadLen(benchTx(1000, 1)) }
+func changeSize() int {
+	return format.TxPayloadLen(benchTx(1000, 2)) - format.TxPayloadLen(benchTx(1000, 1))
+}
 
 // BenchmarkDecode measures ParseFrame + DecodeTx over a buffer of
 // transaction frames: the receiver's and shipper's hot loop.
