@@ -60,7 +60,8 @@ func (s *stages) problem() string {
 // startStages starts the receiver (and its HTTP API on cfg.HTTP) and the
 // shipper of changesDir.
 func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, dataDir string) (*stages, error) {
-	ctx, cancel := context.WithCancel(ctx)
+	// The stages outlive ctx (Ctrl-C stops the legacy only): stop ends them.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &stages{cancel: cancel}
 	ok := false
 	defer func() {
