@@ -10,7 +10,7 @@ import (
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/consume"
-	"github.com/ferrysync/ferry/receiver/internal/wiretest"
+	"github.com/ferrysync/ferry/receiver/wiretest"
 	"github.com/ferrysync/ferry/receiver/store"
 )
 
