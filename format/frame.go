@@ -45,7 +45,8 @@ func finishFrame(frame []byte, t FrameType) {
 //   - ErrChecksum when the frame is whole but its CRC does not match.
 //
 // Whether a short or failed frame at the end of a file is a torn tail or
-// corruption is the caller's call (see Scanner); ParseFrame only reports it.
+// corruption is the caller's call (see Reader and SPEC.md, "Readers");
+// ParseFrame only reports it.
 func ParseFrame(b []byte) (Frame, int, error) {
 	if len(b) < FrameHeaderLen {
 		return Frame{}, 0, ErrTornTail

@@ -14,9 +14,12 @@ import (
 // and a later Next reads on from where it stopped. Corruption in the middle
 // is sticky: once reported, Next keeps returning it.
 //
-// A Reader does not decide whether a partial last frame is a crashed writer's
-// torn tail or a write in progress; its caller knows whether the writer has
-// moved on (see SPEC.md, "Readers").
+// Bytes that do not form a valid frame are ErrTornTail when no valid frame
+// starts anywhere after them, and sticky corruption when one does. A Reader
+// does not decide whether a torn tail is a crashed writer's or a write in
+// progress; its caller knows whether the writer has moved on (see SPEC.md,
+// "Readers"). It assumes bytes below the file's size are final, as on local
+// file systems, where a write extends the size only over copied data.
 type Reader struct {
 	r      io.Reader
 	path   string
