@@ -3,9 +3,157 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/receiver/store"
 )
 
-// runReceive is being built; see the open issues.
+// sourceList is a repeatable flag that also takes comma-separated lists (so
+// that FERRY_SOURCE=a,b and YAML lists work).
+type sourceList []string
+
+func (s *sourceList) String() string { return strings.Join(*s, ",") }
+func (s *sourceList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
 func runReceive(ctx context.Context, env *Env, args []string) error {
-	return errors.New("ferry receive: not available in this build yet")
+	fs := flag.NewFlagSet("ferry receive", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	data := fs.String("data", "", "directory of the receiver's store (required)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the HTTP API (loopback by default; the service runs next to it)")
+	stream := fs.String("stream", "FERRY", "JetStream stream name")
+	prefix := fs.String("subject-prefix", "ferry", "subject prefix: source S is on <prefix>.S")
+	var sources sourceList
+	fs.Var(&sources, "source", "consume only this source (repeatable, or comma separated; default: every source)")
+	readyLag := fs.Duration("ready-lag", 5*time.Second, "/readyz answers 200 once every source lags less than this")
+	webhookURL := fs.String("webhook", "", "push the change log to this URL (POST, JSON batches, retried until 2xx)")
+	webhookTokenFile := fs.String("webhook-token-file", "", "file holding a bearer token sent to the webhook")
+	rebuild := fs.Bool("rebuild", false, "discard the store and rebuild it from the start of the stream")
+	tokenFile := fs.String("token-file", "", "file holding the bearer token the API requires (or FERRY_API_TOKEN)")
+	keepChanges := fs.Uint64("keep-changes", 1_000_000, "keep at most this many changes in the change log (0: no count bound)")
+	keepAge := fs.Duration("keep-age", 24*time.Hour, "drop changes older than this from the change log (0: no age bound)")
+	cacheMB := fs.Int64("cache-mb", 64, "Pebble block cache, MiB")
+	syncCommits := fs.Bool("sync", false, "fsync every store commit (not needed for exactly-once: see the receiver/store docs)")
+	checkpointDir := fs.String("checkpoint-dir", "", "enable POST /v1/checkpoint, writing checkpoints under this directory")
+	checkpoint := fs.String("checkpoint", "", "write a checkpoint of the (stopped) store in --data to this directory and exit")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	configPath := fs.String("config", "", "YAML config file (keys named like the flags)")
+	nf := addNATSFlags(fs, "ferry receive")
+	fs.Usage = func() {
+		fmt.Fprintln(env.Stderr, "Usage: ferry receive --nats URL[,URL...] --data DIR [--http 127.0.0.1:8080] [--stream FERRY] [--source NAME...] [--ready-lag 5s] [--webhook URL] [--rebuild]")
+		fmt.Fprintln(env.Stderr, "       ferry receive --data DIR --checkpoint OUTDIR")
+		fmt.Fprintln(env.Stderr, "\nThe sidecar: applies the stream exactly once into a local store and serves it over HTTP")
+		fmt.Fprintln(env.Stderr, "(rows, change log, SSE feed, status, /healthz, /readyz, /metrics). Flags may also come from")
+		fmt.Fprintln(env.Stderr, "FERRY_<FLAG> environment variables (FERRY_DATA, FERRY_READY_LAG...) and --config.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{code: 2, err: errUsageShown}
+	}
+	if fs.NArg() > 0 {
+		return &exitError{code: 2, err: fmt.Errorf("ferry receive: unexpected argument %q", fs.Arg(0))}
+	}
+	if _, err := applyConfig(fs, env, *configPath); err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry receive: %w", err)}
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry receive: --log-level %q: want debug, info, warn or error", *logLevel)}
+	}
+	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
+	if *data == "" {
+		return &exitError{code: 2, err: errors.New("ferry receive: --data DIR is required (where the store lives)")}
+	}
+	if *checkpoint != "" {
+		return checkpointStore(filepath.Join(*data, receiver.StoreDir), *checkpoint, env)
+	}
+	token := env.Getenv("FERRY_API_TOKEN")
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("ferry receive: reading --token-file: %w", err)}
+		}
+		token = strings.TrimSpace(string(b))
+		if token == "" {
+			return &exitError{code: 2, err: fmt.Errorf("ferry receive: --token-file %s is empty", *tokenFile)}
+		}
+	}
+	opts := []receiver.Option{
+		receiver.WithDataDir(*data),
+		receiver.WithStream(*stream),
+		receiver.WithSubjectPrefix(*prefix),
+		receiver.WithReadyLag(*readyLag),
+		receiver.WithRebuild(*rebuild),
+		receiver.WithToken(token),
+		receiver.WithChangeLogRetention(*keepChanges, *keepAge),
+		receiver.WithCacheSize(*cacheMB << 20),
+		receiver.WithSync(*syncCommits),
+		receiver.WithListen(*httpAddr),
+		receiver.WithLogger(log),
+	}
+	if len(sources) > 0 {
+		opts = append(opts, receiver.WithSources(sources...))
+	}
+	if *webhookURL != "" {
+		wt := ""
+		if *webhookTokenFile != "" {
+			b, err := os.ReadFile(*webhookTokenFile)
+			if err != nil {
+				return &exitError{code: 2, err: fmt.Errorf("ferry receive: reading --webhook-token-file: %w", err)}
+			}
+			wt = strings.TrimSpace(string(b))
+		}
+		opts = append(opts, receiver.WithWebhook(*webhookURL, wt))
+	}
+	if *checkpointDir != "" {
+		opts = append(opts, receiver.WithCheckpointDir(*checkpointDir))
+	}
+	nc, err := nf.connect(log)
+	if err != nil {
+		return fmt.Errorf("ferry receive: %w", err)
+	}
+	defer nc.Close()
+	opts = append(opts, receiver.WithNATS(nc))
+	r, err := receiver.New(opts...)
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry receive: %w", err)}
+	}
+	log.Info("ferry receive starting", "data", *data, "http", *httpAddr, "stream", *stream, "sources", sources.String())
+	if err := r.Run(ctx); err != nil {
+		return fmt.Errorf("ferry receive: %w", err)
+	}
+	return nil
+}
+
+// checkpointStore writes a checkpoint of a stopped receiver's store.
+func checkpointStore(dir, out string, env *Env) error {
+	if _, err := os.Stat(dir); err != nil {
+		return fmt.Errorf("ferry receive: no store at %s: %w", dir, err)
+	}
+	st, err := store.Open(dir)
+	if err != nil {
+		return fmt.Errorf("ferry receive: %w (stop the running receiver, or use its POST /v1/checkpoint with --checkpoint-dir)", err)
+	}
+	defer st.Close()
+	if err := st.Checkpoint(out); err != nil {
+		return fmt.Errorf("ferry receive: %w", err)
+	}
+	fmt.Fprintf(env.Stdout, "checkpoint written to %s; seed a receiver with it as %s/%s\n", out, "<data>", receiver.StoreDir)
+	return nil
 }
