@@ -22,8 +22,8 @@ import (
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver"
 	"github.com/ferrysync/ferry/receiver/api"
-	"github.com/ferrysync/ferry/receiver/wiretest"
 	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/ferrysync/ferry/receiver/wiretest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )

@@ -10,8 +10,8 @@ import (
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/consume"
-	"github.com/ferrysync/ferry/receiver/wiretest"
 	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/ferrysync/ferry/receiver/wiretest"
 )
 
 // genTxs makes n transactions of per changes each, ~200-byte JSON rows,
