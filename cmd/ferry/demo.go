@@ -44,6 +44,14 @@ func runDemo(ctx context.Context, env *Env, args []string) error {
 		fs.Usage()
 		return &exitError{code: 2, err: fmt.Errorf("ferry demo: unexpected arguments %q", fs.Args())}
 	}
+	switch {
+	case cfg.TxSize < 1:
+		return &exitError{code: 2, err: fmt.Errorf("ferry demo: --tx-size %d: want at least 1 change per transaction", cfg.TxSize)}
+	case cfg.RowSize < 16:
+		return &exitError{code: 2, err: fmt.Errorf("ferry demo: --row-size %d: want at least 16 bytes", cfg.RowSize)}
+	case cfg.Rate < 0:
+		return &exitError{code: 2, err: fmt.Errorf("ferry demo: --rate %v: want 0 (as fast as possible) or a positive rate", cfg.Rate)}
+	}
 	cfg.Out = env.Stdout
 	cfg.TTY = !*plain && isTerminal(env.Stdout)
 	level := slog.LevelWarn

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/receiver"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -130,11 +132,43 @@ func TestStatus(t *testing.T) {
 		if lag == nil || lag.Records != 8 || lag.Bytes != end-pos[6].Offset || lag.Seconds != 4 {
 			t.Errorf("ship lag = %+v, want 8 records, %d bytes, 4 s", lag, end-pos[6].Offset)
 		}
-		table, err := runCmd(t, "status", "--dir", dir, "--nats", s.ClientURL())
+		// A receiver applies the batch; status reads it from /v1/status.
+		recv, err := receiver.New(receiver.WithNATS(nc), receiver.WithDataDir(t.TempDir()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"SOURCE", "shop", "on disk", "shipped", fmt.Sprintf("1:%d", pos[6].Offset)} {
+		rctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- recv.Run(rctx) }()
+		defer func() { stop(); <-done }()
+		api := httptest.NewServer(recv.Handler())
+		defer api.Close()
+		for deadline := time.Now().Add(10 * time.Second); recv.Positions()["shop"].Changes < 12; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the receiver did not apply the batch: %+v", recv.Status())
+			}
+		}
+		out, err = runCmd(t, "status", "--dir", dir, "--nats", s.ClientURL(), "--receiver", api.URL, "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got.Sources = nil
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		ap, alag := got.Sources[0].Applied, got.Sources[0].ApplyLag
+		if ap == nil || ap.Segment != 1 || ap.Offset != pos[6].Offset || !ap.LastCommit.Equal(time.Date(2026, 1, 1, 0, 0, 5, 0, time.UTC)) {
+			t.Fatalf("applied = %+v, want 1:%d last commit 00:00:05", ap, pos[6].Offset)
+		}
+		if alag == nil || alag.Records != 0 || alag.Bytes != 0 || alag.Seconds != 0 {
+			t.Errorf("apply lag = %+v, want nothing behind the shipped stage", alag)
+		}
+
+		table, err := runCmd(t, "status", "--dir", dir, "--nats", s.ClientURL(), "--receiver", api.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"SOURCE", "shop", "on disk", "shipped", "applied", fmt.Sprintf("1:%d", pos[6].Offset)} {
 			if !strings.Contains(table, want) {
 				t.Errorf("table lacks %q:\n%s", want, table)
 			}
