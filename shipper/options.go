@@ -47,6 +47,18 @@ type options struct {
 // Option configures a Shipper.
 type Option func(*options) error
 
+// ValidateOptions checks options without building a Shipper, so that a
+// command can refuse bad flags before it connects anywhere.
+func ValidateOptions(opts ...Option) error {
+	var o options
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // WithCodec sets the compression of message bodies (default zstd).
 func WithCodec(c wire.Codec) Option {
 	return func(o *options) error {

@@ -3,9 +3,272 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/shipper"
+	"github.com/ferrysync/ferry/shipper/jsclient"
+	"github.com/klauspost/compress/zstd"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// runShip is being built; see the open issues.
+// runShip binds the flags of `ferry ship` to package shipper: one Shipper per
+// source, sharing a NATS connection, a compressor and a metrics registry.
 func runShip(ctx context.Context, env *Env, args []string) error {
-	return errors.New("ferry ship: not available in this build yet")
+	fs := flag.NewFlagSet("ferry ship", flag.ContinueOnError)
+	fs.SetOutput(env.Stderr)
+	nf := addNATSFlags(fs, "ferry ship")
+	var (
+		dir         = fs.String("dir", "", "directory of the source's change files (with --source)")
+		source      = fs.String("source", "", "source name (with --dir); the config file may list several sources instead")
+		config      = fs.String("config", "", "YAML config file: any flag by name, plus sources: [{name, dir}, ...]")
+		stream      = fs.String("stream", "FERRY", "JetStream stream name")
+		prefix      = fs.String("subject-prefix", "ferry", "subject prefix: a source ships on <prefix>.<source>")
+		replicas    = fs.Int("replicas", 1, "stream replicas when creating it (an existing stream must match)")
+		dupWindow   = fs.Duration("duplicates", 2*time.Minute, "stream de-duplication window when creating it")
+		codec       = fs.String("codec", "zstd", "message compression: zstd, s2 or none")
+		maxBatch    = fs.Int("max-batch-bytes", 0, "raw bytes per message (default: the server's max_payload less headers)")
+		maxChanges  = fs.Int("max-batch-changes", 0, "changes per message (0 = no limit; a transaction is never split for it)")
+		linger      = fs.Duration("linger", shipper.DefaultLinger, "how long a message that is not full waits for more while others are in flight")
+		inflight    = fs.Int64("max-inflight-bytes", shipper.DefaultMaxInFlightBytes, "message bytes published but not yet acknowledged")
+		retention   = fs.String("retention", "keep", "shipped segments: keep, delete or archive")
+		minAge      = fs.Duration("retention-min-age", shipper.DefaultMinAge, "keep shipped segments at least this long after their ack (must exceed the server's sync_interval)")
+		archiveDir  = fs.String("archive-dir", "", "where --retention archive moves shipped segments (same file system)")
+		leaseTTL    = fs.Duration("lease-ttl", 10*time.Second, "TTL of the per-source lease that keeps a second shipper out (for a new lease bucket)")
+		metricsAddr = fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. 127.0.0.1:9464)")
+		logLevel    = fs.String("log-level", "info", "log level: debug, info, warn or error")
+		logFormat   = fs.String("log-format", "text", "log format: text or json")
+	)
+	fs.Usage = func() {
+		fmt.Fprintln(env.Stderr, "Usage: ferry ship --dir DIR --source NAME --nats URL[,URL...] [flags]")
+		fmt.Fprintln(env.Stderr, "       ferry ship --config FILE")
+		fmt.Fprintln(env.Stderr, "\nTails a legacy application's change files and publishes them to a JetStream stream,")
+		fmt.Fprintln(env.Stderr, "exactly once and in order. Flags override FERRY_<FLAG> environment variables, which")
+		fmt.Fprintln(env.Stderr, "override the config file. SIGTERM drains what is in flight and exits 0.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return &exitError{code: 2, err: errUsageShown}
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return &exitError{code: 2, err: fmt.Errorf("ferry ship: unexpected arguments %q", fs.Args())}
+	}
+	if *config == "" {
+		*config = env.Getenv("FERRY_CONFIG")
+	}
+	file, err := applyConfig(fs, env, *config)
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
+	}
+	log, err := newLogger(env, *logLevel, *logFormat)
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
+	}
+
+	// Sources: --dir/--source (flag or environment) replace the file's list.
+	var sources []shipper.SourceConfig
+	switch {
+	case *dir != "" || *source != "":
+		if *dir == "" || *source == "" {
+			return &exitError{code: 2, err: errors.New("ferry ship: --dir and --source go together")}
+		}
+		sources = []shipper.SourceConfig{{Name: *source, Dir: *dir}}
+	default:
+		if sources, err = shipper.ParseSources(file["sources"]); err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("ferry ship: config file %s: %w", *config, err)}
+		}
+	}
+	if len(sources) == 0 {
+		fs.Usage()
+		return &exitError{code: 2, err: errors.New("ferry ship: no source: give --dir and --source, or a config file with sources")}
+	}
+	c, err := wire.ParseCodec(*codec)
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry ship: --codec: %w", err)}
+	}
+	ret, err := shipper.ParseRetention(*retention)
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry ship: --retention: %w", err)}
+	}
+	comp, err := wire.NewCompressor(zstd.SpeedFastest)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := shipper.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	opts := []shipper.Option{
+		shipper.WithCodec(c), shipper.WithCompressor(comp), shipper.WithMetrics(metrics),
+		shipper.WithLinger(*linger), shipper.WithMaxInFlight(*inflight, shipper.DefaultMaxInFlightMsgs),
+		shipper.WithRetention(ret, *minAge, *archiveDir),
+	}
+	if *maxBatch > 0 {
+		opts = append(opts, shipper.WithMaxBatchBytes(*maxBatch))
+	}
+	if *maxChanges > 0 {
+		opts = append(opts, shipper.WithMaxBatchChanges(*maxChanges))
+	}
+
+	if err := shipper.ValidateOptions(opts...); err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
+	}
+	health := &shipHealth{failed: map[string]string{}}
+	var srv *http.Server
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("ferry ship: --metrics-addr: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", health.serve)
+		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		log.Info("metrics", "addr", ln.Addr().String())
+	}
+
+	nc, err := nf.connect(log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	cfg := jsclient.Config{Stream: *stream, Prefix: *prefix, Replicas: *replicas, Duplicates: *dupWindow, LeaseTTL: *leaseTTL}
+	client, err := connectStream(ctx, nc, cfg, log)
+	if err != nil {
+		return err
+	}
+	if client == nil {
+		return nil // stopped while waiting for NATS
+	}
+
+	var ships []*shipper.Shipper
+	for _, sc := range sources {
+		s, err := shipper.New(client, sc.Dir, sc.Name, append(opts, shipper.WithLogger(log))...)
+		if err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("ferry ship: source %s: %w", sc.Name, err)}
+		}
+		ships = append(ships, s)
+	}
+	health.ready(len(ships))
+	var wg sync.WaitGroup
+	for _, s := range ships {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Run(ctx); err != nil {
+				log.Error("source stopped; the others go on", "source", s.Source(), "err", err)
+				health.fail(s.Source(), err)
+			}
+		}()
+	}
+	wg.Wait()
+	if failed := health.failures(); len(failed) > 0 {
+		return fmt.Errorf("ferry ship: %d of %d sources stopped on errors: %s", len(failed), len(ships), strings.Join(failed, "; "))
+	}
+	log.Info("stopped: everything in flight was acknowledged")
+	return nil
+}
+
+// connectStream creates or checks the stream, retrying while NATS is
+// unreachable (a shipper outlives outages, also at start). An incompatible
+// stream is an error at once. It returns nil if ctx ends first.
+func connectStream(ctx context.Context, nc *nats.Conn, cfg jsclient.Config, log *slog.Logger) (*jsclient.Client, error) {
+	for wait := 500 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		client, err := jsclient.New(cctx, nc, cfg)
+		cancel()
+		if err == nil {
+			return client, nil
+		}
+		if errors.Is(err, jsclient.ErrIncompatible) {
+			return nil, fmt.Errorf("ferry ship: %w", err)
+		}
+		log.Warn("JetStream not reachable yet; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// shipHealth answers /healthz: 200 while every source ships, 503 naming the
+// sources that stopped.
+type shipHealth struct {
+	mu      sync.Mutex
+	sources int
+	failed  map[string]string
+}
+
+func (h *shipHealth) ready(n int) {
+	h.mu.Lock()
+	h.sources = n
+	h.mu.Unlock()
+}
+
+func (h *shipHealth) fail(source string, err error) {
+	h.mu.Lock()
+	h.failed[source] = err.Error()
+	h.mu.Unlock()
+}
+
+func (h *shipHealth) failures() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for s, e := range h.failed {
+		out = append(out, s+": "+e)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (h *shipHealth) serve(w http.ResponseWriter, _ *http.Request) {
+	h.mu.Lock()
+	n := h.sources
+	h.mu.Unlock()
+	failed := h.failures()
+	switch {
+	case n == 0:
+		http.Error(w, "starting: connecting to JetStream", http.StatusServiceUnavailable)
+	case len(failed) > 0:
+		http.Error(w, "stopped sources:\n"+strings.Join(failed, "\n"), http.StatusServiceUnavailable)
+	default:
+		fmt.Fprintf(w, "ok: %d sources shipping\n", n)
+	}
+}
+
+// newLogger builds the command's slog logger.
+func newLogger(env *Env, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	o := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(env.Stderr, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(env.Stderr, o)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }

@@ -135,6 +135,12 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg Config) (jets
 			Replicas:    cfg.Replicas,
 			Duplicates:  cfg.Duplicates,
 		})
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) {
+			// The server answered: retrying will not help.
+			return nil, fmt.Errorf("%w: creating stream %s with subjects %s: %v; use --stream to name the stream that holds them, or change --subject-prefix",
+				ErrIncompatible, cfg.Stream, want, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("jsclient: creating stream %s: %w", cfg.Stream, err)
 		}

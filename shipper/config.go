@@ -1,0 +1,67 @@
+package shipper
+
+import (
+	"fmt"
+
+	"github.com/ferrysync/ferry/format"
+)
+
+// SourceConfig is one source of a shipper's YAML config file:
+//
+//	sources:
+//	  - name: orders
+//	    dir: /var/lib/legacy/changes
+//	  - name: billing
+//	    dir: /var/lib/billing/changes
+type SourceConfig struct {
+	Name string
+	Dir  string
+}
+
+// ParseSources reads the "sources" value of a decoded YAML config file (a
+// list of maps with name and dir). A nil value is no sources. Names must be
+// valid source names and unique (each is one subject of the stream).
+func ParseSources(v any) ([]SourceConfig, error) {
+	if v == nil {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("shipper: config key \"sources\" must be a list of {name, dir}, not %T", v)
+	}
+	var out []SourceConfig
+	seen := map[string]int{}
+	for i, item := range list {
+		m, ok := item.(map[string]any)
+		if !ok {
+			return nil, fmt.Errorf("shipper: config sources[%d] must be a map with name and dir, not %T", i, item)
+		}
+		var sc SourceConfig
+		for k, val := range m {
+			s, ok := val.(string)
+			if !ok {
+				return nil, fmt.Errorf("shipper: config sources[%d].%s must be a string, not %T", i, k, val)
+			}
+			switch k {
+			case "name":
+				sc.Name = s
+			case "dir":
+				sc.Dir = s
+			default:
+				return nil, fmt.Errorf("shipper: config sources[%d]: unknown key %q (want name and dir)", i, k)
+			}
+		}
+		if !format.ValidSource(sc.Name) {
+			return nil, fmt.Errorf("shipper: config sources[%d].name %q: want 1-%d of [A-Za-z0-9_-]", i, sc.Name, format.MaxSourceLen)
+		}
+		if sc.Dir == "" {
+			return nil, fmt.Errorf("shipper: config sources[%d] (%s): dir is missing", i, sc.Name)
+		}
+		if j, dup := seen[sc.Name]; dup {
+			return nil, fmt.Errorf("shipper: config sources[%d] and sources[%d] are both named %q: one shipper per source", j, i, sc.Name)
+		}
+		seen[sc.Name] = i
+		out = append(out, sc)
+	}
+	return out, nil
+}
