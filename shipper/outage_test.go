@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 }
 
 // natsServerBinary builds nats-server from the module graph, once per run.
-func natsServerBinary(t *testing.T) string {
+func natsServerBinary(t testing.TB) string {
 	t.Helper()
 	serverBinOnce.Do(func() {
 		serverBinDir, serverBinErr = os.MkdirTemp("", "ferry-nats-server-")
@@ -51,7 +51,7 @@ func natsServerBinary(t *testing.T) string {
 	return serverBin
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
