@@ -1,7 +1,10 @@
 package store
 
 import (
+	"bytes"
+	"cmp"
 	"errors"
+	"slices"
 	"fmt"
 	"time"
 
@@ -31,6 +34,21 @@ type Batch struct {
 	bytes    int64
 	now      int64
 	key, val []byte
+
+	// Row writes are buffered and written sorted by key at commit, the last
+	// write of each key only: Pebble inserts sorted keys into its memtable
+	// far faster than random ones (the skiplist search starts from the
+	// previous insert), and only the last write of a key in one atomic batch
+	// is ever visible.
+	rowBuf []byte
+	rows   []rowOp
+}
+
+// rowOp is a buffered row write, by offsets into rowBuf (which moves as it
+// grows); small, so that sorting moves little. vend < 0 marks a delete.
+type rowOp struct {
+	koff, kend, vend int32
+	seq              int32
 }
 
 // NewBatch starts a batch.
@@ -87,17 +105,14 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 		v.Index = i
 		id := b.next
 		b.next++
-		b.key = appendRowKey(b.key[:0], c.Table, c.Key)
-		if c.Op == format.OpDelete {
-			if err := b.b.Delete(b.key, nil); err != nil {
-				return fmt.Errorf("store: deleting row: %w", err)
-			}
-		} else {
-			b.val = appendRow(b.val[:0], c, &v, tx.CommitTime, id)
-			if err := b.b.Set(b.key, b.val, nil); err != nil {
-				return fmt.Errorf("store: setting row: %w", err)
-			}
+		start := len(b.rowBuf)
+		b.rowBuf = appendRowKey(b.rowBuf, c.Table, c.Key)
+		op := rowOp{koff: int32(start), kend: int32(len(b.rowBuf)), vend: -1, seq: int32(len(b.rows))}
+		if c.Op != format.OpDelete {
+			b.rowBuf = appendRow(b.rowBuf, c, &v, tx.CommitTime, id)
+			op.vend = int32(len(b.rowBuf))
 		}
+		b.rows = append(b.rows, op)
 		b.key = appendChangeKey(b.key[:0], id)
 		b.val = appendChange(b.val[:0], c, &v, tx, b.now)
 		if err := b.b.Set(b.key, b.val, nil); err != nil {
@@ -134,17 +149,48 @@ func (b *Batch) Changes() int      { return b.changes }
 func (b *Batch) Transactions() int { return b.txs }
 func (b *Batch) Bytes() int64      { return b.bytes }
 
-// Size returns the batch's encoded size.
-func (b *Batch) Size() int { return b.b.Len() }
+// Size returns the batch's size so far, in bytes.
+func (b *Batch) Size() int { return b.b.Len() + len(b.rowBuf) }
 
 // Empty reports whether the batch holds nothing to commit.
 func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK }
+
+// writeRows writes the buffered row writes to the Pebble batch sorted by
+// key, the last write of each key only.
+func (b *Batch) writeRows() error {
+	buf := b.rowBuf
+	key := func(r rowOp) []byte { return buf[r.koff:r.kend] }
+	slices.SortFunc(b.rows, func(x, y rowOp) int {
+		if c := bytes.Compare(key(x), key(y)); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.seq, y.seq)
+	})
+	for i, r := range b.rows {
+		if i+1 < len(b.rows) && bytes.Equal(key(r), key(b.rows[i+1])) {
+			continue // a later write of the same key wins
+		}
+		var err error
+		if r.vend < 0 {
+			err = b.b.Delete(key(r), nil)
+		} else {
+			err = b.b.Set(key(r), buf[r.kend:r.vend], nil)
+		}
+		if err != nil {
+			return fmt.Errorf("store: writing row: %w", err)
+		}
+	}
+	return nil
+}
 
 // Commit writes the batch: data, positions, last change id and cursor in one
 // atomic Pebble commit. The Batch can be used again afterwards.
 func (b *Batch) Commit() error {
 	if b.Empty() {
 		return nil
+	}
+	if err := b.writeRows(); err != nil {
+		return err
 	}
 	for src := range b.dirty {
 		p := b.pos[src]
@@ -197,6 +243,7 @@ func (b *Batch) Discard() {
 }
 
 func (b *Batch) reset() {
+	b.rowBuf, b.rows = b.rowBuf[:0], b.rows[:0]
 	b.b.Close()
 	b.b = b.s.db.NewBatch()
 	clear(b.pos)

@@ -1,0 +1,114 @@
+package consume_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/receiver/consume"
+	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/ferrysync/ferry/receiver/wiretest"
+)
+
+// benchData is a pre-built stream of ~200-byte changes, 4 per transaction,
+// over random keys of a 1M-key table, cut into 256 KiB messages and
+// compressed with zstd.
+type benchData struct {
+	msgs    []consume.Message
+	changes int
+	raw     int64
+}
+
+var (
+	benchOnce sync.Once
+	benchSet  benchData
+)
+
+// BenchTxs returns n transactions of per ~200-byte changes.
+func benchTxs(n, per int) []format.Tx {
+	rng := rand.New(rand.NewPCG(1, 2))
+	pad := strings.Repeat("z", 120)
+	txs := make([]format.Tx, n)
+	now := time.Now().UnixNano()
+	for i := range txs {
+		txs[i].CommitTime = now + int64(i)
+		txs[i].Changes = make([]format.Change, per)
+		for j := range txs[i].Changes {
+			k := rng.IntN(1_000_000)
+			txs[i].Changes[j] = format.Change{Table: "orders", Op: format.OpUpsert, Key: fmt.Appendf(nil, "order-%07d", k),
+				After: fmt.Appendf(nil, `{"id":%d,"customer":%d,"total":%d.%02d,"status":"paid","note":%q}`, k, rng.IntN(100000), rng.IntN(1000), rng.IntN(100), pad)}
+		}
+	}
+	return txs
+}
+
+func loadBench(b *testing.B) benchData {
+	benchOnce.Do(func() {
+		dir := b.TempDir()
+		txs := benchTxs(125_000, 4) // 500k changes
+		wiretest.WriteSegments(b, dir, "bench", txs, 0)
+		msgs := wiretest.Messages(b, dir, "bench", 256<<10)
+		pub := &wiretest.Publisher{Prefix: "ferry", Codec: wire.CodecZstd}
+		for i, m := range msgs {
+			m.Batch.Codec = wire.CodecZstd
+			body, err := pub.Body(m)
+			if err != nil {
+				b.Fatal(err)
+			}
+			benchSet.msgs = append(benchSet.msgs, consume.Message{Subject: "ferry.bench", Header: m.Batch.Header(), Body: body, StreamSeq: uint64(i + 1)})
+			benchSet.changes += m.Batch.Changes
+			benchSet.raw += int64(len(m.Raw))
+		}
+	})
+	return benchSet
+}
+
+// BenchmarkApply measures the applier and the store without NATS: decompress,
+// verify, decode and commit 500k changes into Pebble on disk (NoSync, 16 MiB
+// batches), a fresh store per iteration.
+func BenchmarkApply(b *testing.B) {
+	d := loadBench(b)
+	dec, _ := wire.NewDecompressor()
+	defer dec.Close()
+	b.SetBytes(d.raw)
+	b.ResetTimer()
+	var elapsed time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		st, err := store.Open(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, _ := consume.NewMetrics(nil)
+		ap := consume.NewApplier(st, dec, m, nil, "ferry")
+		b.StartTimer()
+		t0 := time.Now()
+		for _, msg := range d.msgs {
+			if err := ap.Handle(msg); err != nil {
+				b.Fatal(err)
+			}
+			if n, _ := ap.Pending(); n >= 16<<20 {
+				if err := ap.Commit(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		if err := ap.Commit(); err != nil {
+			b.Fatal(err)
+		}
+		elapsed += time.Since(t0)
+		b.StopTimer()
+		if p := st.Position("bench"); p.Changes != uint64(d.changes) {
+			b.Fatalf("applied %d changes, want %d", p.Changes, d.changes)
+		}
+		ap.Close()
+		st.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(d.changes)*float64(b.N)/elapsed.Seconds(), "changes/s")
+}
