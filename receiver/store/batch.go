@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"cmp"
 	"errors"
-	"slices"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
