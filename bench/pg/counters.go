@@ -25,6 +25,8 @@ type Counters struct {
 	// buffers_clean + buffers_backend: data pages (tables, indexes) the
 	// server wrote to its files.
 	BuffersWritten int64
+	// Checkpoints counts checkpoints (timed and requested).
+	Checkpoints int64
 	// BlockSize is the server's block_size.
 	BlockSize int64
 	// RelationBytes is pg_total_relation_size (heap, indexes, TOAST) summed
@@ -39,8 +41,9 @@ func ReadCounters(ctx context.Context, conn *pgx.Conn, schemas ...string) (Count
 	var c Counters
 	var lsn string
 	err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text, w.wal_bytes::bigint, w.wal_records, w.wal_fpi,
-		b.buffers_checkpoint + b.buffers_clean + b.buffers_backend, current_setting('block_size')::bigint
-		FROM pg_stat_wal w, pg_stat_bgwriter b`).Scan(&lsn, &c.WALBytes, &c.WALRecords, &c.WALFPI, &c.BuffersWritten, &c.BlockSize)
+		b.buffers_checkpoint + b.buffers_clean + b.buffers_backend, b.checkpoints_timed + b.checkpoints_req,
+		current_setting('block_size')::bigint
+		FROM pg_stat_wal w, pg_stat_bgwriter b`).Scan(&lsn, &c.WALBytes, &c.WALRecords, &c.WALFPI, &c.BuffersWritten, &c.Checkpoints, &c.BlockSize)
 	if err != nil {
 		return c, fmt.Errorf("pg: reading pg_stat_wal and pg_stat_bgwriter: %w", err)
 	}
@@ -67,6 +70,30 @@ func ReadCounters(ctx context.Context, conn *pgx.Conn, schemas ...string) (Count
 		return c, fmt.Errorf("pg: reading relation sizes: %w", err)
 	}
 	return c, nil
+}
+
+// Checkpoint runs CHECKPOINT and waits until the checkpointer has reported
+// its statistics (it reports them after waking the CHECKPOINT command up, so
+// a read right after the command can miss the pages it wrote).
+func Checkpoint(ctx context.Context, conn *pgx.Conn) error {
+	var before int64
+	if err := conn.QueryRow(ctx, "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").Scan(&before); err != nil {
+		return fmt.Errorf("pg: reading pg_stat_bgwriter: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("pg: CHECKPOINT: %w", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		var n int64
+		if err := conn.QueryRow(ctx, "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").Scan(&n); err != nil {
+			return fmt.Errorf("pg: reading pg_stat_bgwriter: %w", err)
+		}
+		if n > before {
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return fmt.Errorf("pg: the checkpointer did not report its CHECKPOINT within 10 s")
 }
 
 // Sub returns the counters' growth from before to c.

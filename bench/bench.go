@@ -1,0 +1,422 @@
+// Package bench measures Ferry against change data capture on the same
+// legacy workload, with PostgreSQL as the legacy database. It is a library:
+// a Config and Run; `ferry bench` binds the flags and prints the report
+// (package bench/report).
+//
+// Every mode runs on a fresh copy (CREATE DATABASE … TEMPLATE) of the same
+// initial data, with the same workload streams and server settings:
+//
+//   - none: the legacy alone, the baseline;
+//   - cdc-table: SQL Server-style companion tables filled by triggers in the
+//     legacy's transactions, a poller publishing to JetStream and a cleanup
+//     job (cdc_table.go);
+//   - cdc-log: logical decoding (wal2json through pg_recvlogical) relayed to
+//     JetStream, as Debezium does (cdc_log.go);
+//   - file: the legacy commits each transaction to change files with
+//     format.Writer right after its database commit; the shipper and
+//     receiver libraries carry them through an embedded JetStream
+//     (file_mode.go).
+//
+// Each mode runs four timed phases: load (legacy at full speed, capture on,
+// shipping off: the cost of capture alone), drain (shipping the backlog
+// with the legacy idle: maximum shipping throughput and the shipper's CPU,
+// then for the file mode the receiver applying it), concurrent (legacy at
+// full speed with shipping running on the same host) and paced (legacy at a
+// fixed rate: end-to-end latency).
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferrysync/ferry/bench/pg"
+	"github.com/ferrysync/ferry/bench/workload"
+	"github.com/jackc/pgx/v5"
+)
+
+// Mode is one way of getting the legacy's changes out.
+type Mode string
+
+// Modes.
+const (
+	ModeNone     Mode = "none"
+	ModeCDCTable Mode = "cdc-table"
+	ModeCDCLog   Mode = "cdc-log"
+	ModeFile     Mode = "file"
+)
+
+// AllModes lists every mode in the order a run uses.
+var AllModes = []Mode{ModeNone, ModeCDCTable, ModeCDCLog, ModeFile}
+
+// ParseModes parses a comma-separated list of modes; "all" means AllModes.
+func ParseModes(s string) ([]Mode, error) {
+	if s == "" || s == "all" {
+		return append([]Mode(nil), AllModes...), nil
+	}
+	var out []Mode
+	seen := map[Mode]bool{}
+	for _, p := range strings.Split(s, ",") {
+		m := Mode(strings.TrimSpace(p))
+		switch m {
+		case ModeNone, ModeCDCTable, ModeCDCLog, ModeFile:
+		default:
+			return nil, fmt.Errorf("bench: unknown mode %q (want none, cdc-table, cdc-log, file or all)", p)
+		}
+		if !seen[m] {
+			seen[m] = true
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// Config configures a run. Zero fields take the defaults noted.
+type Config struct {
+	// Profile names the run in the report ("quick", "full").
+	Profile string
+	// PGURL is an existing PostgreSQL server's URL (a superuser that may
+	// create databases and replication slots, wal_level=logical); empty
+	// starts a throwaway cluster.
+	PGURL string
+	// PGBinDir holds the PostgreSQL binaries; empty finds them.
+	PGBinDir string
+	// Durability of the legacy's commits, shared by every mode: sync
+	// (default; the change-file writer then uses SyncAlways) or async
+	// (writer SyncInterval at PostgreSQL's wal_writer_delay, 100 ms).
+	Durability pg.Durability
+	// Modes to run; default AllModes. A run without none reports no
+	// overhead.
+	Modes []Mode
+	// Workload; its Rate is ignored (phases set it). Default 4 streams.
+	Workload workload.Config
+	// PhaseDuration of the load, concurrent and paced phases; default 20 s.
+	PhaseDuration time.Duration
+	// Rounds splits the load phase into slices that visit the modes in
+	// turn; default one per second of PhaseDuration, at most 5.
+	Rounds int
+	// LatencyRate is the paced phase's rate in changes/s; default 10,000.
+	LatencyRate float64
+	// DrainTimeout bounds a wait for shipping to catch up; default 2 min.
+	DrainTimeout time.Duration
+	// PollInterval of the cdc-table poller; default 10 ms.
+	PollInterval time.Duration
+	// CleanupInterval of the cdc-table cleanup job; default 1 s.
+	CleanupInterval time.Duration
+	// FileBefore writes before images to the change files too.
+	FileBefore bool
+	// Progress receives a line per phase and per second; nil: none.
+	Progress io.Writer
+	// Logger for the components; nil discards.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Durability == "" {
+		c.Durability = pg.Sync
+	}
+	if len(c.Modes) == 0 {
+		c.Modes = append([]Mode(nil), AllModes...)
+	}
+	if c.Workload.Streams == 0 {
+		c.Workload.Streams = 4
+	}
+	c.Workload = c.Workload.WithDefaults()
+	c.Workload.Rate = 0
+	if c.PhaseDuration == 0 {
+		c.PhaseDuration = 20 * time.Second
+	}
+	if c.Rounds == 0 {
+		c.Rounds = min(5, max(1, int(c.PhaseDuration/time.Second)))
+	}
+	if c.LatencyRate == 0 {
+		c.LatencyRate = 10000
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 2 * time.Minute
+	}
+	if c.PollInterval == 0 {
+		c.PollInterval = 10 * time.Millisecond
+	}
+	if c.CleanupInterval == 0 {
+		c.CleanupInterval = time.Second
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if _, err := pg.ParseDurability(string(c.Durability)); err != nil {
+		return err
+	}
+	if err := c.Workload.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.PhaseDuration < 100*time.Millisecond:
+		return fmt.Errorf("bench: phase duration %v below 100ms", c.PhaseDuration)
+	case c.Rounds < 1 || c.PhaseDuration/time.Duration(c.Rounds) < 100*time.Millisecond:
+		return fmt.Errorf("bench: %d rounds of a %v phase: want slices of at least 100ms", c.Rounds, c.PhaseDuration)
+	case c.LatencyRate < 0:
+		return fmt.Errorf("bench: negative latency rate %v", c.LatencyRate)
+	case c.PollInterval < time.Millisecond || c.CleanupInterval < time.Millisecond:
+		return fmt.Errorf("bench: poll interval %v / cleanup interval %v below 1ms", c.PollInterval, c.CleanupInterval)
+	}
+	return nil
+}
+
+// server is the PostgreSQL server a run uses.
+type pgServer struct {
+	cluster *pg.Cluster // nil with --pg
+	admin   string      // URL of the postgres database
+	urlFor  func(db string) string
+	pid     int // postmaster, 0 if not on this host
+	binDir  string
+	port    int
+}
+
+// Run runs every configured mode and returns the figures. A mode that fails
+// is reported with its error and the run goes on; Run fails only when
+// nothing could be measured.
+func Run(ctx context.Context, cfg Config) (*Results, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	res := &Results{Profile: cfg.Profile, Started: time.Now().UTC()}
+	progress := func(format string, args ...any) {
+		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
+	}
+	srv, err := startServer(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if srv.cluster != nil {
+		defer srv.cluster.Stop()
+		progress("PostgreSQL cluster in %s on 127.0.0.1:%d (durability %s)", srv.cluster.DataDir(), srv.port, cfg.Durability)
+	}
+	admin, err := pgx.Connect(ctx, srv.admin)
+	if err != nil {
+		return nil, fmt.Errorf("bench: connecting to %s: %w", redact(srv.admin), err)
+	}
+	defer admin.Close(context.Background())
+	res.Machine = machine(ctx, admin)
+	res.Settings = settings(cfg)
+	base := "ferry_bench_base"
+	for _, db := range append([]string{base}, modeDBs(cfg.Modes)...) {
+		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
+			return nil, fmt.Errorf("bench: dropping old database %s: %w", db, err)
+		}
+	}
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+base); err != nil {
+		return nil, fmt.Errorf("bench: creating %s: %w", base, err)
+	}
+	defer admin.Exec(context.Background(), "DROP DATABASE IF EXISTS "+base+" WITH (FORCE)")
+	progress("loading the initial data (%d customers, %d products, %d orders)", cfg.Workload.Customers, cfg.Workload.Products, cfg.Workload.Orders)
+	if err := loadInitial(ctx, srv.urlFor(base), cfg.Workload); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	runs := make([]*modeRun, 0, len(cfg.Modes))
+	defer func() {
+		for _, r := range runs {
+			r.close()
+		}
+	}()
+	for _, mode := range cfg.Modes {
+		runs = append(runs, openMode(ctx, cfg, srv, admin, base, mode, progress))
+	}
+	// The load phase, capture on and shipping off in every mode, runs in
+	// rounds that visit the modes in turn, so that whatever else the host
+	// is doing weighs on every mode alike.
+	slice := cfg.PhaseDuration / time.Duration(cfg.Rounds)
+	progress("load phase: %v per mode at full speed, shipping off, in %d rounds of %v", cfg.PhaseDuration, cfg.Rounds, slice)
+	for round := 0; round < cfg.Rounds && ctx.Err() == nil; round++ {
+		for i := range runs {
+			r := runs[(i+round)%len(runs)]
+			r.legacySlice(ctx, &r.mr.Load, fmt.Sprintf("load %d/%d", round+1, cfg.Rounds), slice, 0, false, nil)
+		}
+	}
+	for _, r := range runs {
+		if r.ok() {
+			progress("%s: load: %.0f tx/s, %.0f changes/s", r.mode, r.mr.Load.TxPerSec, r.mr.Load.ChangesPerSec)
+		}
+	}
+	// Shipping, one mode at a time, then that mode is closed so that its
+	// shipping does not run beside the next mode's.
+	for _, r := range runs {
+		if ctx.Err() != nil {
+			break
+		}
+		r.drain(ctx)
+		r.shipping(ctx)
+		r.close()
+	}
+	for _, r := range runs {
+		res.Modes = append(res.Modes, r.mr)
+	}
+	res.Seconds = time.Since(start).Seconds()
+	derive(res.Modes)
+	res.Notes = notes(cfg)
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	ok := false
+	var errs []error
+	for _, m := range res.Modes {
+		if m.Error == "" {
+			ok = true
+		} else {
+			errs = append(errs, fmt.Errorf("%s: %s", m.Mode, m.Error))
+		}
+	}
+	if !ok {
+		return res, errors.Join(errs...)
+	}
+	return res, nil
+}
+
+func modeDBs(modes []Mode) []string {
+	var out []string
+	for _, m := range modes {
+		out = append(out, dbName(m))
+	}
+	return out
+}
+
+func dbName(m Mode) string { return "ferry_bench_" + strings.ReplaceAll(string(m), "-", "_") }
+
+func startServer(ctx context.Context, cfg Config) (*pgServer, error) {
+	if cfg.PGURL == "" {
+		c, err := pg.StartCluster(ctx, pg.ClusterConfig{BinDir: cfg.PGBinDir, Durability: cfg.Durability})
+		if err != nil {
+			return nil, err
+		}
+		return &pgServer{cluster: c, admin: c.URL("postgres"), urlFor: c.URL, pid: c.Pid(), binDir: c.BinDir(), port: c.Port()}, nil
+	}
+	pcfg, err := pgx.ParseConfig(cfg.PGURL)
+	if err != nil {
+		return nil, fmt.Errorf("bench: --pg %s: %w", redact(cfg.PGURL), err)
+	}
+	s := &pgServer{admin: cfg.PGURL, port: int(pcfg.Port), binDir: cfg.PGBinDir}
+	s.urlFor = func(db string) string {
+		c := pcfg.Copy()
+		c.Database = db
+		return c.ConnString()
+	}
+	conn, err := pgx.Connect(ctx, cfg.PGURL)
+	if err != nil {
+		return nil, fmt.Errorf("bench: connecting to --pg %s: %w", redact(cfg.PGURL), err)
+	}
+	defer conn.Close(ctx)
+	var walLevel, syncCommit string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('synchronous_commit')").Scan(&walLevel, &syncCommit); err != nil {
+		return nil, fmt.Errorf("bench: reading settings of --pg server: %w", err)
+	}
+	if walLevel != "logical" {
+		return nil, fmt.Errorf("bench: --pg server has wal_level=%s; cdc-log needs logical (ALTER SYSTEM SET wal_level = logical, then restart it)", walLevel)
+	}
+	// The server's CPU is measurable only on this host: the parent of our
+	// backend is the postmaster.
+	if ppid, err := pg.ParentPid(int(conn.PgConn().PID())); err == nil {
+		s.pid = ppid
+	}
+	if s.binDir == "" {
+		if d, err := pg.FindBinDir(); err == nil {
+			s.binDir = d
+		}
+	}
+	return s, nil
+}
+
+// redact hides a URL's password.
+func redact(url string) string {
+	if c, err := pgx.ParseConfig(url); err == nil && c.Password != "" {
+		return strings.Replace(url, c.Password, "xxxxx", 1)
+	}
+	return url
+}
+
+func settings(cfg Config) Settings {
+	w := cfg.Workload
+	s := Settings{
+		Streams: w.Streams, TxSize: w.TxSize, RowSize: w.RowSize, Seed: w.Seed,
+		Mix:          fmt.Sprintf("%d/%d/%d", w.Mix.Insert, w.Mix.Update, w.Mix.Delete),
+		PhaseSeconds: cfg.PhaseDuration.Seconds(), LatencyRate: cfg.LatencyRate,
+		Durability: string(cfg.Durability), WriterSync: writerSync(cfg.Durability).String(),
+		FileBefore: cfg.FileBefore, PollMillis: ms(cfg.PollInterval), CleanupMillis: ms(cfg.CleanupInterval),
+		ExternalPG:      cfg.PGURL != "",
+		InitialRowCount: w.Customers + w.Products + w.Orders*4,
+	}
+	return s
+}
+
+func machine(ctx context.Context, conn *pgx.Conn) Machine {
+	m := Machine{Cores: runtime.NumCPU(), Go: runtime.Version()}
+	if v, err := pg.Version(ctx, conn); err == nil {
+		m.Postgres = v
+	}
+	var u syscall.Utsname
+	if syscall.Uname(&u) == nil {
+		m.Kernel = utsString(u.Sysname[:]) + " " + utsString(u.Release[:]) + " " + utsString(u.Machine[:])
+	}
+	if f, err := os.Open("/proc/meminfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+				kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+				m.MemoryMiB = kb / 1024
+			}
+		}
+		f.Close()
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+		f.Close()
+	}
+	return m
+}
+
+func utsString(b []int8) string {
+	var s []byte
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		s = append(s, byte(c))
+	}
+	return string(s)
+}
+
+func notes(cfg Config) []string {
+	return []string{
+		"Every mode runs on a fresh copy of the same initial data (CREATE DATABASE ... TEMPLATE) with the same deterministic workload streams and the same server settings; modes run one after the other on one host.",
+		fmt.Sprintf("load: legacy at full speed, capture on, shipping off, in %d rounds that visit every mode in turn (so that other load on the host weighs on all modes alike).", cfg.Rounds) + " drain: shipping the load phase's backlog with the legacy idle (maximum shipping throughput). concurrent: legacy at full speed with shipping running on the same host. paced: legacy at the fixed latency rate with shipping running.",
+		"Legacy bytes per change = WAL bytes (pg_current_wal_lsn difference) + data pages written (pg_stat_bgwriter buffers_checkpoint+buffers_clean+buffers_backend, with a CHECKPOINT ending the phase) + change-file bytes, for the load phase, plus the WAL and pages that shipping wrote on the legacy database during the drain (cdc-table's cleanup deletes), divided by the load phase's changes.",
+		"Legacy CPU = PostgreSQL server processes (postmaster with its reaped children's times + live children, from /proc) plus this process's CPU (getrusage) during the load phase, when only the legacy workers run in it (and, in file mode, the change-file writer). Shipper CPU = this process's CPU during the drain (poller or relay or shipper, and the embedded JetStream server in every mode) plus pg_recvlogical's; the PostgreSQL CPU spent for shipping (walsender decoding, poller queries, cleanup) is reported separately. Receiver CPU = this process during the apply phase.",
+		"Latency: from the moment the legacy's COMMIT returned (the legacy's worker clock) to the moment an in-process JetStream consumer received the change (CDC modes, file mode) or the receiver had applied it (file mode); matched by the version column each transaction writes, so transactions with deletes only are not sampled.",
+		"CDC modes publish one JSON message per change (like Debezium), uncompressed, without de-duplication ids; Ferry publishes compressed batches of frames with de-duplication ids. The JetStream server is embedded with the same default settings for every mode.",
+		fmt.Sprintf("Durability %s: PostgreSQL synchronous_commit=%s; the change-file writer uses sync policy %s so that a committed transaction is as durable in the files as in the database.", cfg.Durability, map[pg.Durability]string{pg.Sync: "on", pg.Async: "off"}[cfg.Durability], writerSync(cfg.Durability)),
+		"The host has few cores shared with other work: figures are noisy; compare modes within one run.",
+	}
+}

@@ -1,0 +1,214 @@
+// Package report renders the results of a bench run (bench.Results): a
+// markdown report with the comparison table and the goals, the JSON form,
+// and SVG charts of throughput and latency per mode.
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/ferrysync/ferry/bench"
+)
+
+// Goals Ferry is measured against (shared/DESIGN.md).
+const (
+	GoalOverheadPct = 5.0     // file mode costs the legacy at most this % of its tx/s
+	GoalBytesRatio  = 1.0 / 3 // file mode writes at most this share of cdc-table's bytes per change
+	GoalP99Millis   = 20.0    // end-to-end p99 at the paced rate
+)
+
+// JSON writes res as indented JSON.
+func JSON(w io.Writer, res *bench.Results) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(res)
+}
+
+func mode(res *bench.Results, name bench.Mode) *bench.ModeResult {
+	for i := range res.Modes {
+		if res.Modes[i].Mode == string(name) && res.Modes[i].Error == "" {
+			return &res.Modes[i]
+		}
+	}
+	return nil
+}
+
+func num(f float64) string {
+	switch {
+	case f == 0:
+		return "0"
+	case f >= 100:
+		return group(fmt.Sprintf("%.0f", f))
+	case f >= 10:
+		return fmt.Sprintf("%.1f", f)
+	case f >= 1:
+		return fmt.Sprintf("%.2f", f)
+	default:
+		return fmt.Sprintf("%.3f", f)
+	}
+}
+
+// group puts thousands separators in an integer string.
+func group(s string) string {
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func pct(f float64) string { return fmt.Sprintf("%+.1f %%", -f) }
+
+// Table writes the comparison table, one row per mode.
+func Table(w io.Writer, res *bench.Results) {
+	fmt.Fprintln(w, "| mode | legacy tx/s (changes/s) | vs none | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, m := range res.Modes {
+		if m.Error != "" {
+			fmt.Fprintf(w, "| %s | failed: %s |||||||||||\n", m.Mode, strings.ReplaceAll(m.Error, "|", "/"))
+			continue
+		}
+		row := []string{m.Mode,
+			fmt.Sprintf("%s (%s)", num(m.Load.TxPerSec), num(m.Load.ChangesPerSec)),
+			"—", "—", "—",
+			fmt.Sprintf("%s (%s + %s + %s%s)", num(m.BytesPerChange), num(m.WALPerChange), num(m.DataPerChange), num(m.FilePerChange), shipBytes(m)),
+			fmt.Sprintf("%s (%s + %s)", num(m.LegacyCPUPer1k), num(m.LegacyDBCPUPer1k), num(m.LegacyAppCPUPer1k)),
+			"—", "—", "—", "—", "—", "—"}
+		if m.Mode != string(bench.ModeNone) {
+			row[2] = pct(m.OverheadPct)
+		}
+		if m.Concurrent != nil {
+			row[3] = num(m.Concurrent.TxPerSec)
+			row[4] = pct(m.ConcurrentOverheadPct)
+		}
+		if m.Drain != nil {
+			row[7] = num(m.ShipChangesPerSec)
+			row[8] = fmt.Sprintf("%s (+ db %s)", num(m.ShipperCPUPer1k), num(m.ShipDBCPUPer1k))
+		}
+		if m.LatencyJS != nil {
+			row[9] = lat(m.LatencyJS)
+		}
+		if m.LatencyReceiver != nil {
+			row[10] = lat(m.LatencyReceiver)
+		}
+		if m.WireBytes > 0 {
+			row[11] = num(m.WireBytesPerChange)
+			row[12] = fmt.Sprintf("%.2f", m.Compression)
+		}
+		fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
+	}
+}
+
+func shipBytes(m bench.ModeResult) string {
+	if m.ShipBytesPerChange < 0.5 {
+		return ""
+	}
+	return " + shipping " + num(m.ShipBytesPerChange)
+}
+
+func lat(l *bench.Latency) string {
+	if l.Samples == 0 {
+		return "no samples"
+	}
+	return fmt.Sprintf("%s / %s / %s", num(l.P50), num(l.P95), num(l.P99))
+}
+
+// Goal is one of the goals, evaluated.
+type Goal struct {
+	Name   string
+	Want   string
+	Got    string
+	Met    bool
+	Known  bool // false when the run lacks the modes to tell
+	Detail string
+}
+
+// Goals evaluates the goals against res.
+func Goals(res *bench.Results) []Goal {
+	file, table := mode(res, bench.ModeFile), mode(res, bench.ModeCDCTable)
+	none := mode(res, bench.ModeNone)
+	var out []Goal
+	g := Goal{Name: "file mode's cost to the legacy's transactions/s (capture only)", Want: fmt.Sprintf("≤ %.0f %%", GoalOverheadPct)}
+	if file != nil && none != nil {
+		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.1f %%", file.OverheadPct), file.OverheadPct <= GoalOverheadPct
+	}
+	out = append(out, g)
+	g = Goal{Name: "file mode's cost with the shipper running on the same host", Want: fmt.Sprintf("≤ %.0f %%", GoalOverheadPct)}
+	if file != nil && none != nil && file.Concurrent != nil {
+		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.1f %%", file.ConcurrentOverheadPct), file.ConcurrentOverheadPct <= GoalOverheadPct
+	}
+	out = append(out, g)
+	g = Goal{Name: "legacy bytes per change, file / cdc-table", Want: "≤ 1/3"}
+	if file != nil && table != nil && table.BytesPerChange > 0 {
+		r := file.BytesPerChange / table.BytesPerChange
+		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.2f (%s / %s bytes)", r, num(file.BytesPerChange), num(table.BytesPerChange)), r <= GoalBytesRatio
+	}
+	out = append(out, g)
+	g = Goal{Name: fmt.Sprintf("end-to-end p99, commit → applied by the receiver, at %s changes/s", num(res.Settings.LatencyRate)), Want: fmt.Sprintf("≤ %.0f ms", GoalP99Millis)}
+	if file != nil && file.LatencyReceiver != nil && file.LatencyReceiver.Samples > 0 {
+		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.2f ms", file.LatencyReceiver.P99), file.LatencyReceiver.P99 <= GoalP99Millis
+		if file.Paced != nil && file.Paced.ChangesPerSec < 0.9*res.Settings.LatencyRate {
+			g.Detail = fmt.Sprintf("the legacy reached only %s changes/s of the %s asked", num(file.Paced.ChangesPerSec), num(res.Settings.LatencyRate))
+		}
+	}
+	out = append(out, g)
+	return out
+}
+
+// Markdown writes the whole report.
+func Markdown(w io.Writer, res *bench.Results) {
+	fmt.Fprintf(w, "# Ferry bench: %s profile\n\n", res.Profile)
+	m := res.Machine
+	fmt.Fprintf(w, "Run %s, %.0f s. Machine: %d cores (%s), %s MiB memory, %s, %s, PostgreSQL %s.\n\n",
+		res.Started.Format("2006-01-02 15:04 UTC"), res.Seconds, m.Cores, m.CPU, group(fmt.Sprint(m.MemoryMiB)), m.Kernel, m.Go, m.Postgres)
+	s := res.Settings
+	fmt.Fprintf(w, "Workload: %d concurrent streams, %d changes per transaction, rows of ~%d bytes, mix insert/update/delete %s, seed %d; %.0f s per timed phase; paced phase at %s changes/s. Durability %s (change-file writer sync %s). cdc-table poll every %.0f ms, cleanup every %.0f ms.\n\n",
+		s.Streams, s.TxSize, s.RowSize, s.Mix, s.Seed, s.PhaseSeconds, num(s.LatencyRate), s.Durability, s.WriterSync, s.PollMillis, s.CleanupMillis)
+	Table(w, res)
+	fmt.Fprint(w, "\n## Goals\n\n")
+	fmt.Fprintln(w, "| goal | want | measured | met |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, g := range Goals(res) {
+		met := "not measured"
+		if g.Known {
+			met = map[bool]string{true: "yes", false: "**no**"}[g.Met]
+		}
+		got := g.Got
+		if g.Detail != "" {
+			got += " (" + g.Detail + ")"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", g.Name, g.Want, got, met)
+	}
+	fmt.Fprint(w, "\n## Phases\n\n")
+	fmt.Fprintln(w, "| mode | phase | s | tx | changes | tx/s | changes/s | WAL bytes | data page bytes | file bytes | relation growth | PostgreSQL CPU s | this process CPU s | child CPU s |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, m := range res.Modes {
+		for _, p := range []struct {
+			name string
+			p    *bench.Phase
+		}{{"load", &m.Load}, {"drain", m.Drain}, {"apply", m.Apply}, {"concurrent", m.Concurrent}, {"paced", m.Paced}} {
+			if p.p == nil || p.p.Seconds == 0 {
+				continue
+			}
+			q := p.p
+			fmt.Fprintf(w, "| %s | %s | %.1f | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f |\n", m.Mode, p.name, q.Seconds,
+				group(fmt.Sprint(q.Txs)), group(fmt.Sprint(q.Changes)), num(q.TxPerSec), num(q.ChangesPerSec),
+				group(fmt.Sprint(q.WALBytes)), group(fmt.Sprint(q.DataBytes)), group(fmt.Sprint(q.FileBytes)), group(fmt.Sprint(q.RelationGrowth)),
+				q.DBCPU, q.ProcCPU, q.ChildCPU)
+		}
+	}
+	fmt.Fprint(w, "\n## How the figures are made\n\n")
+	for _, n := range res.Notes {
+		fmt.Fprintf(w, "- %s\n", n)
+	}
+}

@@ -1,0 +1,175 @@
+package bench
+
+import "time"
+
+// Results is what a bench run measured: the machine, the configuration and
+// one ModeResult per mode, in the order they ran.
+type Results struct {
+	Profile  string       `json:"profile"`
+	Started  time.Time    `json:"started"`
+	Seconds  float64      `json:"seconds"`
+	Machine  Machine      `json:"machine"`
+	Settings Settings     `json:"settings"`
+	Modes    []ModeResult `json:"modes"`
+	// Notes say how figures were obtained and attributed.
+	Notes []string `json:"notes"`
+}
+
+// Machine describes where the run happened.
+type Machine struct {
+	Cores     int    `json:"cores"`
+	MemoryMiB int64  `json:"memory_mib"`
+	CPU       string `json:"cpu"`
+	Kernel    string `json:"kernel"`
+	Go        string `json:"go"`
+	Postgres  string `json:"postgres"`
+}
+
+// Settings are the run's parameters, as used.
+type Settings struct {
+	Streams         int     `json:"streams"`
+	TxSize          int     `json:"tx_size"`
+	RowSize         int     `json:"row_size"`
+	Mix             string  `json:"mix"`
+	Seed            uint64  `json:"seed"`
+	PhaseSeconds    float64 `json:"phase_seconds"`
+	LatencyRate     float64 `json:"latency_rate"`
+	Durability      string  `json:"durability"`
+	WriterSync      string  `json:"writer_sync"`
+	FileBefore      bool    `json:"file_before_images"`
+	PollMillis      float64 `json:"cdc_poll_ms"`
+	CleanupMillis   float64 `json:"cdc_cleanup_ms"`
+	ExternalPG      bool    `json:"external_pg"`
+	InitialRowCount int     `json:"initial_rows"`
+}
+
+// Phase holds the counters of one timed phase.
+type Phase struct {
+	Seconds       float64 `json:"seconds"`
+	Txs           int64   `json:"txs"`
+	Changes       int64   `json:"changes"`
+	TxPerSec      float64 `json:"tx_per_sec"`
+	ChangesPerSec float64 `json:"changes_per_sec"`
+	// Bytes written on the legacy host: WAL (pg_current_wal_lsn diff),
+	// data pages (tables and indexes) written by the CHECKPOINT that ends
+	// the phase plus those the background writer and backends wrote,
+	// and change-file bytes (file mode).
+	WALBytes       int64 `json:"wal_bytes"`
+	DataBytes      int64 `json:"data_bytes"`
+	FileBytes      int64 `json:"file_bytes"`
+	RelationGrowth int64 `json:"relation_growth_bytes"`
+	WALFPI         int64 `json:"wal_fpi"`
+	// CPU seconds: the PostgreSQL server processes (postmaster, backends,
+	// background workers, exited children), this process (getrusage), and
+	// child processes of the mode (pg_recvlogical).
+	DBCPU    float64 `json:"db_cpu_s"`
+	ProcCPU  float64 `json:"proc_cpu_s"`
+	ChildCPU float64 `json:"child_cpu_s"`
+}
+
+// Latency holds commit-to-visible percentiles in milliseconds.
+type Latency struct {
+	Samples int     `json:"samples"`
+	Unseen  int     `json:"unseen"`
+	P50     float64 `json:"p50_ms"`
+	P95     float64 `json:"p95_ms"`
+	P99     float64 `json:"p99_ms"`
+	Max     float64 `json:"max_ms"`
+}
+
+// ModeResult is one mode's figures.
+type ModeResult struct {
+	Mode string `json:"mode"`
+	// Load: the legacy at full speed, capture on, shipping off.
+	Load Phase `json:"load"`
+	// Drain: shipping the load phase's backlog, legacy idle.
+	Drain *Phase `json:"drain,omitempty"`
+	// Apply: the receiver applying the backlog (file mode).
+	Apply *Phase `json:"apply,omitempty"`
+	// Concurrent: the legacy at full speed with shipping running.
+	Concurrent *Phase `json:"concurrent,omitempty"`
+	// Paced: the legacy at the fixed latency rate, shipping running.
+	Paced *Phase `json:"paced,omitempty"`
+	// LatencyJS: commit to readable in JetStream; LatencyReceiver: commit
+	// to applied by the receiver (file mode).
+	LatencyJS       *Latency `json:"latency_jetstream,omitempty"`
+	LatencyReceiver *Latency `json:"latency_receiver,omitempty"`
+	// Wire: what the stream received over the whole run.
+	WireMessages int64   `json:"wire_messages"`
+	WireBytes    int64   `json:"wire_bytes"`
+	RawBytes     int64   `json:"raw_bytes"`
+	Compression  float64 `json:"compression_ratio"`
+
+	// Derived figures (see Derive).
+	OverheadPct           float64 `json:"overhead_pct"`
+	ConcurrentOverheadPct float64 `json:"concurrent_overhead_pct"`
+	BytesPerChange        float64 `json:"legacy_bytes_per_change"`
+	WALPerChange          float64 `json:"wal_bytes_per_change"`
+	DataPerChange         float64 `json:"data_bytes_per_change"`
+	FilePerChange         float64 `json:"file_bytes_per_change"`
+	ShipBytesPerChange    float64 `json:"shipping_legacy_bytes_per_change"`
+	LegacyCPUPer1k        float64 `json:"legacy_cpu_s_per_1k"`
+	LegacyDBCPUPer1k      float64 `json:"legacy_db_cpu_s_per_1k"`
+	LegacyAppCPUPer1k     float64 `json:"legacy_app_cpu_s_per_1k"`
+	ShipperCPUPer1k       float64 `json:"shipper_cpu_s_per_1k"`
+	ShipDBCPUPer1k        float64 `json:"shipping_db_cpu_s_per_1k"`
+	ReceiverCPUPer1k      float64 `json:"receiver_cpu_s_per_1k"`
+	ShipChangesPerSec     float64 `json:"ship_max_changes_per_sec"`
+	ApplyChangesPerSec    float64 `json:"apply_max_changes_per_sec"`
+	WireBytesPerChange    float64 `json:"wire_bytes_per_change"`
+	Error                 string  `json:"error,omitempty"`
+}
+
+func per(n float64, changes int64) float64 {
+	if changes <= 0 {
+		return 0
+	}
+	return n / float64(changes)
+}
+
+// derive computes the derived figures of every mode against base (none).
+func derive(modes []ModeResult) {
+	var base *ModeResult
+	for i := range modes {
+		if modes[i].Mode == string(ModeNone) {
+			base = &modes[i]
+		}
+	}
+	for i := range modes {
+		m := &modes[i]
+		l := m.Load
+		if base != nil && base.Load.TxPerSec > 0 {
+			m.OverheadPct = 100 * (1 - l.TxPerSec/base.Load.TxPerSec)
+			if m.Concurrent != nil {
+				m.ConcurrentOverheadPct = 100 * (1 - m.Concurrent.TxPerSec/base.Load.TxPerSec)
+			}
+		}
+		m.WALPerChange = per(float64(l.WALBytes), l.Changes)
+		m.DataPerChange = per(float64(l.DataBytes), l.Changes)
+		m.FilePerChange = per(float64(l.FileBytes), l.Changes)
+		if m.Drain != nil {
+			m.ShipBytesPerChange = per(float64(m.Drain.WALBytes+m.Drain.DataBytes), l.Changes)
+			m.ShipperCPUPer1k = 1000 * per(m.Drain.ProcCPU+m.Drain.ChildCPU, m.Drain.Changes)
+			m.ShipDBCPUPer1k = 1000 * per(m.Drain.DBCPU, m.Drain.Changes)
+			m.ShipChangesPerSec = m.Drain.ChangesPerSec
+		}
+		if m.Apply != nil {
+			m.ReceiverCPUPer1k = 1000 * per(m.Apply.ProcCPU, m.Apply.Changes)
+			m.ApplyChangesPerSec = m.Apply.ChangesPerSec
+		}
+		m.BytesPerChange = m.WALPerChange + m.DataPerChange + m.FilePerChange + m.ShipBytesPerChange
+		m.LegacyDBCPUPer1k = 1000 * per(l.DBCPU, l.Changes)
+		m.LegacyAppCPUPer1k = 1000 * per(l.ProcCPU, l.Changes)
+		m.LegacyCPUPer1k = m.LegacyDBCPUPer1k + m.LegacyAppCPUPer1k
+		if m.WireBytes > 0 {
+			m.Compression = float64(m.RawBytes) / float64(m.WireBytes)
+		}
+		total := l.Changes
+		for _, p := range []*Phase{m.Concurrent, m.Paced} {
+			if p != nil {
+				total += p.Changes
+			}
+		}
+		m.WireBytesPerChange = per(float64(m.WireBytes), total)
+	}
+}
