@@ -12,86 +12,112 @@ import (
 	"time"
 )
 
-// Process is one run of an executable at a time: Start, then Kill (SIGKILL)
-// or Stop (SIGTERM), then Start again with the same arguments. Its output,
-// across restarts, goes to one log file.
+// Process runs an executable: Start, then Kill (SIGKILL) or Stop (SIGTERM),
+// then Start again with the same arguments. With Restart set it is
+// supervised like a systemd unit with Restart=on-failure: when it exits by
+// itself it is started again after Restart. Its output, across restarts,
+// goes to one log file.
 type Process struct {
-	Name string
-	Bin  string
-	Args []string
-	Log  string // path of the log file
+	Name    string
+	Bin     string
+	Args    []string
+	Log     string // path of the log file
+	Restart time.Duration
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	runs int
+	mu      sync.Mutex
+	cmd     *exec.Cmd // the current run, nil between runs
+	want    bool      // Start called and no Kill/Stop since
+	sup     chan struct{}
+	exits   int   // runs that ended by themselves
+	lastErr error // how the last of them ended
+	runs    int
 }
 
-// Start starts the process; it fails if it is already running.
+// Start starts the process (and its supervision); it fails if it is
+// already started.
 func (p *Process) Start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd != nil {
-		return fmt.Errorf("faults: %s already running (pid %d)", p.Name, p.cmd.Process.Pid)
+	if p.want {
+		return fmt.Errorf("faults: %s already started", p.Name)
 	}
+	cmd, err := p.spawnLocked()
+	if err != nil {
+		return err
+	}
+	p.want = true
+	p.sup = make(chan struct{})
+	go p.supervise(cmd, p.sup)
+	return nil
+}
+
+func (p *Process) spawnLocked() (*exec.Cmd, error) {
 	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("faults: opening log of %s: %w", p.Name, err)
+		return nil, fmt.Errorf("faults: opening log of %s: %w", p.Name, err)
 	}
+	defer logf.Close() // the child holds its own descriptor
 	p.runs++
 	fmt.Fprintf(logf, "=== faults: start %d of %s: %s %v\n", p.runs, p.Name, p.Bin, p.Args)
 	cmd := exec.Command(p.Bin, p.Args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("faults: starting %s: %w", p.Name, err)
+		return nil, fmt.Errorf("faults: starting %s: %w", p.Name, err)
 	}
-	done := make(chan struct{})
-	p.cmd, p.done = cmd, done
-	go func() {
-		err := cmd.Wait()
-		logf.Close()
-		p.mu.Lock()
-		p.err = err
-		p.mu.Unlock()
-		close(done)
-	}()
-	return nil
+	p.cmd = cmd
+	return cmd, nil
 }
 
-// Running reports whether the process is running.
+// supervise waits for each run and restarts the process if it ended by
+// itself and Restart is set.
+func (p *Process) supervise(cmd *exec.Cmd, done chan struct{}) {
+	defer close(done)
+	for {
+		err := cmd.Wait()
+		p.mu.Lock()
+		p.cmd = nil
+		if !p.want {
+			p.mu.Unlock()
+			return
+		}
+		p.exits++
+		p.lastErr = fmt.Errorf("run %d exited by itself: %v", p.runs, err)
+		if p.Restart <= 0 {
+			p.want = false
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+		time.Sleep(p.Restart)
+		p.mu.Lock()
+		if !p.want {
+			p.mu.Unlock()
+			return
+		}
+		cmd, err = p.spawnLocked()
+		if err != nil {
+			p.lastErr, p.want = err, false
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Unlock()
+	}
+}
+
+// Running reports whether a run of the process is under way.
 func (p *Process) Running() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return false
-	}
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
+	return p.cmd != nil
 }
 
-// Exited returns whether the current run ended, and how.
-func (p *Process) Exited() (bool, error) {
+// Exits returns how many runs ended by themselves (not by Kill or Stop) and
+// how the last one ended.
+func (p *Process) Exits() (int, error) {
 	p.mu.Lock()
-	done := p.done
-	p.mu.Unlock()
-	if done == nil {
-		return true, nil
-	}
-	select {
-	case <-done:
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		return true, p.err
-	default:
-		return false, nil
-	}
+	defer p.mu.Unlock()
+	return p.exits, p.lastErr
 }
 
 // Kill sends SIGKILL and waits for the process to be gone.
@@ -115,23 +141,26 @@ func (p *Process) raw(sig syscall.Signal) error {
 
 func (p *Process) signal(sig syscall.Signal, grace time.Duration) error {
 	p.mu.Lock()
-	cmd, done := p.cmd, p.done
+	cmd, sup := p.cmd, p.sup
+	p.want = false
 	p.mu.Unlock()
-	if cmd == nil {
+	if sup == nil {
 		return nil
 	}
-	_ = cmd.Process.Signal(syscall.SIGCONT)
-	_ = cmd.Process.Signal(sig)
-	if sig != syscall.SIGKILL {
-		select {
-		case <-done:
-		case <-time.After(grace):
-			_ = cmd.Process.Kill()
+	if cmd != nil {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		_ = cmd.Process.Signal(sig)
+		if sig != syscall.SIGKILL {
+			select {
+			case <-sup:
+			case <-time.After(grace):
+				_ = cmd.Process.Kill()
+			}
 		}
 	}
-	<-done
+	<-sup
 	p.mu.Lock()
-	p.cmd, p.done = nil, nil
+	p.sup = nil
 	p.mu.Unlock()
 	return nil
 }
