@@ -132,7 +132,7 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 			cut = c
 		}
 	}
-	if cut > floor+1 {
+	if cut-1 > floor { // cut >= first >= 1
 		cut = floor + 1
 	}
 	if cut <= first {
