@@ -334,14 +334,14 @@ func TestFaultCorruption(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// The bad source's files, written before its shipper starts.
-	badSt, err := faults.Legacy{Dir: r.changes, Source: "bad", Changes: size(5_000, 50_000), Seed: 4}.Run(ctx)
+	badSt, err := faults.Legacy{Dir: r.changes, Source: "bad", TablePrefix: "bad_", Changes: size(5_000, 50_000), Seed: 4}.Run(ctx)
 	must(t, err)
 	path := filepath.Join(r.changes, format.SegmentName("bad", 1))
 	off := corruptMiddle(t, path)
 	bad, good := r.shipper("bad"), r.shipper("good")
 	rc := r.receiver("recv")
 	startAll(t, bad, good, rc.Process)
-	st := runLegacy(t, ctx, faults.Legacy{Dir: r.changes, Source: "good", Changes: size(10_000, 100_000), Rate: 10_000, Seed: 5})()
+	st := runLegacy(t, ctx, faults.Legacy{Dir: r.changes, Source: "good", TablePrefix: "good_", Changes: size(10_000, 100_000), Rate: 10_000, Seed: 5})()
 	truth, err := check.FromDir(r.changes)
 	must(t, err)
 	if truth.Sources["bad"].Stopped == nil {
@@ -368,6 +368,42 @@ func TestFaultCorruption(t *testing.T) {
 	t.Logf("bad stopped at %v; %d changes of bad before the corrupt frame applied, good: %d changes", truth.Sources["bad"].Stopped, truth.Sources["bad"].Changes, truth.Sources["good"].Changes)
 	noCrash(t, good, false)
 	noCrash(t, rc.Process, true)
+
+	// ferry status shows the stopped source loudly and the other caught up.
+	out, err := exec.Command(bins.Ferry, "status", "--dir", r.changes, "--nats", r.urls(), "--receiver", "http://"+rc.http, "--json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ferry status: %v\n%s", err, out)
+	}
+	var status struct {
+		Sources []struct {
+			Source string
+			OnDisk struct {
+				Error string
+			} `json:"on_disk"`
+			ShipLag struct {
+				Records int64
+			} `json:"ship_lag"`
+			ApplyLag struct {
+				Records int64
+			} `json:"apply_lag"`
+		}
+	}
+	must(t, json.Unmarshal(out, &status))
+	for _, s := range status.Sources {
+		switch s.Source {
+		case "bad":
+			if !strings.Contains(s.OnDisk.Error, fmt.Sprintf("offset %d", off)) {
+				t.Errorf("ferry status: bad's on-disk error %q does not name offset %d", s.OnDisk.Error, off)
+			}
+		case "good":
+			if s.ShipLag.Records != 0 || s.ApplyLag.Records != 0 {
+				t.Errorf("ferry status: good behind by %d records shipped, %d applied; want 0", s.ShipLag.Records, s.ApplyLag.Records)
+			}
+		}
+	}
+	if len(status.Sources) != 2 {
+		t.Errorf("ferry status shows %d sources, want bad and good:\n%s", len(status.Sources), out)
+	}
 }
 
 // corruptMiddle flips one byte in the payload of the middle frame of the

@@ -31,6 +31,9 @@ type Legacy struct {
 	Rows int
 	// Seed makes the run reproducible.
 	Seed uint64
+	// TablePrefix is put before every table name, so that sources that
+	// share a receiver write their own tables.
+	TablePrefix string
 	// Sync is the writer's sync policy (default SyncNone: the suite kills
 	// processes, not machines).
 	Sync format.SyncPolicy
@@ -80,7 +83,7 @@ func (cfg Legacy) Run(ctx context.Context) (LegacyStats, error) {
 			tx.Changes = tx.Changes[:0]
 			tx.CommitTime = time.Now().UnixNano()
 			for _, row := range tr.Rows[i:min(i+loadTxSize, len(tr.Rows))] {
-				tx.Changes = append(tx.Changes, format.Change{Table: tr.Table.Name, Op: format.OpInsert,
+				tx.Changes = append(tx.Changes, format.Change{Table: cfg.TablePrefix + tr.Table.Name, Op: format.OpInsert,
 					Key: row.AppendKey(nil, tr.Table), After: row.AppendJSON(nil, tr.Table)})
 			}
 			if err := commit(&tx); err != nil {
@@ -96,6 +99,11 @@ func (cfg Legacy) Run(ctx context.Context) (LegacyStats, error) {
 			break
 		}
 		wtx.AppendFormat(&tx, time.Now().UnixNano(), false)
+		if cfg.TablePrefix != "" {
+			for i := range tx.Changes {
+				tx.Changes[i].Table = cfg.TablePrefix + tx.Changes[i].Table
+			}
+		}
 		if err := commit(&tx); err != nil {
 			return st, err
 		}

@@ -272,3 +272,20 @@ func TestParseChangeID(t *testing.T) {
 		}
 	}
 }
+
+func TestCompareRefusesConflicts(t *testing.T) {
+	dir := t.TempDir()
+	crashedSegment(t, dir, "a", 1, 0, tx(1, "orders", "1", `{"a":1}`))
+	crashedSegment(t, dir, "b", 1, 0, tx(1, "orders", "1", `{"b":1}`), tx(2, "orders", "2", `{"b":2}`))
+	truth, err := check.FromDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(truth.Conflicts) != 1 || !strings.Contains(truth.Conflicts[0], "orders/1") {
+		t.Fatalf("Conflicts = %v, want orders/1", truth.Conflicts)
+	}
+	_, err = check.Compare(context.Background(), truth, &memReceiver{}, check.Options{})
+	if err == nil || !strings.Contains(err.Error(), "more than one source") {
+		t.Errorf("Compare = %v, want an error about keys of several sources", err)
+	}
+}

@@ -100,6 +100,10 @@ type Options struct {
 
 // Compare reads the receiver's state and feed and compares them with t.
 func Compare(ctx context.Context, t *Truth, rc Receiver, o Options) (*Report, error) {
+	if t.conflicts > 0 {
+		return nil, fmt.Errorf("check: %d keys are written by more than one source, e.g. %s: their final value depends on how a receiver interleaves the sources; give each source its own tables or keys",
+			t.conflicts, strings.Join(t.Conflicts, ", "))
+	}
 	r := &Report{Written: t.Changes(), Rows: t.Rows()}
 	if err := compareState(ctx, t, rc, o, r); err != nil {
 		return r, err

@@ -80,6 +80,13 @@ type Truth struct {
 	// are absent.
 	Tables  map[string]map[string]Row
 	Sources map[string]*Source
+	// Conflicts lists keys written by more than one source (at most a
+	// few): their final value depends on how the receiver interleaved the
+	// sources, so the truth cannot say it. Compare refuses such a truth.
+	Conflicts []string
+	// conflicts counts them all.
+	conflicts int
+	owner     map[string]map[string]string // table, key → the source that wrote it
 }
 
 // Changes returns the number of changes of every source.
@@ -120,7 +127,7 @@ func FromDir(dir string) (*Truth, error) {
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
-	t := &Truth{Tables: map[string]map[string]Row{}, Sources: map[string]*Source{}}
+	t := &Truth{Tables: map[string]map[string]Row{}, Sources: map[string]*Source{}, owner: map[string]map[string]string{}}
 	for _, sf := range segs {
 		src := t.Sources[sf.Source]
 		if src == nil {
@@ -196,6 +203,17 @@ func (t *Truth) readSegment(src *Source, sf format.SegmentFile) error {
 			if rows == nil {
 				rows = map[string]Row{}
 				t.Tables[c.Table] = rows
+				t.owner[c.Table] = map[string]string{}
+			}
+			switch o, ok := t.owner[c.Table][string(c.Key)]; {
+			case !ok:
+				t.owner[c.Table][string(c.Key)] = src.Name
+			case o != src.Name && o != "":
+				t.conflicts++
+				if len(t.Conflicts) < 10 {
+					t.Conflicts = append(t.Conflicts, fmt.Sprintf("%s/%s (sources %s and %s)", c.Table, c.Key, o, src.Name))
+				}
+				t.owner[c.Table][string(c.Key)] = "" // counted once
 			}
 			if c.Op == format.OpDelete {
 				delete(rows, string(c.Key))
