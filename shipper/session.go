@@ -428,7 +428,7 @@ func (s *Shipper) acked(it *inflight, ack *jetstream.PubAck) {
 }
 
 // upkeep refreshes the backlog and lag metrics, writes the checkpoint and
-// applies retention.
+// applies retention. fl is nil between sessions.
 func (s *Shipper) upkeep(fl *tail.Follower, now time.Time) {
 	s.mu.Lock()
 	acked, lastCommit := s.stats.Acked, s.stats.LastCommit
@@ -441,7 +441,7 @@ func (s *Shipper) upkeep(fl *tail.Follower, now time.Time) {
 				continue
 			}
 			var size int64
-			if sf.Segment == fl.Pos().Segment && fl.Size() > 0 {
+			if fl != nil && sf.Segment == fl.Pos().Segment && fl.Size() > 0 {
 				size = fl.Size()
 			} else if fi, err := statSize(sf.Path); err == nil {
 				size = fi

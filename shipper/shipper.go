@@ -159,6 +159,7 @@ type Shipper struct {
 	hintOK    bool
 	repairAt  *format.Position
 	ran       bool
+	stopped   bool
 	cancel    context.CancelFunc
 	done      chan struct{}
 	lastCkpt  format.Position
@@ -263,6 +264,7 @@ func (s *Shipper) Stats() Stats {
 func (s *Shipper) Stop() {
 	s.mu.Lock()
 	cancel, ran := s.cancel, s.ran
+	s.stopped = true
 	s.mu.Unlock()
 	if !ran {
 		return
@@ -298,6 +300,9 @@ func (s *Shipper) Run(ctx context.Context) error {
 	}
 	s.ran = true
 	ctx, s.cancel = context.WithCancel(ctx)
+	if s.stopped {
+		s.cancel() // Stop came first
+	}
 	s.mu.Unlock()
 	defer close(s.done)
 	defer s.cancel()
@@ -366,6 +371,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 		if err != nil {
 			s.log.Warn("shipping interrupted; resuming from the stream's tail", "err", err, "retry_in", backoff)
 		}
+		s.upkeep(nil, time.Now()) // the backlog is a metric during outages too
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
