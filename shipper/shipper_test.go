@@ -130,3 +130,32 @@ func runOnce(t *testing.T, st shipper.Stream, dir, source string, opts ...shippe
 	}
 	return s, err
 }
+
+func TestRespectsServerMaxPayload(t *testing.T) {
+	_, nc := startServer(t, 64<<10) // a server with a small max_payload
+	c := newClient(t, nc)
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders")
+	writeTxs(t, w, 0, 500, 2, 200)
+	writeTxs(t, w, 500, 1, 1500, 200) // one ~300 KB transaction: parts
+	writeTxs(t, w, 501, 500, 2, 200)
+	w.Close()
+	end := endOf(t, dir, "orders")
+	r := startShipper(t, c, dir, "orders", shipper.WithCodec(wire.CodecNone))
+	r.waitAcked(t, end, 20*time.Second)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	msgs := readBack(t, nc, c.Subject("orders"))
+	split := false
+	for _, m := range msgs {
+		if len(m.raw) > 64<<10 {
+			t.Errorf("message %s of %d bytes over max_payload", m.b.MsgID(), len(m.raw))
+		}
+		split = split || m.b.Parts > 1
+	}
+	if !split {
+		t.Error("the 300 KB transaction was not split into parts")
+	}
+	checkExact(t, dir, "orders", msgs, end)
+}
