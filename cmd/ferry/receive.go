@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +52,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	syncCommits := fs.Bool("sync", false, "fsync every store commit (not needed for exactly-once: see the receiver/store docs)")
 	checkpointDir := fs.String("checkpoint-dir", "", "enable POST /v1/checkpoint, writing checkpoints under this directory")
 	checkpoint := fs.String("checkpoint", "", "write a checkpoint of the (stopped) store in --data to this directory and exit")
+	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060; off by default)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	configPath := fs.String("config", "", "YAML config file (keys named like the flags)")
 	nf := addNATSFlags(fs, "ferry receive")
@@ -134,11 +138,43 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, err: fmt.Errorf("ferry receive: %w", err)}
 	}
+	if *pprofAddr != "" {
+		stop, err := servePprof(ctx, *pprofAddr, log)
+		if err != nil {
+			return fmt.Errorf("ferry receive: --pprof: %w", err)
+		}
+		defer stop()
+	}
 	log.Info("ferry receive starting", "data", *data, "http", *httpAddr, "stream", *stream, "sources", sources.String())
 	if err := r.Run(ctx); err != nil {
 		return fmt.Errorf("ferry receive: %w", err)
 	}
 	return nil
+}
+
+// servePprof serves the profiling endpoints on their own listener (never on
+// the API's) until stop is called.
+func servePprof(ctx context.Context, addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("pprof server stopped", "err", err)
+		}
+	}()
+	log.Info("serving pprof", "addr", ln.Addr().String())
+	return func() { srv.Close(); <-done }, nil
 }
 
 // checkpointStore writes a checkpoint of a stopped receiver's store.

@@ -28,7 +28,9 @@ var (
 )
 
 // buildFerry builds the ferry binary once per test binary run.
-func buildFerry(t *testing.T) string {
+func buildFerry(t *testing.T) string { return buildFerryB(t) }
+
+func buildFerryB(t testing.TB) string {
 	t.Helper()
 	ferryBinOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "ferry-bin-")
@@ -48,7 +50,9 @@ func buildFerry(t *testing.T) string {
 	return ferryBin
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t *testing.T) string { return freeAddrB(t) }
+
+func freeAddrB(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

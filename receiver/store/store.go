@@ -26,6 +26,7 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -130,6 +131,9 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		FormatMajorVersion:          pebble.FormatNewest,
 		CompactionConcurrencyRange:  func() (int, int) { return 1, 2 },
 	}
+	// Bloom filters: a GET of a key that is not in a table skips it
+	// without reading a block.
+	po.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	if o.fs != nil {
 		po.FS = o.fs
 	}

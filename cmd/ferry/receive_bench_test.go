@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/receiver/wiretest"
+)
+
+// procStatusKiB reads a VmRSS-like field of /proc/<pid>/status in KiB.
+func procStatusKiB(pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			n, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return n
+		}
+	}
+	return -1
+}
+
+// BenchmarkReceiveProcess runs `ferry receive` as its own process against a
+// pre-filled stream (embedded JetStream in this process) of 1M ~200-byte
+// changes over 1M random keys, 4 per transaction, and reports:
+//   - changes/s: from the process start until /v1/status shows every change
+//     applied (JetStream read, decompression, CRC, decode, Pebble commit);
+//   - rss-MiB / hwm-MiB: the receiver's resident memory after applying;
+//   - then GET latency from this (second) process: an open-loop load of
+//     10k random-key GET /v1/tables/orders/rows/{key} per second for 5 s
+//     over keep-alive connections: p50-us, p99-us, req/s achieved.
+func BenchmarkReceiveProcess(b *testing.B) {
+	bin := buildFerryB(b)
+	srv := wiretest.StartServer(b)
+	_, js := srv.Connect(b)
+	wiretest.CreateStream(b, js, "FERRY", "ferry")
+	const ntx, per, keys = 250_000, 4, 1_000_000
+	rng := rand.New(rand.NewPCG(7, 7))
+	pad := strings.Repeat("z", 120)
+	txs := make([]format.Tx, ntx)
+	now := time.Now().UnixNano()
+	for i := range txs {
+		txs[i].CommitTime = now
+		txs[i].Changes = make([]format.Change, per)
+		for j := range txs[i].Changes {
+			k := rng.IntN(keys)
+			txs[i].Changes[j] = format.Change{Table: "orders", Op: format.OpUpsert, Key: fmt.Appendf(nil, "order-%07d", k),
+				After: fmt.Appendf(nil, `{"id":%d,"customer":%d,"total":%d.%02d,"status":"paid","note":%q}`, k, rng.IntN(100000), rng.IntN(1000), rng.IntN(100), pad)}
+		}
+	}
+	segDir := b.TempDir()
+	wiretest.WriteSegments(b, segDir, "bench", txs, 0)
+	msgs := wiretest.Messages(b, segDir, "bench", 1<<20)
+	pub := &wiretest.Publisher{JS: js, Prefix: "ferry", Codec: wire.CodecZstd}
+	if _, err := pub.Publish(context.Background(), msgs...); err != nil {
+		b.Fatal(err)
+	}
+	total := uint64(ntx * per)
+	b.ResetTimer()
+	for it := 0; it < b.N; it++ {
+		data := b.TempDir()
+		addr := freeAddrB(b)
+		base := "http://" + addr
+		logf, _ := os.Create(filepath.Join(data, "receive.log"))
+		args := []string{"receive", "--nats", srv.URL, "--data", filepath.Join(data, "d"), "--http", addr, "--ready-lag", "1h"}
+		// FERRY_BENCH_PROFILE=FILE saves a CPU profile of the receiver
+		// taken during the GET load.
+		profFile := os.Getenv("FERRY_BENCH_PROFILE")
+		pprofAddr := freeAddrB(b)
+		if profFile != "" {
+			args = append(args, "--pprof", pprofAddr)
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		t0 := time.Now()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			st, err := receiverStatusOf(base)
+			if err == nil && len(st.Sources) == 1 && st.Sources[0].Changes == total {
+				break
+			}
+			if time.Since(t0) > 5*time.Minute {
+				cmd.Process.Kill()
+				b.Fatalf("receiver did not apply everything in 5 min (log %s)", logf.Name())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		applySecs := time.Since(t0).Seconds()
+		b.ReportMetric(float64(total)/applySecs, "changes/s")
+		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmRSS"))/1024, "rss-MiB")
+		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmHWM"))/1024, "hwm-MiB")
+
+		profDone := make(chan struct{})
+		go func() {
+			defer close(profDone)
+			if profFile == "" {
+				return
+			}
+			resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/profile?seconds=4")
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			defer resp.Body.Close()
+			f, err := os.Create(profFile)
+			if err == nil {
+				io.Copy(f, resp.Body)
+				f.Close()
+			}
+		}()
+		p50, p99, rate, errs := loadGET(base, 10000, 5*time.Second, keys)
+		<-profDone
+		b.ReportMetric(p50, "get-p50-us")
+		b.ReportMetric(p99, "get-p99-us")
+		b.ReportMetric(rate, "get-req/s")
+		if errs > 0 {
+			b.Errorf("%d GET errors", errs)
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		logf.Close()
+	}
+}
+
+// loadGET sends rate GETs per second for d (open loop: requests are
+// scheduled on a clock, not after the previous answer) and returns the
+// p50 and p99 latency in µs, the achieved rate and the errors.
+func loadGET(base string, rate int, d time.Duration, keys int) (p50, p99, achieved float64, errs int) {
+	tr := &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}
+	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	defer tr.CloseIdleConnections()
+	const workers = 64
+	jobs := make(chan string, rate)
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, rate*int(d/time.Second)/workers+16)
+			nerr := 0
+			for url := range jobs {
+				t := time.Now()
+				resp, err := client.Get(url)
+				if err != nil {
+					nerr++
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 && resp.StatusCode != 404 {
+					nerr++
+				}
+				local = append(local, time.Since(t))
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			errs += nerr
+			mu.Unlock()
+		}()
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	start := time.Now()
+	interval := time.Second / time.Duration(rate)
+	n := 0
+	for time.Since(start) < d {
+		due := start.Add(time.Duration(n) * interval)
+		if w := time.Until(due); w > 0 {
+			time.Sleep(w)
+		}
+		jobs <- fmt.Sprintf("%s/v1/tables/orders/rows/order-%07d", base, rng.IntN(keys))
+		n++
+	}
+	close(jobs)
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	if len(lat) == 0 {
+		return 0, 0, 0, errs
+	}
+	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) }
+	return pct(0.50), pct(0.99), float64(len(lat)) / elapsed.Seconds(), errs
+}
