@@ -42,6 +42,7 @@ type options struct {
 	archiveDir       string
 	owner            string
 	drainTimeout     time.Duration
+	workers          int
 }
 
 // Option configures a Shipper.
@@ -71,13 +72,27 @@ func WithCodec(c wire.Codec) Option {
 }
 
 // WithCompressor shares a compressor (and its zstd encoder) between
-// Shippers of one process.
+// Shippers of one process. Its zstd encoder compresses one message at a
+// time: sharing it saves memory and serialises compression.
 func WithCompressor(c *wire.Compressor) Option {
 	return func(o *options) error {
 		if c == nil {
 			return fmt.Errorf("%w: nil compressor", ErrInvalidOption)
 		}
 		o.comp = c
+		return nil
+	}
+}
+
+// WithCompressWorkers sets how many goroutines compress messages while the
+// Shipper reads the next ones and publishes the previous ones, each with its
+// own zstd encoder (default 2 when GOMAXPROCS > 1, else 1).
+func WithCompressWorkers(n int) Option {
+	return func(o *options) error {
+		if n < 1 || n > 64 {
+			return fmt.Errorf("%w: compress workers %d (want 1-64)", ErrInvalidOption, n)
+		}
+		o.workers = n
 		return nil
 	}
 }

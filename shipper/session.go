@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferrysync/ferry/format"
@@ -111,8 +112,35 @@ func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, 
 	return pos, seq, repair, true, nil
 }
 
+// job is one message on its way: cut by the reader, compressed by a
+// worker, published in order by the publisher.
+type job struct {
+	b     wire.Batch
+	raw   []byte // a pooled buffer holding the range (or part)
+	body  []byte
+	err   error
+	last  bool // whole frames, or the last part
+	ready chan struct{}
+}
+
+// pipeline connects the stages of one session.
+type pipeline struct {
+	free    chan []byte // raw buffers: bounds the jobs between reader and publisher
+	work    chan *job   // to the compression workers
+	order   chan *job   // to the publisher, in file order
+	pending chan *inflight
+	queued  atomic.Int64 // jobs cut but not yet published
+	wg      sync.WaitGroup
+}
+
 // session ships from the stream's tail until an error, a reconnection or
 // ctx ends. It reports whether it shipped anything.
+//
+// Stages: this goroutine reads and verifies frames (tail.Follower) and cuts
+// them into jobs; Workers goroutines compress; one publisher publishes in
+// file order (the session's first message fenced and synchronous, the rest
+// asynchronously within the in-flight bounds); the acker waits for acks in
+// order. An error anywhere fails the session; everything stops and drains.
 func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (bool, error) {
 	epoch := s.st.Epoch()
 	pos, lastSeq, repair, ok, err := s.resume(ctx)
@@ -134,17 +162,37 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	s.log.Debug("session", "from", pos.String(), "last_seq", lastSeq, "repair", repair)
 
 	ss := &session{}
-	pending := make(chan *inflight, s.o.maxInFlightMsgs)
+	nbuf := len(s.comps) + 2
+	p := &pipeline{
+		free:    make(chan []byte, nbuf),
+		work:    make(chan *job, nbuf),
+		order:   make(chan *job, nbuf),
+		pending: make(chan *inflight, s.o.maxInFlightMsgs),
+	}
+	for i := 0; i < nbuf; i++ {
+		p.free <- nil // allocated on first use
+	}
+	s.inFlightB.Store(0)
+	s.inFlightN.Store(0)
 	abandon := make(chan struct{})
 	ackerDone := make(chan struct{})
 	go func() {
 		defer close(ackerDone)
-		s.acker(ss, pending, abandon)
+		s.acker(ss, p.pending, abandon)
 	}()
-	s.inFlightB.Store(0)
-	s.inFlightN.Store(0)
+	for _, comp := range s.comps {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			s.compressor(comp, p.work)
+		}()
+	}
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		s.publisher(ctx, ss, p, lastSeq)
+	}()
 
-	fenced := true
 	shipped := false
 	var lingerFrom int64 = -1
 	var lingerStart time.Time
@@ -181,7 +229,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			s.wait(ctx, watch, time.Until(nextUpkeep))
 			continue
 		}
-		if !span.Big && !span.Full && s.o.linger > 0 && s.inFlightN.Load() > 0 {
+		if !span.Big && !span.Full && s.o.linger > 0 && s.inFlightN.Load()+p.queued.Load() > 0 {
 			if lingerFrom != span.From {
 				lingerFrom, lingerStart = span.From, time.Now()
 			}
@@ -191,7 +239,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			}
 		}
 		lingerFrom = -1
-		if err := s.ship(ctx, fl, span, pending, ss, &fenced, lastSeq, repair); err != nil {
+		if err := s.cut(ctx, fl, span, p, ss, repair); err != nil {
 			loopErr = err
 			break
 		}
@@ -199,8 +247,12 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 		shipped = true
 	}
 
-	// Drain: wait for every ack, within the drain timeout.
-	close(pending)
+	// Stop the stages, then wait for every ack within the drain timeout.
+	close(p.work)
+	close(p.order)
+	p.wg.Wait()
+	<-pubDone
+	close(p.pending)
 	timer := time.NewTimer(s.o.drainTimeout)
 	select {
 	case <-ackerDone:
@@ -220,7 +272,8 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 		s.stats.Repairs++
 		s.mu.Unlock()
 	}
-	if loopErr == nil {
+	var fe *fatalError
+	if loopErr == nil || errors.As(serr, &fe) {
 		loopErr = serr
 	}
 	return shipped, loopErr
@@ -240,13 +293,13 @@ func (s *Shipper) wait(ctx context.Context, watch *tail.Watch, d time.Duration) 
 	select {
 	case <-ctx.Done():
 	case <-events:
-	case <-s.ackSignal:
+	case <-s.ackToReader:
 	case <-t.C:
 	}
 }
 
-// ship publishes span as one message, or as parts if it is one big frame.
-func (s *Shipper) ship(ctx context.Context, fl *tail.Follower, span tail.Span, pending chan<- *inflight, ss *session, fenced *bool, lastSeq, repair uint64) error {
+// cut turns span into jobs: one message, or the parts of one big frame.
+func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p *pipeline, ss *session, repair uint64) error {
 	if span.PrevEnd >= 0 && span.Torn > 0 {
 		s.log.Warn("segment abandoned by a crashed writer: torn tail not shipped",
 			"segment", span.Segment-1, "ends_at", span.PrevEnd, "torn_bytes", span.Torn)
@@ -261,19 +314,24 @@ func (s *Shipper) ship(ctx context.Context, fl *tail.Follower, span tail.Span, p
 		Codec: s.o.codec, Parts: 1, PrevEnd: span.PrevEnd, Torn: span.Torn, Repair: repair,
 	}
 	if !span.Big {
+		buf, err := s.buffer(ctx, p, ss)
+		if err != nil {
+			return err
+		}
 		b.RawLen = len(span.Raw)
-		return s.publish(ctx, b, span.Raw, true, pending, ss, fenced, lastSeq)
+		s.enqueue(p, &job{b: b, raw: append(buf, span.Raw...), last: true})
+		return nil
 	}
 	n := int((span.Len() + int64(s.maxRaw) - 1) / int64(s.maxRaw))
 	b.Parts = n
-	if cap(s.partBuf) < s.maxRaw {
-		s.partBuf = make([]byte, s.maxRaw)
-	}
-	defer func() { s.partBuf = nil }() // big frames are rare: give the memory back
 	for i := 0; i < n; i++ {
 		off := span.From + int64(i)*int64(s.maxRaw)
 		k := min(int64(s.maxRaw), span.To-off)
-		raw := s.partBuf[:k]
+		buf, err := s.buffer(ctx, p, ss)
+		if err != nil {
+			return err
+		}
+		raw := buf[:k]
 		if _, err := fl.ReadAt(raw, off); err != nil {
 			return fatal(err)
 		}
@@ -282,31 +340,85 @@ func (s *Shipper) ship(ctx context.Context, fl *tail.Follower, span tail.Span, p
 		if i > 0 {
 			pb.PrevEnd, pb.Torn = -1, 0
 		}
-		if err := s.publish(ctx, pb, raw, i == n-1, pending, ss, fenced, lastSeq); err != nil {
-			return err
-		}
+		s.enqueue(p, &job{b: pb, raw: raw, last: i == n-1})
 	}
 	return nil
 }
 
-// publish compresses raw and publishes it described by b: fenced and
-// synchronous for the session's first message, asynchronous after.
-func (s *Shipper) publish(ctx context.Context, b wire.Batch, raw []byte, last bool, pending chan<- *inflight, ss *session, fenced *bool, lastSeq uint64) error {
-	body, err := s.comp.Compress(s.scratch[:0], raw, b.Codec)
-	if err != nil {
-		return fatal(err)
+// buffer takes a free raw buffer, waiting while every buffer is in a job.
+func (s *Shipper) buffer(ctx context.Context, p *pipeline, ss *session) ([]byte, error) {
+	for {
+		select {
+		case buf := <-p.free:
+			if cap(buf) < s.maxRaw {
+				buf = make([]byte, 0, s.maxRaw)
+			}
+			return buf[:0], nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(s.o.poll):
+			if err, _, _ := ss.state(); err != nil {
+				return nil, err
+			}
+		}
 	}
-	s.scratch = body[:0]
+}
+
+func (s *Shipper) enqueue(p *pipeline, j *job) {
+	j.ready = make(chan struct{})
+	p.queued.Add(1)
+	p.order <- j // never blocks: order holds as many jobs as there are buffers
+	p.work <- j
+}
+
+// compressor compresses jobs until work is closed.
+func (s *Shipper) compressor(comp *wire.Compressor, work <-chan *job) {
+	var scratch []byte
+	for j := range work {
+		out, err := comp.Compress(scratch[:0], j.raw, j.b.Codec)
+		if err != nil {
+			j.err = fatal(err)
+		} else {
+			j.body = append([]byte(nil), out...) // lives until its ack
+			scratch = out[:0]
+		}
+		close(j.ready)
+	}
+}
+
+// publisher publishes jobs in order until order is closed. After an error or
+// a stop it only recycles the buffers of what is left.
+func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastSeq uint64) {
+	fenced := true
+	for j := range p.order {
+		<-j.ready
+		p.queued.Add(-1)
+		err := j.err
+		if err == nil && ctx.Err() == nil {
+			if e, _, _ := ss.state(); e == nil {
+				err = s.publish(ctx, j, p.pending, ss, &fenced, lastSeq)
+			}
+		}
+		p.free <- j.raw[:0]
+		if err != nil {
+			ss.fail(err, format.Position{Segment: j.b.Segment, Offset: j.b.From})
+		}
+	}
+}
+
+// publish publishes j: fenced and synchronous for the session's first
+// message, asynchronous after.
+func (s *Shipper) publish(ctx context.Context, j *job, pending chan<- *inflight, ss *session, fenced *bool, lastSeq uint64) error {
+	b := &j.b
 	hdr := nats.Header(b.Header())
-	size := int64(len(body))
+	size := int64(len(j.body))
 	for k, v := range hdr {
 		size += int64(len(k) + len(v[0]) + 4)
 	}
 	if size > int64(s.st.MaxPayload()) {
 		return fatal(fmt.Errorf("shipper: message %s of %d bytes over the server's max_payload %d", b.MsgID(), size, s.st.MaxPayload()))
 	}
-	msg := &nats.Msg{Subject: s.subject, Header: hdr, Data: append([]byte(nil), body...)}
-	at := format.Position{Segment: b.Segment, Offset: b.From}
+	msg := &nats.Msg{Subject: s.subject, Header: hdr, Data: j.body}
 	if *fenced {
 		start := time.Now()
 		ack, err := s.st.PublishFenced(ctx, msg, lastSeq)
@@ -319,7 +431,7 @@ func (s *Shipper) publish(ctx context.Context, b wire.Batch, raw []byte, last bo
 			return fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err)
 		}
 		*fenced = false
-		s.acked(&inflight{b: b, body: len(body), sent: start, last: last}, ack)
+		s.acked(&inflight{b: *b, body: len(j.body), sent: start, last: j.last}, ack)
 		return nil
 	}
 	// Respect the bounds on what is in flight.
@@ -331,26 +443,22 @@ func (s *Shipper) publish(ctx context.Context, b wire.Batch, raw []byte, last bo
 			return ctx.Err()
 		}
 		select {
-		case <-s.ackSignal:
+		case <-s.ackToPublisher:
 		case <-ctx.Done():
 		case <-time.After(s.o.poll):
 		}
 	}
-	if err, _, _ := ss.state(); err != nil {
-		return err
-	}
 	fut, err := s.st.PublishAsync(msg)
 	if err != nil {
 		s.met.error("publish")
-		ss.fail(fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err), at)
-		return err
+		return fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err)
 	}
 	s.inFlightB.Add(size)
 	s.inFlightN.Add(1)
 	s.mu.Lock()
 	s.stats.Published = format.Position{Segment: b.Segment, Offset: b.To}
 	s.mu.Unlock()
-	pending <- &inflight{b: b, fut: fut, size: size, body: len(body), sent: time.Now(), last: last}
+	pending <- &inflight{b: *b, fut: fut, size: size, body: len(j.body), sent: time.Now(), last: j.last}
 	return nil
 }
 
@@ -392,7 +500,11 @@ func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan st
 			s.acked(it, ack)
 		}
 		select {
-		case s.ackSignal <- struct{}{}:
+		case s.ackToPublisher <- struct{}{}:
+		default:
+		}
+		select {
+		case s.ackToReader <- struct{}{}:
 		default:
 		}
 	}

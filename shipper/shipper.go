@@ -65,6 +65,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -149,25 +150,24 @@ type Shipper struct {
 	o       options
 	log     *slog.Logger
 	met     *sourceMetrics
-	comp    *wire.Compressor
+	comps   []*wire.Compressor // one per compression worker
 	ret     *retainer
 	maxRaw  int
 
-	mu        sync.Mutex
-	stats     Stats
-	hint      format.Position // acknowledged position known before the session
-	hintOK    bool
-	repairAt  *format.Position
-	ran       bool
-	stopped   bool
-	cancel    context.CancelFunc
-	done      chan struct{}
-	lastCkpt  format.Position
-	scratch   []byte
-	partBuf   []byte
-	inFlightB atomic.Int64
-	inFlightN atomic.Int64
-	ackSignal chan struct{}
+	mu             sync.Mutex
+	stats          Stats
+	hint           format.Position // acknowledged position known before the session
+	hintOK         bool
+	repairAt       *format.Position
+	ran            bool
+	stopped        bool
+	cancel         context.CancelFunc
+	done           chan struct{}
+	lastCkpt       format.Position
+	inFlightB      atomic.Int64
+	inFlightN      atomic.Int64
+	ackToReader    chan struct{}
+	ackToPublisher chan struct{}
 }
 
 // New returns a Shipper of source, whose segments are in dir, publishing to
@@ -188,6 +188,7 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 		minAge:           DefaultMinAge,
 		drainTimeout:     DefaultDrainTimeout,
 		maxBatchChanges:  1 << 30,
+		workers:          min(2, runtime.GOMAXPROCS(0)),
 	}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -213,12 +214,16 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 		_, _ = rand.Read(r[:])
 		o.owner = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), hex.EncodeToString(r[:]))
 	}
-	if o.comp == nil {
-		c, err := wire.NewCompressor(zstd.SpeedFastest)
-		if err != nil {
-			return nil, err
+	var comps []*wire.Compressor
+	for i := 0; i < o.workers; i++ {
+		c := o.comp
+		if c == nil {
+			var err error
+			if c, err = wire.NewCompressor(zstd.SpeedFastest); err != nil {
+				return nil, err
+			}
 		}
-		o.comp = c
+		comps = append(comps, c)
 	}
 	maxRaw := st.MaxPayload() - headroom
 	if maxRaw < 1024 {
@@ -229,13 +234,14 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 	}
 	s := &Shipper{
 		st: st, dir: dir, source: source, subject: st.Subject(source), o: o,
-		log:       o.log.With("source", source),
-		met:       o.metrics.forSource(source),
-		comp:      o.comp,
-		maxRaw:    maxRaw,
-		ret:       &retainer{policy: o.retention, minAge: o.minAge, archiveDir: o.archiveDir, ackedAt: map[uint64]time.Time{}},
-		ackSignal: make(chan struct{}, 1),
-		done:      make(chan struct{}),
+		log:            o.log.With("source", source),
+		met:            o.metrics.forSource(source),
+		comps:          comps,
+		maxRaw:         maxRaw,
+		ret:            &retainer{policy: o.retention, minAge: o.minAge, archiveDir: o.archiveDir, ackedAt: map[uint64]time.Time{}},
+		ackToReader:    make(chan struct{}, 1),
+		ackToPublisher: make(chan struct{}, 1),
+		done:           make(chan struct{}),
 	}
 	return s, nil
 }
