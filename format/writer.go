@@ -146,6 +146,11 @@ func WithMaxPending(n int) WriterOption {
 // flusher that batches whatever is committed while it writes; the sync policy
 // decides when Commit waits for the disk.
 //
+// Rotation does not stall commits: when a segment is full, Commit appends
+// the seal and carries on in the next segment's buffer at once; the flusher
+// writes and fsyncs the sealed segment, creates the next one and writes
+// what was committed to it meanwhile.
+//
 // A Writer holds an exclusive lock on its source in its directory. When it
 // opens it starts a new segment after the highest one present, so a writer
 // restarted after a crash never appends to a segment it may have torn.
@@ -153,16 +158,18 @@ type Writer struct {
 	dir, source string
 	opts        writerOptions
 	lock        *os.File
+	hdrLen      int64 // size of this source's segment headers
 
 	mu        sync.Mutex
-	cond      *sync.Cond // signalled when written/synced advance or err is set
-	buf       []byte     // committed frames not yet handed to the flusher
+	cond      *sync.Cond // signalled when written/synced advance, tail is taken or err is set
+	buf       []byte     // committed frames of segment seg not yet handed to the flusher
 	spare     []byte
-	seg       uint64
+	tail      *sealedTail // a sealed segment's last bytes, not yet taken by the flusher
+	seg       uint64      // the segment commits go to
 	segBorn   time.Time
-	size      int64 // logical size of the current segment, pending bytes included
+	size      int64 // logical size of segment seg, pending bytes included
 	txs, chs  uint64
-	appended  int64     // bytes committed since open, all segments
+	appended  int64     // bytes committed since open, all segments, headers excluded
 	written   int64     // of which handed to the OS
 	synced    int64     // of which fsynced
 	lastWrite time.Time // last time the flusher saw appended advance
@@ -171,12 +178,22 @@ type Writer struct {
 	closed    bool
 	err       error // sticky I/O error
 
-	ioMu sync.Mutex // serialises writes to f; taken with mu held, never the reverse
-	f    *os.File
+	ioMu    sync.Mutex // serialises all file I/O; taken before mu, never while holding it
+	f       *os.File   // the segment file being written; ioMu
+	closing chan error // the sealed segment's fsync and close, running; ioMu
 
 	kick   chan struct{}
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+// sealedTail is what is left to write of a segment that Commit sealed: its
+// pending frames, seal included. The flusher writes and fsyncs them, closes
+// the file and creates segment next.
+type sealedTail struct {
+	b       []byte
+	next    uint64
+	created time.Time
 }
 
 // OpenWriter opens a Writer for source in dir, creating dir if needed.
@@ -210,16 +227,19 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 		lock.Close()
 		return nil, err
 	}
-	w := &Writer{dir: dir, source: source, opts: o, lock: lock, seg: 1, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &Writer{dir: dir, source: source, opts: o, lock: lock, hdrLen: int64(MinHeaderLen + len(source)),
+		seg: 1, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	if len(segs) > 0 {
 		w.seg = segs[len(segs)-1].Segment + 1
 	}
 	w.cond = sync.NewCond(&w.mu)
-	if err := w.createSegment(); err != nil {
+	now := o.now()
+	f, err := w.createSegment(w.seg, now)
+	if err != nil {
 		lock.Close()
 		return nil, err
 	}
-	now := o.now()
+	w.f, w.size, w.segBorn = f, w.hdrLen, now
 	w.lastWrite, w.lastSync = now, now
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
@@ -240,33 +260,31 @@ func lockSource(dir, source string) (*os.File, error) {
 	return f, nil
 }
 
-// createSegment creates segment w.seg, writes and fsyncs its header and the
-// directory entry. Called with ioMu held or before the flusher starts.
-func (w *Writer) createSegment() error {
-	now := w.opts.now()
-	hdr, err := AppendHeader(nil, SegmentHeader{Source: w.source, Segment: w.seg, Created: now.UnixNano()})
+// createSegment creates segment seg, writes and fsyncs its header and the
+// directory entry, and returns the file open for appending.
+func (w *Writer) createSegment(seg uint64, created time.Time) (*os.File, error) {
+	hdr, err := AppendHeader(nil, SegmentHeader{Source: w.source, Segment: seg, Created: created.UnixNano()})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	path := filepath.Join(w.dir, SegmentName(w.source, w.seg))
+	path := filepath.Join(w.dir, SegmentName(w.source, seg))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("format: creating segment: %w", err)
+		return nil, fmt.Errorf("format: creating segment: %w", err)
 	}
 	if _, err := f.Write(hdr); err != nil {
 		f.Close()
-		return fmt.Errorf("format: writing segment header to %s: %w", path, err)
+		return nil, fmt.Errorf("format: writing segment header to %s: %w", path, err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("format: syncing %s: %w", path, err)
+		return nil, fmt.Errorf("format: syncing %s: %w", path, err)
 	}
 	if err := syncDir(w.dir); err != nil {
 		f.Close()
-		return err
+		return nil, err
 	}
-	w.f, w.size, w.segBorn, w.txs, w.chs = f, int64(len(hdr)), now, 0, 0
-	return nil
+	return f, nil
 }
 
 // syncDir makes a new directory entry durable: without it a power cut can
@@ -312,14 +330,22 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 	w.txs++
 	w.chs += uint64(len(tx.Changes))
 	end := w.appended
-	if w.size >= w.opts.maxSize {
-		if err := w.rotateLocked(); err != nil {
-			return pos, err
+	wake := before == 0
+	// Rotate once full. A previous rotation the flusher has not taken up
+	// yet must go first (rare: a whole segment committed meanwhile).
+	for w.size >= w.opts.maxSize && w.err == nil && !w.closed {
+		if w.tail == nil {
+			w.sealLocked(w.opts.now())
+			wake = true
+			break
 		}
-	} else if before == 0 {
-		// Wake the flusher only when the buffer stops being empty: until
-		// it takes the buffer, later commits ride on this wake-up, so a
-		// busy writer costs one wake-up per flush, not one per commit.
+		w.cond.Wait()
+	}
+	if wake {
+		// Wake the flusher only when the buffer stops being empty (or a
+		// segment was sealed): until it takes the buffer, later commits
+		// ride on this wake-up, so a busy writer costs one wake-up per
+		// flush, not one per commit.
 		select {
 		case w.kick <- struct{}{}:
 		default:
@@ -336,6 +362,20 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 	return pos, nil
 }
 
+// sealLocked ends segment seg: it appends the seal to the pending bytes,
+// hands them to the flusher as the segment's tail and moves commits on to
+// the next segment, whose file the flusher creates. mu is held and tail is
+// nil.
+func (w *Writer) sealLocked(now time.Time) {
+	b := AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: now.UnixNano()})
+	n := int64(len(b) - len(w.buf))
+	w.appended += n
+	w.tail = &sealedTail{b: b, next: w.seg + 1, created: now}
+	w.buf, w.spare = w.spare[:0], nil
+	w.seg++
+	w.size, w.segBorn, w.txs, w.chs = w.hdrLen, now, 0, 0
+}
+
 func (w *Writer) usable() error {
 	if w.err != nil {
 		return w.err
@@ -346,7 +386,7 @@ func (w *Writer) usable() error {
 	return nil
 }
 
-// Segment returns the number of the segment being written.
+// Segment returns the number of the segment commits go to.
 func (w *Writer) Segment() uint64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -356,21 +396,28 @@ func (w *Writer) Segment() uint64 {
 // Sync writes everything committed so far and fsyncs it.
 func (w *Writer) Sync() error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if err := w.usable(); err != nil {
+	err := w.usable()
+	w.mu.Unlock()
+	if err != nil {
 		return err
 	}
-	return w.flushLocked(true)
+	return w.flush(true)
 }
 
-// Rotate seals the current segment and starts the next one.
+// Rotate seals the current segment and starts the next one; on return the
+// next segment's file exists.
 func (w *Writer) Rotate() error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
+	for w.tail != nil && w.err == nil && !w.closed {
+		w.cond.Wait()
+	}
 	if err := w.usable(); err != nil {
+		w.mu.Unlock()
 		return err
 	}
-	return w.rotateLocked()
+	w.sealLocked(w.opts.now())
+	w.mu.Unlock()
+	return w.flush(false)
 }
 
 // Close writes what is pending, seals the segment (naming the next one, which
@@ -388,59 +435,134 @@ func (w *Writer) Close() error {
 	<-w.done
 
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	err := w.err
-	if err == nil {
-		w.buf = AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: w.opts.now().UnixNano()})
-		err = w.flushLocked(true)
+	if w.err == nil {
+		b := AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: w.opts.now().UnixNano()})
+		w.appended += int64(len(b) - len(w.buf))
+		w.buf = b
 	}
-	if cerr := w.f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("format: closing segment: %w", cerr)
+	w.mu.Unlock()
+	err := w.flush(true)
+
+	w.ioMu.Lock()
+	if cerr := w.waitClosing(); err == nil && cerr != nil {
+		err = cerr
 	}
+	if w.f != nil {
+		if cerr := w.f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("format: closing segment: %w", cerr)
+		}
+		w.f = nil
+	}
+	w.ioMu.Unlock()
 	w.lock.Close()
 	return err
 }
 
-// rotateLocked seals the current segment and creates the next. mu is held.
-func (w *Writer) rotateLocked() error {
-	w.buf = AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: w.opts.now().UnixNano()})
-	if err := w.flushLocked(true); err != nil {
+// flush writes everything committed so far to the files: first the tail of
+// a sealed segment (then fsynced and closed, and the next segment created),
+// then the pending bytes of the current segment, fsynced if sync or under
+// SyncAlways. Commits go on meanwhile: mu is held only to take the bytes and
+// to record the outcome. It returns the writer's sticky error, if any.
+func (w *Writer) flush(sync bool) error {
+	w.ioMu.Lock()
+	defer w.ioMu.Unlock()
+	w.mu.Lock()
+	if w.err != nil || (len(w.buf) == 0 && w.tail == nil && (!sync || w.synced == w.appended)) {
+		err := w.err
+		w.mu.Unlock()
 		return err
 	}
-	w.ioMu.Lock()
-	defer w.ioMu.Unlock()
-	if err := w.f.Close(); err != nil {
-		return w.setErr(fmt.Errorf("format: closing sealed segment %d: %w", w.seg, err))
+	tail, b, end := w.tail, w.buf, w.appended
+	w.tail, w.buf, w.spare = nil, w.spare[:0], nil
+	sync = sync || w.opts.sync == SyncAlways
+	if tail != nil {
+		w.cond.Broadcast() // a commit may wait to seal the next segment
 	}
-	w.seg++
-	if err := w.createSegment(); err != nil {
+	w.mu.Unlock()
+
+	err := w.writeOut(tail, b, sync)
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.spare = b[:0]
+	if err != nil {
 		return w.setErr(err)
 	}
-	return nil
-}
-
-// flushLocked writes w.buf to the file and, if sync, fsyncs it. mu is held;
-// ioMu is taken after any write of the flusher already under way, so bytes
-// reach the file in commit order.
-func (w *Writer) flushLocked(sync bool) error {
-	w.ioMu.Lock()
-	defer w.ioMu.Unlock()
-	if len(w.buf) > 0 {
-		if _, err := w.f.Write(w.buf); err != nil {
-			return w.setErr(fmt.Errorf("format: writing segment %d: %w", w.seg, err))
-		}
-		w.buf = w.buf[:0]
-	}
-	w.written = w.appended
+	w.written = max(w.written, end)
 	if sync {
-		if err := w.f.Sync(); err != nil {
-			return w.setErr(fmt.Errorf("format: syncing segment %d: %w", w.seg, err))
-		}
-		w.synced = w.appended
+		w.synced = max(w.synced, end)
 		w.lastSync = w.opts.now()
 	}
 	w.cond.Broadcast()
 	return nil
+}
+
+// writeOut does flush's I/O; ioMu is held. A sealed segment is fsynced and
+// closed in the background while the next one is created and written, so
+// that a rotation does not hold up commits for the time a large fsync takes;
+// nothing of the next segment counts as synced before that fsync completes.
+func (w *Writer) writeOut(tail *sealedTail, b []byte, sync bool) error {
+	if tail != nil {
+		if err := w.waitClosing(); err != nil {
+			return err
+		}
+		seg := tail.next - 1
+		if _, err := w.f.Write(tail.b); err != nil {
+			return fmt.Errorf("format: writing segment %d: %w", seg, err)
+		}
+		done := make(chan error, 1)
+		go func(f *os.File) {
+			err := f.Sync()
+			if err != nil {
+				err = fmt.Errorf("format: syncing sealed segment %d: %w", seg, err)
+			}
+			if cerr := f.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("format: closing sealed segment %d: %w", seg, cerr)
+			}
+			done <- err
+		}(w.f)
+		w.f, w.closing = nil, done
+		f, err := w.createSegment(tail.next, tail.created)
+		if err != nil {
+			return err
+		}
+		w.f = f
+	}
+	if len(b) > 0 {
+		if _, err := w.f.Write(b); err != nil {
+			return fmt.Errorf("format: writing segment %d: %w", w.segOf(tail), err)
+		}
+	}
+	if sync {
+		if err := w.waitClosing(); err != nil {
+			return err
+		}
+		if err := w.f.Sync(); err != nil {
+			return fmt.Errorf("format: syncing segment %d: %w", w.segOf(tail), err)
+		}
+	}
+	return nil
+}
+
+// waitClosing waits for the background fsync and close of the last sealed
+// segment, if one runs; ioMu is held.
+func (w *Writer) waitClosing() error {
+	if w.closing == nil {
+		return nil
+	}
+	err := <-w.closing
+	w.closing = nil
+	return err
+}
+
+// segOf names the segment being written for errors.
+func (w *Writer) segOf(tail *sealedTail) uint64 {
+	if tail != nil {
+		return tail.next
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seg
 }
 
 func (w *Writer) setErr(err error) error {
@@ -469,56 +591,15 @@ func (w *Writer) flushLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-w.kick:
-			w.flushOnce(false)
+			w.flush(false)
 		case <-ticker.C:
 			w.tick()
 		}
 	}
 }
 
-// flushOnce hands the pending bytes to the OS without holding mu during the
-// write, so commits go on while the flusher writes.
-func (w *Writer) flushOnce(forceSync bool) {
-	w.mu.Lock()
-	if w.err != nil || (len(w.buf) == 0 && w.synced == w.appended) {
-		w.mu.Unlock()
-		return
-	}
-	b, end := w.buf, w.appended
-	w.buf, w.spare = w.spare[:0], nil
-	sync := forceSync || w.opts.sync == SyncAlways
-	f, seg := w.f, w.seg
-	w.ioMu.Lock()
-	w.mu.Unlock()
-
-	var err error
-	if len(b) > 0 {
-		if _, werr := f.Write(b); werr != nil {
-			err = fmt.Errorf("format: writing segment %d: %w", seg, werr)
-		}
-	}
-	if err == nil && sync {
-		if serr := f.Sync(); serr != nil {
-			err = fmt.Errorf("format: syncing segment %d: %w", seg, serr)
-		}
-	}
-	w.ioMu.Unlock()
-
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.spare = b[:0]
-	if err != nil {
-		w.setErr(err)
-		return
-	}
-	w.written = max(w.written, end)
-	if sync {
-		w.synced = max(w.synced, end)
-		w.lastSync = w.opts.now()
-	}
-	w.cond.Broadcast()
-}
-
+// tick rotates an old segment, writes a heartbeat when idle and syncs under
+// SyncInterval.
 func (w *Writer) tick() {
 	w.mu.Lock()
 	now := w.opts.now()
@@ -526,10 +607,8 @@ func (w *Writer) tick() {
 		w.mu.Unlock()
 		return
 	}
-	if w.opts.maxAge > 0 && now.Sub(w.segBorn) >= w.opts.maxAge && w.txs > 0 {
-		w.rotateLocked()
-		w.mu.Unlock()
-		return
+	if w.opts.maxAge > 0 && now.Sub(w.segBorn) >= w.opts.maxAge && w.txs > 0 && w.tail == nil {
+		w.sealLocked(now)
 	}
 	if w.appended != w.lastSeen {
 		// Commits do not read the clock (it costs more than encoding a
@@ -545,7 +624,7 @@ func (w *Writer) tick() {
 	}
 	sync := w.opts.sync == SyncInterval && now.Sub(w.lastSync) >= w.opts.syncInterval && w.synced < w.appended
 	w.mu.Unlock()
-	w.flushOnce(sync)
+	w.flush(sync)
 }
 
 // ErrLocked is wrapped by OpenWriter when another writer holds the source.

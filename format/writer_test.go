@@ -428,3 +428,43 @@ func TestWriterOptionsValidate(t *testing.T) {
 		t.Errorf("OpenWriter with source %q: %v, want ErrInvalid", "bad/source", err)
 	}
 }
+
+func TestWriterRotateAndSyncAlways(t *testing.T) {
+	dir := t.TempDir()
+	w := openWriter(t, dir, format.WithSync(format.SyncAlways, 0), format.WithMaxSegmentSize(4096))
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				p, err := w.Commit(testTx(g*1000 + i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				// SyncAlways: the frame is in its segment file on return.
+				b, _ := os.ReadFile(filepath.Join(dir, format.SegmentName("shop", p.Segment)))
+				if _, _, err := format.ParseFrame(b[min(int(p.Offset), len(b)):]); err != nil {
+					t.Errorf("frame at %v not in the file when Commit returned: %v", p, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := w.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	seg := w.Segment()
+	if _, err := os.Stat(filepath.Join(dir, format.SegmentName("shop", seg))); err != nil {
+		t.Fatalf("segment %d does not exist when Rotate returns: %v", seg, err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	txs, _, segs := checkChain(t, dir)
+	if len(txs) != 200 || len(segs) < 4 {
+		t.Fatalf("%d transactions in %d segments, want 200 in many", len(txs), len(segs))
+	}
+}
