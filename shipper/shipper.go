@@ -29,8 +29,12 @@
 //     WithMaxInFlight bytes of messages wait for acks, and one zstd encoder
 //     serves every message.
 //
-// Publishing. Messages are published with PublishMsgAsync; a goroutine waits
-// for the acks in order and advances the acknowledged position. The first
+// Publishing. A session runs a pipeline: the Run goroutine reads and
+// verifies frames (tail.Follower) and cuts them into messages, copied into a
+// few pooled buffers; WithCompressWorkers goroutines compress them, each
+// with its own zstd encoder; one publisher publishes them in file order with
+// PublishMsgAsync, within a bound on bytes and messages in flight; one acker
+// waits for the acks in order and advances the acknowledged position. The first
 // publish of every session is synchronous and fenced with
 // Nats-Expected-Last-Subject-Sequence on the sequence of the message the
 // session resumed from. A failed ack ends the session: the Shipper stops

@@ -16,7 +16,6 @@ import (
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/shipper"
 	"github.com/ferrysync/ferry/shipper/jsclient"
-	"github.com/klauspost/compress/zstd"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -42,6 +41,7 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		maxChanges  = fs.Int("max-batch-changes", 0, "changes per message (0 = no limit; a transaction is never split for it)")
 		linger      = fs.Duration("linger", shipper.DefaultLinger, "how long a message that is not full waits for more while others are in flight")
 		inflight    = fs.Int64("max-inflight-bytes", shipper.DefaultMaxInFlightBytes, "message bytes published but not yet acknowledged")
+		workers     = fs.Int("compress-workers", 0, "goroutines compressing messages per source (0 = 2, or 1 on one CPU)")
 		retention   = fs.String("retention", "keep", "shipped segments: keep, delete or archive")
 		minAge      = fs.Duration("retention-min-age", shipper.DefaultMinAge, "keep shipped segments at least this long after their ack (must exceed the server's sync_interval)")
 		archiveDir  = fs.String("archive-dir", "", "where --retention archive moves shipped segments (same file system)")
@@ -105,10 +105,6 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, err: fmt.Errorf("ferry ship: --retention: %w", err)}
 	}
-	comp, err := wire.NewCompressor(zstd.SpeedFastest)
-	if err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := shipper.NewMetrics(reg)
@@ -116,12 +112,15 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	opts := []shipper.Option{
-		shipper.WithCodec(c), shipper.WithCompressor(comp), shipper.WithMetrics(metrics),
+		shipper.WithCodec(c), shipper.WithMetrics(metrics),
 		shipper.WithLinger(*linger), shipper.WithMaxInFlight(*inflight, shipper.DefaultMaxInFlightMsgs),
 		shipper.WithRetention(ret, *minAge, *archiveDir),
 	}
 	if *maxBatch > 0 {
 		opts = append(opts, shipper.WithMaxBatchBytes(*maxBatch))
+	}
+	if *workers > 0 {
+		opts = append(opts, shipper.WithCompressWorkers(*workers))
 	}
 	if *maxChanges > 0 {
 		opts = append(opts, shipper.WithMaxBatchChanges(*maxChanges))
