@@ -53,8 +53,14 @@ type fileMode struct {
 	runCtx context.Context // of the shipper and receiver; cancel stops them
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	errMu  sync.Mutex
-	err    error
+	// The receiver runs in the apply and paced phases only: on a real
+	// deployment it runs next to the microservice, not on the legacy host,
+	// and the CDC modes have no consumer either.
+	rcvCancel context.CancelFunc
+	rcvDone   chan struct{}
+	applied   int64 // changes applied by receivers that were stopped
+	errMu     sync.Mutex
+	err       error
 }
 
 func newFileMode(cfg Config, br *broker) (*fileMode, error) {
@@ -115,22 +121,43 @@ func (m *fileMode) start(ctx context.Context) error {
 	return nil
 }
 
+// startReceiver starts a receiver on the receiver's data directory; one
+// that ran before resumes from its store.
 func (m *fileMode) startReceiver(ctx context.Context) error {
+	if m.rcvDone != nil {
+		return nil
+	}
 	rcv, err := receiver.New(receiver.WithNATS(m.recvNC), receiver.WithDataDir(m.recvDir),
 		receiver.WithStream(fileStream), receiver.WithChangeLogRetention(0, time.Hour))
 	if err != nil {
 		return fmt.Errorf("bench: creating the receiver: %w", err)
 	}
 	m.rcv = rcv
-	m.wg.Add(1)
+	rctx, cancel := context.WithCancel(m.runCtx)
+	m.rcvCancel, m.rcvDone = cancel, make(chan struct{})
+	done := m.rcvDone
 	go func() {
-		defer m.wg.Done()
-		if err := rcv.Run(m.runCtx); err != nil {
+		defer close(done)
+		if err := rcv.Run(rctx); err != nil {
 			m.fail(fmt.Errorf("bench: receiver: %w", err))
 		}
 	}()
 	return nil
 }
+
+// stopReceiver stops the receiver and waits for it.
+func (m *fileMode) stopReceiver() {
+	if m.rcvDone == nil {
+		return
+	}
+	m.applied = m.appliedChanges()
+	m.rcvCancel()
+	<-m.rcvDone
+	m.rcv, m.rcvDone = nil, nil
+}
+
+// receiving says whether a receiver runs.
+func (m *fileMode) receiving() bool { return m.rcvDone != nil }
 
 func (m *fileMode) shippedChanges() int64 {
 	if m.shp == nil {
@@ -139,9 +166,11 @@ func (m *fileMode) shippedChanges() int64 {
 	return int64(m.shp.Stats().Changes)
 }
 
+// appliedChanges returns the changes applied to the store (by every
+// receiver that ran on it).
 func (m *fileMode) appliedChanges() int64 {
 	if m.rcv == nil {
-		return 0
+		return m.applied
 	}
 	return int64(m.rcv.Positions()[fileSource].Changes)
 }
@@ -211,6 +240,7 @@ func (m *fileMode) fileBytes() int64 {
 
 // stop stops the shipper and the receiver.
 func (m *fileMode) stop() {
+	m.stopReceiver()
 	if m.shp != nil {
 		m.shp.Stop()
 	}

@@ -394,6 +394,7 @@ func (r *modeRun) drain(ctx context.Context) {
 	}
 	apply.count(r.lg.txs.Load(), backlog)
 	r.mr.Apply = &apply
+	r.fm.stopReceiver()
 	r.progress("%s: apply: %.0f changes/s applied", r.mode, apply.ChangesPerSec)
 }
 
@@ -401,7 +402,7 @@ func (r *modeRun) caughtUp(ctx context.Context, what string) error {
 	want := r.lg.changes.Load()
 	return waitFor(ctx, r.cfg.DrainTimeout, string(r.mode)+" "+what, func() (bool, error) {
 		ok := r.cp.shippedChanges() >= want
-		if r.fm != nil {
+		if r.fm != nil && r.fm.receiving() {
 			ok = ok && r.fm.appliedChanges() >= want
 		}
 		return ok, r.failed()
@@ -432,6 +433,14 @@ func (r *modeRun) shipping(ctx context.Context) {
 	var latRecv *latencies
 	stopApplied := func() error { return nil }
 	if r.fm != nil {
+		if err := r.fm.startReceiver(ctx); err != nil {
+			r.fail(err)
+			return
+		}
+		if err := r.caughtUp(ctx, "receiver catching up before the paced phase"); err != nil {
+			r.fail(err)
+			return
+		}
 		latRecv = newLatencies()
 		stopApplied = r.fm.watchApplied(latRecv)
 	}

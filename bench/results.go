@@ -113,11 +113,16 @@ type ModeResult struct {
 	LegacyAppCPUPer1k     float64 `json:"legacy_app_cpu_s_per_1k"`
 	ShipperCPUPer1k       float64 `json:"shipper_cpu_s_per_1k"`
 	ShipDBCPUPer1k        float64 `json:"shipping_db_cpu_s_per_1k"`
-	ReceiverCPUPer1k      float64 `json:"receiver_cpu_s_per_1k"`
-	ShipChangesPerSec     float64 `json:"ship_max_changes_per_sec"`
-	ApplyChangesPerSec    float64 `json:"apply_max_changes_per_sec"`
-	WireBytesPerChange    float64 `json:"wire_bytes_per_change"`
-	Error                 string  `json:"error,omitempty"`
+	// LiveShipCPUPer1k is what shipping costs in CPU while the legacy
+	// runs (small batches): this process's CPU per change in the
+	// concurrent phase (plus child processes and PostgreSQL) less the
+	// same in the load phase.
+	LiveShipCPUPer1k   float64 `json:"live_shipping_cpu_s_per_1k"`
+	ReceiverCPUPer1k   float64 `json:"receiver_cpu_s_per_1k"`
+	ShipChangesPerSec  float64 `json:"ship_max_changes_per_sec"`
+	ApplyChangesPerSec float64 `json:"apply_max_changes_per_sec"`
+	WireBytesPerChange float64 `json:"wire_bytes_per_change"`
+	Error              string  `json:"error,omitempty"`
 }
 
 func per(n float64, changes int64) float64 {
@@ -161,6 +166,9 @@ func derive(modes []ModeResult) {
 		m.LegacyDBCPUPer1k = 1000 * per(l.DBCPU, l.Changes)
 		m.LegacyAppCPUPer1k = 1000 * per(l.ProcCPU, l.Changes)
 		m.LegacyCPUPer1k = m.LegacyDBCPUPer1k + m.LegacyAppCPUPer1k
+		if c := m.Concurrent; c != nil && c.Changes > 0 {
+			m.LiveShipCPUPer1k = 1000*per(c.ProcCPU+c.ChildCPU+c.DBCPU, c.Changes) - m.LegacyCPUPer1k
+		}
 		if m.WireBytes > 0 {
 			m.Compression = float64(m.RawBytes) / float64(m.WireBytes)
 		}

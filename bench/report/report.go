@@ -71,7 +71,7 @@ func pct(f float64) string { return fmt.Sprintf("%+.1f %%", -f) }
 
 // Table writes the comparison table, one row per mode.
 func Table(w io.Writer, res *bench.Results) {
-	fmt.Fprintln(w, "| mode | legacy tx/s (changes/s) | vs none | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
+	fmt.Fprintln(w, "| mode | legacy tx/s (changes/s) | vs none | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k (drain; live) | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, m := range res.Modes {
 		if m.Error != "" {
@@ -93,7 +93,10 @@ func Table(w io.Writer, res *bench.Results) {
 		}
 		if m.Drain != nil {
 			row[7] = num(m.ShipChangesPerSec)
-			row[8] = fmt.Sprintf("%s (+ db %s)", num(m.ShipperCPUPer1k), num(m.ShipDBCPUPer1k))
+			row[8] = fmt.Sprintf("%s + db %s", num(m.ShipperCPUPer1k), num(m.ShipDBCPUPer1k))
+			if m.Concurrent != nil {
+				row[8] += "; " + num(m.LiveShipCPUPer1k)
+			}
 		}
 		if m.LatencyJS != nil {
 			row[9] = lat(m.LatencyJS)
@@ -152,6 +155,13 @@ func Goals(res *bench.Results) []Goal {
 	if file != nil && table != nil && table.BytesPerChange > 0 {
 		r := file.BytesPerChange / table.BytesPerChange
 		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.2f (%s / %s bytes)", r, num(file.BytesPerChange), num(table.BytesPerChange)), r <= GoalBytesRatio
+	}
+	out = append(out, g)
+	g = Goal{Name: "capture's extra bytes per change over none, file / cdc-table", Want: "≤ 1/3"}
+	if file != nil && table != nil && none != nil && table.BytesPerChange > none.BytesPerChange {
+		fx, tx := file.BytesPerChange-none.BytesPerChange, table.BytesPerChange-none.BytesPerChange
+		r := fx / tx
+		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.2f (%s / %s bytes)", r, num(fx), num(tx)), r <= GoalBytesRatio
 	}
 	out = append(out, g)
 	g = Goal{Name: fmt.Sprintf("end-to-end p99, commit → applied by the receiver, at %s changes/s", num(res.Settings.LatencyRate)), Want: fmt.Sprintf("≤ %.0f ms", GoalP99Millis)}

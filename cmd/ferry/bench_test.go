@@ -87,6 +87,12 @@ func TestBenchQuick(t *testing.T) {
 		if m.WireMessages == 0 || m.WireBytes == 0 {
 			t.Errorf("mode %s: nothing counted on the wire", m.Mode)
 		}
+		if m.Concurrent != nil && m.Paced != nil && m.Mode != "file" {
+			// One message per change, none lost, none doubled.
+			if got, want := m.WireMessages, m.Load.Changes+m.Concurrent.Changes+m.Paced.Changes; got != want {
+				t.Errorf("mode %s: %d messages in the stream, want one per change: %d", m.Mode, got, want)
+			}
+		}
 		if m.Mode == "file" {
 			if m.FilePerChange <= 0 || m.Apply == nil || m.LatencyReceiver == nil || m.LatencyReceiver.Samples == 0 || m.Compression <= 1 {
 				t.Errorf("file mode: files %.1f B/change, apply %+v, receiver latency %+v, compression %.2f", m.FilePerChange, m.Apply, m.LatencyReceiver, m.Compression)
