@@ -3,6 +3,7 @@ package shipper_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,4 +159,30 @@ func TestRespectsServerMaxPayload(t *testing.T) {
 		t.Error("the 300 KB transaction was not split into parts")
 	}
 	checkExact(t, dir, "orders", msgs, end)
+}
+
+// A shipper killed with -9 leaves its lease behind: a restart is refused
+// until the lease's TTL runs out, then ships from where the stream ends.
+func TestCrashedShippersLeaseExpires(t *testing.T) {
+	_, nc := startServer(t, 0)
+	c := newClient(t, nc) // lease TTL 2 s
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders")
+	writeTxs(t, w, 0, 100, 1, 200)
+	w.Close()
+	if _, err := c.AcquireLease(t.Context(), c.Subject("orders"), "crashed-host:123:dead"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := runOnce(t, c, dir, "orders")
+	if !errors.Is(err, shipper.ErrSourceBusy) || !strings.Contains(err.Error(), "crashed-host:123:dead") {
+		t.Fatalf("restart while the lease lives: %v, want ErrSourceBusy naming the holder", err)
+	}
+	time.Sleep(c.LeaseTTL() + 500*time.Millisecond)
+	end := endOf(t, dir, "orders")
+	r := startShipper(t, c, dir, "orders")
+	r.waitAcked(t, end, 10*time.Second)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, dir, "orders", readBack(t, nc, c.Subject("orders")), end)
 }
