@@ -671,3 +671,44 @@ func TestCheckpointSeedsNewReceiver(t *testing.T) {
 		t.Fatalf("seeded receiver differs: %d/%d changes", len(b.Changes), len(a.Changes))
 	}
 }
+
+// The stream is lost and recreated under a running receiver (a broker that
+// lost its data): sequences restart, the receiver notices, rescans from the
+// start and skips by position what it applied.
+func TestStreamRecreatedUnderRunningReceiver(t *testing.T) {
+	e := newEnv(t)
+	msgs := writeMsgs(t, "r", genTxs(60, 2, "t", "r"), 0, 1024)
+	e.publish(msgs[:20]...)
+	run := e.start(t.TempDir())
+	run.waitApplied(t, "r", msgs[19])
+	if err := e.js.DeleteStream(context.Background(), "FERRY"); err != nil {
+		t.Fatal(err)
+	}
+	wiretest.CreateStream(t, e.js, "FERRY", "ferry")
+	e.publish(msgs[10:]...) // the shipper re-ships from what the stream lost
+	run.waitApplied(t, "r", msgs[len(msgs)-1])
+	d := dumpStore(t, run.r.Store(), "t")
+	if len(d.Changes) != 120 {
+		t.Fatalf("%d changes, want 120", len(d.Changes))
+	}
+}
+
+func TestSourcesFilter(t *testing.T) {
+	e := newEnv(t)
+	ma := writeMsgs(t, "a", genTxs(10, 1, "t", "a"), 0, 1024)
+	mb := writeMsgs(t, "b", genTxs(10, 1, "t", "b"), 0, 1024)
+	e.publish(ma...)
+	e.publish(mb...)
+	run := e.start(t.TempDir(), receiver.WithSources("b", "c"))
+	run.waitApplied(t, "b", mb[len(mb)-1])
+	if _, ok := run.r.Positions()["a"]; ok {
+		t.Fatal("source a applied though not selected")
+	}
+	st := run.r.Status()
+	if st.Ready || !strings.Contains(st.NotReadyReason, "source c") {
+		t.Fatalf("ready=%v (%s) while source c has nothing applied", st.Ready, st.NotReadyReason)
+	}
+	if len(st.Sources) != 2 || st.Sources[1].Source != "c" || st.Sources[1].State != "waiting" {
+		t.Fatalf("sources %+v", st.Sources)
+	}
+}
