@@ -18,6 +18,7 @@ import (
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/api"
+	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/ferrysync/ferry/receiver/wiretest"
 )
 
@@ -211,5 +212,57 @@ func TestReceiveKill9MidApply(t *testing.T) {
 	resp.Body.Close()
 	if len(rows.Rows) != per {
 		t.Fatalf("last transaction's rows: %d, want %d", len(rows.Rows), per)
+	}
+}
+
+func TestReceiveFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"NoData", []string{"receive", "--nats", "nats://127.0.0.1:1"}, "--data DIR is required"},
+		{"BadSource", []string{"receive", "--data", t.TempDir(), "--source", "a.b", "--nats", "nats://127.0.0.1:1"}, "invalid source name"},
+		{"BadWebhook", []string{"receive", "--data", t.TempDir(), "--webhook", "ftp://x", "--nats", "nats://127.0.0.1:1"}, "webhook URL"},
+		{"NoStoreToCheckpoint", []string{"receive", "--data", t.TempDir(), "--checkpoint", filepath.Join(t.TempDir(), "ck")}, "no store at"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := runCmd(t, tc.args...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// A checkpoint of a stopped receiver's store seeds a new one.
+func TestReceiveCheckpointAction(t *testing.T) {
+	data := t.TempDir()
+	st, err := store.Open(filepath.Join(data, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.NewBatch()
+	tx := format.Tx{CommitTime: 1, Changes: []format.Change{{Table: "t", Op: format.OpInsert, Key: []byte("k"), After: []byte(`{}`)}}}
+	if err := b.ApplyTx("s", 1, 38, 100, 7, &tx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	st.Close()
+	out := filepath.Join(t.TempDir(), "ck")
+	if msg, err := runCmd(t, "receive", "--data", data, "--checkpoint", out); err != nil || !strings.Contains(msg, out) {
+		t.Fatalf("checkpoint: %q, %v", msg, err)
+	}
+	st, err = store.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if p := st.Position("s"); p.Offset != 100 || p.Changes != 1 {
+		t.Fatalf("checkpoint position %+v", p)
 	}
 }
