@@ -1,0 +1,121 @@
+package jsclient_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/shipper/jsclient"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func connect(t *testing.T) *nats.Conn {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), DontListen: true, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	nc, err := nats.Connect("", nats.InProcessServer(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func TestEnsureStreamRefusesIncompatible(t *testing.T) {
+	base := jetstream.StreamConfig{Name: "FERRY", Subjects: []string{"ferry.>"}, Storage: jetstream.FileStorage}
+	cases := []struct {
+		name   string
+		mutate func(*jetstream.StreamConfig)
+		ok     bool
+	}{
+		{"Compatible", func(*jetstream.StreamConfig) {}, true},
+		{"MoreSubjects", func(c *jetstream.StreamConfig) { c.Subjects = []string{"other.>", "ferry.>"} }, true},
+		{"Memory", func(c *jetstream.StreamConfig) { c.Storage = jetstream.MemoryStorage }, false},
+		{"WorkQueue", func(c *jetstream.StreamConfig) { c.Retention = jetstream.WorkQueuePolicy }, false},
+		{"OtherSubjects", func(c *jetstream.StreamConfig) { c.Subjects = []string{"ferry.orders"} }, false},
+		{"LastPerSubject", func(c *jetstream.StreamConfig) { c.MaxMsgsPerSubject = 1 }, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			nc := connect(t)
+			js, _ := jetstream.New(nc)
+			cfg := base
+			tc.mutate(&cfg)
+			if _, err := js.CreateStream(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			_, err := jsclient.EnsureStream(context.Background(), js, jsclient.Config{})
+			if tc.ok && err != nil {
+				t.Fatalf("EnsureStream = %v, want it accepted", err)
+			}
+			if !tc.ok && !errors.Is(err, jsclient.ErrIncompatible) {
+				t.Fatalf("EnsureStream = %v, want ErrIncompatible", err)
+			}
+		})
+	}
+}
+
+func TestCreatesStreamAndFences(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	c, err := jsclient.New(ctx, nc, jsclient.Config{Replicas: 1, LeaseTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := c.LastMsg(ctx, c.Subject("orders")); err != nil || m != nil {
+		t.Fatalf("LastMsg of an empty subject = %v, %v", m, err)
+	}
+	msg := func() *nats.Msg {
+		return &nats.Msg{Subject: c.Subject("orders"), Data: []byte("x"), Header: nats.Header{}}
+	}
+	ack, err := c.PublishFenced(ctx, msg(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fenced on a stale sequence: refused.
+	if _, err := c.PublishFenced(ctx, msg(), 0); !errors.Is(err, jsclient.ErrFenced) {
+		t.Fatalf("stale fence: %v, want ErrFenced", err)
+	}
+	if _, err := c.PublishFenced(ctx, msg(), ack.Sequence); err != nil {
+		t.Fatalf("fence on the last sequence: %v", err)
+	}
+}
+
+func TestLease(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	c, err := jsclient.New(ctx, nc, jsclient.Config{LeaseTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := c.AcquireLease(ctx, "k", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AcquireLease(ctx, "k", "b"); !errors.Is(err, jsclient.ErrLeaseHeld) {
+		t.Fatalf("second acquire: %v, want ErrLeaseHeld", err)
+	}
+	rev2, err := c.RenewLease(ctx, "k", "a", rev)
+	if err != nil || rev2 <= rev {
+		t.Fatalf("renew: %d, %v", rev2, err)
+	}
+	if _, err := c.RenewLease(ctx, "k", "a", rev); !errors.Is(err, jsclient.ErrLeaseLost) {
+		t.Fatalf("renew on a stale revision: %v, want ErrLeaseLost", err)
+	}
+	if err := c.ReleaseLease(ctx, "k", rev2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AcquireLease(ctx, "k", "b"); err != nil {
+		t.Fatalf("acquire after release: %v", err)
+	}
+}
