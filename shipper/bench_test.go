@@ -106,8 +106,12 @@ func rawBytes(b *testing.B, dir string) int64 {
 func BenchmarkShip(b *testing.B) {
 	dir, end, changes := benchData(b)
 	raw := rawBytes(b, dir)
-	for _, codec := range []wire.Codec{wire.CodecZstd, wire.CodecS2, wire.CodecNone} {
-		b.Run("codec="+codec.String(), func(b *testing.B) {
+	for _, bc := range []struct {
+		codec   wire.Codec
+		workers int
+	}{{wire.CodecZstd, 2}, {wire.CodecZstd, 1}, {wire.CodecS2, 2}, {wire.CodecNone, 2}} {
+		codec := bc.codec
+		b.Run(fmt.Sprintf("codec=%s/workers=%d", codec, bc.workers), func(b *testing.B) {
 			_, nc := startServer(b, 0)
 			b.SetBytes(raw)
 			var msgs, body uint64
@@ -118,7 +122,7 @@ func BenchmarkShip(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				s, err := shipper.New(c, dir, "orders", shipper.WithCodec(codec), shipper.WithCheckpoint(""))
+				s, err := shipper.New(c, dir, "orders", shipper.WithCodec(codec), shipper.WithCheckpoint(""), shipper.WithCompressWorkers(bc.workers))
 				if err != nil {
 					b.Fatal(err)
 				}
