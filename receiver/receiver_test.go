@@ -712,3 +712,43 @@ func TestSourcesFilter(t *testing.T) {
 		t.Fatalf("sources %+v", st.Sources)
 	}
 }
+
+// The webhook's delivery position survives a restart: what was acknowledged
+// is not sent again, and new changes continue from there.
+func TestWebhookPositionSurvivesRestart(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	var got []uint64
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct{ Changes []api.ChangeJSON }
+		json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		for _, c := range body.Changes {
+			got = append(got, c.ID)
+		}
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	msgs := writeMsgs(t, "w", genTxs(20, 1, "t", "w"), 0, 1024)
+	data := t.TempDir()
+	e.publish(msgs[:len(msgs)/2]...)
+	run := e.start(data, receiver.WithWebhook(hook.URL, ""))
+	run.waitApplied(t, "w", msgs[len(msgs)/2-1])
+	first := run.r.Store().Position("w").Changes
+	waitFor(t, "first deliveries", 10*time.Second, func() bool { return run.r.Store().Webhook() == first })
+	run.stop()
+	e.publish(msgs[len(msgs)/2:]...)
+	run = e.start(data, receiver.WithWebhook(hook.URL, ""))
+	run.waitApplied(t, "w", msgs[len(msgs)-1])
+	waitFor(t, "all deliveries", 10*time.Second, func() bool { return run.r.Store().Webhook() == 20 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 20 {
+		t.Fatalf("endpoint got %d changes %v, want 20 (once each)", len(got), got)
+	}
+	for i, id := range got {
+		if id != uint64(i+1) {
+			t.Fatalf("delivery %d is change %d", i, id)
+		}
+	}
+}
