@@ -224,7 +224,7 @@ writing:
 		return res, writeErr
 	}
 	res.Written = leg.changes.Load()
-	fmt.Fprintf(cfg.Out, "\nThe legacy stopped after %d changes; waiting for the receiver to apply them all...\n", res.Written-res.Loaded)
+	d.note("\nThe legacy stopped after %d changes; waiting for the receiver to apply them all...\n", res.Written-res.Loaded)
 
 	deadline := time.After(cfg.CatchUpTimeout)
 	want := res.Written - res.Loaded

@@ -86,6 +86,13 @@ func (d *display) show(s *Snapshot) {
 	io.WriteString(d.w, b.String())
 }
 
+// note prints a message between readings; on a terminal the next reading
+// is drawn below it.
+func (d *display) note(f string, args ...any) {
+	fmt.Fprintf(d.w, f, args...)
+	d.lines = 0
+}
+
 func latencyText(q Quantiles) string {
 	if q.Count == 0 {
 		return ""

@@ -13,6 +13,7 @@ type monitor struct {
 
 	prevAt time.Time
 	prev   [3]int64
+	rate   [3]float64
 }
 
 func (m *monitor) read() *Snapshot {
@@ -25,13 +26,16 @@ func (m *monitor) read() *Snapshot {
 	s.Shipped.Changes -= m.base
 	s.Applied.Changes -= m.base
 	cur := [3]int64{s.Written.Changes, s.Shipped.Changes, s.Applied.Changes}
-	if !m.prevAt.IsZero() {
-		dt := now.Sub(m.prevAt).Seconds()
-		for i := range cur {
-			s.Rate[i] = float64(cur[i]-m.prev[i]) / dt
+	// Rates over at least 200 ms, or the last ones again.
+	if dt := now.Sub(m.prevAt); m.prevAt.IsZero() || dt >= 200*time.Millisecond {
+		if !m.prevAt.IsZero() {
+			for i := range cur {
+				m.rate[i] = float64(cur[i]-m.prev[i]) / dt.Seconds()
+			}
 		}
+		m.prevAt, m.prev = now, cur
 	}
-	m.prevAt, m.prev = now, cur
+	s.Rate = m.rate
 	if m.obs != nil && m.obs.lat != nil {
 		s.Latency = m.obs.lat.quantiles()
 	}
