@@ -41,6 +41,7 @@ import (
 
 	"github.com/ferrysync/ferry/bench/pg"
 	"github.com/ferrysync/ferry/bench/workload"
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -114,6 +115,9 @@ type Config struct {
 	CleanupInterval time.Duration
 	// FileBefore writes before images to the change files too.
 	FileBefore bool
+	// Codec compresses the file mode's messages: "zstd" (default), "s2"
+	// or "none".
+	Codec string
 	// Progress receives a line per phase and per second; nil: none.
 	Progress io.Writer
 	// Logger for the components; nil discards.
@@ -134,6 +138,9 @@ func (c Config) withDefaults() Config {
 	c.Workload.Rate = 0
 	if c.PhaseDuration == 0 {
 		c.PhaseDuration = 20 * time.Second
+	}
+	if c.Codec == "" {
+		c.Codec = wire.CodecZstd.String()
 	}
 	if c.Rounds == 0 {
 		c.Rounds = min(5, max(1, int(c.PhaseDuration/time.Second)))
@@ -161,6 +168,9 @@ func (c Config) withDefaults() Config {
 
 func (c Config) validate() error {
 	if _, err := pg.ParseDurability(string(c.Durability)); err != nil {
+		return err
+	}
+	if _, err := wire.ParseCodec(c.Codec); err != nil {
 		return err
 	}
 	if err := c.Workload.Validate(); err != nil {
@@ -358,7 +368,7 @@ func settings(cfg Config) Settings {
 		Mix:          fmt.Sprintf("%d/%d/%d", w.Mix.Insert, w.Mix.Update, w.Mix.Delete),
 		PhaseSeconds: cfg.PhaseDuration.Seconds(), LatencyRate: cfg.LatencyRate,
 		Durability: string(cfg.Durability), WriterSync: writerSync(cfg.Durability).String(),
-		FileBefore: cfg.FileBefore, PollMillis: ms(cfg.PollInterval), CleanupMillis: ms(cfg.CleanupInterval),
+		FileBefore: cfg.FileBefore, Codec: cfg.Codec, PollMillis: ms(cfg.PollInterval), CleanupMillis: ms(cfg.CleanupInterval),
 		ExternalPG:      cfg.PGURL != "",
 		InitialRowCount: w.Customers + w.Products + w.Orders*4,
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/ferrysync/ferry/bench/pg"
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver"
 	"github.com/ferrysync/ferry/shipper"
 	"github.com/ferrysync/ferry/shipper/jsclient"
@@ -43,6 +44,7 @@ func writerSync(d pg.Durability) format.SyncPolicy {
 }
 
 type fileMode struct {
+	codec        wire.Codec
 	dir, recvDir string
 	w            *format.Writer
 	shipNC       *nats.Conn
@@ -68,7 +70,11 @@ func newFileMode(cfg Config, br *broker) (*fileMode, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: creating the change-file directory: %w", err)
 	}
-	m := &fileMode{dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver")}
+	codec, err := wire.ParseCodec(cfg.Codec)
+	if err != nil {
+		return nil, err
+	}
+	m := &fileMode{codec: codec, dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver")}
 	m.runCtx, m.cancel = context.WithCancel(context.Background())
 	fail := func(err error) (*fileMode, error) {
 		m.close()
@@ -106,7 +112,7 @@ func (m *fileMode) failed() error {
 }
 
 func (m *fileMode) start(ctx context.Context) error {
-	shp, err := shipper.NewFromConn(ctx, m.shipNC, jsclient.Config{Stream: fileStream}, m.dir, fileSource)
+	shp, err := shipper.NewFromConn(ctx, m.shipNC, jsclient.Config{Stream: fileStream}, m.dir, fileSource, shipper.WithCodec(m.codec))
 	if err != nil {
 		return fmt.Errorf("bench: creating the shipper: %w", err)
 	}

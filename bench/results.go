@@ -37,6 +37,7 @@ type Settings struct {
 	Durability      string  `json:"durability"`
 	WriterSync      string  `json:"writer_sync"`
 	FileBefore      bool    `json:"file_before_images"`
+	Codec           string  `json:"file_codec"`
 	PollMillis      float64 `json:"cdc_poll_ms"`
 	CleanupMillis   float64 `json:"cdc_cleanup_ms"`
 	ExternalPG      bool    `json:"external_pg"`

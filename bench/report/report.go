@@ -84,12 +84,15 @@ func Table(w io.Writer, res *bench.Results) {
 			fmt.Sprintf("%s (%s + %s + %s%s)", num(m.BytesPerChange), num(m.WALPerChange), num(m.DataPerChange), num(m.FilePerChange), shipBytes(m)),
 			fmt.Sprintf("%s (%s + %s)", num(m.LegacyCPUPer1k), num(m.LegacyDBCPUPer1k), num(m.LegacyAppCPUPer1k)),
 			"—", "—", "—", "—", "—", "—"}
-		if m.Mode != string(bench.ModeNone) {
+		baseline := mode(res, bench.ModeNone) != nil
+		if m.Mode != string(bench.ModeNone) && baseline {
 			row[2] = pct(m.OverheadPct)
 		}
 		if m.Concurrent != nil {
 			row[3] = num(m.Concurrent.TxPerSec)
-			row[4] = pct(m.ConcurrentOverheadPct)
+			if baseline {
+				row[4] = pct(m.ConcurrentOverheadPct)
+			}
 		}
 		if m.Drain != nil {
 			row[7] = num(m.ShipChangesPerSec)

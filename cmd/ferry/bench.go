@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/ferrysync/ferry/bench/pg"
 	"github.com/ferrysync/ferry/bench/report"
 	"github.com/ferrysync/ferry/bench/workload"
+	"github.com/ferrysync/ferry/format/wire"
 )
 
 // benchProfile is a named set of defaults.
@@ -48,11 +50,13 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	seed := fs.Uint64("seed", 1, "workload seed")
 	durability := fs.String("durability", "sync", "sync (synchronous_commit=on, writer SyncAlways) or async (synchronous_commit=off, writer SyncInterval 100ms)")
 	fileBefore := fs.Bool("file-before", false, "file mode also writes before images")
+	codec := fs.String("codec", "zstd", "compression of the file mode's messages: zstd, s2 or none")
 	poll := fs.Duration("cdc-poll", 10*time.Millisecond, "cdc-table poller interval")
 	cleanup := fs.Duration("cdc-cleanup", time.Second, "cdc-table cleanup interval")
 	drainTimeout := fs.Duration("drain-timeout", 2*time.Minute, "how long shipping may take to catch up")
 	out := fs.String("out", "", "directory to write report.md, results.json, throughput.svg and latency.svg to")
 	asJSON := fs.Bool("json", false, "print the results as JSON instead of the table")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (this process: legacy workers, shipping, JetStream) to this file")
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: ferry bench [--quick] [--modes none,cdc-table,cdc-log,file] [--pg URL] [--out DIR]")
 		fmt.Fprintln(env.Stderr, "\nMeasures Ferry against CDC (companion tables, logical decoding) on the same legacy workload,")
@@ -88,6 +92,9 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	if _, err := wire.ParseCodec(*codec); err != nil {
+		return &exitError{code: 2, err: err}
+	}
 	m, err := parseMix(*mix)
 	if err != nil {
 		return &exitError{code: 2, err: err}
@@ -97,8 +104,19 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 		Workload: workload.Config{Seed: *seed, Streams: *streams, TxSize: *txSize, RowSize: *rowSize, Mix: m,
 			Customers: prof.customers, Products: prof.products, Orders: prof.orders},
 		PhaseDuration: *phase, LatencyRate: *rate, DrainTimeout: *drainTimeout,
-		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore,
+		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore, Codec: *codec,
 		Progress: env.Stderr,
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("ferry bench: creating the CPU profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("ferry bench: starting the CPU profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	res, runErr := bench.Run(ctx, cfg)
 	if res == nil {
