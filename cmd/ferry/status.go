@@ -195,7 +195,7 @@ func diskStatus(dir string) (map[string]*stagePos, error) {
 		}
 		p := &stagePos{Segment: sf.Segment}
 		out[sf.Source] = p
-		err := scanFrames(sf.Path, 0, -1, func(end int64, commit int64, _ int) {
+		err := scanFrames(sf.Path, 0, -1, func(end int64, commit int64, _ int, _ bool) {
 			p.Offset = end
 			if commit > 0 {
 				p.LastCommit = time.Unix(0, commit).UTC()
@@ -210,15 +210,16 @@ func diskStatus(dir string) (map[string]*stagePos, error) {
 
 // scanFrames reads the segment at path from offset from up to offset to
 // (-1: its end) and calls fn with the end offset, frame time and change
-// count of every frame. A torn tail ends the scan quietly.
-func scanFrames(path string, from, to int64, fn func(end, commit int64, changes int)) error {
+// count of every frame, and first (header true) with the end of the header
+// when from is 0. A torn tail ends the scan quietly.
+func scanFrames(path string, from, to int64, fn func(end, commit int64, changes int, header bool)) error {
 	rd, f, err := format.OpenReader(path, from)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	if from == 0 {
-		fn(rd.End(), 0, 0)
+		fn(rd.End(), 0, 0, true)
 	}
 	var tx format.Tx
 	for to < 0 || rd.End() < to {
@@ -233,7 +234,7 @@ func scanFrames(path string, from, to int64, fn func(end, commit int64, changes 
 		if fr.Type == format.FrameTx && format.DecodeTx(fr.Payload, &tx) == nil {
 			n = len(tx.Changes)
 		}
-		fn(rd.End(), format.FrameTime(fr), n)
+		fn(rd.End(), format.FrameTime(fr), n, false)
 	}
 	return nil
 }
@@ -327,7 +328,11 @@ func countBetween(dir, source string, from, to format.Position) (records, bytes 
 			end = to.Offset
 		}
 		last := start
-		err := scanFrames(sf.Path, start, end, func(e, _ int64, n int) {
+		err := scanFrames(sf.Path, start, end, func(e, _ int64, n int, header bool) {
+			if header {
+				last = e // a position at 0 means the first frame
+				return
+			}
 			if e > last {
 				bytes += e - max(last, start)
 				last = e
