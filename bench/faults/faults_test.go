@@ -105,6 +105,7 @@ func TestFaultKill9(t *testing.T) {
 	legacyDone := make(chan faults.LegacyStats, 1)
 	go func() { legacyDone <- wait() }()
 	var st faults.LegacyStats
+	var order []int
 loop:
 	for {
 		select {
@@ -112,7 +113,14 @@ loop:
 			break loop
 		case <-time.After(time.Duration(200+rng.IntN(1300)) * time.Millisecond):
 		}
-		switch v := rng.IntN(3); v {
+		// Every round of three kills hits each process once, in a random
+		// order, at random moments.
+		if len(order) == 0 {
+			order = rng.Perm(3)
+		}
+		v := order[0]
+		order = order[1:]
+		switch v {
 		case 0:
 			noCrash(t, sh, false)
 			must(t, sh.Kill())
