@@ -162,9 +162,9 @@ type Writer struct {
 
 	mu        sync.Mutex
 	cond      *sync.Cond // signalled when written/synced advance, tail is taken or err is set
-	buf       []byte     // committed frames of segment seg not yet handed to the flusher
+	buf       []byte     // committed frames not yet handed to the flusher (see tail)
 	spare     []byte
-	tail      *sealedTail // a sealed segment's last bytes, not yet taken by the flusher
+	tail      *sealedTail // set when buf starts with a sealed segment's last bytes
 	seg       uint64      // the segment commits go to
 	segBorn   time.Time
 	size      int64 // logical size of segment seg, pending bytes included
@@ -187,11 +187,12 @@ type Writer struct {
 	done   chan struct{}
 }
 
-// sealedTail is what is left to write of a segment that Commit sealed: its
-// pending frames, seal included. The flusher writes and fsyncs them, closes
-// the file and creates segment next.
+// sealedTail marks a segment that Commit sealed: the first n pending bytes
+// are its last frames, seal included, and the rest belong to segment next.
+// The flusher writes them, fsyncs and closes the file and creates segment
+// next.
 type sealedTail struct {
-	b       []byte
+	n       int
 	next    uint64
 	created time.Time
 }
@@ -363,15 +364,14 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 }
 
 // sealLocked ends segment seg: it appends the seal to the pending bytes,
-// hands them to the flusher as the segment's tail and moves commits on to
+// marks them as the segment's tail for the flusher and moves commits on to
 // the next segment, whose file the flusher creates. mu is held and tail is
 // nil.
 func (w *Writer) sealLocked(now time.Time) {
 	b := AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: now.UnixNano()})
-	n := int64(len(b) - len(w.buf))
-	w.appended += n
-	w.tail = &sealedTail{b: b, next: w.seg + 1, created: now}
-	w.buf, w.spare = w.spare[:0], nil
+	w.appended += int64(len(b) - len(w.buf))
+	w.buf = b
+	w.tail = &sealedTail{n: len(b), next: w.seg + 1, created: now}
 	w.seg++
 	w.size, w.segBorn, w.txs, w.chs = w.hdrLen, now, 0, 0
 }
@@ -507,7 +507,7 @@ func (w *Writer) writeOut(tail *sealedTail, b []byte, sync bool) error {
 			return err
 		}
 		seg := tail.next - 1
-		if _, err := w.f.Write(tail.b); err != nil {
+		if _, err := w.f.Write(b[:tail.n]); err != nil {
 			return fmt.Errorf("format: writing segment %d: %w", seg, err)
 		}
 		done := make(chan error, 1)
@@ -527,6 +527,7 @@ func (w *Writer) writeOut(tail *sealedTail, b []byte, sync bool) error {
 			return err
 		}
 		w.f = f
+		b = b[tail.n:]
 	}
 	if len(b) > 0 {
 		if _, err := w.f.Write(b); err != nil {
