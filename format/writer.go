@@ -254,7 +254,18 @@ func lockSource(dir, source string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("format: opening lock file: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	// Both lock kinds, so that writers in other languages exclude us with
+	// whichever they have (SPEC.md, "Lock file"): flock (C, Python, Go)
+	// and a POSIX record lock over the whole file (Java's
+	// FileChannel.tryLock); on Linux the two do not see each other. (POSIX
+	// semantics: a failed second OpenWriter of the same source in this
+	// process, closing its descriptor, drops the first one's record lock;
+	// its flock stays.)
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == nil {
+		err = syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: 0, Len: 0})
+	}
+	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%w: source %q in %s (lock file %s): %w; stop the other writer first", ErrLocked, source, dir, path, err)
 	}

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -466,5 +469,42 @@ func TestWriterRotateAndSyncAlways(t *testing.T) {
 	txs, _, segs := checkChain(t, dir)
 	if len(txs) != 200 || len(segs) < 4 {
 		t.Fatalf("%d transactions in %d segments, want 200 in many", len(txs), len(segs))
+	}
+}
+
+// TestWriterLockSeenByOtherProcesses checks that another process sees the
+// source locked with either kind of lock a writer in another language may
+// take (SPEC.md, "Lock file"). The other process is this test binary again.
+func TestWriterLockSeenByOtherProcesses(t *testing.T) {
+	if path := os.Getenv("FERRY_LOCK_PROBE"); path != "" {
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			fmt.Println("open:", err)
+			os.Exit(3)
+		}
+		ferr := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		rerr := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &syscall.Flock_t{Type: syscall.F_WRLCK})
+		fmt.Printf("flock=%v fcntl=%v\n", ferr == nil, rerr == nil)
+		os.Exit(0)
+	}
+	dir := t.TempDir()
+	probe := func() string {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestWriterLockSeenByOtherProcesses$")
+		cmd.Env = append(os.Environ(), "FERRY_LOCK_PROBE="+filepath.Join(dir, "shop.lock"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("probe process: %v: %s", err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	w := openWriter(t, dir)
+	if got, want := probe(), "flock=false fcntl=false"; got != want {
+		t.Fatalf("another process while the writer runs: %s, want %s", got, want)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := probe(), "flock=true fcntl=true"; got != want {
+		t.Fatalf("another process after Close: %s, want %s", got, want)
 	}
 }

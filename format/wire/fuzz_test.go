@@ -48,6 +48,7 @@ func sampleBatches() []wire.Batch {
 		{Source: "billing-eu_2", Segment: 7, From: 4096, To: 9000000, Frames: 1, Changes: 30000, FirstCommit: 9, LastCommit: 9,
 			Codec: wire.CodecS2, RawLen: 1 << 20, Part: 3, Parts: 9, PrevEnd: -1},
 		{Source: "s", Segment: 2, From: 37, To: 38, Frames: 1, Codec: wire.CodecNone, RawLen: 1, Parts: 1, PrevEnd: 5000, Torn: 17},
+		{Source: "shop", Segment: 3, From: 100, To: 200, Frames: 2, Codec: wire.CodecZstd, RawLen: 100, Parts: 1, PrevEnd: -1, Repair: 4},
 	}
 }
 
