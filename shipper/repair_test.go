@@ -3,11 +3,14 @@ package shipper_test
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/shipper"
 	"github.com/ferrysync/ferry/shipper/jsclient"
 	"github.com/nats-io/nats.go"
@@ -72,19 +75,30 @@ func TestHoleInStreamIsRepaired(t *testing.T) {
 
 // checkReceiverView applies msgs the way the wire package tells receivers
 // to: skip what is already applied, wait at (skip) a range that starts
-// beyond the position, apply from the position. The result must be every
-// byte of the files, once.
+// beyond the position, apply from the position, join split frames (starting
+// over when part 0 comes again). The result must be every byte of the
+// files, once.
 func checkReceiverView(t *testing.T, dir, source string, msgs []shippedMsg, end format.Position) {
 	t.Helper()
 	var pos format.Position
-	var got []byte
+	got := map[uint64][]byte{}
+	var join []byte
+	joining := false
 	for _, m := range msgs {
 		b := m.b
-		if b.Parts > 1 {
-			t.Fatal("split frames not handled by this checker")
+		if b.Parts > 1 && b.Part > 0 {
+			if joining {
+				join = append(join, m.raw...)
+				if b.Part == b.Parts-1 {
+					got[b.Segment] = append(got[b.Segment], join...)
+					pos = format.Position{Segment: b.Segment, Offset: b.To}
+					joining = false
+				}
+			}
+			continue
 		}
 		switch {
-		case pos.Segment == 0 || b.Segment == pos.Segment+1 && b.PrevEnd == pos.Offset:
+		case pos.Segment == 0 && b.PrevEnd == 0, b.Segment == pos.Segment+1 && b.PrevEnd == pos.Offset:
 			pos = format.Position{Segment: b.Segment, Offset: b.From}
 		case b.Segment < pos.Segment || b.Segment == pos.Segment && b.To <= pos.Offset:
 			continue // applied already
@@ -94,14 +108,102 @@ func checkReceiverView(t *testing.T, dir, source string, msgs []shippedMsg, end 
 		if b.From < pos.Offset {
 			t.Fatalf("range [%d,%d) overlaps the position %v without starting there", b.From, b.To, pos)
 		}
-		got = append(got, m.raw...)
+		if b.Parts > 1 {
+			join, joining = append(join[:0], m.raw...), true
+			continue
+		}
+		got[b.Segment] = append(got[b.Segment], m.raw...)
 		pos.Offset = b.To
 	}
 	if pos != end {
 		t.Fatalf("receiver view ends at %v, want %v", pos, end)
 	}
-	want := readRange(t, dir, source, end.Segment, int64(format.MinHeaderLen+len(source)), end.Offset)
-	if !bytes.Equal(got, want) {
-		t.Fatal("receiver view differs from the file")
+	for seg := uint64(1); seg <= end.Segment; seg++ {
+		fi, err := os.Stat(filepath.Join(dir, format.SegmentName(source, seg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := readRange(t, dir, source, seg, int64(format.MinHeaderLen+len(source)), fi.Size())
+		if !bytes.Equal(got[seg], want) {
+			t.Fatalf("receiver view of segment %d differs from the file (%d bytes, want %d)", seg, len(got[seg]), len(want))
+		}
+	}
+}
+
+// stallingStream is the real client whose stallAt-th asynchronous publish
+// is never sent and never acknowledged: a shipper stopped then has shipped
+// part of a split frame.
+type stallingStream struct {
+	*jsclient.Client
+	stallAt int64
+	n       atomic.Int64
+}
+
+func (s *stallingStream) PublishAsync(msg *nats.Msg) (jetstream.PubAckFuture, error) {
+	if s.n.Add(1) >= s.stallAt {
+		return stalledFuture{msg}, nil
+	}
+	return s.Client.PublishAsync(msg)
+}
+
+type stalledFuture struct{ msg *nats.Msg }
+
+func (f stalledFuture) Ok() <-chan *jetstream.PubAck { return nil }
+func (f stalledFuture) Err() <-chan error            { return nil }
+func (f stalledFuture) Msg() *nats.Msg               { return f.msg }
+
+func TestResumeInsideSplitFrameThatStartsSegment(t *testing.T) {
+	_, nc := startServer(t, 0)
+	// A short duplicate window, so that the re-sent parts are not dropped
+	// as duplicates: the case of a shipper restarted long after.
+	c, err := jsclient.New(t.Context(), nc, jsclient.Config{LeaseTTL: 2 * time.Second, Duplicates: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders")
+	writeTxs(t, w, 0, 10, 1, 200)
+	if err := w.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	writeTxs(t, w, 10, 1, 16, 200<<10) // a ~3 MB transaction opens segment 2
+	writeTxs(t, w, 11, 10, 1, 200)
+	w.Close()
+	end := endOf(t, dir, "orders")
+
+	// Segment 1 goes in the fenced first publish; parts 0 and 1 of the
+	// big frame go through; part 2 never leaves.
+	r := startShipper(t, &stallingStream{Client: c, stallAt: 3}, dir, "orders", shipper.WithDrainTimeout(200*time.Millisecond), shipper.WithCodec(wire.CodecNone))
+	deadline := time.Now().Add(10 * time.Second)
+	for len(readBack(t, nc, c.Subject("orders"))) < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	msgs := readBack(t, nc, c.Subject("orders"))
+	if last := msgs[len(msgs)-1].b; last.Segment != 2 || last.Parts < 3 || last.Part != 1 || last.PrevEnd <= 0 {
+		t.Fatalf("stream ends with %+v, want part 1 of the split frame opening segment 2, with PrevEnd", last)
+	}
+	time.Sleep(400 * time.Millisecond) // past the duplicate window
+	r = startShipper(t, c, dir, "orders", shipper.WithCodec(wire.CodecNone))
+	r.waitAcked(t, end, 10*time.Second)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	msgs = readBack(t, nc, c.Subject("orders"))
+	checkReceiverView(t, dir, "orders", msgs, end)
+	// The frame was re-sent from part 0, with PrevEnd.
+	restarts := 0
+	for _, m := range msgs {
+		if m.b.Segment == 2 && m.b.Parts > 1 && m.b.Part == 0 {
+			restarts++
+			if m.b.PrevEnd != msgs[0].b.To {
+				t.Errorf("part 0 PrevEnd %d, want %d", m.b.PrevEnd, msgs[0].b.To)
+			}
+		}
+	}
+	if restarts != 2 {
+		t.Errorf("part 0 sent %d times, want 2", restarts)
 	}
 }

@@ -72,7 +72,17 @@ func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, 
 		seq = last.Sequence
 		pos = format.Position{Segment: b.Segment, Offset: b.To}
 		if b.Parts > 1 && b.Part < b.Parts-1 {
-			pos.Offset = b.From // a split frame cut short: re-send it whole
+			// A split frame cut short: re-send it whole. If it starts its
+			// segment, start from the end of the previous segment (or from
+			// the chain's start) so that part 0 carries PrevEnd again.
+			switch {
+			case b.PrevEnd == 0:
+				pos.Offset = 0
+			case b.PrevEnd > 0:
+				pos = format.Position{Segment: b.Segment - 1, Offset: b.PrevEnd}
+			default:
+				pos.Offset = b.From
+			}
 		}
 	} else {
 		first, ok, err := tail.First(s.dir, s.source)
@@ -338,7 +348,10 @@ func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p 
 		pb := b
 		pb.Part, pb.RawLen = i, int(k)
 		if i > 0 {
-			pb.PrevEnd, pb.Torn = -1, 0
+			// PrevEnd stays on every part, so that a shipper restarting in
+			// the middle of the frame knows where the previous segment
+			// ended; the torn bytes are reported once.
+			pb.Torn = 0
 		}
 		s.enqueue(p, &job{b: pb, raw: raw, last: i == n-1})
 	}

@@ -18,9 +18,10 @@
 //     concatenated are exactly the bytes [From, To). Frames and Changes
 //     count the whole frame on every part.
 //   - Heartbeat and seal frames travel inside ranges like any frame.
-//   - The first message of each segment (part 0 of a split frame that
-//     starts it) carries PrevEnd (see Batch). The previous segment is
-//     always Segment-1: a gap in the chain stops the shipper. PrevEnd 0 means no earlier segment was shipped for the
+//   - The first message of each segment carries PrevEnd (see Batch); when
+//     that message is a split frame, every part carries it, and Torn is on
+//     part 0 only. The previous segment is always Segment-1: a gap in the
+//     chain stops the shipper. PrevEnd 0 means no earlier segment was shipped for the
 //     source (the chain starts here).
 //   - A segment that holds no frame at all (a writer crashed right after
 //     creating it) produces no message; the next segment's PrevEnd then
