@@ -320,7 +320,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 	if c, ok, err := loadCheckpoint(s.o.checkpoint); err != nil {
 		s.log.Warn("ignoring the local checkpoint", "err", err)
 		s.met.error("checkpoint")
-	} else if ok && c.Subject == s.subject {
+	} else if ok && c.Subject == s.subject && c.Stream == s.streamName() {
 		s.hint, s.hintOK = c.pos(), true
 	}
 
@@ -494,6 +494,15 @@ func (l *lease) release(ctx context.Context) {
 	}
 }
 
+// streamName names the stream in the checkpoint, when the Stream says it
+// (a checkpoint of another stream is no hint about this one).
+func (s *Shipper) streamName() string {
+	if n, ok := s.st.(interface{ StreamName() string }); ok {
+		return n.StreamName()
+	}
+	return ""
+}
+
 func (s *Shipper) saveCheckpoint() {
 	if s.o.checkpoint == "" {
 		return
@@ -504,7 +513,7 @@ func (s *Shipper) saveCheckpoint() {
 	if acked.Segment == 0 || acked == s.lastCkpt {
 		return
 	}
-	if err := saveCheckpoint(s.o.checkpoint, checkpoint{Subject: s.subject, Segment: acked.Segment, Offset: acked.Offset}); err != nil {
+	if err := saveCheckpoint(s.o.checkpoint, checkpoint{Stream: s.streamName(), Subject: s.subject, Segment: acked.Segment, Offset: acked.Offset}); err != nil {
 		s.log.Warn("writing the local checkpoint failed (it is only a hint)", "err", err)
 		s.met.error("checkpoint")
 		return
