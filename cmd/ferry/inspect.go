@@ -33,8 +33,10 @@ Dumps change files: each PATH is a segment file or a directory of them.
   --json     one JSON object per change, streaming:
              {"table","op","key","after","before","content","tx","origin",
               "commit_time","position":{"source","segment","offset","index"}}
-             after/before are JSON when the content type is json, otherwise
-             base64 strings; a key that is not UTF-8 is "key_base64".
+             after/before are JSON when the content type is json (an empty
+             image is null), otherwise base64 strings with "content" binary
+             or text; a key that is not UTF-8 is "key_base64"; commit_time
+             is RFC 3339 with nanoseconds, UTC.
   --verify   check every checksum and the segment chain: seals naming the
              next segment, no gaps in segment numbers, headers matching file
              names. Without --json it prints one line per segment instead of
@@ -416,7 +418,7 @@ func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64,
 		b = append(b, '"')
 	}
 	content := c.Content
-	if content == format.ContentJSON && (!json.Valid(c.After) && len(c.After) > 0 || c.Before != nil && !json.Valid(c.Before)) {
+	if content == format.ContentJSON && (len(c.After) > 0 && !json.Valid(c.After) || len(c.Before) > 0 && !json.Valid(c.Before)) {
 		content = format.ContentBinary // not valid JSON after all: show the bytes
 	}
 	if len(c.After) > 0 || c.Op != format.OpDelete {
@@ -451,6 +453,8 @@ func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64,
 	return append(b, "}}\n"...)
 }
 
+// appendImage appends an image: JSON as is (an empty one as null), other
+// content as a base64 string.
 func appendImage(b, img []byte, content format.ContentType) []byte {
 	if content == format.ContentJSON {
 		if len(img) == 0 {

@@ -187,3 +187,24 @@ func TestInspectGoldenVectors(t *testing.T) {
 		}
 	}
 }
+
+func TestInspectJSONNonJSONContent(t *testing.T) {
+	out, stderr, code := runFerry(t, nil, "inspect", "--json", filepath.Join("..", "..", "format", "testdata", "full.ferry"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 6 {
+		t.Fatalf("%d lines, want one per change (6):\n%s", len(lines), out)
+	}
+	for i, want := range map[int]string{
+		0: `"after":{"name":"Zoë","tier":"gold"},"content":"json","tx":"T-1001"`,
+		3: `"key":"2026/0002","before":null,"content":"json"`, // an empty JSON before image
+		4: `"key_base64":"AP8Q","after":"3q2+7w==","content":"binary","origin":"svc-orders"`,
+		5: `"content":"text"`,
+	} {
+		if !strings.Contains(lines[i], want) {
+			t.Errorf("line %d %s\nlacks %s", i, lines[i], want)
+		}
+	}
+}
