@@ -94,7 +94,8 @@ func (p *serverProc) kill() {
 }
 
 // TestServerKilledMidRun kills the NATS server (kill -9) while the legacy
-// writes and the shipper ships, keeps it down for a while, and restarts it
+// writes and the shipper ships, keeps it down longer than the shipper's
+// lease lives, and restarts it
 // on the same store and port: the shipper reconnects and catches up, with
 // every frame in the stream once and in order.
 func TestServerKilledMidRun(t *testing.T) {
@@ -131,7 +132,9 @@ func TestServerKilledMidRun(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	p.kill()
 	killedAt := r.s.Stats().Acked
-	time.Sleep(700 * time.Millisecond) // the legacy keeps writing; files are the buffer
+	// The legacy keeps writing; the files are the buffer. The outage
+	// outlasts the lease's TTL (2 s): the shipper takes its lease again.
+	time.Sleep(2500 * time.Millisecond)
 	if st := r.s.Stats(); st.Acked != killedAt && st.Acked.Less(killedAt) {
 		t.Fatalf("acked went backwards while down: %v -> %v", killedAt, st.Acked)
 	}
