@@ -245,7 +245,8 @@ func TestReceiveCheckpointAction(t *testing.T) {
 	}
 	b := st.NewBatch()
 	tx := format.Tx{CommitTime: 1, Changes: []format.Change{{Table: "t", Op: format.OpInsert, Key: []byte("k"), After: []byte(`{}`)}}}
-	if err := b.ApplyTx("s", 1, 38, 100, 7, &tx); err != nil {
+	frame, _ := format.AppendTx(nil, &tx)
+	if err := b.ApplyTx("s", 1, 38, 38+int64(len(frame)), 7, &tx, frame); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Commit(); err != nil {
@@ -262,7 +263,7 @@ func TestReceiveCheckpointAction(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if p := st.Position("s"); p.Offset != 100 || p.Changes != 1 {
+	if p := st.Position("s"); p.Offset != 38+int64(len(frame)) || p.Changes != 1 {
 		t.Fatalf("checkpoint position %+v", p)
 	}
 }

@@ -55,6 +55,7 @@ type Applier struct {
 type counts struct{ changes, txs, bytes, skipped int }
 
 type frameRef struct {
+	raw      []byte
 	typ      format.FrameType
 	off, end int64
 	tx       int // index into txs for FrameTx
@@ -293,7 +294,7 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 				Err: fmt.Errorf("%w: frame [%d, %d) straddles the applied position %d: frame boundaries disagree", ErrCorrupt, off, end, pos.Offset)})
 			return nil
 		}
-		ref := frameRef{typ: f.Type, off: off, end: end}
+		ref := frameRef{raw: raw[i-n : i], typ: f.Type, off: off, end: end}
 		switch {
 		case f.Type == format.FrameTx:
 			if ntx == len(a.txs) {
@@ -348,7 +349,7 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 		var err error
 		if f.typ == format.FrameTx {
 			tx := &a.txs[f.tx]
-			err = a.batch.ApplyTx(b.Source, b.Segment, f.off, f.end, seq, tx)
+			err = a.batch.ApplyTx(b.Source, b.Segment, f.off, f.end, seq, tx, f.raw)
 			c.txs++
 			c.changes += len(tx.Changes)
 		} else {

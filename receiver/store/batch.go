@@ -42,6 +42,11 @@ type Batch struct {
 	// is ever visible.
 	rowBuf []byte
 	rows   []rowOp
+
+	// The change log entry being filled (see changelog.go).
+	entry    logEntry
+	entryOK  bool
+	entryBuf []byte
 }
 
 // rowOp is a buffered row write, by offsets into rowBuf (which moves as it
@@ -93,10 +98,18 @@ func (b *Batch) advance(source string, seg uint64, off, end int64, streamSeq uin
 
 // ApplyTx applies the transaction whose frame spans [off, end) of segment
 // seg of source, read from the message with stream sequence streamSeq: every
-// change updates or deletes its row and is appended to the change log.
-func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uint64, tx *format.Tx) error {
+// change updates or deletes its row and is appended to the change log. frame
+// is the frame's bytes (header included), which the change log keeps; tx is
+// its decoded form.
+func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uint64, tx *format.Tx, frame []byte) error {
+	if int64(len(frame)) != end-off {
+		return fmt.Errorf("store: frame of %d bytes for range [%d, %d)", len(frame), off, end)
+	}
 	p, err := b.advance(source, seg, off, end, streamSeq, tx.CommitTime)
 	if err != nil {
+		return err
+	}
+	if err := b.logFrame(source, seg, off, len(tx.Changes), frame); err != nil {
 		return err
 	}
 	v := Version{Source: source, Segment: seg, Offset: off}
@@ -113,11 +126,6 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 			op.vend = int32(len(b.rowBuf))
 		}
 		b.rows = append(b.rows, op)
-		b.key = appendChangeKey(b.key[:0], id)
-		b.val = appendChange(b.val[:0], c, &v, tx, b.now)
-		if err := b.b.Set(b.key, b.val, nil); err != nil {
-			return fmt.Errorf("store: appending change: %w", err)
-		}
 	}
 	p.LastCommit = tx.CommitTime
 	p.Transactions++
@@ -126,6 +134,41 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 	b.changes += len(tx.Changes)
 	b.txs++
 	b.bytes += end - off
+	return nil
+}
+
+// logFrame adds a frame to the change log entry being filled, writing the
+// entry out first if the frame cannot join it.
+func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, frame []byte) error {
+	if b.entryOK && (b.entry.source != source || b.entry.segment != seg || len(b.entry.raw)+len(frame) > maxEntryRaw) {
+		if err := b.flushEntry(); err != nil {
+			return err
+		}
+	}
+	if !b.entryOK {
+		b.entry = logEntry{first: b.next, applied: b.now, source: source, segment: seg,
+			offsets: b.entry.offsets[:0], raw: b.entry.raw[:0]}
+		b.entryOK = true
+	}
+	b.entry.offsets = append(b.entry.offsets, off)
+	b.entry.raw = append(b.entry.raw, frame...)
+	b.entry.changes += changes
+	return nil
+}
+
+func (b *Batch) flushEntry() error {
+	if !b.entryOK {
+		return nil
+	}
+	b.entryOK = false
+	if b.entry.changes == 0 {
+		return nil
+	}
+	b.key = appendChangeKey(b.key[:0], b.entry.first)
+	b.entryBuf = appendEntry(b.entryBuf[:0], &b.entry)
+	if err := b.b.Set(b.key, b.entryBuf, nil); err != nil {
+		return fmt.Errorf("store: appending to the change log: %w", err)
+	}
 	return nil
 }
 
@@ -150,7 +193,13 @@ func (b *Batch) Transactions() int { return b.txs }
 func (b *Batch) Bytes() int64      { return b.bytes }
 
 // Size returns the batch's size so far, in bytes.
-func (b *Batch) Size() int { return b.b.Len() + len(b.rowBuf) }
+func (b *Batch) Size() int {
+	n := b.b.Len() + len(b.rowBuf)
+	if b.entryOK {
+		n += len(b.entry.raw)
+	}
+	return n
+}
 
 // Empty reports whether the batch holds nothing to commit.
 func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK }
@@ -188,6 +237,9 @@ func (b *Batch) writeRows() error {
 func (b *Batch) Commit() error {
 	if b.Empty() {
 		return nil
+	}
+	if err := b.flushEntry(); err != nil {
+		return err
 	}
 	if err := b.writeRows(); err != nil {
 		return err
@@ -244,6 +296,7 @@ func (b *Batch) Discard() {
 
 func (b *Batch) reset() {
 	b.rowBuf, b.rows = b.rowBuf[:0], b.rows[:0]
+	b.entryOK = false
 	b.b.Close()
 	b.b = b.s.db.NewBatch()
 	clear(b.pos)

@@ -70,24 +70,33 @@ func (s *Store) Scan(table string, prefix, after []byte, limit int) ([]Row, bool
 // Changes returns up to limit changes with ids after after, in order. It
 // returns ErrTrimmed if changes after after were already trimmed.
 func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
-	first, _ := s.ChangeRange()
+	first, last := s.ChangeRange()
 	if after+1 < first {
 		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first)
 	}
-	lower := appendChangeKey(nil, after+1)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: []byte{prefixChange + 1}})
+	if after >= last || limit <= 0 {
+		return nil, nil
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixChange}, UpperBound: []byte{prefixChange + 1}})
 	if err != nil {
 		return nil, fmt.Errorf("store: reading changes: %w", err)
 	}
 	defer it.Close()
+	// The entry holding after+1 is the last one starting at or before it.
+	ok := it.SeekLT(appendChangeKey(nil, after+2))
+	if !ok {
+		ok = it.First()
+	}
 	var out []Change
-	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+	for ; ok && len(out) < limit; ok = it.Next() {
 		id, _ := changeKeyID(it.Key())
-		c, err := decodeChange(id, bytes.Clone(it.Value()))
+		v, err := it.ValueAndErr()
 		if err != nil {
+			return nil, fmt.Errorf("store: reading change log entry %d: %w", id, err)
+		}
+		if out, err = decodeEntry(id, v, after, limit, out); err != nil {
 			return nil, err
 		}
-		out = append(out, c)
 	}
 	if err := it.Error(); err != nil {
 		return nil, fmt.Errorf("store: reading changes: %w", err)
@@ -97,19 +106,46 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 	if first2, _ := s.ChangeRange(); after+1 < first2 {
 		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first2)
 	}
+	if len(out) > 0 && out[0].ID != after+1 {
+		return nil, fmt.Errorf("store: change log has a hole: after %d comes %d", after, out[0].ID)
+	}
 	return out, nil
+}
+
+// entryAt returns the header of the change log entry holding id.
+func (s *Store) entryAt(id uint64) (logEntry, bool, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixChange}, UpperBound: []byte{prefixChange + 1}})
+	if err != nil {
+		return logEntry{}, false, fmt.Errorf("store: reading the change log: %w", err)
+	}
+	defer it.Close()
+	if !it.SeekLT(appendChangeKey(nil, id+1)) {
+		return logEntry{}, false, it.Error()
+	}
+	first, _ := changeKeyID(it.Key())
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return logEntry{}, false, fmt.Errorf("store: reading change log entry %d: %w", first, err)
+	}
+	e, _, err := entryHeader(first, v)
+	if err != nil {
+		return logEntry{}, false, err
+	}
+	return e, id < first+uint64(e.changes), nil
 }
 
 // Trim removes old changes from the log: those beyond the newest keep (0:
 // no count bound) and those applied more than maxAge ago (0: no age bound),
 // but never a change after floor (a subscriber such as the webhook that has
-// not consumed it yet). It returns how many it removed.
+// not consumed it yet). The log is stored in entries of many changes, so it
+// removes whole entries only: up to the entry holding the first change to
+// keep. It returns how many changes it removed.
 func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, error) {
 	first, last := s.ChangeRange()
 	if first > last {
 		return 0, nil
 	}
-	cut := first // remove ids in [first, cut)
+	cut := first // the first change to keep
 	if keep > 0 && last-first+1 > keep {
 		cut = last - keep + 1
 	}
@@ -119,11 +155,11 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 		n := int(last - first + 1)
 		var serr error
 		i := sort.Search(n, func(i int) bool {
-			t, err := s.appliedAt(first + uint64(i))
+			e, ok, err := s.entryAt(first + uint64(i))
 			if err != nil && serr == nil {
 				serr = err
 			}
-			return t >= limit
+			return !ok || e.applied >= limit
 		})
 		if serr != nil {
 			return 0, serr
@@ -138,6 +174,19 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 	if cut <= first {
 		return 0, nil
 	}
+	// Keep the whole entry holding cut.
+	if cut <= last {
+		e, ok, err := s.entryAt(cut)
+		if err != nil {
+			return 0, err
+		}
+		if ok {
+			cut = e.first
+		}
+	}
+	if cut <= first {
+		return 0, nil
+	}
 	// Move the start first so that readers refuse the doomed range before it
 	// disappears under them.
 	s.mu.Lock()
@@ -147,20 +196,4 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 		return 0, fmt.Errorf("store: trimming changes [%d, %d): %w", first, cut, err)
 	}
 	return cut - first, nil
-}
-
-func (s *Store) appliedAt(id uint64) (int64, error) {
-	v, closer, err := s.db.Get(appendChangeKey(nil, id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, nil // trimmed concurrently: old
-	}
-	if err != nil {
-		return 0, fmt.Errorf("store: reading change %d: %w", id, err)
-	}
-	defer closer.Close()
-	c, err := decodeChange(id, v)
-	if err != nil {
-		return 0, err
-	}
-	return c.AppliedAt, nil
 }

@@ -23,6 +23,21 @@ func tx(keys ...string) *format.Tx {
 	return t
 }
 
+// apply applies a transaction of keys at off and returns the frame's end.
+func apply(t *testing.T, b *store.Batch, seg uint64, off int64, seq uint64, keys ...string) int64 {
+	t.Helper()
+	tx := tx(keys...)
+	frame, err := format.AppendTx(nil, tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := off + int64(len(frame))
+	if err := b.ApplyTx("s", seg, off, end, seq, tx, frame); err != nil {
+		t.Fatalf("ApplyTx at %d: %v", off, err)
+	}
+	return end
+}
+
 func open(t *testing.T, fs vfs.FS) *store.Store {
 	t.Helper()
 	st, err := store.Open("db", store.WithFS(fs))
@@ -37,15 +52,15 @@ func TestApplyReopenAndRead(t *testing.T) {
 	st := open(t, fs)
 	b := st.NewBatch()
 	off := int64(45)
+	var starts []int64
 	for i, keys := range [][]string{{"a", "b"}, {"c"}, {"-a", "d", "b"}} {
-		end := off + 100
-		if err := b.ApplyTx("s", 1, off, end, uint64(i+1), tx(keys...)); err != nil {
-			t.Fatal(err)
-		}
-		off = end
+		starts = append(starts, off)
+		off = apply(t, b, 1, off, uint64(i+1), keys...)
 	}
 	// The same frame again is refused: it would apply twice.
-	if err := b.ApplyTx("s", 1, 145, 245, 9, tx("x")); !errors.Is(err, store.ErrNotNext) {
+	again := tx("c")
+	frame, _ := format.AppendTx(nil, again)
+	if err := b.ApplyTx("s", 1, starts[1], starts[1]+int64(len(frame)), 9, again, frame); !errors.Is(err, store.ErrNotNext) {
 		t.Fatalf("re-applying a frame: %v, want ErrNotNext", err)
 	}
 	hb := time.Now().Add(time.Hour).UnixNano()
@@ -63,7 +78,7 @@ func TestApplyReopenAndRead(t *testing.T) {
 			t.Fatal("deleted row a still there")
 		}
 		row, ok, err := st.Get("t", []byte("b"))
-		if err != nil || !ok || row.Version.Offset != 245 || row.Version.Index != 2 || row.ChangeID != 6 {
+		if err != nil || !ok || row.Version.Offset != starts[2] || row.Version.Index != 2 || row.ChangeID != 6 {
 			t.Fatalf("row b: %+v %v %v", row, ok, err)
 		}
 		p := st.Position("s")
@@ -85,7 +100,8 @@ func TestApplyReopenAndRead(t *testing.T) {
 			t.Fatalf("scan after b: %+v more=%v", rows, more)
 		}
 		cs, err := st.Changes(3, 10)
-		if err != nil || len(cs) != 3 || cs[0].ID != 4 || cs[0].Op != format.OpDelete || string(cs[0].Key) != "a" {
+		if err != nil || len(cs) != 3 || cs[0].ID != 4 || cs[0].Op != format.OpDelete || string(cs[0].Key) != "a" ||
+			cs[2].Version.Offset != starts[2] || cs[2].Version.Index != 2 || string(cs[2].After) != `{"k":"b"}` {
 			t.Fatalf("changes after 3: %+v %v", cs, err)
 		}
 	}
@@ -103,16 +119,15 @@ func TestTrim(t *testing.T) {
 	defer b.Close()
 	off := int64(45)
 	for i := 0; i < 100; i++ {
-		if err := b.ApplyTx("s", 1, off, off+10, 1, tx(fmt.Sprint(i))); err != nil {
-			t.Fatal(err)
+		off = apply(t, b, 1, off, 1, fmt.Sprint(i))
+		if i%10 == 9 { // one change log entry per commit: 10 changes each
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
 		}
-		off += 10
 	}
-	if err := b.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	// The floor (a webhook at 30) wins over the count.
-	if n, err := st.Trim(10, 0, 30); err != nil || n != 30 {
+	// The floor (a webhook at 35) wins over the count; whole entries go.
+	if n, err := st.Trim(10, 0, 35); err != nil || n != 30 {
 		t.Fatalf("Trim: %d, %v; want 30", n, err)
 	}
 	if _, err := st.Changes(10, 5); !errors.Is(err, store.ErrTrimmed) {
@@ -121,15 +136,18 @@ func TestTrim(t *testing.T) {
 	if cs, err := st.Changes(30, 5); err != nil || cs[0].ID != 31 {
 		t.Fatalf("changes after 30: %v", err)
 	}
-	if n, _ := st.Trim(10, 0, ^uint64(0)); n != 60 {
-		t.Fatalf("Trim by count removed %d, want 60", n)
+	if n, _ := st.Trim(15, 0, ^uint64(0)); n != 50 { // 31..80: keeps the entry holding 86
+		t.Fatalf("Trim by count removed %d, want 50", n)
 	}
-	if first, last := st.ChangeRange(); first != 91 || last != 100 {
-		t.Fatalf("range %d..%d, want 91..100", first, last)
+	if first, last := st.ChangeRange(); first != 81 || last != 100 {
+		t.Fatalf("range %d..%d, want 81..100", first, last)
 	}
 	time.Sleep(20 * time.Millisecond)
-	if n, _ := st.Trim(0, 10*time.Millisecond, ^uint64(0)); n != 10 {
-		t.Fatalf("Trim by age removed %d, want 10", n)
+	if n, _ := st.Trim(0, 10*time.Millisecond, ^uint64(0)); n != 20 {
+		t.Fatalf("Trim by age removed %d, want 20", n)
+	}
+	if cs, err := st.Changes(100, 10); err != nil || len(cs) != 0 {
+		t.Fatalf("changes after the last: %v %v", cs, err)
 	}
 	// Rows survive the trimming of their changes.
 	if _, ok, _ := st.Get("t", []byte("5")); !ok {
@@ -146,10 +164,7 @@ func TestSortedRowsKeepLastWrite(t *testing.T) {
 	steps := [][]string{{"z", "a"}, {"-z"}, {"a"}, {"z"}, {"-a"}}
 	off := int64(45)
 	for _, s := range steps {
-		if err := b.ApplyTx("s", 1, off, off+10, 1, tx(s...)); err != nil {
-			t.Fatal(err)
-		}
-		off += 10
+		off = apply(t, b, 1, off, 1, s...)
 	}
 	if err := b.Commit(); err != nil {
 		t.Fatal(err)
