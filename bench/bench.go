@@ -41,6 +41,7 @@ import (
 
 	"github.com/ferrysync/ferry/bench/pg"
 	"github.com/ferrysync/ferry/bench/workload"
+	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/jackc/pgx/v5"
 )
@@ -103,7 +104,7 @@ type Config struct {
 	// PhaseDuration of the load, concurrent and paced phases; default 20 s.
 	PhaseDuration time.Duration
 	// Rounds splits the load phase into slices that visit the modes in
-	// turn; default one per second of PhaseDuration, at most 5.
+	// turn; default one per 2 s of PhaseDuration, 3 to 10.
 	Rounds int
 	// LatencyRate is the paced phase's rate in changes/s; default 10,000.
 	LatencyRate float64
@@ -115,6 +116,10 @@ type Config struct {
 	CleanupInterval time.Duration
 	// FileBefore writes before images to the change files too.
 	FileBefore bool
+	// WriterSync overrides the change-file writer's sync policy ("none",
+	// "interval" at 100 ms, "always"); empty matches Durability (see
+	// writerSync), which is the only setting with equal durability.
+	WriterSync string
 	// Codec compresses the file mode's messages: "zstd" (default), "s2"
 	// or "none".
 	Codec string
@@ -143,7 +148,7 @@ func (c Config) withDefaults() Config {
 		c.Codec = wire.CodecZstd.String()
 	}
 	if c.Rounds == 0 {
-		c.Rounds = min(5, max(1, int(c.PhaseDuration/time.Second)))
+		c.Rounds = min(10, max(3, int(c.PhaseDuration/(2*time.Second))))
 	}
 	if c.LatencyRate == 0 {
 		c.LatencyRate = 10000
@@ -172,6 +177,11 @@ func (c Config) validate() error {
 	}
 	if _, err := wire.ParseCodec(c.Codec); err != nil {
 		return err
+	}
+	if c.WriterSync != "" {
+		if _, err := format.ParseSyncPolicy(c.WriterSync); err != nil {
+			return err
+		}
 	}
 	if err := c.Workload.Validate(); err != nil {
 		return err
@@ -367,7 +377,7 @@ func settings(cfg Config) Settings {
 		Streams: w.Streams, TxSize: w.TxSize, RowSize: w.RowSize, Seed: w.Seed,
 		Mix:          fmt.Sprintf("%d/%d/%d", w.Mix.Insert, w.Mix.Update, w.Mix.Delete),
 		PhaseSeconds: cfg.PhaseDuration.Seconds(), LatencyRate: cfg.LatencyRate,
-		Durability: string(cfg.Durability), WriterSync: writerSync(cfg.Durability).String(),
+		Durability: string(cfg.Durability), WriterSync: cfg.writerSync().String(),
 		FileBefore: cfg.FileBefore, Codec: cfg.Codec, PollMillis: ms(cfg.PollInterval), CleanupMillis: ms(cfg.CleanupInterval),
 		ExternalPG:      cfg.PGURL != "",
 		InitialRowCount: w.Customers + w.Products + w.Orders*4,
@@ -418,6 +428,14 @@ func utsString(b []int8) string {
 	return string(s)
 }
 
+func durabilityNote(cfg Config) string {
+	commit := map[pg.Durability]string{pg.Sync: "on", pg.Async: "off"}[cfg.Durability]
+	if cfg.writerSync() == writerSync(cfg.Durability) {
+		return fmt.Sprintf("Durability %s: PostgreSQL synchronous_commit=%s; the change-file writer uses sync policy %s so that a committed transaction is exactly as durable in the files as in the database.", cfg.Durability, commit, cfg.writerSync())
+	}
+	return fmt.Sprintf("Durability %s: PostgreSQL synchronous_commit=%s, but the change-file writer uses sync policy %s (--writer-sync) instead of %s: the files are NOT as durable as the database (a power loss can lose up to 100 ms of committed transactions from the files).", cfg.Durability, commit, cfg.writerSync(), writerSync(cfg.Durability))
+}
+
 func notes(cfg Config) []string {
 	return []string{
 		"The file mode's receiver runs only in the apply and paced phases (it belongs next to the microservice, and the CDC modes have no consumer); in the concurrent phase every mode runs only what runs on the legacy host plus the embedded JetStream server.",
@@ -427,7 +445,7 @@ func notes(cfg Config) []string {
 		"Legacy CPU = PostgreSQL server processes (postmaster with its reaped children's times + live children, from /proc) plus this process's CPU (getrusage) during the load phase, when only the legacy workers run in it (and, in file mode, the change-file writer). Shipper CPU = this process's CPU during the drain (poller or relay or shipper, and the embedded JetStream server in every mode) plus pg_recvlogical's; the PostgreSQL CPU spent for shipping (walsender decoding, poller queries, cleanup) is reported separately. Receiver CPU = this process during the apply phase. Live shipping CPU = all CPU per change in the concurrent phase (this process, children, PostgreSQL) less the load phase's: what shipping costs while the legacy runs, in small batches.",
 		"Latency: from the moment the legacy's COMMIT returned (the legacy's worker clock) to the moment an in-process JetStream consumer received the change (CDC modes, file mode) or the receiver had applied it (file mode); matched by the version column each transaction writes, so transactions with deletes only are not sampled.",
 		"CDC modes publish one JSON message per change (like Debezium), uncompressed, without de-duplication ids; Ferry publishes compressed batches of frames with de-duplication ids. The JetStream server is embedded with the same default settings for every mode.",
-		fmt.Sprintf("Durability %s: PostgreSQL synchronous_commit=%s; the change-file writer uses sync policy %s so that a committed transaction is as durable in the files as in the database.", cfg.Durability, map[pg.Durability]string{pg.Sync: "on", pg.Async: "off"}[cfg.Durability], writerSync(cfg.Durability)),
+		durabilityNote(cfg),
 		"The host has few cores shared with other work: figures are noisy; compare modes within one run.",
 	}
 }

@@ -43,6 +43,17 @@ func writerSync(d pg.Durability) format.SyncPolicy {
 	return format.SyncAlways
 }
 
+// writerSync returns the writer's sync policy of c: WriterSync if set (it
+// was validated), else the one matching c.Durability.
+func (c Config) writerSync() format.SyncPolicy {
+	if c.WriterSync != "" {
+		if p, err := format.ParseSyncPolicy(c.WriterSync); err == nil {
+			return p
+		}
+	}
+	return writerSync(c.Durability)
+}
+
 type fileMode struct {
 	codec        wire.Codec
 	dir, recvDir string
@@ -80,7 +91,7 @@ func newFileMode(cfg Config, br *broker) (*fileMode, error) {
 		m.close()
 		return nil, err
 	}
-	if m.w, err = format.OpenWriter(m.dir, fileSource, format.WithSync(writerSync(cfg.Durability), 100*time.Millisecond)); err != nil {
+	if m.w, err = format.OpenWriter(m.dir, fileSource, format.WithSync(cfg.writerSync(), 100*time.Millisecond)); err != nil {
 		return fail(fmt.Errorf("bench: opening the change-file writer: %w", err))
 	}
 	if m.shipNC, err = br.connect("ferry-bench-shipper"); err != nil {

@@ -476,6 +476,17 @@ func (r *modeRun) shipping(ctx context.Context) {
 		r.mr.LatencyReceiver = &rl
 		r.progress("%s: commit to applied p50 %.2f ms, p99 %.2f ms (%d samples)", r.mode, rl.P50, rl.P99, rl.Samples)
 	}
+	// Every change the legacy committed arrived, once.
+	if got, want := r.cp.shippedChanges(), r.lg.changes.Load(); got != want {
+		r.fail(fmt.Errorf("bench: %s shipped %d changes, the legacy committed %d: lost or doubled", r.mode, got, want))
+		return
+	}
+	if r.fm != nil {
+		if got, want := r.fm.appliedChanges(), r.lg.changes.Load(); got != want {
+			r.fail(fmt.Errorf("bench: the receiver applied %d changes, the legacy committed %d: lost or doubled", got, want))
+			return
+		}
+	}
 	r.cp.stop()
 	ws, err := countStream(ctx, r.nc, streamOf(r.mode))
 	if err != nil {

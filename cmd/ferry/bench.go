@@ -49,6 +49,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	mix := fs.String("mix", "40/50/10", "insert/update/delete weights")
 	seed := fs.Uint64("seed", 1, "workload seed")
 	durability := fs.String("durability", "sync", "sync (synchronous_commit=on, writer SyncAlways) or async (synchronous_commit=off, writer SyncInterval 100ms)")
+	writerSyncFlag := fs.String("writer-sync", "", "override the change-file writer's sync policy (none, interval, always); default: the one as durable as the database")
 	fileBefore := fs.Bool("file-before", false, "file mode also writes before images")
 	codec := fs.String("codec", "zstd", "compression of the file mode's messages: zstd, s2 or none")
 	poll := fs.Duration("cdc-poll", 10*time.Millisecond, "cdc-table poller interval")
@@ -104,7 +105,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 		Workload: workload.Config{Seed: *seed, Streams: *streams, TxSize: *txSize, RowSize: *rowSize, Mix: m,
 			Customers: prof.customers, Products: prof.products, Orders: prof.orders},
 		PhaseDuration: *phase, LatencyRate: *rate, DrainTimeout: *drainTimeout,
-		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore, Codec: *codec,
+		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore, Codec: *codec, WriterSync: *writerSyncFlag,
 		Progress: env.Stderr,
 	}
 	if *cpuProfile != "" {
