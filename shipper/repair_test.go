@@ -44,33 +44,51 @@ func (f lostFuture) Err() <-chan error {
 func (f lostFuture) Msg() *nats.Msg { return f.msg }
 
 func TestHoleInStreamIsRepaired(t *testing.T) {
-	_, nc := startServer(t, 0)
-	c := newClient(t, nc)
-	dir := t.TempDir()
-	w := openWriter(t, dir, "orders")
-	writeTxs(t, w, 0, 2000, 1, 200)
-	w.Close()
-	end := endOf(t, dir, "orders")
-	st := &lossyStream{Client: c, failAt: 5}
-	r := startShipper(t, st, dir, "orders", shipper.WithMaxBatchBytes(4<<10))
-	r.waitAcked(t, end, 20*time.Second)
-	if err := r.stop(t); err != nil {
-		t.Fatal(err)
+	cases := []struct {
+		name   string
+		rotate bool  // segment 1 holds 10 transactions, shipped in the first (fenced) message
+		failAt int64 // which asynchronous publish is lost
+	}{
+		{"MidSegment", false, 5},
+		{"OpensSegment", true, 1},
 	}
-	if got := r.s.Stats().Repairs; got != 1 {
-		t.Fatalf("Stats.Repairs = %d, want 1", got)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, nc := startServer(t, 0)
+			c := newClient(t, nc)
+			dir := t.TempDir()
+			w := openWriter(t, dir, "orders")
+			if tc.rotate {
+				writeTxs(t, w, 0, 10, 1, 200)
+				if err := w.Rotate(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			writeTxs(t, w, 10, 2000, 1, 200)
+			w.Close()
+			end := endOf(t, dir, "orders")
+			st := &lossyStream{Client: c, failAt: tc.failAt}
+			r := startShipper(t, st, dir, "orders", shipper.WithMaxBatchBytes(4<<10))
+			r.waitAcked(t, end, 20*time.Second)
+			if err := r.stop(t); err != nil {
+				t.Fatal(err)
+			}
+			if got := r.s.Stats().Repairs; got != 1 {
+				t.Fatalf("Stats.Repairs = %d, want 1", got)
+			}
+			msgs := readBack(t, nc, c.Subject("orders"))
+			repaired := 0
+			for _, m := range msgs {
+				if m.b.Repair > 0 {
+					repaired++
+				}
+			}
+			if repaired == 0 {
+				t.Fatal("no message re-shipped with a Repair number")
+			}
+			checkReceiverView(t, dir, "orders", msgs, end)
+		})
 	}
-	msgs := readBack(t, nc, c.Subject("orders"))
-	repaired := 0
-	for _, m := range msgs {
-		if m.b.Repair > 0 {
-			repaired++
-		}
-	}
-	if repaired == 0 {
-		t.Fatal("no message re-shipped with a Repair number")
-	}
-	checkReceiverView(t, dir, "orders", msgs, end)
 }
 
 // checkReceiverView applies msgs the way the wire package tells receivers

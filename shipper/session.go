@@ -31,16 +31,30 @@ type inflight struct {
 type session struct {
 	mu     sync.Mutex
 	err    error
-	failed *format.Position // first position that failed
+	failed *format.Position // where to re-ship from if the first failure left a hole
 	hole   bool
 }
 
-func (ss *session) fail(err error, at format.Position) {
+func (ss *session) fail(err error, b *wire.Batch) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.err == nil {
+		at := startOf(b)
 		ss.err, ss.failed = err, &at
 	}
+}
+
+// startOf returns where a Follower must start to ship b again, so that b
+// comes out with the same PrevEnd: from the end of the previous segment (or
+// the chain's start) if b opens its segment, else from b.From.
+func startOf(b *wire.Batch) format.Position {
+	switch {
+	case b.PrevEnd == 0:
+		return format.Position{Segment: b.Segment}
+	case b.PrevEnd > 0:
+		return format.Position{Segment: b.Segment - 1, Offset: b.PrevEnd}
+	}
+	return format.Position{Segment: b.Segment, Offset: b.From}
 }
 
 func (ss *session) state() (error, *format.Position, bool) {
@@ -72,17 +86,9 @@ func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, 
 		seq = last.Sequence
 		pos = format.Position{Segment: b.Segment, Offset: b.To}
 		if b.Parts > 1 && b.Part < b.Parts-1 {
-			// A split frame cut short: re-send it whole. If it starts its
-			// segment, start from the end of the previous segment (or from
-			// the chain's start) so that part 0 carries PrevEnd again.
-			switch {
-			case b.PrevEnd == 0:
-				pos.Offset = 0
-			case b.PrevEnd > 0:
-				pos = format.Position{Segment: b.Segment - 1, Offset: b.PrevEnd}
-			default:
-				pos.Offset = b.From
-			}
+			// A split frame cut short: re-send it whole (with PrevEnd, if
+			// it opens its segment: every part carries it).
+			pos = startOf(&b)
 		}
 	} else {
 		first, ok, err := tail.First(s.dir, s.source)
@@ -414,7 +420,7 @@ func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastS
 		}
 		p.free <- j.raw[:0]
 		if err != nil {
-			ss.fail(err, format.Position{Segment: j.b.Segment, Offset: j.b.From})
+			ss.fail(err, &j.b)
 		}
 	}
 }
@@ -496,7 +502,7 @@ func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan st
 			if !failed {
 				failed = true
 				s.met.error("publish")
-				ss.fail(fmt.Errorf("shipper: publish of %s failed: %w", it.b.MsgID(), err), format.Position{Segment: it.b.Segment, Offset: it.b.From})
+				ss.fail(fmt.Errorf("shipper: publish of %s failed: %w", it.b.MsgID(), err), &it.b)
 			}
 		case failed:
 			if !ack.Duplicate {
