@@ -342,7 +342,7 @@ func TestFaultCorruption(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// The bad source's files, written before its shipper starts.
-	badSt, err := faults.Legacy{Dir: r.changes, Source: "bad", TablePrefix: "bad_", Changes: size(5_000, 50_000), Seed: 4}.Run(ctx)
+	badSt, err := faults.Legacy{Dir: r.changes, Source: "bad", TablePrefix: "bad_", Changes: size(5_000, 50_000), Seed: 4, MaxSegmentSize: int64(size(1<<20, 4<<20))}.Run(ctx)
 	must(t, err)
 	path := filepath.Join(r.changes, format.SegmentName("bad", 1))
 	off := corruptMiddle(t, path)
@@ -390,6 +390,7 @@ func TestFaultCorruption(t *testing.T) {
 			} `json:"on_disk"`
 			ShipLag struct {
 				Records int64
+				Error   string
 			} `json:"ship_lag"`
 			ApplyLag struct {
 				Records int64
@@ -400,8 +401,10 @@ func TestFaultCorruption(t *testing.T) {
 	for _, s := range status.Sources {
 		switch s.Source {
 		case "bad":
-			if !strings.Contains(s.OnDisk.Error, fmt.Sprintf("offset %d", off)) {
-				t.Errorf("ferry status: bad's on-disk error %q does not name offset %d", s.OnDisk.Error, off)
+			// The corrupt frame is in the last segment (on-disk error) or
+			// in an earlier one (the shipped stage is stuck before it).
+			if e := s.OnDisk.Error + s.ShipLag.Error; !strings.Contains(e, fmt.Sprintf("offset %d", off)) || !strings.Contains(e, path) {
+				t.Errorf("ferry status: bad's errors %q do not name %s offset %d", e, path, off)
 			}
 		case "good":
 			if s.ShipLag.Records != 0 || s.ApplyLag.Records != 0 {

@@ -42,6 +42,9 @@ type stageLag struct {
 	Records int64   `json:"records"`
 	Bytes   int64   `json:"bytes"`
 	Seconds float64 `json:"seconds"`
+	// Error is what stopped the count in the change files between the two
+	// positions: often what the stage is stuck on (a corrupt frame).
+	Error string `json:"error,omitempty"`
 }
 
 // sourceStatus is the status of every stage of one source.
@@ -291,7 +294,10 @@ func (s *sourceStatus) computeLags(dir string) {
 			l.Seconds = max(0, ahead.LastCommit.Sub(behind.LastCommit).Seconds())
 		}
 		if dir != "" && ahead.Error == "" && behind.Error == "" {
-			l.Records, l.Bytes = countBetween(dir, s.Source, behind.pos(), ahead.pos())
+			var err error
+			if l.Records, l.Bytes, err = countBetween(dir, s.Source, behind.pos(), ahead.pos()); err != nil {
+				l.Records, l.Bytes, l.Error = -1, -1, err.Error()
+			}
 		}
 		return l
 	}
@@ -307,14 +313,14 @@ func (s *sourceStatus) computeLags(dir string) {
 }
 
 // countBetween counts the changes and bytes of source's files from position
-// from to position to, or returns -1, -1 if the files do not cover them.
-func countBetween(dir, source string, from, to format.Position) (records, bytes int64) {
+// from to position to. It fails if the files do not cover them whole.
+func countBetween(dir, source string, from, to format.Position) (records, bytes int64, err error) {
 	if !from.Less(to) {
-		return 0, 0
+		return 0, 0, nil
 	}
 	segs, err := format.ListSegments(dir, source)
 	if err != nil {
-		return -1, -1
+		return 0, 0, err
 	}
 	for _, sf := range segs {
 		if sf.Segment < from.Segment || sf.Segment > to.Segment {
@@ -340,10 +346,10 @@ func countBetween(dir, source string, from, to format.Position) (records, bytes 
 			records += int64(n)
 		})
 		if err != nil {
-			return -1, -1
+			return records, bytes, err
 		}
 	}
-	return records, bytes
+	return records, bytes, nil
 }
 
 // receiverStatus is the part of a receiver's GET /v1/status that status
@@ -430,6 +436,9 @@ func printStatus(w io.Writer, out []*sourceStatus) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", src, stage, pos, commit, recs, bytes, secs)
 		if p.Error != "" {
 			fmt.Fprintf(tw, "%s\t%s\tERROR: %s\t\t\t\t\t\n", src, stage, p.Error)
+		}
+		if l != nil && l.Error != "" {
+			fmt.Fprintf(tw, "%s\t%s\tSTUCK BEFORE: %s\t\t\t\t\t\n", src, stage, l.Error)
 		}
 	}
 	for _, s := range out {
