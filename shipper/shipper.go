@@ -117,8 +117,8 @@ var _ Stream = (*jsclient.Client)(nil)
 var (
 	// ErrSourceBusy means another shipper ships this source.
 	ErrSourceBusy = errors.New("shipper: source is shipped by another shipper")
-	// ErrStopped is returned by Run when the Shipper was already run.
-	ErrStopped = errors.New("shipper: already run")
+	// ErrAlreadyRun is returned by a second call of Run.
+	ErrAlreadyRun = errors.New("shipper: Run called twice (a Shipper runs once; create a new one)")
 )
 
 // Stats are a Shipper's figures, for programs that embed it.
@@ -306,7 +306,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.ran {
 		s.mu.Unlock()
-		return ErrStopped
+		return ErrAlreadyRun
 	}
 	s.ran = true
 	ctx, s.cancel = context.WithCancel(ctx)
