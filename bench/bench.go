@@ -86,6 +86,8 @@ func ParseModes(s string) ([]Mode, error) {
 type Config struct {
 	// Profile names the run in the report ("quick", "full").
 	Profile string
+	// Note is a remark printed with the results (where and how it ran).
+	Note string
 	// PGURL is an existing PostgreSQL server's URL (a superuser that may
 	// create databases and replication slots, wal_level=logical); empty
 	// starts a throwaway cluster.
@@ -217,7 +219,8 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	res := &Results{Profile: cfg.Profile, Started: time.Now().UTC()}
+	res := &Results{Profile: cfg.Profile, Note: cfg.Note, Started: time.Now().UTC()}
+	load0 := loadAvg()
 	progress := func(format string, args ...any) {
 		fmt.Fprintf(cfg.Progress, "bench: "+format+"\n", args...)
 	}
@@ -235,6 +238,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	defer admin.Close(context.Background())
 	res.Machine = machine(ctx, admin)
+	res.Machine.LoadAvgStart = load0
 	res.Settings = settings(cfg)
 	base := "ferry_bench_base"
 	for _, db := range append([]string{base}, modeDBs(cfg.Modes)...) {
@@ -290,6 +294,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		res.Modes = append(res.Modes, r.mr)
 	}
 	res.Seconds = time.Since(start).Seconds()
+	res.Machine.LoadAvgEnd = loadAvg()
 	derive(res.Modes)
 	res.Notes = notes(cfg)
 	if ctx.Err() != nil {
@@ -415,6 +420,20 @@ func machine(ctx context.Context, conn *pgx.Conn) Machine {
 		f.Close()
 	}
 	return m
+}
+
+// loadAvg returns the 1-minute load average, 0 if unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }
 
 func utsString(b []int8) string {

@@ -11,6 +11,8 @@ type Results struct {
 	Machine  Machine      `json:"machine"`
 	Settings Settings     `json:"settings"`
 	Modes    []ModeResult `json:"modes"`
+	// Note is the operator's remark on the run (--note).
+	Note string `json:"note,omitempty"`
 	// Notes say how figures were obtained and attributed.
 	Notes []string `json:"notes"`
 }
@@ -23,6 +25,10 @@ type Machine struct {
 	Kernel    string `json:"kernel"`
 	Go        string `json:"go"`
 	Postgres  string `json:"postgres"`
+	// LoadAvg is /proc/loadavg's 1-minute load when the run started and
+	// when it ended: how busy the host was with other work too.
+	LoadAvgStart float64 `json:"loadavg_start"`
+	LoadAvgEnd   float64 `json:"loadavg_end"`
 }
 
 // Settings are the run's parameters, as used.

@@ -182,8 +182,11 @@ func Goals(res *bench.Results) []Goal {
 func Markdown(w io.Writer, res *bench.Results) {
 	fmt.Fprintf(w, "# Ferry bench: %s profile\n\n", res.Profile)
 	m := res.Machine
-	fmt.Fprintf(w, "Run %s, %.0f s. Machine: %d cores (%s), %s MiB memory, %s, %s, PostgreSQL %s.\n\n",
-		res.Started.Format("2006-01-02 15:04 UTC"), res.Seconds, m.Cores, m.CPU, group(fmt.Sprint(m.MemoryMiB)), m.Kernel, m.Go, m.Postgres)
+	fmt.Fprintf(w, "Run %s, %.0f s. Machine: %d cores (%s), %s MiB memory, %s, %s, PostgreSQL %s; load average %.1f at the start, %.1f at the end.\n\n",
+		res.Started.Format("2006-01-02 15:04 UTC"), res.Seconds, m.Cores, m.CPU, group(fmt.Sprint(m.MemoryMiB)), m.Kernel, m.Go, m.Postgres, m.LoadAvgStart, m.LoadAvgEnd)
+	if res.Note != "" {
+		fmt.Fprintf(w, "> %s\n\n", res.Note)
+	}
 	s := res.Settings
 	fmt.Fprintf(w, "Workload: %d concurrent streams, %d changes per transaction, rows of ~%d bytes, mix insert/update/delete %s, seed %d; %.0f s per timed phase; paced phase at %s changes/s. Durability %s (change-file writer sync %s). cdc-table poll every %.0f ms, cleanup every %.0f ms.\n\n",
 		s.Streams, s.TxSize, s.RowSize, s.Mix, s.Seed, s.PhaseSeconds, num(s.LatencyRate), s.Durability, s.WriterSync, s.PollMillis, s.CleanupMillis)

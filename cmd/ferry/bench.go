@@ -56,6 +56,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	cleanup := fs.Duration("cdc-cleanup", time.Second, "cdc-table cleanup interval")
 	drainTimeout := fs.Duration("drain-timeout", 2*time.Minute, "how long shipping may take to catch up")
 	out := fs.String("out", "", "directory to write report.md, results.json, throughput.svg and latency.svg to")
+	note := fs.String("note", "", "a remark to print with the results (where and how the run happened)")
 	asJSON := fs.Bool("json", false, "print the results as JSON instead of the table")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (this process: legacy workers, shipping, JetStream) to this file")
 	fs.Usage = func() {
@@ -101,7 +102,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 		return &exitError{code: 2, err: err}
 	}
 	cfg := bench.Config{
-		Profile: profileName, PGURL: *pgURL, PGBinDir: *pgBin, Durability: dur, Modes: ms,
+		Profile: profileName, Note: *note, PGURL: *pgURL, PGBinDir: *pgBin, Durability: dur, Modes: ms,
 		Workload: workload.Config{Seed: *seed, Streams: *streams, TxSize: *txSize, RowSize: *rowSize, Mix: m,
 			Customers: prof.customers, Products: prof.products, Orders: prof.orders},
 		PhaseDuration: *phase, LatencyRate: *rate, DrainTimeout: *drainTimeout,
