@@ -101,13 +101,15 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 		}
 		return st[src]
 	}
-	if *dir != "" {
-		disk, err := diskStatus(*dir)
+	// Read the stages downstream first: each later reading is then at
+	// least as far as the one before it, so lags are never negative.
+	if *receiverURL != "" {
+		applied, err := appliedStatus(ctx, *receiverURL)
 		if err != nil {
 			return err
 		}
-		for src, p := range disk {
-			get(src).OnDisk = p
+		for src, p := range applied {
+			get(src).Applied = p
 		}
 	}
 	if natsSet {
@@ -124,13 +126,13 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 			get(src).Shipped = p
 		}
 	}
-	if *receiverURL != "" {
-		applied, err := appliedStatus(ctx, *receiverURL)
+	if *dir != "" {
+		disk, err := diskStatus(*dir)
 		if err != nil {
 			return err
 		}
-		for src, p := range applied {
-			get(src).Applied = p
+		for src, p := range disk {
+			get(src).OnDisk = p
 		}
 	}
 	out := make([]*sourceStatus, 0, len(st))
