@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -52,6 +53,7 @@ type Batch struct {
 // rowOp is a buffered row write, by offsets into rowBuf (which moves as it
 // grows); small, so that sorting moves little. vend < 0 marks a delete.
 type rowOp struct {
+	pfx              uint64 // 8 key bytes after the batch's common prefix, for fast compares
 	koff, kend, vend int32
 	seq              int32
 }
@@ -209,8 +211,31 @@ func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK }
 func (b *Batch) writeRows() error {
 	buf := b.rowBuf
 	key := func(r rowOp) []byte { return buf[r.koff:r.kend] }
+	if len(b.rows) == 0 {
+		return nil
+	}
+	// Keys of one table share a prefix: compare 8 bytes after it as an
+	// integer first, the full keys only on a tie.
+	common := key(b.rows[0])
+	for _, r := range b.rows[1:] {
+		k := key(r)
+		n := 0
+		for n < len(common) && n < len(k) && common[n] == k[n] {
+			n++
+		}
+		common = common[:n]
+	}
+	cl := len(common)
+	for i := range b.rows {
+		var w [8]byte
+		copy(w[:], key(b.rows[i])[cl:])
+		b.rows[i].pfx = binary.BigEndian.Uint64(w[:])
+	}
 	slices.SortFunc(b.rows, func(x, y rowOp) int {
-		if c := bytes.Compare(key(x), key(y)); c != 0 {
+		if x.pfx != y.pfx {
+			return cmp.Compare(x.pfx, y.pfx)
+		}
+		if c := bytes.Compare(key(x)[cl:], key(y)[cl:]); c != 0 {
 			return c
 		}
 		return cmp.Compare(x.seq, y.seq)
