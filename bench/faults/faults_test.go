@@ -240,7 +240,7 @@ func TestFaultNATSOutage(t *testing.T) {
 	elapsed := time.Since(start)
 	outage := time.Since(down)
 	// The writer's pace while NATS was down: the legacy never waits.
-	if want := time.Duration(float64(n)/float64(rate)*float64(time.Second)) * 3 / 2; elapsed > want {
+	if want := 2 * time.Duration(float64(n)/float64(rate)*float64(time.Second)); elapsed > want {
 		t.Errorf("the legacy took %v to write %d changes at %d/s (want ≤ %v): it waited on the outage", elapsed, n, rate, want)
 	}
 	restart := time.Now()
