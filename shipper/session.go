@@ -128,6 +128,8 @@ func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, 
 	return pos, seq, repair, true, nil
 }
 
+var errReconnected = errors.New("shipper: reconnected to NATS: checking the stream's tail")
+
 // job is one message on its way: cut by the reader, compressed by a
 // worker, published in order by the publisher.
 type job struct {
@@ -206,7 +208,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	pubDone := make(chan struct{})
 	go func() {
 		defer close(pubDone)
-		s.publisher(ctx, ss, p, lastSeq)
+		s.publisher(ctx, ss, p, lastSeq, epoch)
 	}()
 
 	shipped := false
@@ -226,7 +228,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			break
 		}
 		if e := s.st.Epoch(); e != epoch {
-			loopErr = fmt.Errorf("reconnected to NATS: checking the stream's tail")
+			loopErr = errReconnected
 			s.met.error("reconnect")
 			break
 		}
@@ -407,7 +409,7 @@ func (s *Shipper) compressor(comp *wire.Compressor, work <-chan *job) {
 
 // publisher publishes jobs in order until order is closed. After an error or
 // a stop it only recycles the buffers of what is left.
-func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastSeq uint64) {
+func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastSeq, epoch uint64) {
 	fenced := true
 	for j := range p.order {
 		<-j.ready
@@ -415,7 +417,14 @@ func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastS
 		err := j.err
 		if err == nil && ctx.Err() == nil {
 			if e, _, _ := ss.state(); e == nil {
-				err = s.publish(ctx, j, p.pending, ss, &fenced, lastSeq)
+				if s.st.Epoch() != epoch {
+					// Messages lost with the old connection must not be
+					// followed by these: the next session starts from the
+					// stream's tail.
+					err = errReconnected
+				} else {
+					err = s.publish(ctx, j, p.pending, ss, &fenced, lastSeq)
+				}
 			}
 		}
 		p.free <- j.raw[:0]

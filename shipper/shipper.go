@@ -25,9 +25,9 @@
 //   - The legacy never waits: the Shipper only reads the files. While NATS
 //     is down the files are the buffer; the backlog is a metric; the
 //     Shipper reconnects, catches up, and loses or doubles nothing.
-//   - Bounded memory: reads go into one reused buffer, at most
-//     WithMaxInFlight bytes of messages wait for acks, and one zstd encoder
-//     serves every message.
+//   - Bounded memory: reads go into one reused buffer, messages are cut
+//     into a few pooled buffers, at most WithMaxInFlight bytes of messages
+//     wait for acks, and each compression worker reuses one zstd encoder.
 //
 // Publishing. A session runs a pipeline: the Run goroutine reads and
 // verifies frames (tail.Follower) and cuts them into messages, copied into a
