@@ -144,6 +144,7 @@ func (m *phaseMeter) measure(ctx context.Context, progress func(string, ...any),
 
 // add accumulates q (a slice of the same phase) into p.
 func (p *Phase) add(q Phase) {
+	p.SliceTxPerSec = append(p.SliceTxPerSec, q.TxPerSec)
 	p.Seconds += q.Seconds
 	p.Txs += q.Txs
 	p.Changes += q.Changes

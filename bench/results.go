@@ -1,6 +1,9 @@
 package bench
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Results is what a bench run measured: the machine, the configuration and
 // one ModeResult per mode, in the order they ran.
@@ -57,6 +60,9 @@ type Phase struct {
 	Changes       int64   `json:"changes"`
 	TxPerSec      float64 `json:"tx_per_sec"`
 	ChangesPerSec float64 `json:"changes_per_sec"`
+	// SliceTxPerSec holds each round's tx/s when the phase ran in rounds:
+	// their spread says how noisy the host was.
+	SliceTxPerSec []float64 `json:"slice_tx_per_sec,omitempty"`
 	// Bytes written on the legacy host: WAL (pg_current_wal_lsn diff),
 	// data pages (tables and indexes) written by the CHECKPOINT that ends
 	// the phase plus those the background writer and backends wrote,
@@ -130,6 +136,27 @@ type ModeResult struct {
 	ApplyChangesPerSec float64 `json:"apply_max_changes_per_sec"`
 	WireBytesPerChange float64 `json:"wire_bytes_per_change"`
 	Error              string  `json:"error,omitempty"`
+}
+
+// Spread returns the relative standard deviation of the rounds' tx/s, in
+// percent (0 with fewer than two rounds).
+func (p *Phase) Spread() float64 {
+	n := float64(len(p.SliceTxPerSec))
+	if n < 2 {
+		return 0
+	}
+	var sum, sq float64
+	for _, v := range p.SliceTxPerSec {
+		sum += v
+	}
+	mean := sum / n
+	if mean == 0 {
+		return 0
+	}
+	for _, v := range p.SliceTxPerSec {
+		sq += (v - mean) * (v - mean)
+	}
+	return 100 * math.Sqrt(sq/(n-1)) / mean
 }
 
 func per(n float64, changes int64) float64 {

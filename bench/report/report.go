@@ -71,7 +71,7 @@ func pct(f float64) string { return fmt.Sprintf("%+.1f %%", -f) }
 
 // Table writes the comparison table, one row per mode.
 func Table(w io.Writer, res *bench.Results) {
-	fmt.Fprintln(w, "| mode | legacy tx/s (changes/s) | vs none | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k (drain; live) | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
+	fmt.Fprintln(w, "| mode | legacy tx/s ± spread of rounds (changes/s) | vs none | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k (drain; live) | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, m := range res.Modes {
 		if m.Error != "" {
@@ -79,7 +79,7 @@ func Table(w io.Writer, res *bench.Results) {
 			continue
 		}
 		row := []string{m.Mode,
-			fmt.Sprintf("%s (%s)", num(m.Load.TxPerSec), num(m.Load.ChangesPerSec)),
+			fmt.Sprintf("%s ± %.0f %% (%s)", num(m.Load.TxPerSec), m.Load.Spread(), num(m.Load.ChangesPerSec)),
 			"—", "—", "—",
 			fmt.Sprintf("%s (%s + %s + %s%s)", num(m.BytesPerChange), num(m.WALPerChange), num(m.DataPerChange), num(m.FilePerChange), shipBytes(m)),
 			fmt.Sprintf("%s (%s + %s)", num(m.LegacyCPUPer1k), num(m.LegacyDBCPUPer1k), num(m.LegacyAppCPUPer1k)),
