@@ -39,7 +39,7 @@ type Config struct {
 	// MaxBatchBytes commits a store batch once it holds this much (default
 	// 16 MiB); a batch is also committed whenever no message is waiting.
 	MaxBatchBytes int
-	// PullMaxBytes bounds the bytes the client buffers (default 32 MiB).
+	// PullMaxBytes bounds the bytes the client buffers (default 16 MiB).
 	PullMaxBytes int
 	// CheckInterval is how often the stream is checked for sequences going
 	// backwards (default 2 s).
@@ -76,7 +76,7 @@ func New(js jetstream.JetStream, st *store.Store, ap *Applier, cfg Config) (*Con
 		cfg.MaxBatchBytes = 16 << 20
 	}
 	if cfg.PullMaxBytes <= 0 {
-		cfg.PullMaxBytes = 32 << 20
+		cfg.PullMaxBytes = 16 << 20
 	}
 	if cfg.CheckInterval <= 0 {
 		cfg.CheckInterval = 2 * time.Second

@@ -54,7 +54,8 @@ func WithCacheSize(n int64) Option {
 	}
 }
 
-// WithMemTableSize sets Pebble's memtable size in bytes (default 64 MiB).
+// WithMemTableSize sets Pebble's memtable size in bytes (default 32 MiB; at
+// most 4 are in memory while flushes catch up).
 func WithMemTableSize(n uint64) Option {
 	return func(o *options) error {
 		if n < 1<<20 || n > 4<<30 {
@@ -113,7 +114,7 @@ type Store struct {
 
 // Open opens (creating if needed) the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{cacheSize: 64 << 20, memTableSize: 64 << 20, log: slog.New(slog.DiscardHandler)}
+	o := options{cacheSize: 64 << 20, memTableSize: 32 << 20, log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
