@@ -153,3 +153,14 @@ func TestDerive(t *testing.T) {
 		}
 	}
 }
+
+func TestPairedSD(t *testing.T) {
+	// Overheads of 10, 20 and 30 %: sd 10 points.
+	got := pairedSD([]float64{90, 160, 70}, []float64{100, 200, 100})
+	if got < 9.999 || got > 10.001 {
+		t.Errorf("pairedSD = %v, want 10", got)
+	}
+	if pairedSD([]float64{1}, []float64{1}) != 0 || pairedSD([]float64{1, 2}, []float64{1}) != 0 {
+		t.Error("pairedSD of too few or mismatched rounds is not 0")
+	}
+}

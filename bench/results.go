@@ -114,7 +114,11 @@ type ModeResult struct {
 	Compression  float64 `json:"compression_ratio"`
 
 	// Derived figures (see Derive).
-	OverheadPct           float64 `json:"overhead_pct"`
+	OverheadPct float64 `json:"overhead_pct"`
+	// OverheadRoundsSD is the standard deviation, in percentage points,
+	// of the overhead computed round by round (each round's tx/s against
+	// none's in the same round).
+	OverheadRoundsSD      float64 `json:"overhead_rounds_sd"`
 	ConcurrentOverheadPct float64 `json:"concurrent_overhead_pct"`
 	BytesPerChange        float64 `json:"legacy_bytes_per_change"`
 	WALPerChange          float64 `json:"wal_bytes_per_change"`
@@ -159,6 +163,32 @@ func (p *Phase) Spread() float64 {
 	return 100 * math.Sqrt(sq/(n-1)) / mean
 }
 
+// pairedSD returns the standard deviation of the round-by-round overheads
+// 100*(1 - a[i]/b[i]), in percentage points.
+func pairedSD(a, b []float64) float64 {
+	if len(a) != len(b) || len(a) < 2 {
+		return 0
+	}
+	var d []float64
+	for i := range a {
+		if b[i] > 0 {
+			d = append(d, 100*(1-a[i]/b[i]))
+		}
+	}
+	if len(d) < 2 {
+		return 0
+	}
+	var sum, sq float64
+	for _, v := range d {
+		sum += v
+	}
+	mean := sum / float64(len(d))
+	for _, v := range d {
+		sq += (v - mean) * (v - mean)
+	}
+	return math.Sqrt(sq / float64(len(d)-1))
+}
+
 func per(n float64, changes int64) float64 {
 	if changes <= 0 {
 		return 0
@@ -179,6 +209,7 @@ func derive(modes []ModeResult) {
 		l := m.Load
 		if base != nil && base.Load.TxPerSec > 0 {
 			m.OverheadPct = 100 * (1 - l.TxPerSec/base.Load.TxPerSec)
+			m.OverheadRoundsSD = pairedSD(l.SliceTxPerSec, base.Load.SliceTxPerSec)
 			if m.Concurrent != nil {
 				m.ConcurrentOverheadPct = 100 * (1 - m.Concurrent.TxPerSec/base.Load.TxPerSec)
 			}

@@ -71,7 +71,7 @@ func pct(f float64) string { return fmt.Sprintf("%+.1f %%", -f) }
 
 // Table writes the comparison table, one row per mode.
 func Table(w io.Writer, res *bench.Results) {
-	fmt.Fprintln(w, "| mode | legacy tx/s ± spread of rounds (changes/s) | vs none | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k (drain; live) | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
+	fmt.Fprintln(w, "| mode | legacy tx/s ± spread of rounds (changes/s) | vs none (sd of rounds) | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k (drain; live) | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, m := range res.Modes {
 		if m.Error != "" {
@@ -87,6 +87,9 @@ func Table(w io.Writer, res *bench.Results) {
 		baseline := mode(res, bench.ModeNone) != nil
 		if m.Mode != string(bench.ModeNone) && baseline {
 			row[2] = pct(m.OverheadPct)
+			if m.OverheadRoundsSD > 0 {
+				row[2] += fmt.Sprintf(" (sd %.0f)", m.OverheadRoundsSD)
+			}
 		}
 		if m.Concurrent != nil {
 			row[3] = num(m.Concurrent.TxPerSec)
