@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"runtime"
 	"strconv"
@@ -338,11 +339,7 @@ func startServer(ctx context.Context, cfg Config) (*pgServer, error) {
 		return nil, fmt.Errorf("bench: --pg %s: %w", redact(cfg.PGURL), err)
 	}
 	s := &pgServer{admin: cfg.PGURL, port: int(pcfg.Port), binDir: cfg.PGBinDir}
-	s.urlFor = func(db string) string {
-		c := pcfg.Copy()
-		c.Database = db
-		return c.ConnString()
-	}
+	s.urlFor = func(db string) string { return withDatabase(cfg.PGURL, db) }
 	conn, err := pgx.Connect(ctx, cfg.PGURL)
 	if err != nil {
 		return nil, fmt.Errorf("bench: connecting to --pg %s: %w", redact(cfg.PGURL), err)
@@ -366,6 +363,16 @@ func startServer(ctx context.Context, cfg Config) (*pgServer, error) {
 		}
 	}
 	return s, nil
+}
+
+// withDatabase returns the connection string conn with its database set to
+// db, for URLs (postgres://…/db) and key=value strings alike.
+func withDatabase(conn, db string) string {
+	if u, err := url.Parse(conn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		u.Path = "/" + db
+		return u.String()
+	}
+	return conn + " dbname=" + db
 }
 
 // redact hides a URL's password.

@@ -164,3 +164,15 @@ func TestPairedSD(t *testing.T) {
 		t.Error("pairedSD of too few or mismatched rounds is not 0")
 	}
 }
+
+func TestWithDatabase(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"postgres://u:p@h:5432/postgres?sslmode=disable", "postgres://u:p@h:5432/x?sslmode=disable"},
+		{"postgresql://h", "postgresql://h/x"},
+		{"host=h user=u dbname=postgres", "host=h user=u dbname=postgres dbname=x"},
+	} {
+		if got := withDatabase(tc.in, "x"); got != tc.want {
+			t.Errorf("withDatabase(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
