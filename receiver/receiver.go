@@ -123,7 +123,7 @@ func (r *Receiver) build() error {
 			return err
 		}
 	}
-	r.h, err = api.New(api.Config{Store: r.st, Status: r.Status, Token: r.o.token, Logger: r.log,
+	r.h, err = api.New(api.Config{Store: r.st, Status: r.Status, Token: r.o.token, Logger: r.log, Registerer: r.reg,
 		Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{})})
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/wiretest"
+	"github.com/prometheus/common/expfmt"
 )
 
 // procStatusKiB reads a VmRSS-like field of /proc/<pid>/status in KiB.
@@ -134,8 +135,13 @@ func BenchmarkReceiveProcess(b *testing.B) {
 				f.Close()
 			}
 		}()
+		before := serverGETHistogram(b, base)
 		p50, p99, rate, errs := loadGET(base, 10000, 5*time.Second, keys)
 		<-profDone
+		after := serverGETHistogram(b, base)
+		sp50, sp99 := histQuantile(before, after, 0.5), histQuantile(before, after, 0.99)
+		b.ReportMetric(sp50, "srv-p50-us")
+		b.ReportMetric(sp99, "srv-p99-us")
 		b.ReportMetric(p50, "get-p50-us")
 		b.ReportMetric(p99, "get-p99-us")
 		b.ReportMetric(rate, "get-req/s")
@@ -207,4 +213,68 @@ func loadGET(base string, rate int, d time.Duration, keys int) (p50, p99, achiev
 	}
 	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) }
 	return pct(0.50), pct(0.99), float64(len(lat)) / elapsed.Seconds(), errs
+}
+
+// serverGETHistogram reads the receiver's request duration histogram of the
+// row GET route: cumulative counts by upper bound (seconds).
+func serverGETHistogram(b *testing.B, base string) map[float64]uint64 {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p expfmt.TextParser
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[float64]uint64{}
+	fam := fams["ferry_receiver_http_request_seconds"]
+	if fam == nil {
+		return out
+	}
+	for _, m := range fam.Metric {
+		for _, l := range m.Label {
+			if l.GetName() == "route" && strings.Contains(l.GetValue(), "{key...}") {
+				for _, bk := range m.Histogram.Bucket {
+					out[bk.GetUpperBound()] = bk.GetCumulativeCount()
+				}
+			}
+		}
+	}
+	return out
+}
+
+// histQuantile estimates quantile q (µs) of the requests counted between two
+// histogram snapshots, by linear interpolation inside the bucket.
+func histQuantile(before, after map[float64]uint64, q float64) float64 {
+	var bounds []float64
+	for ub := range after {
+		bounds = append(bounds, ub)
+	}
+	slices.Sort(bounds)
+	if len(bounds) == 0 {
+		return -1
+	}
+	total := after[bounds[len(bounds)-1]] - before[bounds[len(bounds)-1]]
+	if total == 0 {
+		return -1
+	}
+	target := q * float64(total)
+	prevUB, prevCount := 0.0, 0.0
+	for _, ub := range bounds {
+		c := float64(after[ub] - before[ub])
+		if c >= target {
+			frac := 0.0
+			if c > prevCount {
+				frac = (target - prevCount) / (c - prevCount)
+			}
+			if ub > 1e9 { // +Inf
+				return prevUB * 1e6
+			}
+			return (prevUB + frac*(ub-prevUB)) * 1e6
+		}
+		prevUB, prevCount = ub, c
+	}
+	return prevUB * 1e6
 }

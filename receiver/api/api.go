@@ -19,6 +19,7 @@ import (
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Store is what the API reads.
@@ -52,6 +53,8 @@ type Config struct {
 	Logger *slog.Logger
 	// KeepAlive is the SSE comment interval (default 15 s).
 	KeepAlive time.Duration
+	// Registerer receives the request duration histogram (nil: none).
+	Registerer prometheus.Registerer
 }
 
 // Handler is the receiver's HTTP API.
@@ -59,6 +62,7 @@ type Handler struct {
 	cfg Config
 	mux *http.ServeMux
 	log *slog.Logger
+	dur *prometheus.HistogramVec
 }
 
 // New returns the API handler.
@@ -72,14 +76,22 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = DefaultSSEKeepAive
 	}
-	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger}
-	h.mux.HandleFunc("GET /v1/tables/{table}/rows/{key...}", h.auth(h.getRow))
-	h.mux.HandleFunc("GET /v1/tables/{table}/rows", h.auth(h.scanRows))
-	h.mux.HandleFunc("GET /v1/changes", h.auth(h.changes))
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger,
+		dur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ferry_receiver_http_request_seconds",
+			Help:    "Time to serve an API request (SSE streams excluded), by route.",
+			Buckets: prometheus.ExponentialBuckets(25e-6, 1.5, 24)}, []string{"route"})}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(h.dur); err != nil {
+			return nil, fmt.Errorf("api: registering metrics: %w", err)
+		}
+	}
+	h.route("GET /v1/tables/{table}/rows/{key...}", h.auth(h.getRow))
+	h.route("GET /v1/tables/{table}/rows", h.auth(h.scanRows))
+	h.route("GET /v1/changes", h.auth(h.changes))
 	h.mux.HandleFunc("GET /v1/changes/stream", h.auth(h.stream))
-	h.mux.HandleFunc("GET /v1/status", h.auth(h.status))
-	h.mux.HandleFunc("GET /healthz", h.healthz)
-	h.mux.HandleFunc("GET /readyz", h.readyz)
+	h.route("GET /v1/status", h.auth(h.status))
+	h.route("GET /healthz", h.healthz)
+	h.route("GET /readyz", h.readyz)
 	if cfg.Metrics != nil {
 		h.mux.Handle("GET /metrics", h.auth(cfg.Metrics.ServeHTTP))
 	}
@@ -87,6 +99,16 @@ func New(cfg Config) (*Handler, error) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s; see GET /v1/status, /v1/tables/{table}/rows/{key}, /v1/changes", r.Method, r.URL.Path))
 	})
 	return h, nil
+}
+
+// route registers f for pattern, timing it.
+func (h *Handler) route(pattern string, f http.HandlerFunc) {
+	obs := h.dur.WithLabelValues(pattern)
+	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		f(w, r)
+		obs.Observe(time.Since(start).Seconds())
+	})
 }
 
 // Handle registers an extra endpoint (such as a checkpoint action) behind
