@@ -242,6 +242,12 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	res.Machine.LoadAvgStart = load0
 	res.Settings = settings(cfg)
 	base := "ferry_bench_base"
+	// Leftovers of an interrupted run on a --pg server: its slot (which
+	// would keep WAL forever and block dropping its database), then its
+	// databases.
+	if _, err := admin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slotName); err != nil {
+		return nil, fmt.Errorf("bench: dropping the old replication slot %s: %w", slotName, err)
+	}
 	for _, db := range append([]string{base}, modeDBs(cfg.Modes)...) {
 		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
 			return nil, fmt.Errorf("bench: dropping old database %s: %w", db, err)
