@@ -1,0 +1,145 @@
+package api_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/receiver/api"
+	"github.com/ferrysync/ferry/receiver/store"
+)
+
+func newServer(t *testing.T, changes []format.Change) (*httptest.Server, *store.Store) {
+	t.Helper()
+	st, err := store.Open("db", store.WithFS(vfs.NewMem()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	b := st.NewBatch()
+	defer b.Close()
+	off := int64(40)
+	for i := range changes {
+		tx := &format.Tx{CommitTime: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC).UnixNano(), ID: "T1", Origin: "svc",
+			Changes: changes[i : i+1]}
+		frame, err := format.AppendTx(nil, tx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ApplyTx("src", 1, off, off+int64(len(frame)), 1, tx, frame); err != nil {
+			t.Fatal(err)
+		}
+		off += int64(len(frame))
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	h, err := api.New(api.Config{Store: st, Status: func() api.Status { return api.Status{Ready: false, NotReadyReason: "testing"} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv, st
+}
+
+func get(t *testing.T, url string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Fatalf("GET %s: not JSON: %q", url, body)
+	}
+	return resp.StatusCode, m
+}
+
+func TestRowRendering(t *testing.T) {
+	srv, _ := newServer(t, []format.Change{
+		{Table: "t", Op: format.OpInsert, Key: []byte("json"), After: []byte(`{"a":[1,2]}`)},
+		{Table: "t", Op: format.OpInsert, Key: []byte("badjson"), After: []byte(`{"a":`)},
+		{Table: "t", Op: format.OpInsert, Key: []byte("text"), After: []byte("héllo"), Content: format.ContentText},
+		{Table: "t", Op: format.OpUpdate, Key: []byte{0xff, 0xfe}, After: []byte(`1`), Before: []byte(`0`)},
+	})
+	tests := []struct {
+		path, encoding, value, contentType string
+	}{
+		{"/v1/tables/t/rows/json", "json", `{"a":[1,2]}`, "application/json"},
+		{"/v1/tables/t/rows/badjson", "base64", `"eyJhIjo="`, "application/json"},
+		{"/v1/tables/t/rows/text", "base64", `"aMOpbGxv"`, "text/plain; charset=utf-8"},
+		{"/v1/tables/t/rows/%FF%FE", "json", `1`, "application/json"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.path, func(t *testing.T) {
+			resp, err := http.Get(srv.URL + tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var row api.RowJSON
+			if err := json.NewDecoder(resp.Body).Decode(&row); err != nil || resp.StatusCode != 200 {
+				t.Fatalf("%s: %v", resp.Status, err)
+			}
+			if row.Encoding != tc.encoding || string(row.Value) != tc.value || row.ContentType != tc.contentType {
+				t.Fatalf("got encoding %s value %s type %s", row.Encoding, row.Value, row.ContentType)
+			}
+			if row.CommitTime.Format(time.RFC3339Nano) != "2026-01-02T03:04:05.000000006Z" || row.Version.Source != "src" {
+				t.Fatalf("row %+v", row)
+			}
+		})
+	}
+	_, m := get(t, srv.URL+"/v1/tables/t/rows?prefix=%FF")
+	rows := m["rows"].([]any)
+	if len(rows) != 1 || rows[0].(map[string]any)["key_base64"] != "//4=" {
+		t.Fatalf("binary key scan: %v", m)
+	}
+	_, m = get(t, srv.URL+"/v1/changes?after=3")
+	c := m["changes"].([]any)[0].(map[string]any)
+	if c["tx_id"] != "T1" || c["origin"] != "svc" || c["before"] != 0.0 || c["after"] != 1.0 || c["op"] != "update" {
+		t.Fatalf("change %v", c)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	srv, st := newServer(t, []format.Change{
+		{Table: "t", Op: format.OpInsert, Key: []byte("a"), After: []byte(`1`)},
+		{Table: "t", Op: format.OpInsert, Key: []byte("b"), After: []byte(`2`)},
+	})
+	tests := []struct {
+		path   string
+		status int
+		code   string
+	}{
+		{"/v1/tables/t/rows/zzz", 404, "not_found"},
+		{"/v1/tables/t/rows?limit=0", 400, "bad_request"},
+		{"/v1/tables/t/rows?limit=1001", 400, "bad_request"},
+		{"/v1/changes?limit=10001", 400, "bad_request"},
+		{"/v1/changes?after=-1", 400, "bad_request"},
+		{"/v1/changes/stream?after=abc", 400, "bad_request"},
+		{"/readyz", 503, "not_ready"},
+		{"/v2/anything", 404, "not_found"},
+	}
+	for _, tc := range tests {
+		status, m := get(t, srv.URL+tc.path)
+		if status != tc.status || m["code"] != tc.code || m["error"] == "" {
+			t.Errorf("%s: %d %v, want %d %s", tc.path, status, m, tc.status, tc.code)
+		}
+	}
+	// A cursor older than the log answers 410, for pages and for SSE.
+	st.Trim(0, time.Nanosecond, ^uint64(0))
+	if status, m := get(t, srv.URL+"/v1/changes?after=0"); status != 410 || m["code"] != "trimmed" {
+		t.Errorf("trimmed page: %d %v", status, m)
+	}
+	if status, m := get(t, srv.URL+"/v1/changes/stream?after=0"); status != 410 || m["code"] != "trimmed" {
+		t.Errorf("trimmed stream: %d %v", status, m)
+	}
+}
