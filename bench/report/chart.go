@@ -16,6 +16,9 @@ type barChart struct {
 	groups      []string
 	series      []string
 	values      [][]float64 // [group][series]; NaN: no bar
+	// log draws the axis in powers of ten (for latencies that span
+	// decades).
+	log bool
 }
 
 var palette = []string{"#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"}
@@ -36,37 +39,74 @@ func niceMax(v float64) float64 {
 
 func (c *barChart) svg(w io.Writer) error {
 	const (
-		width, height     = 860, 420
+		width, height0    = 860, 420
 		left, right       = 90, 20
 		top, bottom       = 50, 80
-		plotW, plotH      = width - left - right, height - top - bottom
+		plotW, plotH      = width - left - right, height0 - top - bottom
 		groupGap, barGaps = 0.25, 0.05
 	)
-	max := 0.0
+	max, min := 0.0, math.Inf(1)
 	for _, g := range c.values {
 		for _, v := range g {
 			if !math.IsNaN(v) && v > max {
 				max = v
 			}
+			if !math.IsNaN(v) && v > 0 && v < min {
+				min = v
+			}
 		}
 	}
-	max = niceMax(max)
+	// height maps a value to a bar height in pixels.
+	var height func(v float64) float64
+	var ticks []float64
+	if c.log {
+		lo := math.Pow(10, math.Floor(math.Log10(math.Min(min, max))))
+		hi := math.Pow(10, math.Ceil(math.Log10(max)))
+		if math.IsInf(min, 1) || lo <= 0 {
+			lo, hi = 0.1, 1
+		}
+		if hi <= lo {
+			hi = lo * 10
+		}
+		span := math.Log10(hi) - math.Log10(lo)
+		height = func(v float64) float64 {
+			if v <= lo {
+				return 1
+			}
+			return float64(plotH) * (math.Log10(v) - math.Log10(lo)) / span
+		}
+		for t := lo; t <= hi*1.0001; t *= 10 {
+			ticks = append(ticks, t)
+		}
+	} else {
+		max = niceMax(max)
+		height = func(v float64) float64 { return float64(plotH) * v / max }
+		for i := 0; i <= 5; i++ {
+			ticks = append(ticks, max*float64(i)/5)
+		}
+	}
 	var err error
 	p := func(format string, args ...any) {
 		if err == nil {
 			_, err = fmt.Fprintf(w, format, args...)
 		}
 	}
-	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
+	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height0, width, height0)
 	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	p(`<text x="%d" y="24" font-size="16" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(c.title))
-	for i := 0; i <= 5; i++ {
-		v := max * float64(i) / 5
-		y := float64(top+plotH) - float64(plotH)*float64(i)/5
+	for _, v := range ticks {
+		y := float64(top+plotH) - height(v)
+		if v == 0 {
+			y = float64(top + plotH)
+		}
 		p(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", left, y, left+plotW, y)
 		p(`<text x="%d" y="%.1f" text-anchor="end" dominant-baseline="middle">%s</text>`+"\n", left-6, y, num(v))
 	}
-	p(`<text transform="translate(16 %d) rotate(-90)" text-anchor="middle">%s</text>`+"\n", top+plotH/2, html.EscapeString(c.unit))
+	unit := c.unit
+	if c.log {
+		unit += " (log scale)"
+	}
+	p(`<text transform="translate(16 %d) rotate(-90)" text-anchor="middle">%s</text>`+"\n", top+plotH/2, html.EscapeString(unit))
 	gw := float64(plotW) / float64(max1(len(c.groups)))
 	bw := gw * (1 - groupGap) / float64(max1(len(c.series)))
 	for gi, g := range c.groups {
@@ -76,7 +116,7 @@ func (c *barChart) svg(w io.Writer) error {
 			if math.IsNaN(v) {
 				continue
 			}
-			h := float64(plotH) * v / max
+			h := height(v)
 			x := x0 + bw*float64(si)
 			y := float64(top+plotH) - h
 			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %s %s</title></rect>`+"\n",
@@ -87,8 +127,8 @@ func (c *barChart) svg(w io.Writer) error {
 	}
 	for si, s := range c.series {
 		x := left + si*200
-		p(`<rect x="%d" y="%d" width="12" height="12" fill="%s"/>`+"\n", x, height-30, palette[si%len(palette)])
-		p(`<text x="%d" y="%d">%s</text>`+"\n", x+16, height-20, html.EscapeString(s))
+		p(`<rect x="%d" y="%d" width="12" height="12" fill="%s"/>`+"\n", x, height0-30, palette[si%len(palette)])
+		p(`<text x="%d" y="%d">%s</text>`+"\n", x+16, height0-20, html.EscapeString(s))
 	}
 	p("</svg>\n")
 	return err
@@ -126,7 +166,7 @@ func ThroughputSVG(w io.Writer, res *bench.Results) error {
 // LatencySVG charts, per mode, the commit-to-visible percentiles.
 func LatencySVG(w io.Writer, res *bench.Results) error {
 	c := &barChart{title: fmt.Sprintf("Latency, commit to visible, at %s changes/s (%s profile)", num(res.Settings.LatencyRate), res.Profile),
-		unit: "milliseconds", series: []string{"p50", "p95", "p99"}}
+		unit: "milliseconds", series: []string{"p50", "p95", "p99"}, log: true}
 	add := func(name string, l *bench.Latency) {
 		if l == nil || l.Samples == 0 {
 			return
