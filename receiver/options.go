@@ -32,6 +32,7 @@ type options struct {
 	listen        string
 	checkpointDir string
 	maxBatchBytes int
+	midChain      bool
 }
 
 // Option configures a Receiver. Options validate their arguments.
@@ -217,4 +218,11 @@ func WithMaxBatchBytes(n int) Option {
 		o.maxBatchBytes = n
 		return nil
 	}
+}
+
+// WithStartMidChain lets a source with nothing applied yet start at its first
+// message in the stream even if the stream no longer holds the beginning of
+// the source's chain (retention). Off by default: that is a gap.
+func WithStartMidChain(on bool) Option {
+	return func(o *options) error { o.midChain = on; return nil }
 }

@@ -45,6 +45,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	webhookURL := fs.String("webhook", "", "push the change log to this URL (POST, JSON batches, retried until 2xx)")
 	webhookTokenFile := fs.String("webhook-token-file", "", "file holding a bearer token sent to the webhook")
 	rebuild := fs.Bool("rebuild", false, "discard the store and rebuild it from the start of the stream")
+	midChain := fs.Bool("start-mid-chain", false, "let a source with nothing applied start wherever the stream's first message of it is (the stream's retention dropped the beginning); default: that is a gap")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token the API requires (or FERRY_API_TOKEN)")
 	keepChanges := fs.Uint64("keep-changes", 1_000_000, "keep at most this many changes in the change log (0: no count bound)")
 	keepAge := fs.Duration("keep-age", 24*time.Hour, "drop changes older than this from the change log (0: no age bound)")
@@ -104,6 +105,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		receiver.WithSubjectPrefix(*prefix),
 		receiver.WithReadyLag(*readyLag),
 		receiver.WithRebuild(*rebuild),
+		receiver.WithStartMidChain(*midChain),
 		receiver.WithToken(token),
 		receiver.WithChangeLogRetention(*keepChanges, *keepAge),
 		receiver.WithCacheSize(*cacheMB << 20),

@@ -50,7 +50,18 @@ type Applier struct {
 
 	mu      sync.Mutex // guards sources for Status
 	sources map[string]*sourceState
+
+	// midChain lets a source with nothing applied start at whatever its
+	// first message in the stream is (SetStartMidChain).
+	midChain bool
 }
+
+// SetStartMidChain lets a source with nothing applied start at its first
+// message in the stream even when that message does not start the source's
+// chain (Prev-End 0): for a stream whose retention dropped the beginning,
+// when the receiver is meant to hold only what the stream still has. Off by
+// default: such a start is a gap.
+func (a *Applier) SetStartMidChain(on bool) { a.midChain = on }
 
 type counts struct{ changes, txs, bytes, skipped int }
 
@@ -201,6 +212,10 @@ func (a *Applier) checkContinues(b *wire.Batch, pos store.SourcePosition) error 
 			return fmt.Errorf("%w: message starts at offset %d, source applied up to %d", ErrGap, b.From, pos.Offset)
 		}
 	case pos.Segment == 0:
+		if a.midChain && b.PrevEnd != 0 {
+			a.log.Warn("starting a source in the middle of its chain (--start-mid-chain)", "source", b.Source, "segment", b.Segment, "offset", b.From)
+			return nil
+		}
 		if b.PrevEnd != 0 {
 			return fmt.Errorf("%w: nothing applied yet for the source and its first message in the stream (segment %d offset %d) does not start its chain (Prev-End %d, want 0): the stream no longer holds the beginning", ErrGap, b.Segment, b.From, b.PrevEnd)
 		}

@@ -357,6 +357,24 @@ func TestGaps(t *testing.T) {
 	}
 }
 
+func TestStartMidChain(t *testing.T) {
+	txs := genTxs(40, 1, "m")
+	msgs := writeMsgs(t, "m", txs, 0, 512)
+	h := newHarness(t)
+	h.ap.SetStartMidChain(true)
+	h.handle(msgs[3:]...)
+	if e := h.sourceErr("m"); e != nil {
+		t.Fatalf("source stopped: %v", e)
+	}
+	if p := h.st.Position("m"); p.Offset != msgs[len(msgs)-1].Batch.To {
+		t.Fatalf("position %+v", p)
+	}
+	h.handle(msgs[5:7]...) // still skipped by position afterwards
+	if p := h.st.Position("m"); p.Changes != uint64(len(txs))-uint64(msgs[0].Batch.Changes+msgs[1].Batch.Changes+msgs[2].Batch.Changes) {
+		t.Fatalf("applied %d changes", p.Changes)
+	}
+}
+
 func TestBadHeadersStopTheSource(t *testing.T) {
 	h := newHarness(t)
 	msgs := writeMsgs(t, "h", genTxs(5, 1, "h"), 0, 1<<20)
