@@ -69,22 +69,24 @@ func group(s string) string {
 
 func pct(f float64) string { return fmt.Sprintf("%+.1f %%", -f) }
 
-// Table writes the comparison table, one row per mode.
+// Table writes the comparison tables, one row per mode: the cost on the
+// legacy, then the shipping.
 func Table(w io.Writer, res *bench.Results) {
-	fmt.Fprintln(w, "| mode | legacy tx/s ± spread of rounds (changes/s) | vs none (sd of rounds) | tx/s while shipping | vs none | legacy bytes/change (WAL + pages + files) | legacy CPU s/1k changes (db + app) | max shipping changes/s | shipper CPU s/1k (drain; live) | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | wire bytes/change | compression |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	baseline := mode(res, bench.ModeNone) != nil
+	fmt.Fprintln(w, "Cost on the legacy:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| mode | legacy tx/s ± spread of rounds (changes/s) | vs none (sd of rounds) | tx/s while shipping | vs none | legacy bytes/change: WAL + data pages + files (+ shipping) | legacy CPU s/1k changes: db + app |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
 	for _, m := range res.Modes {
 		if m.Error != "" {
-			fmt.Fprintf(w, "| %s | failed: %s |||||||||||\n", m.Mode, strings.ReplaceAll(m.Error, "|", "/"))
+			fmt.Fprintf(w, "| %s | failed: %s ||||||\n", m.Mode, strings.ReplaceAll(m.Error, "|", "/"))
 			continue
 		}
 		row := []string{m.Mode,
 			fmt.Sprintf("%s ± %.0f %% (%s)", num(m.Load.TxPerSec), m.Load.Spread(), num(m.Load.ChangesPerSec)),
 			"—", "—", "—",
-			fmt.Sprintf("%s (%s + %s + %s%s)", num(m.BytesPerChange), num(m.WALPerChange), num(m.DataPerChange), num(m.FilePerChange), shipBytes(m)),
-			fmt.Sprintf("%s (%s + %s)", num(m.LegacyCPUPer1k), num(m.LegacyDBCPUPer1k), num(m.LegacyAppCPUPer1k)),
-			"—", "—", "—", "—", "—", "—"}
-		baseline := mode(res, bench.ModeNone) != nil
+			fmt.Sprintf("%s = %s + %s + %s%s", num(m.BytesPerChange), num(m.WALPerChange), num(m.DataPerChange), num(m.FilePerChange), shipBytes(m)),
+			fmt.Sprintf("%s = %s + %s", num(m.LegacyCPUPer1k), num(m.LegacyDBCPUPer1k), num(m.LegacyAppCPUPer1k))}
 		if m.Mode != string(bench.ModeNone) && baseline {
 			row[2] = pct(m.OverheadPct)
 			if m.OverheadRoundsSD > 0 {
@@ -97,22 +99,36 @@ func Table(w io.Writer, res *bench.Results) {
 				row[4] = pct(m.ConcurrentOverheadPct)
 			}
 		}
-		if m.Drain != nil {
-			row[7] = num(m.ShipChangesPerSec)
-			row[8] = fmt.Sprintf("%s + db %s", num(m.ShipperCPUPer1k), num(m.ShipDBCPUPer1k))
-			if m.Concurrent != nil {
-				row[8] += "; " + num(m.LiveShipCPUPer1k)
-			}
+		fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Shipping:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| mode | max shipping changes/s (receiver apply) | shipper CPU s/1k: drain + db; live | commit→JetStream p50 / p95 / p99 ms | commit→receiver p50 / p95 / p99 ms | paced rate reached, changes/s | wire bytes/change | compression |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|")
+	for _, m := range res.Modes {
+		if m.Error != "" || m.Drain == nil {
+			continue
+		}
+		row := []string{m.Mode, num(m.ShipChangesPerSec), fmt.Sprintf("%s + %s", num(m.ShipperCPUPer1k), num(m.ShipDBCPUPer1k)), "—", "—", "—", "—", "—"}
+		if m.Apply != nil {
+			row[1] += fmt.Sprintf(" (%s)", num(m.ApplyChangesPerSec))
+		}
+		if m.Concurrent != nil {
+			row[2] += "; " + num(m.LiveShipCPUPer1k)
 		}
 		if m.LatencyJS != nil {
-			row[9] = lat(m.LatencyJS)
+			row[3] = lat(m.LatencyJS)
 		}
 		if m.LatencyReceiver != nil {
-			row[10] = lat(m.LatencyReceiver)
+			row[4] = lat(m.LatencyReceiver)
+		}
+		if m.Paced != nil {
+			row[5] = num(m.Paced.ChangesPerSec)
 		}
 		if m.WireBytes > 0 {
-			row[11] = num(m.WireBytesPerChange)
-			row[12] = fmt.Sprintf("%.2f", m.Compression)
+			row[6] = num(m.WireBytesPerChange)
+			row[7] = fmt.Sprintf("%.2f", m.Compression)
 		}
 		fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
 	}

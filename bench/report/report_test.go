@@ -61,7 +61,7 @@ func TestMarkdown(t *testing.T) {
 	var b bytes.Buffer
 	report.Markdown(&b, sample())
 	md := b.String()
-	for _, want := range []string{"# Ferry bench: test profile", "| none | 1,000 ± 0 % (4,000) |", "| cdc-log | failed: wal2json / missing |", "| file | 970", "## Goals", "**no**", "## Phases"} {
+	for _, want := range []string{"# Ferry bench: test profile", "| none | 1,000 ± 0 % (4,000) |", "| cdc-log | failed: wal2json / missing |", "| file | 970", "Shipping:", "| file | 500,000 |", "## Goals", "**no**", "## Phases"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}

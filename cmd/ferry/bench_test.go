@@ -45,7 +45,7 @@ func TestBenchQuick(t *testing.T) {
 		t.Fatalf("ferry bench --quick: %v\nstderr:\n%s", err, stderr.String())
 	}
 	table := stdout.String()
-	for _, want := range []string{"| mode |", "| none |", "| cdc-table |", "| cdc-log |", "| file |", "goal: "} {
+	for _, want := range []string{"| mode |", "| none |", "| cdc-table |", "| cdc-log |", "| file |", "Shipping:", "goal: "} {
 		if !strings.Contains(table, want) {
 			t.Errorf("output lacks %q:\n%s", want, table)
 		}
