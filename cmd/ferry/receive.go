@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -50,6 +51,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	keepChanges := fs.Uint64("keep-changes", 1_000_000, "keep at most this many changes in the change log (0: no count bound)")
 	keepAge := fs.Duration("keep-age", 24*time.Hour, "drop changes older than this from the change log (0: no age bound)")
 	cacheMB := fs.Int64("cache-mb", 64, "Pebble block cache, MiB")
+	memLimitMB := fs.Int64("memory-limit-mb", 0, "soft memory limit of the process, MiB (default 192 + --cache-mb; GOMEMLIMIT wins)")
 	syncCommits := fs.Bool("sync", false, "fsync every store commit (not needed for exactly-once: see the receiver/store docs)")
 	checkpointDir := fs.String("checkpoint-dir", "", "enable POST /v1/checkpoint, writing checkpoints under this directory")
 	checkpoint := fs.String("checkpoint", "", "write a checkpoint of the (stopped) store in --data to this directory and exit")
@@ -129,6 +131,16 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	}
 	if *checkpointDir != "" {
 		opts = append(opts, receiver.WithCheckpointDir(*checkpointDir))
+	}
+	// The Go heap grows to twice what is live by default; a soft limit keeps
+	// the sidecar's RSS near its working set (measured: ~230 MiB instead of
+	// ~370 MiB at the peak of a catch-up with the default cache).
+	if env.Getenv("GOMEMLIMIT") == "" {
+		limit := *memLimitMB
+		if limit <= 0 {
+			limit = 192 + *cacheMB
+		}
+		debug.SetMemoryLimit(limit << 20)
 	}
 	nc, err := nf.connect(log)
 	if err != nil {

@@ -88,16 +88,39 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		// FERRY_BENCH_PROFILE=FILE saves a CPU profile of the receiver
 		// taken during the GET load.
 		profFile := os.Getenv("FERRY_BENCH_PROFILE")
+		applyProf := os.Getenv("FERRY_BENCH_APPLY_PROFILE") // same, during the catch-up
 		pprofAddr := freeAddrB(b)
-		if profFile != "" {
+		if profFile != "" || applyProf != "" {
 			args = append(args, "--pprof", pprofAddr)
 		}
 		cmd := exec.Command(bin, args...)
+		cmd.Env = os.Environ() // GOMEMLIMIT, GOGC pass through
 		cmd.Stdout, cmd.Stderr = logf, logf
 		t0 := time.Now()
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
+		applyProfDone := make(chan struct{})
+		go func() {
+			defer close(applyProfDone)
+			if applyProf == "" {
+				return
+			}
+			for i := 0; i < 100; i++ {
+				resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/profile?seconds=2")
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				f, err := os.Create(applyProf)
+				if err == nil {
+					io.Copy(f, resp.Body)
+					f.Close()
+				}
+				resp.Body.Close()
+				return
+			}
+		}()
 		for {
 			st, err := receiverStatusOf(base)
 			if err == nil && len(st.Sources) == 1 && st.Sources[0].Changes == total {
@@ -110,6 +133,7 @@ func BenchmarkReceiveProcess(b *testing.B) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		applySecs := time.Since(t0).Seconds()
+		<-applyProfDone
 		b.ReportMetric(float64(total)/applySecs, "changes/s")
 		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmRSS"))/1024, "rss-MiB")
 		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmHWM"))/1024, "hwm-MiB")
