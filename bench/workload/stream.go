@@ -8,57 +8,58 @@ import (
 	"github.com/ferrysync/ferry/format"
 )
 
-// key identifies a row of a table (B is 0 for single-column keys).
+// key identifies a row of a table (b is 0 for single-column keys).
 type key struct{ a, b int64 }
 
-// tableState holds the live rows a stream owns in one table. Keys are kept
-// in insertion order: deletes take the oldest (purging old data), updates
-// pick any live row.
+// tableState holds the live rows a stream owns in one table, in insertion
+// order: deletes take the oldest (purging old data), updates pick any live
+// row. aux is a per-row counter (an order's next line number).
 type tableState struct {
 	t    *Table
-	rows map[key]Row
 	keys []key
+	rows []Row
+	aux  []int64
 	head int
 	next int64 // next id counter (ids are next*Streams + stream + 1)
 }
 
-func (ts *tableState) add(k key, r Row) {
-	ts.rows[k] = r
+func (ts *tableState) add(k key, r Row, aux int64) {
 	ts.keys = append(ts.keys, k)
+	ts.rows = append(ts.rows, r)
+	ts.aux = append(ts.aux, aux)
 }
 
 func (ts *tableState) live() int { return len(ts.keys) - ts.head }
 
-func (ts *tableState) pick(rng *rand.Rand) (key, Row) {
-	k := ts.keys[ts.head+rng.IntN(ts.live())]
-	return k, ts.rows[k]
-}
+// pick returns the index of a random live row.
+func (ts *tableState) pick(rng *rand.Rand) int { return ts.head + rng.IntN(ts.live()) }
 
-func (ts *tableState) popOldest() (key, Row) {
-	k := ts.keys[ts.head]
+func (ts *tableState) popOldest() Row {
+	r := ts.rows[ts.head]
+	ts.rows[ts.head] = nil
 	ts.head++
-	r := ts.rows[k]
-	delete(ts.rows, k)
 	if ts.head > 1024 && ts.head > len(ts.keys)/2 {
 		ts.keys = append(ts.keys[:0:0], ts.keys[ts.head:]...)
+		ts.rows = append(ts.rows[:0:0], ts.rows[ts.head:]...)
+		ts.aux = append(ts.aux[:0:0], ts.aux[ts.head:]...)
 		ts.head = 0
 	}
-	return k, r
+	return r
 }
 
 // Stream generates the transactions of one worker. See the package doc.
 type Stream struct {
-	cfg      Config
-	id       int
-	rng      *rand.Rand
-	seq      uint64
-	cust     tableState
-	ord      tableState
-	lines    tableState
-	stk      tableState
-	nextLine map[int64]int64 // order id -> next line number
-	pad      map[*Table]int  // payload length that makes a row RowSize bytes
-	initial  []TableRows
+	cfg     Config
+	id      int
+	rng     *rand.Rand
+	seq     uint64
+	cust    tableState
+	ord     tableState
+	lines   tableState
+	stk     tableState
+	pad     map[*Table]int // payload length that makes a row RowSize bytes
+	corpus  string         // words the payloads are cut from
+	initial []TableRows
 }
 
 // TableRows are rows of one table.
@@ -78,20 +79,19 @@ func NewStream(cfg Config, stream int) (*Stream, error) {
 		return nil, fmt.Errorf("workload: stream %d of %d", stream, cfg.Streams)
 	}
 	s := &Stream{
-		cfg:      cfg,
-		id:       stream,
-		rng:      newRand(cfg.Seed, stream),
-		nextLine: map[int64]int64{},
-		pad:      map[*Table]int{},
+		cfg: cfg,
+		id:  stream,
+		rng: newRand(cfg.Seed, stream),
+		pad: map[*Table]int{},
 	}
 	for _, p := range []struct {
 		ts *tableState
 		t  *Table
 	}{{&s.cust, customers}, {&s.ord, orders}, {&s.lines, orderLines}, {&s.stk, stock}} {
 		p.ts.t = p.t
-		p.ts.rows = map[key]Row{}
 	}
 	s.initPad()
+	s.initCorpus()
 	s.initial = s.populate()
 	return s, nil
 }
@@ -130,8 +130,9 @@ func (s *Stream) populate() []TableRows {
 	for i := s.share(s.cfg.Orders); i > 0; i-- {
 		o := s.insertOrder(0)
 		out[1].Rows = append(out[1].Rows, o)
+		idx := len(s.ord.keys) - 1
 		for j := 0; j < linesPerOrder; j++ {
-			out[2].Rows = append(out[2].Rows, s.insertLine(0, o[0].I))
+			out[2].Rows = append(out[2].Rows, s.insertLine(0, idx))
 		}
 	}
 	return out
@@ -170,8 +171,7 @@ func (s *Stream) insert(v int64) Change {
 	n := s.rng.IntN(100)
 	switch {
 	case n < 50 && s.ord.live() > 0:
-		_, o := s.ord.pick(s.rng)
-		return Change{Table: orderLines, Op: format.OpInsert, After: s.insertLine(v, o[0].I)}
+		return Change{Table: orderLines, Op: format.OpInsert, After: s.insertLine(v, s.ord.pick(s.rng))}
 	case n < 85:
 		return Change{Table: orders, Op: format.OpInsert, After: s.insertOrder(v)}
 	default:
@@ -185,29 +185,32 @@ func (s *Stream) update(v int64) Change {
 	n := s.rng.IntN(100)
 	switch {
 	case n < 50 && s.stk.live() > 0:
-		k, old := s.stk.pick(s.rng)
+		i := s.stk.pick(s.rng)
+		old := s.stk.rows[i]
 		r := old.clone()
 		r[1].I = max(0, r[1].I-int64(1+s.rng.IntN(5)))
 		if r[1].I == 0 {
 			r[1].I = 1000 // restocked
 		}
 		r[colVersionStock].I = v
-		s.stk.rows[k] = r
+		s.stk.rows[i] = r
 		return Change{Table: stock, Op: format.OpUpdate, Before: old, After: r, Set: []int{1, colVersionStock}}
 	case n < 85 && s.ord.live() > 0:
-		k, old := s.ord.pick(s.rng)
+		i := s.ord.pick(s.rng)
+		old := s.ord.rows[i]
 		r := old.clone()
 		r[2].S = statuses[s.rng.IntN(len(statuses))]
 		r[3].I += int64(s.rng.IntN(5000))
 		r[colVersionOrders].I = v
-		s.ord.rows[k] = r
+		s.ord.rows[i] = r
 		return Change{Table: orders, Op: format.OpUpdate, Before: old, After: r, Set: []int{2, 3, colVersionOrders}}
 	case s.cust.live() > 0:
-		k, old := s.cust.pick(s.rng)
+		i := s.cust.pick(s.rng)
+		old := s.cust.rows[i]
 		r := old.clone()
 		r[4].I += int64(s.rng.IntN(20000)) - 10000
 		r[colVersionCustomers].I = v
-		s.cust.rows[k] = r
+		s.cust.rows[i] = r
 		return Change{Table: customers, Op: format.OpUpdate, Before: old, After: r, Set: []int{4, colVersionCustomers}}
 	}
 	return s.insert(v)
@@ -227,11 +230,7 @@ func (s *Stream) delete(v int64) Change {
 	default:
 		return s.insert(v)
 	}
-	k, old := ts.popOldest()
-	if ts == &s.ord {
-		delete(s.nextLine, k.a)
-	}
-	return Change{Table: ts.t, Op: format.OpDelete, Before: old}
+	return Change{Table: ts.t, Op: format.OpDelete, Before: ts.popOldest()}
 }
 
 func (s *Stream) insertCustomer(v int64) Row {
@@ -240,7 +239,7 @@ func (s *Stream) insertCustomer(v int64) Row {
 	r := Row{{I: id}, {S: first + " " + last}, {S: first + "." + last + strconv.FormatInt(id, 10) + "@example.com"},
 		{S: cities[s.rng.IntN(len(cities))]}, {I: int64(s.rng.IntN(100000))}, {I: v}, {}}
 	r[6].S = s.payload(customers)
-	s.cust.add(key{a: id}, r)
+	s.cust.add(key{a: id}, r, 0)
 	return r
 }
 
@@ -248,23 +247,23 @@ func (s *Stream) insertOrder(v int64) Row {
 	id := s.newID(&s.ord)
 	cust := int64(s.id + 1)
 	if s.cust.live() > 0 {
-		_, c := s.cust.pick(s.rng)
-		cust = c[0].I
+		cust = s.cust.rows[s.cust.pick(s.rng)][0].I
 	}
 	r := Row{{I: id}, {I: cust}, {S: "new"}, {I: int64(s.rng.IntN(50000))}, {I: v}, {}}
 	r[5].S = s.payload(orders)
-	s.ord.add(key{a: id}, r)
-	s.nextLine[id] = 1
+	s.ord.add(key{a: id}, r, 1)
 	return r
 }
 
-func (s *Stream) insertLine(v, order int64) Row {
-	no := s.nextLine[order]
-	s.nextLine[order] = no + 1
+// insertLine adds a line to the order at index idx of the orders' state.
+func (s *Stream) insertLine(v int64, idx int) Row {
+	order := s.ord.keys[idx].a
+	no := s.ord.aux[idx]
+	s.ord.aux[idx] = no + 1
 	sku := int64(s.rng.IntN(max(1, s.share(s.cfg.Products))))*int64(s.cfg.Streams) + int64(s.id) + 1
 	r := Row{{I: order}, {I: no}, {I: sku}, {I: int64(1 + s.rng.IntN(5))}, {I: int64(100 + s.rng.IntN(9900))}, {I: v}, {}}
 	r[6].S = s.payload(orderLines)
-	s.lines.add(key{a: order, b: no}, r)
+	s.lines.add(key{a: order, b: no}, r, 0)
 	return r
 }
 
@@ -272,7 +271,7 @@ func (s *Stream) insertStock(v int64) Row {
 	sku := s.newID(&s.stk)
 	r := Row{{I: sku}, {I: int64(100 + s.rng.IntN(900))}, {I: v}, {}}
 	r[3].S = s.payload(stock)
-	s.stk.add(key{a: sku}, r)
+	s.stk.add(key{a: sku}, r, 0)
 	return r
 }
 
@@ -290,18 +289,31 @@ func (s *Stream) initPad() {
 	}
 }
 
-// payload returns text of the table's payload length made of words, so
-// that it compresses like real text rather than like random bytes.
+// initCorpus builds the text payloads are cut from: words in random
+// order, so that payloads compress like real text rather than like random
+// bytes.
+func (s *Stream) initCorpus() {
+	n := 0
+	for _, p := range s.pad {
+		n = max(n, p)
+	}
+	b := make([]byte, 0, 64<<10+n)
+	for len(b) < cap(b)-16 {
+		b = append(b, words[s.rng.IntN(len(words))]...)
+		b = append(b, ' ')
+	}
+	s.corpus = string(b)
+}
+
+// payload returns the table's payload length of text from a random place
+// of the corpus.
 func (s *Stream) payload(t *Table) string {
 	n := s.pad[t]
-	b := make([]byte, 0, n+16)
-	for len(b) < n {
-		if len(b) > 0 {
-			b = append(b, ' ')
-		}
-		b = append(b, words[s.rng.IntN(len(words))]...)
+	if n == 0 {
+		return ""
 	}
-	return string(b[:n])
+	off := s.rng.IntN(len(s.corpus) - n)
+	return s.corpus[off : off+n]
 }
 
 var (

@@ -234,23 +234,45 @@ func whereKey(t *Table, n int) string {
 // AppendFormat fills dst with tx as a change-file transaction committed at
 // commitTime (Unix ns): one change per row change, keyed by the row's key
 // ("42", "1207/3" for order lines), JSON images of whole rows. Before images
-// are included only if withBefore. dst's slices are reused.
+// are included only if withBefore. dst.Changes is reused; the keys and
+// images share one new buffer, so dst stays valid after the next call.
 func (tx *Tx) AppendFormat(dst *format.Tx, commitTime int64, withBefore bool) {
 	dst.CommitTime = commitTime
 	dst.ID = strconv.FormatInt(tx.Version, 10)
 	dst.Origin = ""
-	dst.Changes = dst.Changes[:0]
+	type span struct{ key, after, before [2]int }
+	spans := make([]span, len(tx.Changes))
+	buf := make([]byte, 0, 256*len(tx.Changes))
+	mark := func(f func()) [2]int {
+		start := len(buf)
+		f()
+		return [2]int{start, len(buf)}
+	}
 	for i := range tx.Changes {
 		c := &tx.Changes[i]
-		fc := format.Change{Table: c.Table.Name, Op: c.Op, Content: format.ContentJSON}
-		if c.After != nil {
-			fc.Key = c.After.AppendKey(nil, c.Table)
-			fc.After = c.After.AppendJSON(nil, c.Table)
-		} else {
-			fc.Key = c.Before.AppendKey(nil, c.Table)
+		img := c.After
+		if img == nil {
+			img = c.Before
 		}
+		spans[i].key = mark(func() { buf = img.AppendKey(buf, c.Table) })
+		if c.After != nil {
+			spans[i].after = mark(func() { buf = c.After.AppendJSON(buf, c.Table) })
+		}
+		spans[i].before = [2]int{-1, -1}
 		if withBefore && c.Before != nil {
-			fc.Before = c.Before.AppendJSON(nil, c.Table)
+			spans[i].before = mark(func() { buf = c.Before.AppendJSON(buf, c.Table) })
+		}
+	}
+	dst.Changes = dst.Changes[:0]
+	for i := range tx.Changes {
+		c, sp := &tx.Changes[i], spans[i]
+		fc := format.Change{Table: c.Table.Name, Op: c.Op, Content: format.ContentJSON,
+			Key: buf[sp.key[0]:sp.key[1]:sp.key[1]]}
+		if c.After != nil {
+			fc.After = buf[sp.after[0]:sp.after[1]:sp.after[1]]
+		}
+		if sp.before[0] >= 0 {
+			fc.Before = buf[sp.before[0]:sp.before[1]:sp.before[1]]
 		}
 		dst.Changes = append(dst.Changes, fc)
 	}

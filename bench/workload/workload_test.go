@@ -277,3 +277,27 @@ func TestPacer(t *testing.T) {
 		t.Error("Wait on a cancelled context returned nil")
 	}
 }
+
+// TestAppendFormatKeepsEarlierResults checks that a converted transaction
+// stays valid after the next conversion into another Tx.
+func TestAppendFormatKeepsEarlierResults(t *testing.T) {
+	s, err := workload.NewStream(workload.Config{Seed: 5, Customers: 10, Products: 10, Orders: 10}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first, second format.Tx
+	tx := s.Next()
+	tx.AppendFormat(&first, 1, false)
+	want, err := format.AppendTx(nil, &first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Next().AppendFormat(&second, 2, false)
+	got, err := format.AppendTx(nil, &first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("converting a second transaction changed the first")
+	}
+}
