@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -190,5 +189,3 @@ func WaitTCP(ctx context.Context, addr string) error {
 		}
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
