@@ -58,13 +58,13 @@ const (
 	ModeFile     Mode = "file"
 )
 
-// AllModes lists every mode in the order a run uses.
-var AllModes = []Mode{ModeNone, ModeCDCTable, ModeCDCLog, ModeFile}
+// AllModes returns every mode in the order a run uses.
+func AllModes() []Mode { return []Mode{ModeNone, ModeCDCTable, ModeCDCLog, ModeFile} }
 
 // ParseModes parses a comma-separated list of modes; "all" means AllModes.
 func ParseModes(s string) ([]Mode, error) {
 	if s == "" || s == "all" {
-		return append([]Mode(nil), AllModes...), nil
+		return AllModes(), nil
 	}
 	var out []Mode
 	seen := map[Mode]bool{}
@@ -137,7 +137,7 @@ func (c Config) withDefaults() Config {
 		c.Durability = pg.Sync
 	}
 	if len(c.Modes) == 0 {
-		c.Modes = append([]Mode(nil), AllModes...)
+		c.Modes = AllModes()
 	}
 	if c.Workload.Streams == 0 {
 		c.Workload.Streams = 4

@@ -107,8 +107,8 @@ func TestParseModes(t *testing.T) {
 		want []Mode
 		ok   bool
 	}{
-		{"", AllModes, true},
-		{"all", AllModes, true},
+		{"", AllModes(), true},
+		{"all", AllModes(), true},
 		{"file, none,file", []Mode{ModeFile, ModeNone}, true},
 		{"cdc", nil, false},
 	} {

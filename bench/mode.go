@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-var interruptSignal = syscall.SIGINT
+const interruptSignal = syscall.SIGINT
 
 // capture is a mode's way of getting changes out of the legacy.
 type capture interface {

@@ -21,7 +21,10 @@ type barChart struct {
 	log bool
 }
 
-var palette = []string{"#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"}
+// color returns the fill of series i.
+func color(i int) string {
+	return [...]string{"#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"}[i%5]
+}
 
 // niceMax rounds v up to 1, 2 or 5 times a power of ten.
 func niceMax(v float64) float64 {
@@ -120,14 +123,14 @@ func (c *barChart) svg(w io.Writer) error {
 			x := x0 + bw*float64(si)
 			y := float64(top+plotH) - h
 			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s %s: %s %s</title></rect>`+"\n",
-				x+bw*barGaps/2, y, bw*(1-barGaps), h, palette[si%len(palette)], html.EscapeString(g), html.EscapeString(c.series[si]), num(v), html.EscapeString(c.unit))
+				x+bw*barGaps/2, y, bw*(1-barGaps), h, color(si), html.EscapeString(g), html.EscapeString(c.series[si]), num(v), html.EscapeString(c.unit))
 			p(`<text x="%.1f" y="%.1f" text-anchor="middle" font-size="10">%s</text>`+"\n", x+bw/2, y-3, num(v))
 		}
 		p(`<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", x0+gw*(1-groupGap)/2, top+plotH+18, html.EscapeString(g))
 	}
 	for si, s := range c.series {
 		x := left + si*200
-		p(`<rect x="%d" y="%d" width="12" height="12" fill="%s"/>`+"\n", x, height0-30, palette[si%len(palette)])
+		p(`<rect x="%d" y="%d" width="12" height="12" fill="%s"/>`+"\n", x, height0-30, color(si))
 		p(`<text x="%d" y="%d">%s</text>`+"\n", x+16, height0-20, html.EscapeString(s))
 	}
 	p("</svg>\n")

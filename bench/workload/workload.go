@@ -78,8 +78,12 @@ const (
 	linesPerOrder    = 3
 )
 
-// DefaultMix is the default change mix.
-var DefaultMix = Mix{Insert: 40, Update: 50, Delete: 10}
+// Default change mix weights.
+const (
+	DefaultInsert = 40
+	DefaultUpdate = 50
+	DefaultDelete = 10
+)
 
 // WithDefaults returns c with zero fields set to their defaults.
 func (c Config) WithDefaults() Config {
@@ -93,7 +97,7 @@ func (c Config) WithDefaults() Config {
 		c.RowSize = DefaultRowSize
 	}
 	if c.Mix == (Mix{}) {
-		c.Mix = DefaultMix
+		c.Mix = Mix{Insert: DefaultInsert, Update: DefaultUpdate, Delete: DefaultDelete}
 	}
 	if c.Customers == 0 {
 		c.Customers = DefaultCustomers

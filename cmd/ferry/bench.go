@@ -27,11 +27,13 @@ type benchProfile struct {
 	customers, products, orders int
 }
 
-var benchProfiles = map[string]benchProfile{
-	// quick: CI's smoke run, about a minute.
-	"quick": {phase: 3 * time.Second, customers: 2000, products: 2000, orders: 2000},
-	// full: the committed results.
-	"full": {phase: 20 * time.Second, customers: 10000, products: 10000, orders: 10000},
+// benchProfileFor returns the profile: quick (CI's smoke run, about a
+// minute) or full (the committed results).
+func benchProfileFor(quick bool) (string, benchProfile) {
+	if quick {
+		return "quick", benchProfile{phase: 3 * time.Second, customers: 2000, products: 2000, orders: 2000}
+	}
+	return "full", benchProfile{phase: 20 * time.Second, customers: 10000, products: 10000, orders: 10000}
 }
 
 func runBench(ctx context.Context, env *Env, args []string) error {
@@ -78,11 +80,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	if _, err := applyConfig(fs, env, ""); err != nil {
 		return &exitError{code: 2, err: err}
 	}
-	profileName := "full"
-	if *quick {
-		profileName = "quick"
-	}
-	prof := benchProfiles[profileName]
+	profileName, prof := benchProfileFor(*quick)
 	if *phase == 0 {
 		*phase = prof.phase
 	}
