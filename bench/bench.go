@@ -102,8 +102,16 @@ type Config struct {
 	// Modes to run; default AllModes. A run without none reports no
 	// overhead.
 	Modes []Mode
-	// Workload; its Rate is ignored (phases set it). Default 4 streams.
+	// Workload; its Rate is ignored (phases set it) and its Streams is
+	// max(Workers, PacedWorkers).
 	Workload workload.Config
+	// Workers is the number of legacy workers (connections, one workload
+	// stream each) in the load and concurrent phases; default 4.
+	Workers int
+	// PacedWorkers is the number of workers of the paced phase, enough
+	// for the database to reach LatencyRate with commits that each wait
+	// for an fsync; default 16.
+	PacedWorkers int
 	// PhaseDuration of the load, concurrent and paced phases; default 20 s.
 	PhaseDuration time.Duration
 	// Rounds splits the load phase into slices that visit the modes in
@@ -139,9 +147,13 @@ func (c Config) withDefaults() Config {
 	if len(c.Modes) == 0 {
 		c.Modes = AllModes()
 	}
-	if c.Workload.Streams == 0 {
-		c.Workload.Streams = 4
+	if c.Workers == 0 {
+		c.Workers = 4
 	}
+	if c.PacedWorkers == 0 {
+		c.PacedWorkers = 16
+	}
+	c.Workload.Streams = max(c.Workers, c.PacedWorkers)
 	c.Workload = c.Workload.WithDefaults()
 	c.Workload.Rate = 0
 	if c.PhaseDuration == 0 {
@@ -190,6 +202,8 @@ func (c Config) validate() error {
 		return err
 	}
 	switch {
+	case c.Workers < 1 || c.PacedWorkers < 1:
+		return fmt.Errorf("bench: %d workers, %d paced workers: want at least 1", c.Workers, c.PacedWorkers)
 	case c.PhaseDuration < 100*time.Millisecond:
 		return fmt.Errorf("bench: phase duration %v below 100ms", c.PhaseDuration)
 	case c.Rounds < 1 || c.PhaseDuration/time.Duration(c.Rounds) < 100*time.Millisecond:
@@ -275,11 +289,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	// rounds that visit the modes in turn, so that whatever else the host
 	// is doing weighs on every mode alike.
 	slice := cfg.PhaseDuration / time.Duration(cfg.Rounds)
-	progress("load phase: %v per mode at full speed, shipping off, in %d rounds of %v", cfg.PhaseDuration, cfg.Rounds, slice)
+	progress("load phase: %v per mode at full speed with %d workers, shipping off, in %d rounds of %v", cfg.PhaseDuration, cfg.Workers, cfg.Rounds, slice)
 	for round := 0; round < cfg.Rounds && ctx.Err() == nil; round++ {
 		for i := range runs {
 			r := runs[(i+round)%len(runs)]
-			r.legacySlice(ctx, &r.mr.Load, fmt.Sprintf("load %d/%d", round+1, cfg.Rounds), slice, 0, false, nil)
+			r.legacySlice(ctx, &r.mr.Load, fmt.Sprintf("load %d/%d", round+1, cfg.Rounds), slice, cfg.Workers, 0, false, nil)
 		}
 	}
 	for _, r := range runs {
@@ -392,7 +406,7 @@ func redact(url string) string {
 func settings(cfg Config) Settings {
 	w := cfg.Workload
 	s := Settings{
-		Streams: w.Streams, TxSize: w.TxSize, RowSize: w.RowSize, Seed: w.Seed,
+		Streams: cfg.Workers, PacedStreams: cfg.PacedWorkers, TxSize: w.TxSize, RowSize: w.RowSize, Seed: w.Seed,
 		Mix:          fmt.Sprintf("%d/%d/%d", w.Mix.Insert, w.Mix.Update, w.Mix.Delete),
 		PhaseSeconds: cfg.PhaseDuration.Seconds(), LatencyRate: cfg.LatencyRate,
 		Durability: string(cfg.Durability), WriterSync: cfg.writerSync().String(),

@@ -67,19 +67,20 @@ func (l *legacy) backendPids() []int {
 	return out
 }
 
-// run drives the workload for d at rate changes/s over all workers (0: as
-// fast as possible). onCommit, if not nil, is called with each transaction's
+// run drives the workload with the first workers workers for d at rate
+// changes/s over them (0: as fast as possible). onCommit, if not nil, is called with each transaction's
 // version and commit time right after the database commit returned.
-func (l *legacy) run(ctx context.Context, d time.Duration, rate float64, onCommit func(version, commitNs int64)) error {
+func (l *legacy) run(ctx context.Context, d time.Duration, workers int, rate float64, onCommit func(version, commitNs int64)) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
+	workers = min(workers, len(l.streams))
 	var wg sync.WaitGroup
-	errs := make([]error, len(l.streams))
-	for i := range l.streams {
+	errs := make([]error, workers)
+	for i := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = l.worker(ctx, i, rate/float64(len(l.streams)), onCommit)
+			errs[i] = l.worker(ctx, i, rate/float64(workers), onCommit)
 		}()
 	}
 	wg.Wait()

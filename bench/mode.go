@@ -323,13 +323,13 @@ func (r *modeRun) legacyStatus(total time.Duration, shipping bool) func(time.Dur
 
 // legacySlice runs the legacy for d at rate (0: full speed) as a timed slice
 // of phase p.
-func (r *modeRun) legacySlice(ctx context.Context, p *Phase, label string, d time.Duration, rate float64, shipping bool, onCommit func(v, ns int64)) {
+func (r *modeRun) legacySlice(ctx context.Context, p *Phase, label string, d time.Duration, workers int, rate float64, shipping bool, onCommit func(v, ns int64)) {
 	if !r.ok() {
 		return
 	}
 	tx0, ch0 := r.lg.txs.Load(), r.lg.changes.Load()
 	q, err := r.meter.measure(ctx, r.progress, string(r.mode)+" "+label, r.legacyStatus(d, shipping), func() (time.Time, error) {
-		return time.Time{}, r.lg.run(ctx, d, rate, onCommit)
+		return time.Time{}, r.lg.run(ctx, d, workers, rate, onCommit)
 	})
 	if err != nil {
 		r.fail(err)
@@ -419,7 +419,7 @@ func (r *modeRun) shipping(ctx context.Context) {
 	d := r.cfg.PhaseDuration
 	r.progress("%s: concurrent phase: %v at full speed, shipping on", r.mode, d)
 	var conc Phase
-	r.legacySlice(ctx, &conc, "concurrent", d, 0, true, nil)
+	r.legacySlice(ctx, &conc, "concurrent", d, r.cfg.Workers, 0, true, nil)
 	if !r.ok() {
 		return
 	}
@@ -456,9 +456,9 @@ func (r *modeRun) shipping(ctx context.Context) {
 			latRecv.commit(v, ns)
 		}
 	}
-	r.progress("%s: paced phase: %v at %.0f changes/s, shipping on, latency measured", r.mode, d, r.cfg.LatencyRate)
+	r.progress("%s: paced phase: %v at %.0f changes/s with %d workers, shipping on, latency measured", r.mode, d, r.cfg.LatencyRate, r.cfg.PacedWorkers)
 	var paced Phase
-	r.legacySlice(ctx, &paced, "paced", d, r.cfg.LatencyRate, true, onCommit)
+	r.legacySlice(ctx, &paced, "paced", d, r.cfg.PacedWorkers, r.cfg.LatencyRate, true, onCommit)
 	if r.ok() {
 		r.fail(r.caughtUp(ctx, "catching up after the paced phase"))
 		time.Sleep(100 * time.Millisecond) // the watcher sees the stream a little after the acks

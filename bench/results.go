@@ -37,6 +37,7 @@ type Machine struct {
 // Settings are the run's parameters, as used.
 type Settings struct {
 	Streams         int     `json:"streams"`
+	PacedStreams    int     `json:"paced_streams"`
 	TxSize          int     `json:"tx_size"`
 	RowSize         int     `json:"row_size"`
 	Mix             string  `json:"mix"`

@@ -207,8 +207,8 @@ func Markdown(w io.Writer, res *bench.Results) {
 		fmt.Fprintf(w, "> %s\n\n", res.Note)
 	}
 	s := res.Settings
-	fmt.Fprintf(w, "Workload: %d concurrent streams, %d changes per transaction, rows of ~%d bytes, mix insert/update/delete %s, seed %d; %.0f s per timed phase; paced phase at %s changes/s. Durability %s (change-file writer sync %s). cdc-table poll every %.0f ms, cleanup every %.0f ms.\n\n",
-		s.Streams, s.TxSize, s.RowSize, s.Mix, s.Seed, s.PhaseSeconds, num(s.LatencyRate), s.Durability, s.WriterSync, s.PollMillis, s.CleanupMillis)
+	fmt.Fprintf(w, "Workload: %d concurrent workers (%d in the paced phase), %d changes per transaction, rows of ~%d bytes, mix insert/update/delete %s, seed %d; %.0f s per timed phase; paced phase at %s changes/s. Durability %s (change-file writer sync %s). cdc-table poll every %.0f ms, cleanup every %.0f ms.\n\n",
+		s.Streams, s.PacedStreams, s.TxSize, s.RowSize, s.Mix, s.Seed, s.PhaseSeconds, num(s.LatencyRate), s.Durability, s.WriterSync, s.PollMillis, s.CleanupMillis)
 	Table(w, res)
 	fmt.Fprint(w, "\n## Goals\n\n")
 	fmt.Fprintln(w, "| goal | want | measured | met |")

@@ -45,7 +45,8 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	modes := fs.String("modes", "all", "modes to run, comma-separated: none, cdc-table, cdc-log, file")
 	phase := fs.Duration("duration", 0, "length of each timed phase (default 20s, 3s with --quick)")
 	rate := fs.Float64("latency-rate", 10000, "changes/s of the paced phase that measures latency")
-	streams := fs.Int("streams", 4, "concurrent legacy workers (database connections)")
+	streams := fs.Int("streams", 4, "concurrent legacy workers (database connections) in the full-speed phases")
+	pacedStreams := fs.Int("paced-streams", 16, "legacy workers in the paced (latency) phase")
 	txSize := fs.Int("tx-size", workload.DefaultTxSize, "changes per transaction")
 	rowSize := fs.Int("row-size", workload.DefaultRowSize, "approximate row size in bytes (JSON)")
 	mix := fs.String("mix", "40/50/10", "insert/update/delete weights")
@@ -101,7 +102,8 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	}
 	cfg := bench.Config{
 		Profile: profileName, Note: *note, PGURL: *pgURL, PGBinDir: *pgBin, Durability: dur, Modes: ms,
-		Workload: workload.Config{Seed: *seed, Streams: *streams, TxSize: *txSize, RowSize: *rowSize, Mix: m,
+		Workers: *streams, PacedWorkers: *pacedStreams,
+		Workload: workload.Config{Seed: *seed, TxSize: *txSize, RowSize: *rowSize, Mix: m,
 			Customers: prof.customers, Products: prof.products, Orders: prof.orders},
 		PhaseDuration: *phase, LatencyRate: *rate, DrainTimeout: *drainTimeout,
 		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore, Codec: *codec, WriterSync: *writerSyncFlag,
