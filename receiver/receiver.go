@@ -302,9 +302,18 @@ func (r *Receiver) Status() Status {
 		s := SourceStatus{Source: n, State: "ok", AppliedSegment: p.Segment, AppliedOffset: p.Offset,
 			ShippedSegment: a.Shipped.Segment, ShippedOffset: a.Shipped.Offset, StreamSeq: p.StreamSeq,
 			Transactions: p.Transactions, Changes: p.Changes, TornBytes: a.TornBytes}
-		if a.Shipped.Segment == p.Segment && a.Shipped.Offset > p.Offset {
-			s.BehindBytes = a.Shipped.Offset - p.Offset
+		s.TailSegment, s.TailOffset, s.TailStreamSeq = a.Tail.Segment, a.Tail.Offset, a.TailSeq
+		end := a.Shipped
+		if end.Less(a.Tail) {
+			end = a.Tail
 		}
+		switch {
+		case end.Segment == p.Segment && end.Offset > p.Offset:
+			s.BehindBytes = end.Offset - p.Offset
+		case end.Segment > p.Segment:
+			s.BehindBytes = -1
+		}
+		s.Pending = a.TailSeq > p.StreamSeq && (end.Segment > p.Segment || end.Offset > p.Offset)
 		if p.LastCommit > 0 {
 			t := time.Unix(0, p.LastCommit).UTC()
 			s.LastCommitTime = &t

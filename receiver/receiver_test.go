@@ -583,6 +583,17 @@ func TestCorruptMessageStopsSourceOthersFlow(t *testing.T) {
 		}
 	}
 	getJSON(t, run.http.URL+"/readyz", 503, nil)
+	// The polled tail of the stream says how far behind the stopped source is.
+	waitFor(t, "the tail of source a in its status", 10*time.Second, func() bool {
+		s := run.r.Status().Sources[0]
+		return s.TailOffset == ma[len(ma)-1].Batch.To
+	})
+	if s := run.r.Status().Sources[0]; !s.Pending || s.BehindBytes != ma[len(ma)-1].Batch.To-bad.Batch.From {
+		t.Fatalf("stopped source a: pending %v, behind %d bytes; want true, %d", s.Pending, s.BehindBytes, ma[len(ma)-1].Batch.To-bad.Batch.From)
+	}
+	if s := run.r.Status().Sources[1]; s.Pending || s.BehindBytes != 0 {
+		t.Fatalf("caught-up source b: %+v", s)
+	}
 	resp, err := http.Get(run.http.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)

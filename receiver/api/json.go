@@ -133,8 +133,18 @@ type SourceStatus struct {
 	// Shipped is the end of the furthest message this receiver has seen.
 	ShippedSegment uint64 `json:"shipped_segment"`
 	ShippedOffset  int64  `json:"shipped_offset"`
-	// BehindBytes is Shipped - Applied when both are in one segment.
+	// TailSegment/TailOffset: where the source's last message in the stream
+	// ends (polled every few seconds); TailStreamSeq its stream sequence.
+	TailSegment   uint64 `json:"tail_segment,omitempty"`
+	TailOffset    int64  `json:"tail_offset,omitempty"`
+	TailStreamSeq uint64 `json:"tail_stream_seq,omitempty"`
+	// BehindBytes is the tail (or the furthest message seen) minus the
+	// applied position when both are in one segment, -1 when the tail is in
+	// a later segment.
 	BehindBytes int64 `json:"behind_bytes"`
+	// Pending says whether the stream holds messages of the source after
+	// the last one applied.
+	Pending bool `json:"pending"`
 	// StreamSeq is the stream sequence of the last message applied from.
 	StreamSeq uint64 `json:"stream_seq"`
 	// LastCommitTime is the commit time of the last applied transaction;

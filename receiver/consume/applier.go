@@ -77,6 +77,8 @@ type sourceState struct {
 	err     *SourceError
 	hold    uint64 // stream seq of the earliest message still needed (0: none)
 	lastSeq uint64 // last stream seq seen for the source
+	tailSeq uint64 // stream seq of the source's last message in the stream (polled)
+	tail    format.Position
 	shipped format.Position
 	torn    int64
 
@@ -457,12 +459,29 @@ func (a *Applier) Commit() error {
 	return nil
 }
 
+// SetTail records where a source's last message in the stream ends and its
+// stream sequence (polled by the consumer), for lag in bytes and messages.
+func (a *Applier) SetTail(source string, seq uint64, end format.Position) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := a.sources[source]
+	if s == nil {
+		s = &sourceState{}
+		a.sources[source] = s
+	}
+	s.tailSeq, s.tail = seq, end
+}
+
 // SourceStatus is what the applier knows of a source beyond its position.
 type SourceStatus struct {
 	Err       *SourceError
 	LastSeq   uint64
 	Shipped   format.Position // end of the furthest message seen
 	TornBytes int64
+	// TailSeq and Tail: the source's last message in the stream, as last
+	// polled (0: not known).
+	TailSeq uint64
+	Tail    format.Position
 }
 
 // Status returns per-source status. Safe for concurrent use.
@@ -471,7 +490,7 @@ func (a *Applier) Status() map[string]SourceStatus {
 	defer a.mu.Unlock()
 	out := make(map[string]SourceStatus, len(a.sources))
 	for name, s := range a.sources {
-		out[name] = SourceStatus{Err: s.err, LastSeq: s.lastSeq, Shipped: s.shipped, TornBytes: s.torn}
+		out[name] = SourceStatus{Err: s.err, LastSeq: s.lastSeq, Shipped: s.shipped, TornBytes: s.torn, TailSeq: s.tailSeq, Tail: s.tail}
 	}
 	return out
 }

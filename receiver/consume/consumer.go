@@ -19,10 +19,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -311,6 +314,7 @@ func (c *Consumer) checkStream(ctx context.Context, stream jetstream.Stream) err
 		c.log.Debug("stream info failed", "err", err)
 		return nil
 	}
+	c.pollTails(ictx, stream)
 	created := info.Created.UnixNano()
 	if created != c.ap.created || info.State.LastSeq < c.ap.lastSeq {
 		if err := c.ap.Commit(); err != nil {
@@ -322,6 +326,36 @@ func (c *Consumer) checkStream(ctx context.Context, stream jetstream.Stream) err
 		return errRescan
 	}
 	return nil
+}
+
+// pollTails reads each known source's last message in the stream (its
+// headers say where it ends), so that status can say how far behind the
+// receiver is in bytes even while it is not reading.
+func (c *Consumer) pollTails(ctx context.Context, stream jetstream.Stream) {
+	names := map[string]bool{}
+	for _, s := range c.cfg.Sources {
+		names[s] = true
+	}
+	for s := range c.ap.Status() {
+		names[s] = true
+	}
+	for s := range c.st.Positions() {
+		names[s] = true
+	}
+	for s := range names {
+		if len(c.cfg.Sources) > 0 && !slices.Contains(c.cfg.Sources, s) {
+			continue
+		}
+		m, err := stream.GetLastMsgForSubject(ctx, c.cfg.SubjectPrefix+"."+s)
+		if err != nil {
+			continue // no message for it (yet), or a hiccup: keep the last value
+		}
+		b, err := wire.ParseHeader(m.Header)
+		if err != nil {
+			continue
+		}
+		c.ap.SetTail(s, m.Sequence, format.Position{Segment: b.Segment, Offset: b.To})
+	}
 }
 
 func (c *Consumer) rescan(created int64) store.StreamCursor {
