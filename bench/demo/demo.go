@@ -180,7 +180,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	res.Loaded = leg.changes.Load()
-	if err := stages.waitApplied(ctx, res.Loaded, cfg.CatchUpTimeout); err != nil {
+	if err := stages.waitApplied(context.WithoutCancel(ctx), res.Loaded, cfg.CatchUpTimeout); err != nil {
 		return res, err
 	}
 	fmt.Fprintf(cfg.Out, "Initial load: %d rows written, shipped and applied in %v.\n", res.Loaded, time.Since(loadStart).Round(time.Millisecond))
