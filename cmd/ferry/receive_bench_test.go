@@ -133,6 +133,7 @@ func BenchmarkReceiveProcess(b *testing.B) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		applySecs := time.Since(t0).Seconds()
+		b.ReportMetric(float64(procCPU(cmd.Process.Pid).Nanoseconds())/float64(total), "cpu-ns/change")
 		<-applyProfDone
 		b.ReportMetric(float64(total)/applySecs, "changes/s")
 		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmRSS"))/1024, "rss-MiB")
@@ -176,6 +177,19 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		cmd.Wait()
 		logf.Close()
 	}
+}
+
+// procCPU returns a process's user+system CPU time from /proc/<pid>/stat.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * (time.Second / 100) // USER_HZ = 100
 }
 
 // loadGET sends rate GETs per second for d (open loop: requests are
