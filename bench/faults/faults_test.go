@@ -17,6 +17,7 @@ import (
 	"github.com/ferrysync/ferry/bench/faults"
 	"github.com/ferrysync/ferry/bench/faults/check"
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -276,18 +277,27 @@ func legacyProcess(t *testing.T, r *rig, name string, l faults.Legacy) *exec.Cmd
 	return cmd
 }
 
-// TestFaultTornTail kills the writer process mid-run, leaves a torn frame
-// at the end of its segment (the first bytes of one more transaction, as a
-// write cut short leaves them) and restarts it: every committed transaction
-// arrives, the torn one never does.
+// TestFaultTornTail kills the writer process mid-run and leaves a torn
+// frame at the end of its segment, then restarts it: every committed
+// transaction arrives, the torn one never does. Crashes alternate between
+// two ways of tearing the last frame: appending the first half of one more
+// frame (the shipper runs throughout), and truncating the segment inside
+// its last whole frame (with the shipper killed before the writer started,
+// so that frame was never shipped; truncating a shipped frame would rewrite
+// history, which no crash does).
 func TestFaultTornTail(t *testing.T) {
 	r := newRig(t, 1)
 	sh := r.shipper("shop")
 	rc := r.receiver("recv")
 	startAll(t, sh, rc.Process)
-	crashes := size(2, 5)
+	crashes := size(2, 6)
 	fig := &figures{scenario: "torn tail", faults: map[string]int{}}
 	for i := 0; i < crashes; i++ {
+		truncate := i%2 == 1
+		if truncate {
+			must(t, sh.Kill())
+			fig.faults["shipper kill -9"]++
+		}
 		w := legacyProcess(t, r, "legacy", faults.Legacy{Dir: r.changes, Source: "shop", Rate: 5_000, Seed: uint64(10 + i)})
 		time.Sleep(time.Duration(700+rand.IntN(800)) * time.Millisecond)
 		must(t, w.Process.Kill())
@@ -295,9 +305,15 @@ func TestFaultTornTail(t *testing.T) {
 		fig.faults["writer kill -9"]++
 		segs, err := format.ListSegments(r.changes, "shop")
 		must(t, err)
-		last := segs[len(segs)-1].Path
-		tornTail(t, last, i)
-		fig.faults["torn frame"]++
+		last := segs[len(segs)-1]
+		if truncate {
+			truncateLastFrame(t, r, last)
+			fig.faults["truncated frame"]++
+			must(t, sh.Start())
+		} else {
+			tornTail(t, last.Path, i)
+			fig.faults["appended half frame"]++
+		}
 	}
 	// A last writer that finishes cleanly.
 	w := legacyProcess(t, r, "legacy", faults.Legacy{Dir: r.changes, Source: "shop", Changes: size(5_000, 50_000), Rate: 10_000, Seed: 99})
@@ -311,12 +327,49 @@ func TestFaultTornTail(t *testing.T) {
 	fig.catchUp = waitCaughtUp(t, rc, truth, 5*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	// Scanning table "torn" too: the torn transactions wrote only there.
+	// Scanning table "torn" too: the appended torn frames wrote only there.
+	// A truncated frame's changes would show as unexpected feed entries.
 	rep, err := check.Compare(ctx, truth, rc.client(), check.Options{ExtraTables: []string{"torn"}})
 	must(t, err)
 	must(t, rep.Err())
 	fig.rep = rep
 	fig.log(t)
+}
+
+// truncateLastFrame cuts the segment inside its last whole frame, after
+// checking in the stream that this frame was never shipped.
+func truncateLastFrame(t *testing.T, r *rig, seg format.SegmentFile) {
+	t.Helper()
+	b, err := os.ReadFile(seg.Path)
+	must(t, err)
+	h, err := format.ParseHeader(b)
+	must(t, err)
+	lastOff, lastLen := -1, 0
+	for off := h.Len; off < len(b); {
+		n := format.FrameLen(b[off:])
+		if n < 0 || off+n > len(b) {
+			break
+		}
+		lastOff, lastLen = off, n
+		off += n
+	}
+	if lastOff < 0 {
+		t.Fatalf("%s holds no frame to tear", seg.Path)
+	}
+	nc, js := r.js()
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, streamName)
+	must(t, err)
+	if m, err := s.GetLastMsgForSubject(ctx, "ferry.shop"); err == nil {
+		shipped, err := wire.ParseHeader(m.Header)
+		must(t, err)
+		if shipped.Segment > seg.Segment || shipped.Segment == seg.Segment && shipped.To > int64(lastOff) {
+			t.Fatalf("test setup: the frame at %s offset %d was shipped already (stream at %d:%d)", seg.Path, lastOff, shipped.Segment, shipped.To)
+		}
+	}
+	must(t, os.Truncate(seg.Path, int64(lastOff+lastLen/2)))
 }
 
 // tornTail appends to path the first half of a transaction frame writing to
