@@ -295,6 +295,8 @@ func printSummary(out io.Writer, r *Result, truth *check.Truth) {
 	fmt.Fprintf(out, "  compression %.1fx on the stream\n", r.Ratio)
 	if r.Latency.Count > 0 {
 		fmt.Fprintf(out, "  commit→applied latency over %d transactions: p50 %s, p99 %s, max %s\n", r.Latency.Count, ms(r.Latency.P50), ms(r.Latency.P99), ms(r.Latency.Max))
+	} else {
+		fmt.Fprintf(out, "  commit→applied latency is measured at a fixed --rate only (at full speed it would measure the queue)\n")
 	}
 	fmt.Fprintf(out, "Verification against the change files (%d rows in %d tables):\n  %s\n", truth.Rows(), len(truth.Tables), r.Report)
 	if !r.Report.FeedChecked {

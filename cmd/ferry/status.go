@@ -62,7 +62,7 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	fs.SetOutput(env.Stderr)
 	dir := fs.String("dir", "", "directory of the change files (the on-disk stage)")
 	stream := fs.String("stream", "FERRY", "JetStream stream name")
-	prefix := fs.String("prefix", "ferry", "subject prefix of the stream")
+	prefix := fs.String("subject-prefix", "ferry", "subject prefix: source S is on <prefix>.S")
 	receiverURL := fs.String("receiver", "", "base URL of a receiver's HTTP API, e.g. http://127.0.0.1:8080")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for NATS and the receiver")
