@@ -303,12 +303,21 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	// Shipping, one mode at a time, then that mode is closed so that its
 	// shipping does not run beside the next mode's.
+	var baseRun *modeRun
+	for _, r := range runs {
+		if r.mode == ModeNone {
+			baseRun = r
+		}
+	}
 	for _, r := range runs {
 		if ctx.Err() != nil {
 			break
 		}
+		if r == baseRun {
+			continue // kept open: the baseline of the concurrent phases
+		}
 		r.drain(ctx)
-		r.shipping(ctx)
+		r.shipping(ctx, baseRun)
 		r.close()
 	}
 	for _, r := range runs {
@@ -486,7 +495,7 @@ func notes(cfg Config) []string {
 	return []string{
 		"The file mode's receiver runs only in the apply and paced phases (it belongs next to the microservice, and the CDC modes have no consumer); in the concurrent phase every mode runs only what runs on the legacy host plus the embedded JetStream server.",
 		"Every mode runs on a fresh copy of the same initial data (CREATE DATABASE ... TEMPLATE) with the same deterministic workload streams and the same server settings; modes run one after the other on one host.",
-		fmt.Sprintf("load: legacy at full speed, capture on, shipping off, in %d rounds that visit every mode in turn (so that other load on the host weighs on all modes alike); ± is the relative standard deviation of the rounds' tx/s.", cfg.Rounds) + " drain: shipping the load phase's backlog with the legacy idle (maximum shipping throughput). concurrent: legacy at full speed with shipping running on the same host. paced: legacy at the fixed latency rate with shipping running.",
+		fmt.Sprintf("load: legacy at full speed, capture on, shipping off, in %d rounds that visit every mode in turn (so that other load on the host weighs on all modes alike); ± is the relative standard deviation of the rounds' tx/s.", cfg.Rounds) + " drain: shipping the load phase's backlog with the legacy idle (maximum shipping throughput). concurrent: legacy at full speed with shipping running on the same host, in rounds alternating with the none mode (shipping off), whose tx/s in the same rounds is the baseline of the concurrent overhead. paced: legacy at the fixed latency rate with shipping running.",
 		"Legacy bytes per change = WAL bytes (pg_current_wal_lsn difference) + data pages written (pg_stat_bgwriter buffers_checkpoint+buffers_clean+buffers_backend, with a CHECKPOINT ending the phase) + change-file bytes, for the load phase, plus the WAL and pages that shipping wrote on the legacy database during the drain (cdc-table's cleanup deletes), divided by the load phase's changes.",
 		"Legacy CPU = PostgreSQL server processes (postmaster with its reaped children's times + live children, from /proc) plus this process's CPU (getrusage) during the load phase, when only the legacy workers run in it (and, in file mode, the change-file writer). Shipper CPU = this process's CPU during the drain (poller or relay or shipper, and the embedded JetStream server in every mode) plus pg_recvlogical's; the PostgreSQL CPU spent for shipping (walsender decoding, poller queries, cleanup) is reported separately. Receiver CPU = this process during the apply phase. Live shipping CPU = all CPU per change in the concurrent phase (this process, children, PostgreSQL) less the load phase's: what shipping costs while the legacy runs, in small batches.",
 		"Latency: from the moment the legacy's COMMIT returned (the legacy's worker clock) to the moment an in-process JetStream consumer received the change (every mode) or the change was readable in the receiver's store (file mode: woken by the store's commit notification, as the receiver's change feed is); matched by the version column each transaction writes, so transactions with deletes only are not sampled. The paced phase spreads the rate over more workers (see Workload) so that commits that each wait for an fsync can reach it.",

@@ -412,23 +412,36 @@ func (r *modeRun) caughtUp(ctx context.Context, what string) error {
 
 // shipping runs the phases with shipping on: concurrent (full speed) and
 // paced (latency), then counts what went over the wire and stops shipping.
-func (r *modeRun) shipping(ctx context.Context) {
+// base, if not nil, is the none mode: the concurrent phase alternates its
+// rounds with base's, so that the overhead with shipping on is measured
+// against a baseline taken at the same time.
+func (r *modeRun) shipping(ctx context.Context, base *modeRun) {
 	if !r.ok() || r.cp == nil {
 		return
 	}
 	d := r.cfg.PhaseDuration
-	r.progress("%s: concurrent phase: %v at full speed, shipping on", r.mode, d)
-	var conc Phase
-	r.legacySlice(ctx, &conc, "concurrent", d, r.cfg.Workers, 0, true, nil)
+	rounds := r.cfg.Rounds
+	slice := d / time.Duration(rounds)
+	r.progress("%s: concurrent phase: %v at full speed, shipping on, in %d rounds alternating with none", r.mode, d, rounds)
+	var conc, baseline Phase
+	for round := 0; round < rounds && r.ok(); round++ {
+		label := fmt.Sprintf("concurrent %d/%d", round+1, rounds)
+		if base != nil && base.ok() {
+			base.legacySlice(ctx, &baseline, label+" (baseline for "+string(r.mode)+")", slice, r.cfg.Workers, 0, false, nil)
+		}
+		r.legacySlice(ctx, &conc, label, slice, r.cfg.Workers, 0, true, nil)
+		if r.ok() {
+			r.fail(r.caughtUp(ctx, "catching up after a concurrent round"))
+		}
+	}
 	if !r.ok() {
 		return
 	}
 	r.mr.Concurrent = &conc
-	r.progress("%s: concurrent: %.0f tx/s, %.0f changes/s", r.mode, conc.TxPerSec, conc.ChangesPerSec)
-	if err := r.caughtUp(ctx, "catching up after the concurrent phase"); err != nil {
-		r.fail(err)
-		return
+	if baseline.Txs > 0 {
+		r.mr.ConcurrentBaseline = &baseline
 	}
+	r.progress("%s: concurrent: %.0f tx/s, %.0f changes/s (none meanwhile: %.0f tx/s)", r.mode, conc.TxPerSec, conc.ChangesPerSec, baseline.TxPerSec)
 
 	lat := newLatencies()
 	var latRecv *latencies

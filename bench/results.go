@@ -102,6 +102,9 @@ type ModeResult struct {
 	Apply *Phase `json:"apply,omitempty"`
 	// Concurrent: the legacy at full speed with shipping running.
 	Concurrent *Phase `json:"concurrent,omitempty"`
+	// ConcurrentBaseline: the none mode in rounds alternating with
+	// Concurrent's.
+	ConcurrentBaseline *Phase `json:"concurrent_baseline,omitempty"`
 	// Paced: the legacy at the fixed latency rate, shipping running.
 	Paced *Phase `json:"paced,omitempty"`
 	// LatencyJS: commit to readable in JetStream; LatencyReceiver: commit
@@ -121,6 +124,7 @@ type ModeResult struct {
 	// none's in the same round).
 	OverheadRoundsSD      float64 `json:"overhead_rounds_sd"`
 	ConcurrentOverheadPct float64 `json:"concurrent_overhead_pct"`
+	ConcurrentRoundsSD    float64 `json:"concurrent_overhead_rounds_sd"`
 	BytesPerChange        float64 `json:"legacy_bytes_per_change"`
 	WALPerChange          float64 `json:"wal_bytes_per_change"`
 	DataPerChange         float64 `json:"data_bytes_per_change"`
@@ -211,8 +215,11 @@ func derive(modes []ModeResult) {
 		if base != nil && base.Load.TxPerSec > 0 {
 			m.OverheadPct = 100 * (1 - l.TxPerSec/base.Load.TxPerSec)
 			m.OverheadRoundsSD = pairedSD(l.SliceTxPerSec, base.Load.SliceTxPerSec)
-			if m.Concurrent != nil {
-				m.ConcurrentOverheadPct = 100 * (1 - m.Concurrent.TxPerSec/base.Load.TxPerSec)
+			if c, b := m.Concurrent, m.ConcurrentBaseline; c != nil && b != nil && b.TxPerSec > 0 {
+				m.ConcurrentOverheadPct = 100 * (1 - c.TxPerSec/b.TxPerSec)
+				m.ConcurrentRoundsSD = pairedSD(c.SliceTxPerSec, b.SliceTxPerSec)
+			} else if c != nil {
+				m.ConcurrentOverheadPct = 100 * (1 - c.TxPerSec/base.Load.TxPerSec)
 			}
 		}
 		m.WALPerChange = per(float64(l.WALBytes), l.Changes)

@@ -75,7 +75,7 @@ func Table(w io.Writer, res *bench.Results) {
 	baseline := mode(res, bench.ModeNone) != nil
 	fmt.Fprintln(w, "Cost on the legacy:")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| mode | legacy tx/s ± spread of rounds (changes/s) | vs none (sd of rounds) | tx/s while shipping | vs none | legacy bytes/change: WAL + data pages + files (+ shipping) | legacy CPU s/1k changes: db + app |")
+	fmt.Fprintln(w, "| mode | legacy tx/s ± spread of rounds (changes/s) | vs none (sd of rounds) | tx/s while shipping | vs none in the same rounds (sd) | legacy bytes/change: WAL + data pages + files (+ shipping) | legacy CPU s/1k changes: db + app |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
 	for _, m := range res.Modes {
 		if m.Error != "" {
@@ -97,6 +97,9 @@ func Table(w io.Writer, res *bench.Results) {
 			row[3] = num(m.Concurrent.TxPerSec)
 			if baseline {
 				row[4] = pct(m.ConcurrentOverheadPct)
+				if m.ConcurrentRoundsSD > 0 {
+					row[4] += fmt.Sprintf(" (sd %.0f)", m.ConcurrentRoundsSD)
+				}
 			}
 		}
 		fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
@@ -231,7 +234,7 @@ func Markdown(w io.Writer, res *bench.Results) {
 		for _, p := range []struct {
 			name string
 			p    *bench.Phase
-		}{{"load", &m.Load}, {"drain", m.Drain}, {"apply", m.Apply}, {"concurrent", m.Concurrent}, {"paced", m.Paced}} {
+		}{{"load", &m.Load}, {"drain", m.Drain}, {"apply", m.Apply}, {"concurrent", m.Concurrent}, {"none beside concurrent", m.ConcurrentBaseline}, {"paced", m.Paced}} {
 			if p.p == nil || p.p.Seconds == 0 {
 				continue
 			}

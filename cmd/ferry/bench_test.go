@@ -81,6 +81,9 @@ func TestBenchQuick(t *testing.T) {
 		if m.Drain == nil || m.ShipChangesPerSec <= 0 || m.Drain.Changes != m.Load.Changes {
 			t.Errorf("mode %s: drain %+v does not ship the load phase's %d changes", m.Mode, m.Drain, m.Load.Changes)
 		}
+		if m.ConcurrentBaseline == nil || m.ConcurrentBaseline.Txs == 0 {
+			t.Errorf("mode %s: no none baseline beside its concurrent phase", m.Mode)
+		}
 		if m.Concurrent == nil || m.Paced == nil || m.LatencyJS == nil || m.LatencyJS.Samples == 0 {
 			t.Errorf("mode %s: shipping phases missing (concurrent %v, paced %v, latency %+v)", m.Mode, m.Concurrent != nil, m.Paced != nil, m.LatencyJS)
 		}
