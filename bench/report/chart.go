@@ -148,7 +148,7 @@ func max1(n int) int {
 // and on, and the maximum shipping rate.
 func ThroughputSVG(w io.Writer, res *bench.Results) error {
 	c := &barChart{title: "Throughput per mode (" + res.Profile + " profile)", unit: "changes/s",
-		series: []string{"legacy, shipping off", "legacy, shipping on", "max shipping (backlog drain)"}}
+		series: []string{"legacy, shipping off", "legacy, shipping on", "max shipping (backlog drain)"}, log: true}
 	for _, m := range res.Modes {
 		if m.Error != "" {
 			continue
