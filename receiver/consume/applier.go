@@ -290,6 +290,10 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 	a.frames = a.frames[:0]
 	ntx, nframes, nchanges := 0, 0, 0
 	newSeg := b.Segment != pos.Segment
+	sealedAt := int64(-1) // offset of a seal frame already in the range
+	if !newSeg && pos.Sealed {
+		sealedAt = pos.Offset
+	}
 	for i := 0; i < len(raw); {
 		off := b.From + int64(i)
 		f, n, err := format.ParseFrame(raw[i:])
@@ -305,6 +309,11 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 		end := off + int64(n)
 		if !newSeg && end <= pos.Offset {
 			continue // applied before: skip this frame
+		}
+		if sealedAt >= 0 {
+			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
+				Err: fmt.Errorf("%w: frame at %d after the segment's seal", ErrCorrupt, off)})
+			return nil
 		}
 		if !newSeg && off < pos.Offset {
 			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
@@ -338,9 +347,12 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 				return nil
 			}
 			if s.Next != b.Segment+1 {
-				a.log.Warn("seal names an unexpected next segment", "source", b.Source, "segment", b.Segment, "next", s.Next)
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
+					Err: fmt.Errorf("%w: seal names segment %d next, want %d", ErrCorrupt, s.Next, b.Segment+1)})
+				return nil
 			}
 			ref.t = s.Time
+			sealedAt = off
 		case f.Type.Skippable():
 		default:
 			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
@@ -370,7 +382,7 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 			c.txs++
 			c.changes += len(tx.Changes)
 		} else {
-			err = a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, f.t)
+			err = a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, f.t, f.typ == format.FrameSeal)
 		}
 		if err != nil {
 			return fmt.Errorf("consume: applying %s frame of %q at %d:%d: %w", f.typ, b.Source, b.Segment, f.off, err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/ferrysync/ferry/format"
@@ -404,5 +405,96 @@ func TestCountsMustMatchHeaders(t *testing.T) {
 	h.handle(m)
 	if e := h.sourceErr("n"); e == nil || e.Kind != consume.KindCorrupt {
 		t.Fatalf("source error %v, want corrupt (change count)", e)
+	}
+}
+
+// synth builds a message of raw frames starting at from in segment seg.
+func synth(t *testing.T, source string, seg uint64, from, prevEnd int64, raws ...[]byte) wiretest.Msg {
+	t.Helper()
+	m := wiretest.Msg{Batch: wire.Batch{Source: source, Segment: seg, From: from, Parts: 1, PrevEnd: prevEnd}}
+	for _, r := range raws {
+		f, _, err := format.ParseFrame(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Type == format.FrameTx {
+			var tx format.Tx
+			if err := format.DecodeTx(f.Payload, &tx); err != nil {
+				t.Fatal(err)
+			}
+			m.Batch.Changes += len(tx.Changes)
+		}
+		m.Batch.Frames++
+		m.Raw = append(m.Raw, r...)
+	}
+	m.Batch.To = from + int64(len(m.Raw))
+	m.Batch.RawLen = len(m.Raw)
+	return m
+}
+
+func TestHeartbeatsAndSeals(t *testing.T) {
+	txs := genTxs(3, 1, "x")
+	var raws [][]byte
+	for i := range txs {
+		r, err := format.AppendTx(nil, &txs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, r)
+	}
+	hbTime := time.Now().Add(time.Hour).UnixNano()
+	hb := format.AppendHeartbeat(nil, hbTime)
+	seal := func(next uint64) []byte { return format.AppendSeal(nil, format.Seal{Next: next, Time: 1}) }
+	const hdr = 38 // any frame offset works for the receiver
+
+	t.Run("HeartbeatAdvances", func(t *testing.T) {
+		h := newHarness(t)
+		m := synth(t, "x", 1, hdr, 0, raws[0], hb)
+		h.handle(m)
+		p := h.st.Position("x")
+		if p.Offset != m.Batch.To || p.AliveAt != hbTime || p.Changes != 1 {
+			t.Fatalf("position %+v, want offset %d alive at %d", p, m.Batch.To, hbTime)
+		}
+	})
+	t.Run("SealThenNextSegment", func(t *testing.T) {
+		h := newHarness(t)
+		m1 := synth(t, "x", 1, hdr, 0, raws[0], seal(2))
+		m2 := synth(t, "x", 2, hdr, m1.Batch.To, raws[1])
+		h.handle(m1, m2)
+		if e := h.sourceErr("x"); e != nil {
+			t.Fatal(e)
+		}
+		if p := h.st.Position("x"); p.Segment != 2 || p.Changes != 2 || p.Sealed {
+			t.Fatalf("position %+v", p)
+		}
+	})
+	tests := []struct {
+		name string
+		msgs func() []wiretest.Msg
+	}{
+		{"FrameAfterSealNextMessage", func() []wiretest.Msg {
+			m1 := synth(t, "x", 1, hdr, 0, raws[0], seal(2))
+			return []wiretest.Msg{m1, synth(t, "x", 1, m1.Batch.To, -1, raws[1])}
+		}},
+		{"FrameAfterSealSameMessage", func() []wiretest.Msg {
+			return []wiretest.Msg{synth(t, "x", 1, hdr, 0, raws[0], seal(2), raws[1])}
+		}},
+		{"SealNamesWrongNext", func() []wiretest.Msg {
+			return []wiretest.Msg{synth(t, "x", 1, hdr, 0, raws[0], seal(5))}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			for _, m := range tc.msgs() {
+				h.handle(m)
+			}
+			if e := h.sourceErr("x"); e == nil || e.Kind != consume.KindCorrupt {
+				t.Fatalf("source error %v, want corrupt", e)
+			}
+			if p := h.st.Position("x"); p.Changes > 1 {
+				t.Fatalf("applied %d changes past the seal", p.Changes)
+			}
+		})
 	}
 }

@@ -88,7 +88,10 @@ func (b *Batch) advance(source string, seg uint64, off, end int64, streamSeq uin
 	if end <= off {
 		return nil, fmt.Errorf("%w: source %q: empty frame at %d:%d", ErrNotNext, source, seg, off)
 	}
-	p.Segment, p.Offset, p.StreamSeq = seg, end, streamSeq
+	if seg == p.Segment && p.Sealed {
+		return nil, fmt.Errorf("%w: source %q: frame at %d:%d after the segment's seal", ErrNotNext, source, seg, off)
+	}
+	p.Segment, p.Offset, p.StreamSeq, p.Sealed = seg, end, streamSeq, false
 	if t > p.AliveAt {
 		p.AliveAt = t
 	}
@@ -175,13 +178,17 @@ func (b *Batch) flushEntry() error {
 }
 
 // Advance moves a source past a frame that changes no rows (a heartbeat or a
-// seal, or a skippable frame type), t being its time (0 if none).
-func (b *Batch) Advance(source string, seg uint64, off, end int64, streamSeq uint64, t int64) error {
-	_, err := b.advance(source, seg, off, end, streamSeq, t)
-	if err == nil {
-		b.bytes += end - off
+// seal, or a skippable frame type), t being its time (0 if none); seal says
+// it is the segment's seal frame.
+func (b *Batch) Advance(source string, seg uint64, off, end int64, streamSeq uint64, t int64, seal bool) error {
+	p, err := b.advance(source, seg, off, end, streamSeq, t)
+	if err != nil {
+		return err
 	}
-	return err
+	p.Sealed = seal
+	b.pos[source] = *p
+	b.bytes += end - off
+	return nil
 }
 
 // SetCursor records the stream cursor in the batch.

@@ -71,6 +71,9 @@ type SourcePosition struct {
 	// Transactions and Changes count what this receiver applied.
 	Transactions uint64
 	Changes      uint64
+	// Sealed says that the last applied frame is Segment's seal: nothing
+	// more may follow in that segment.
+	Sealed bool
 }
 
 // Position returns the source position as a format.Position.
@@ -95,7 +98,12 @@ func encodePos(dst []byte, p *SourcePosition) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(p.LastCommit))
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(p.AliveAt))
 	dst = binary.LittleEndian.AppendUint64(dst, p.Transactions)
-	return binary.LittleEndian.AppendUint64(dst, p.Changes)
+	dst = binary.LittleEndian.AppendUint64(dst, p.Changes)
+	var flags byte
+	if p.Sealed {
+		flags |= 1
+	}
+	return append(dst, flags)
 }
 
 func decodePos(source string, b []byte) (SourcePosition, error) {
@@ -111,6 +119,9 @@ func decodePos(source string, b []byte) (SourcePosition, error) {
 	p.AliveAt = int64(r.u64())
 	p.Transactions = r.u64()
 	p.Changes = r.u64()
+	if r.err == nil && r.off < len(r.b) {
+		p.Sealed = r.u8()&1 != 0
+	}
 	if r.err != nil {
 		return SourcePosition{}, fmt.Errorf("store: position of source %q: %w", source, r.err)
 	}

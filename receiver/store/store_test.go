@@ -64,7 +64,7 @@ func TestApplyReopenAndRead(t *testing.T) {
 		t.Fatalf("re-applying a frame: %v, want ErrNotNext", err)
 	}
 	hb := time.Now().Add(time.Hour).UnixNano()
-	if err := b.Advance("s", 2, 45, 62, 4, hb); err != nil { // next segment, heartbeat
+	if err := b.Advance("s", 2, 45, 62, 4, hb, false); err != nil { // next segment, heartbeat
 		t.Fatal(err)
 	}
 	b.SetCursor(store.StreamCursor{Seq: 4, Created: 77})
