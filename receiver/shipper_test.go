@@ -1,0 +1,98 @@
+package receiver_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/receiver/wiretest"
+	"github.com/ferrysync/ferry/shipper"
+	"github.com/ferrysync/ferry/shipper/jsclient"
+)
+
+// The real shipper and the receiver agree on the wire: a writer rotating
+// segments and writing one transaction far larger than a message, shipped
+// while it writes, arrives whole and once.
+func TestEndToEndWithShipper(t *testing.T) {
+	srv := wiretest.StartServer(t)
+	nc, _ := srv.Connect(t)
+	dir := t.TempDir()
+	w, err := format.OpenWriter(dir, "legacy", format.WithMaxSegmentSize(64<<10), format.WithHeartbeat(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// 64 KiB messages: the big transaction is split into ~10 parts.
+	shp, err := shipper.NewFromConn(ctx, nc, jsclient.Config{}, dir, "legacy", shipper.WithMaxBatchBytes(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipDone := make(chan error, 1)
+	go func() { shipDone <- shp.Run(ctx) }()
+	defer func() { cancel(); <-shipDone }()
+
+	rnc, _ := srv.Connect(t)
+	r, err := receiver.New(receiver.WithNATS(rnc), receiver.WithDataDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	rdone := make(chan error, 1)
+	go func() { rdone <- r.Run(rctx) }()
+	defer func() { rcancel(); <-rdone }()
+
+	txs := genTxs(2000, 2, "t", "e")
+	// ~600 KB: split over several messages. (Under 4096 changes: the
+	// shipper's split path refuses larger ones, see the receiver's report.)
+	big := genTxs(1, 3000, "big", "B")
+	want := 0
+	for i := range txs {
+		if i == 1000 {
+			if _, err := w.Commit(&big[0]); err != nil {
+				t.Fatal(err)
+			}
+			want += len(big[0].Changes)
+		}
+		if _, err := w.Commit(&txs[i]); err != nil {
+			t.Fatal(err)
+		}
+		want += len(txs[i].Changes)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for r.Positions()["legacy"].Changes != uint64(want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not everything applied: status %+v, shipper %+v", r.Status(), shp.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d := dumpStore(t, r.Store(), "t", "big")
+	if len(d.Changes) != want || len(d.Rows) != want {
+		t.Fatalf("%d changes, %d rows; want %d", len(d.Changes), len(d.Rows), want)
+	}
+	seen := map[string]bool{}
+	for _, c := range d.Changes {
+		v := c.Version
+		k := fmt.Sprintf("%s:%d:%d:%d", v.Source, v.Segment, v.Offset, v.Index)
+		if seen[k] {
+			t.Fatalf("change %+v applied twice", v)
+		}
+		seen[k] = true
+	}
+	if st := r.Status(); st.Sources[0].State != "ok" {
+		t.Fatalf("status %+v", st.Sources[0])
+	}
+	// The big transaction came in parts, and became visible whole.
+	if segs := r.Positions()["legacy"].Segment; segs < 3 {
+		t.Fatalf("the writer rotated to segment %d only", segs)
+	}
+	if st := shp.Stats(); st.Batches < 30 {
+		t.Fatalf("the shipper sent %d messages: the test did not split much", st.Batches)
+	}
+}
