@@ -553,3 +553,39 @@ func TestFaultSlowReceiver(t *testing.T) {
 	noCrash(t, slow.Process, true)
 	noCrash(t, late.Process, true)
 }
+
+// TestFaultStreamLoss wipes the nats-server's store while the legacy writes
+// (a broker that acknowledged messages and lost them all, stream and lease
+// bucket included: harsher than DESIGN guarantee 6's power cut, which loses
+// the tail only). The shipper is restarted with the server (a running
+// shipper does not re-create a stream that vanished: see the report), finds
+// the stream behind what it had acknowledged and re-ships from the change
+// files; the receiver, whose stream's sequences restart, skips what it had
+// applied, by source position.
+func TestFaultStreamLoss(t *testing.T) {
+	r := newRig(t, 1)
+	sh := r.shipper("shop")
+	rc := r.receiver("recv")
+	startAll(t, sh, rc.Process)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wait := runLegacy(t, ctx, faults.Legacy{Dir: r.changes, Source: "shop", Changes: size(20_000, 200_000), Rate: size(5_000, 10_000), Seed: 8})
+	fig := &figures{scenario: "stream lost", faults: map[string]int{}}
+	for i := 0; i < size(1, 3); i++ {
+		time.Sleep(1500 * time.Millisecond)
+		must(t, r.nats[0].Kill())
+		must(t, os.RemoveAll(filepath.Join(r.nats[0].Dir, "js")))
+		fig.faults["store wiped"]++
+		must(t, sh.Kill())
+		must(t, r.nats[0].Start(ctx))
+		must(t, sh.Start())
+	}
+	st := wait()
+	fig.written = st.Changes
+	truth, err := check.FromDir(r.changes)
+	must(t, err)
+	fig.catchUp = waitCaughtUp(t, rc, truth, 5*time.Minute)
+	fig.rep = verify(t, rc, truth)
+	fig.log(t)
+	noCrash(t, rc.Process, true)
+}
