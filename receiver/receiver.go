@@ -104,6 +104,9 @@ func (r *Receiver) build() error {
 	if r.m, err = consume.NewMetrics(r.reg); err != nil {
 		return err
 	}
+	if err := r.reg.Register(r.st.Collector()); err != nil {
+		return fmt.Errorf("receiver: registering store metrics: %w", err)
+	}
 	if r.dec, err = wire.NewDecompressor(); err != nil {
 		return err
 	}

@@ -139,9 +139,16 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmRSS"))/1024, "rss-MiB")
 		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmHWM"))/1024, "hwm-MiB")
 
-		// Let the compactions the catch-up left behind settle, as a
-		// service would see the store in steady state.
-		time.Sleep(5 * time.Second)
+		// Let the compactions the catch-up left behind settle (up to 60 s),
+		// as a service would see the store in steady state.
+		settle := time.Now()
+		for time.Since(settle) < 60*time.Second {
+			if n, debt := compactionState(base); n == 0 && debt == 0 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		b.ReportMetric(time.Since(settle).Seconds(), "settle-s")
 		profDone := make(chan struct{})
 		go func() {
 			defer close(profDone)
@@ -177,6 +184,28 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		cmd.Wait()
 		logf.Close()
 	}
+}
+
+// compactionState reads the receiver's Pebble compactions in progress and
+// compaction debt from /metrics.
+func compactionState(base string) (inProgress, debt float64) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return -1, -1
+	}
+	defer resp.Body.Close()
+	var p expfmt.TextParser
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return -1, -1
+	}
+	get := func(name string) float64 {
+		if f := fams[name]; f != nil && len(f.Metric) > 0 && f.Metric[0].Gauge != nil {
+			return f.Metric[0].Gauge.GetValue()
+		}
+		return -1
+	}
+	return get("ferry_receiver_pebble_compactions_in_progress"), get("ferry_receiver_pebble_compaction_debt_bytes")
 }
 
 // procCPU returns a process's user+system CPU time from /proc/<pid>/stat.
