@@ -37,7 +37,7 @@ const (
 	MaxRowPageSize     = 1000
 	MaxChangePageSize  = 10000
 	sseBatch           = 1000
-	DefaultSSEKeepAive = 15 * time.Second
+	DefaultSSEKeepAlive = 15 * time.Second
 )
 
 // Config configures the handler.
@@ -74,7 +74,7 @@ func New(cfg Config) (*Handler, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.KeepAlive <= 0 {
-		cfg.KeepAlive = DefaultSSEKeepAive
+		cfg.KeepAlive = DefaultSSEKeepAlive
 	}
 	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger,
 		dur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ferry_receiver_http_request_seconds",
