@@ -96,3 +96,67 @@ func TestEndToEndWithShipper(t *testing.T) {
 		t.Fatalf("the shipper sent %d messages: the test did not split much", st.Batches)
 	}
 }
+
+// Shippers and writers restarted between rounds (each writer starts a new
+// segment; one seals its last segment only after its shipper stopped)
+// continue the chain the receiver follows: nothing lost, nothing twice.
+func TestEndToEndShipperAndWriterRestart(t *testing.T) {
+	srv := wiretest.StartServer(t)
+	nc, _ := srv.Connect(t)
+	rnc, _ := srv.Connect(t)
+	dir := t.TempDir()
+	r, err := receiver.New(receiver.WithNATS(rnc), receiver.WithDataDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	rdone := make(chan error, 1)
+	go func() { rdone <- r.Run(rctx) }()
+	defer func() { rcancel(); <-rdone }()
+
+	want := 0
+	for round := 0; round < 3; round++ {
+		w, err := format.OpenWriter(dir, "legacy", format.WithMaxSegmentSize(32<<10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		shp, err := shipper.NewFromConn(ctx, nc, jsclient.Config{}, dir, "legacy", shipper.WithMaxBatchBytes(16<<10))
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- shp.Run(ctx) }()
+		txs := genTxs(500, 2, "t", fmt.Sprintf("r%d-", round))
+		for i := range txs {
+			if _, err := w.Commit(&txs[i]); err != nil {
+				t.Fatal(err)
+			}
+			want += len(txs[i].Changes)
+		}
+		if round == 1 {
+			// Applied before the writer closes: the seal of its last segment
+			// comes later, through the next shipper.
+			w.Sync()
+		} else if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("round %d applied", round), 60*time.Second, func() bool {
+			return r.Positions()["legacy"].Changes == uint64(want)
+		})
+		cancel()
+		<-done
+		if round == 1 {
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	d := dumpStore(t, r.Store(), "t")
+	if len(d.Changes) != want || len(d.Rows) != want {
+		t.Fatalf("%d changes, %d rows; want %d", len(d.Changes), len(d.Rows), want)
+	}
+	if s := r.Status().Sources[0]; s.State != "ok" {
+		t.Fatalf("status %+v", s)
+	}
+}
