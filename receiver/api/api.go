@@ -33,10 +33,10 @@ type Store interface {
 
 // Limits of the API.
 const (
-	DefaultPageSize    = 100
-	MaxRowPageSize     = 1000
-	MaxChangePageSize  = 10000
-	sseBatch           = 1000
+	DefaultPageSize     = 100
+	MaxRowPageSize      = 1000
+	MaxChangePageSize   = 10000
+	sseBatch            = 1000
 	DefaultSSEKeepAlive = 15 * time.Second
 )
 
