@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/ferrysync/ferry/receiver/wiretest"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -767,4 +769,64 @@ func TestWebhookPositionSurvivesRestart(t *testing.T) {
 			t.Fatalf("delivery %d is change %d", i, id)
 		}
 	}
+}
+
+// The NATS server goes away and comes back (same store): the receiver
+// reconnects, resumes after its cursor and misses nothing.
+func TestNATSServerRestart(t *testing.T) {
+	storeDir := t.TempDir()
+	opts := func() *server.Options {
+		return &server.Options{Host: "127.0.0.1", Port: freePort(t), JetStream: true, StoreDir: storeDir, NoLog: true, NoSigs: true}
+	}
+	o := opts()
+	port := o.Port
+	start := func() *server.Server {
+		o := opts()
+		o.Port = port
+		s, err := server.NewServer(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats-server not ready")
+		}
+		return s
+	}
+	s := start()
+	defer func() { s.Shutdown() }()
+	url := s.ClientURL()
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	wiretest.CreateStream(t, js, "FERRY", "ferry")
+	e := &env{t: t, nc: nc, js: js, pub: &wiretest.Publisher{JS: js, Prefix: "ferry", Codec: wire.CodecS2}}
+	msgs := writeMsgs(t, "n", genTxs(200, 2, "t", "n"), 0, 2048)
+	e.publish(msgs[:len(msgs)/2]...)
+	run := e.start(t.TempDir())
+	run.waitApplied(t, "n", msgs[len(msgs)/2-1])
+
+	s.Shutdown()
+	s.WaitForShutdown()
+	time.Sleep(200 * time.Millisecond)
+	s = start()
+	waitFor(t, "the client to reconnect", 20*time.Second, nc.IsConnected)
+	e.publish(msgs[len(msgs)/2:]...)
+	run.waitApplied(t, "n", msgs[len(msgs)-1])
+	if d := dumpStore(t, run.r.Store(), "t"); len(d.Changes) != 400 {
+		t.Fatalf("%d changes, want 400", len(d.Changes))
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
