@@ -112,6 +112,16 @@ func (r *retainer) apply(dir, source string, acked format.Position, now time.Tim
 	return done, nil
 }
 
+// forget drops the acknowledgement times of segments from seg on: the stream
+// lost them, they wait to be acknowledged again.
+func (r *retainer) forget(seg uint64) {
+	for s := range r.ackedAt {
+		if s >= seg {
+			delete(r.ackedAt, s)
+		}
+	}
+}
+
 func statSize(path string) (int64, error) {
 	fi, err := os.Stat(path)
 	if err != nil {

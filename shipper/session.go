@@ -66,8 +66,24 @@ func (ss *session) state() (error, *format.Position, bool) {
 // resume works out where to start: the stream's last message for the
 // subject, unless a hole must be repaired. It returns the position, the
 // sequence to fence the first publish on, and the repair number.
-func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, bool, error) {
+func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64, uint64, bool, error) {
 	last, err := s.st.LastMsg(ctx, s.subject)
+	if errors.Is(err, jsclient.ErrStreamNotFound) {
+		// DESIGN guarantee 6: the files are the safety net. Make the
+		// stream again and re-ship what it lost from them.
+		s.met.error("stream_lost")
+		s.log.Error("the stream is gone (deleted, or the server lost its store): re-creating it with the same configuration and re-shipping from the change files",
+			"stream", s.streamName(), "subject", s.subject, "err", err)
+		if err := s.st.Recreate(ctx); err != nil {
+			return format.Position{}, 0, 0, false, fmt.Errorf("shipper: re-creating the lost stream: %w", err)
+		}
+		// The lease bucket may have gone with it: take the lease again
+		// now rather than at the next renewal.
+		if err := l.renew(ctx); err != nil {
+			return format.Position{}, 0, 0, false, err
+		}
+		last, err = s.st.LastMsg(ctx, s.subject)
+	}
 	if err != nil {
 		return format.Position{}, 0, 0, false, err
 	}
@@ -95,6 +111,9 @@ func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, 
 		if err != nil {
 			return pos, 0, 0, false, fatal(err)
 		}
+		if err := s.checkNoGap(first, ok); err != nil {
+			return pos, 0, 0, false, err
+		}
 		if !ok {
 			return pos, 0, 0, false, nil
 		}
@@ -119,6 +138,11 @@ func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, 
 		s.log.Error("the stream's tail is behind what it acknowledged: the broker lost acknowledged messages; re-shipping from the stream's real tail",
 			"acknowledged", known.String(), "stream_tail", pos.String(), "subject", s.subject,
 			"hint", "set sync_interval: always and replicas 3 on the servers for broker-side durability")
+		// What the stream lost is no longer acknowledged: retention must
+		// keep it until it is acknowledged again, and the minimum age
+		// counts from then.
+		s.stats.Acked = pos
+		s.ret.forget(pos.Segment)
 	}
 	s.hintOK = false
 	if pos.Offset > 0 {
@@ -126,6 +150,32 @@ func (s *Shipper) resume(ctx context.Context) (format.Position, uint64, uint64, 
 	}
 	s.stats.Published = pos
 	return pos, seq, repair, true, nil
+}
+
+// checkNoGap is called when the stream holds nothing for the subject and the
+// oldest segment on disk is first (ok false: none). If this Shipper shipped
+// before (it acknowledged something, or the checkpoint says so), the stream
+// lost everything and needs the source from its first segment (1): if
+// retention already removed segments, they cannot be re-shipped, and the
+// Shipper stops naming them instead of silently shipping from a later one.
+func (s *Shipper) checkNoGap(first format.Position, ok bool) error {
+	s.mu.Lock()
+	known := s.stats.Acked
+	if known.Segment == 0 && s.hintOK {
+		known = s.hint
+	}
+	s.mu.Unlock()
+	if known.Segment == 0 || ok && first.Segment <= 1 {
+		return nil
+	}
+	last := known.Segment
+	if ok {
+		last = first.Segment - 1
+	}
+	s.met.error("gap")
+	return fatal(fmt.Errorf("%w: stream %s holds nothing on %s although %s was shipped up to %s, and segments 1-%d are no longer in %s (removed by retention after their acknowledgement): the stream cannot be rebuilt from the files; "+
+		"put those segment files back into %s (from the archive directory or a backup) and restart, or rebuild the receivers from a fresh stream",
+		ErrGap, s.streamName(), s.subject, s.source, known.String(), last, s.dir, s.dir))
 }
 
 var errReconnected = errors.New("shipper: reconnected to NATS: checking the stream's tail")
@@ -161,7 +211,7 @@ type pipeline struct {
 // order. An error anywhere fails the session; everything stops and drains.
 func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (bool, error) {
 	epoch := s.st.Epoch()
-	pos, lastSeq, repair, ok, err := s.resume(ctx)
+	pos, lastSeq, repair, ok, err := s.resume(ctx, l)
 	if err != nil || !ok {
 		if err == nil {
 			// No segment yet: wait for the writer.

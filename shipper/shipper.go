@@ -21,7 +21,13 @@
 //     acknowledged messages (DESIGN guarantee 6): then the Shipper logs it
 //     loudly, counts it (errors{kind="stream_behind"}) and re-ships from the
 //     stream's real tail. Retention therefore keeps shipped segments for a
-//     minimum age counted from their acknowledgement.
+//     minimum age counted from their acknowledgement. A stream that
+//     disappears under a running Shipper (deleted, or the server's store
+//     lost) is re-created with the same configuration (lease bucket
+//     included), logged and counted (errors{kind="stream_lost"}), and
+//     re-shipped from the files from its real tail: from the oldest segment
+//     on disk when it is empty. If retention already removed segments the
+//     empty stream needs, the Shipper stops with ErrGap naming them.
 //   - The legacy never waits: the Shipper only reads the files. While NATS
 //     is down the files are the buffer; the backlog is a metric; the
 //     Shipper reconnects, catches up, and loses or doubles nothing.
@@ -92,8 +98,12 @@ type Stream interface {
 	MaxPayload() int
 	// Epoch changes whenever the connection was re-established.
 	Epoch() uint64
-	// LastMsg returns the subject's last stored message, nil if none.
+	// LastMsg returns the subject's last stored message, nil if none;
+	// jsclient.ErrStreamNotFound if the stream is gone.
 	LastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
+	// Recreate creates the stream (and the lease bucket) again, with the
+	// same configuration, if they are gone.
+	Recreate(ctx context.Context) error
 	// PublishFenced publishes and waits for the ack, on the condition
 	// that the subject's last sequence is lastSeq; jsclient.ErrFenced if
 	// it is not.
@@ -117,6 +127,9 @@ var _ Stream = (*jsclient.Client)(nil)
 var (
 	// ErrSourceBusy means another shipper ships this source.
 	ErrSourceBusy = errors.New("shipper: source is shipped by another shipper")
+	// ErrGap means the stream needs segments that are no longer on disk
+	// (retention removed them before the stream lost them).
+	ErrGap = errors.New("shipper: segments the stream needs are gone from disk")
 	// ErrAlreadyRun is returned by a second call of Run.
 	ErrAlreadyRun = errors.New("shipper: Run called twice (a Shipper runs once; create a new one)")
 )

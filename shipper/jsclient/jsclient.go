@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,6 +29,9 @@ var (
 	ErrLeaseHeld = errors.New("jsclient: lease held by another owner")
 	// ErrLeaseLost means the lease was taken over or expired.
 	ErrLeaseLost = errors.New("jsclient: lease lost")
+	// ErrStreamNotFound means the stream does not exist (any more): it was
+	// deleted, or the server lost its store. Recreate makes it again.
+	ErrStreamNotFound = errors.New("jsclient: stream not found")
 )
 
 // Config says which stream and lease bucket to use.
@@ -83,9 +87,11 @@ func (c *Config) defaults() {
 
 // Client publishes to one stream. It is safe for concurrent use.
 type Client struct {
-	cfg      Config
-	nc       *nats.Conn
-	js       jetstream.JetStream
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+
+	mu       sync.Mutex // guards what Recreate replaces
 	stream   jetstream.Stream
 	kv       jetstream.KeyValue
 	leaseTTL time.Duration
@@ -102,13 +108,41 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("jsclient: %w", err)
 	}
 	c := &Client{cfg: cfg, nc: nc, js: js}
-	if c.stream, err = EnsureStream(ctx, js, cfg); err != nil {
-		return nil, err
-	}
-	if err := c.ensureBucket(ctx); err != nil {
+	if err := c.Recreate(ctx); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Recreate creates the stream and the lease bucket again, with the same
+// configuration, if they are gone (deleted, or the server lost its store),
+// and checks them if they exist. New does the same.
+func (c *Client) Recreate(ctx context.Context) error {
+	st, err := EnsureStream(ctx, c.js, c.cfg)
+	if err != nil {
+		return err
+	}
+	kv, ttl, err := c.ensureBucket(ctx)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.stream, c.kv, c.leaseTTL = st, kv, ttl
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Client) handles() (jetstream.Stream, jetstream.KeyValue) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stream, c.kv
+}
+
+// streamGone reports whether err says that the stream does not exist.
+func streamGone(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrStreamNotFound) ||
+		errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamNotFound
 }
 
 // Subject returns the subject of source's messages.
@@ -172,7 +206,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg Config) (jets
 	return st, nil
 }
 
-func (c *Client) ensureBucket(ctx context.Context) error {
+func (c *Client) ensureBucket(ctx context.Context) (jetstream.KeyValue, time.Duration, error) {
 	kv, err := c.js.KeyValue(ctx, c.cfg.LeaseBucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = c.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -188,17 +222,16 @@ func (c *Client) ensureBucket(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("jsclient: lease bucket %s: %w", c.cfg.LeaseBucket, err)
+		return nil, 0, fmt.Errorf("jsclient: lease bucket %s: %w", c.cfg.LeaseBucket, err)
 	}
 	status, err := kv.Status(ctx)
 	if err != nil {
-		return fmt.Errorf("jsclient: lease bucket %s status: %w", c.cfg.LeaseBucket, err)
+		return nil, 0, fmt.Errorf("jsclient: lease bucket %s status: %w", c.cfg.LeaseBucket, err)
 	}
 	if status.TTL() <= 0 {
-		return fmt.Errorf("%w: lease bucket %s has no TTL: a crashed shipper's lease would never expire; delete the bucket", ErrIncompatible, c.cfg.LeaseBucket)
+		return nil, 0, fmt.Errorf("%w: lease bucket %s has no TTL: a crashed shipper's lease would never expire; delete the bucket", ErrIncompatible, c.cfg.LeaseBucket)
 	}
-	c.kv, c.leaseTTL = kv, status.TTL()
-	return nil
+	return kv, status.TTL(), nil
 }
 
 // MaxPayload returns the largest message the server accepts.
@@ -210,9 +243,13 @@ func (c *Client) Epoch() uint64 { return c.nc.Stats().Reconnects }
 
 // LastMsg returns the last message stored on subject, or nil if there is none.
 func (c *Client) LastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
-	m, err := c.stream.GetLastMsgForSubject(ctx, subject)
+	st, _ := c.handles()
+	m, err := st.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
+	}
+	if streamGone(err) {
+		return nil, fmt.Errorf("%w: stream %s, reading the last message of %s: %v", ErrStreamNotFound, c.cfg.Stream, subject, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("jsclient: reading the last message of %s in stream %s: %w", subject, c.cfg.Stream, err)
@@ -248,7 +285,11 @@ func (c *Client) PublishAsync(msg *nats.Msg) (jetstream.PubAckFuture, error) {
 }
 
 // LeaseTTL returns how long a lease lasts after its last renewal.
-func (c *Client) LeaseTTL() time.Duration { return c.leaseTTL }
+func (c *Client) LeaseTTL() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leaseTTL
+}
 
 func (c *Client) leaseKey(key string) string { return c.cfg.Stream + "." + key }
 
@@ -256,10 +297,11 @@ func (c *Client) leaseKey(key string) string { return c.cfg.Stream + "." + key }
 // ErrLeaseHeld naming the current owner.
 func (c *Client) AcquireLease(ctx context.Context, key, owner string) (uint64, error) {
 	k := c.leaseKey(key)
-	rev, err := c.kv.Create(ctx, k, []byte(owner))
+	_, kv := c.handles()
+	rev, err := kv.Create(ctx, k, []byte(owner))
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		holder := "unknown"
-		if e, gerr := c.kv.Get(ctx, k); gerr == nil {
+		if e, gerr := kv.Get(ctx, k); gerr == nil {
 			holder = string(e.Value())
 		}
 		return 0, fmt.Errorf("%w: %s holds key %q in bucket %s", ErrLeaseHeld, holder, k, c.cfg.LeaseBucket)
@@ -274,7 +316,8 @@ func (c *Client) AcquireLease(ctx context.Context, key, owner string) (uint64, e
 // revision, or ErrLeaseLost if it changed hands or expired.
 func (c *Client) RenewLease(ctx context.Context, key, owner string, rev uint64) (uint64, error) {
 	k := c.leaseKey(key)
-	nrev, err := c.kv.Update(ctx, k, []byte(owner), rev)
+	_, kv := c.handles()
+	nrev, err := kv.Update(ctx, k, []byte(owner), rev)
 	if err != nil {
 		var jerr jetstream.JetStreamError
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.As(err, &jerr) && jerr.APIError() != nil &&
@@ -289,7 +332,8 @@ func (c *Client) RenewLease(ctx context.Context, key, owner string, rev uint64) 
 // ReleaseLease deletes the lease if it is still at revision rev.
 func (c *Client) ReleaseLease(ctx context.Context, key string, rev uint64) error {
 	k := c.leaseKey(key)
-	if err := c.kv.Delete(ctx, k, jetstream.LastRevision(rev)); err != nil {
+	_, kv := c.handles()
+	if err := kv.Delete(ctx, k, jetstream.LastRevision(rev)); err != nil {
 		return fmt.Errorf("jsclient: releasing lease %q: %w", k, err)
 	}
 	return nil
