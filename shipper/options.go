@@ -208,7 +208,9 @@ func WithRetention(r Retention, minAge time.Duration, archiveDir string) Option 
 	}
 }
 
-// WithOwner names this shipper in its lease (default host:pid:random).
+// WithOwner names this shipper in its lease (default
+// host:pid:instance:boot, see the package doc). A named owner never takes
+// over a stale lease: a restart waits for it to expire.
 func WithOwner(id string) Option {
 	return func(o *options) error {
 		if id == "" {

@@ -24,6 +24,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(runHelper())
+	}
 	code := m.Run()
 	if serverBinDir != "" {
 		os.RemoveAll(serverBinDir)

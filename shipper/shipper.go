@@ -61,8 +61,17 @@
 // safety half is the fenced first publish of every session: if anything was
 // published on the subject after the message the session resumed from, the
 // publish fails and the Shipper stops (ErrSourceBusy) instead of
-// interleaving. After a kill -9 the lease expires within its TTL; a restart
-// before then is refused and should be retried (the systemd unit does).
+// interleaving. A Shipper also holds a flock on an instance file next to its
+// checkpoint (DIR/<source>.ship-instance), which keeps a persistent instance
+// id: a second Shipper process on the same directory is refused at once, and
+// the lease names its holder host:pid:instance:boot. After a kill -9 the
+// same shipper restarted on the same host (same boot, same checkpoint
+// directory) finds the lease naming its own identity while it holds the
+// flock, so the holder is dead: it takes the lease over at once (a
+// compare-and-set on the lease's revision). Any other shipper is refused
+// until the lease expires within its TTL (the systemd unit retries). With
+// the checkpoint disabled or WithOwner set there is no instance file and no
+// takeover.
 package shipper
 
 import (
@@ -225,7 +234,9 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 	if o.checkpoint == "" && !o.noCheckpoint {
 		o.checkpoint = filepath.Join(dir, source+".ship-checkpoint")
 	}
-	if o.owner == "" {
+	if o.owner == "" && o.checkpoint == "" {
+		// No checkpoint directory, no persistent identity (see instance):
+		// a restart waits for the lease to expire.
 		host, _ := os.Hostname()
 		var r [4]byte
 		_, _ = rand.Read(r[:])
@@ -345,7 +356,18 @@ func (s *Shipper) Run(ctx context.Context) error {
 		defer watch.Close()
 	}
 
-	l := &lease{st: s.st, key: s.subject, owner: s.o.owner, ttl: s.st.LeaseTTL(), log: s.log}
+	owner := s.o.owner
+	var mine func(string) bool
+	if owner == "" {
+		in, err := lockInstance(filepath.Join(filepath.Dir(s.o.checkpoint), s.source+".ship-instance"), s.source)
+		if err != nil {
+			s.met.error("lease")
+			return err
+		}
+		defer in.close() // after the lease's release (defers run last first)
+		owner, mine = in.owner(), in.mine
+	}
+	l := &lease{st: s.st, key: s.subject, owner: owner, mine: mine, ttl: s.st.LeaseTTL(), log: s.log}
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		err := l.acquire(ctx)
 		if err == nil {
@@ -374,7 +396,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 		cancel()
 	}()
 
-	s.log.Info("shipping", "dir", s.dir, "subject", s.subject, "codec", s.o.codec, "max_message_raw", s.maxRaw, "owner", s.o.owner)
+	s.log.Info("shipping", "dir", s.dir, "subject", s.subject, "codec", s.o.codec, "max_message_raw", s.maxRaw, "owner", owner)
 	backoff := 100 * time.Millisecond
 	var runErr error
 	for {
@@ -413,6 +435,7 @@ type lease struct {
 	st    Stream
 	key   string
 	owner string
+	mine  func(holder string) bool // may take over a lease this holder left (nil: never)
 	ttl   time.Duration
 	log   *slog.Logger
 
@@ -424,7 +447,17 @@ type lease struct {
 
 func (l *lease) acquire(ctx context.Context) error {
 	rev, err := l.st.AcquireLease(ctx, l.key, l.owner)
-	if errors.Is(err, jsclient.ErrLeaseHeld) {
+	var held *jsclient.LeaseHeldError
+	if errors.As(err, &held) && held.Rev > 0 && l.mine != nil && l.mine(held.Holder) {
+		// Left by an earlier run of this shipper that died (see
+		// instance): take it over, on the condition that it did not move.
+		rev, err = l.st.RenewLease(ctx, l.key, l.owner, held.Rev)
+		if err != nil {
+			return fmt.Errorf("shipper: taking over this shipper's stale lease: %w", err)
+		}
+		l.log.Warn("took over the lease left by an earlier run of this shipper (same host, boot and instance id; it no longer holds the instance lock)",
+			"key", l.key, "previous_holder", held.Holder, "owner", l.owner)
+	} else if errors.Is(err, jsclient.ErrLeaseHeld) {
 		return fmt.Errorf("%w: %v; stop the other shipper (a crashed one's lease expires within %v)", ErrSourceBusy, err, l.ttl)
 	}
 	if err != nil {

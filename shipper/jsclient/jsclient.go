@@ -300,11 +300,11 @@ func (c *Client) AcquireLease(ctx context.Context, key, owner string) (uint64, e
 	_, kv := c.handles()
 	rev, err := kv.Create(ctx, k, []byte(owner))
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		holder := "unknown"
+		held := &LeaseHeldError{Holder: "unknown", Key: k, Bucket: c.cfg.LeaseBucket}
 		if e, gerr := kv.Get(ctx, k); gerr == nil {
-			holder = string(e.Value())
+			held.Holder, held.Rev = string(e.Value()), e.Revision()
 		}
-		return 0, fmt.Errorf("%w: %s holds key %q in bucket %s", ErrLeaseHeld, holder, k, c.cfg.LeaseBucket)
+		return 0, held
 	}
 	if err != nil {
 		return 0, fmt.Errorf("jsclient: acquiring lease %q in bucket %s: %w", k, c.cfg.LeaseBucket, err)
@@ -328,6 +328,21 @@ func (c *Client) RenewLease(ctx context.Context, key, owner string, rev uint64) 
 	}
 	return nrev, nil
 }
+
+// LeaseHeldError is AcquireLease's error when another owner holds the lease:
+// it names the holder and the revision it holds (0 if unknown), which
+// RenewLease can take over on the condition that nobody renewed it since.
+type LeaseHeldError struct {
+	Holder, Key, Bucket string
+	Rev                 uint64
+}
+
+func (e *LeaseHeldError) Error() string {
+	return fmt.Sprintf("%v: %s holds key %q in bucket %s", ErrLeaseHeld, e.Holder, e.Key, e.Bucket)
+}
+
+// Is makes errors.Is(err, ErrLeaseHeld) hold.
+func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
 
 // ReleaseLease deletes the lease if it is still at revision rev.
 func (c *Client) ReleaseLease(ctx context.Context, key string, rev uint64) error {
