@@ -139,10 +139,10 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmRSS"))/1024, "rss-MiB")
 		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmHWM"))/1024, "hwm-MiB")
 
-		// Let the compactions the catch-up left behind settle (up to 60 s),
+		// Let the compactions the catch-up left behind settle (up to 20 s),
 		// as a service would see the store in steady state.
 		settle := time.Now()
-		for time.Since(settle) < 60*time.Second {
+		for time.Since(settle) < 20*time.Second {
 			if n, debt := compactionState(base); n == 0 && debt == 0 {
 				break
 			}
