@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -233,6 +236,17 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 	if len(segs) > 0 {
 		w.seg = segs[len(segs)-1].Segment + 1
 	}
+	// The lock file remembers the last segment created, so that a directory
+	// whose shipped segments were all deleted or archived does not restart
+	// the chain at 1: receivers would take the new segments for old ones.
+	last, err := readLastSegment(lock)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	if last >= w.seg {
+		w.seg = last + 1
+	}
 	w.cond = sync.NewCond(&w.mu)
 	now := o.now()
 	f, err := w.createSegment(w.seg, now)
@@ -296,7 +310,48 @@ func (w *Writer) createSegment(seg uint64, created time.Time) (*os.File, error) 
 		f.Close()
 		return nil, err
 	}
+	// Recorded only once the segment exists: a crash in between leaves the
+	// record one behind, which the directory listing makes up for; recorded
+	// first, it would leave a gap in the chain.
+	if err := recordLastSegment(w.lock, seg); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return f, nil
+}
+
+// readLastSegment reads the number of the last segment created from the
+// lock file: decimal text, empty before the first segment (SPEC.md, "Lock
+// file").
+func readLastSegment(lock *os.File) (uint64, error) {
+	b := make([]byte, 32)
+	n, err := lock.ReadAt(b, 0)
+	if err != nil && err != io.EOF {
+		return 0, fmt.Errorf("format: reading lock file %s: %w", lock.Name(), err)
+	}
+	text := strings.TrimSpace(string(b[:n]))
+	if text == "" {
+		return 0, nil
+	}
+	last, err := strconv.ParseUint(text, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: lock file %s holds %q, want the last segment number; fix or empty it", ErrCorrupt, lock.Name(), text)
+	}
+	return last, nil
+}
+
+func recordLastSegment(lock *os.File, seg uint64) error {
+	text := strconv.FormatUint(seg, 10) + "\n"
+	if _, err := lock.WriteAt([]byte(text), 0); err != nil {
+		return fmt.Errorf("format: recording segment %d in lock file %s: %w", seg, lock.Name(), err)
+	}
+	if err := lock.Truncate(int64(len(text))); err != nil {
+		return fmt.Errorf("format: recording segment %d in lock file %s: %w", seg, lock.Name(), err)
+	}
+	if err := lock.Sync(); err != nil {
+		return fmt.Errorf("format: syncing lock file %s: %w", lock.Name(), err)
+	}
+	return nil
 }
 
 // syncDir makes a new directory entry durable: without it a power cut can

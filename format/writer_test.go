@@ -508,3 +508,41 @@ func TestWriterLockSeenByOtherProcesses(t *testing.T) {
 		t.Fatalf("another process after Close: %s, want %s", got, want)
 	}
 }
+
+// Retention may delete or archive every shipped segment of a source: a
+// writer opening the emptied directory must go on from the last segment it
+// created, never restart the chain at 1 (receivers would skip the new
+// segments as already applied).
+func TestWriterContinuesChainAfterSegmentsRemoved(t *testing.T) {
+	dir := t.TempDir()
+	w := openWriter(t, dir, format.WithMaxSegmentSize(4096))
+	for i := 0; i < 200; i++ {
+		commit(t, w, testTx(i))
+	}
+	last := w.Segment()
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if last < 2 {
+		t.Fatalf("wanted several segments, got %d", last)
+	}
+	segs, _ := format.ListSegments(dir, "shop")
+	for _, s := range segs {
+		if err := os.Remove(s.Path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w = openWriter(t, dir)
+	if got, want := commit(t, w, testTx(1)).Segment, last+1; got != want {
+		t.Fatalf("writer on an emptied directory committed to segment %d, want %d", got, want)
+	}
+	w.Close()
+
+	// A lock file that does not hold a number is refused, not guessed at.
+	if err := os.WriteFile(filepath.Join(dir, "shop.lock"), []byte("twelve"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := format.OpenWriter(dir, "shop"); !errors.Is(err, format.ErrCorrupt) || !strings.Contains(err.Error(), "shop.lock") {
+		t.Fatalf("OpenWriter with a garbled lock file: %v, want ErrCorrupt naming the file", err)
+	}
+}
