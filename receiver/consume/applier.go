@@ -81,6 +81,9 @@ type sourceState struct {
 	tail    format.Position
 	shipped format.Position
 	torn    int64
+	// tornSeg is the last segment whose torn bytes were counted: a message
+	// is re-read after restarts and re-ships, its Torn counted once.
+	tornSeg uint64
 
 	// A frame split in parts being joined.
 	join      []byte
@@ -169,8 +172,9 @@ func (a *Applier) Handle(m Message) error {
 	if end := (format.Position{Segment: b.Segment, Offset: b.To}); st.shipped.Less(end) {
 		st.shipped = end
 	}
-	if b.Torn > 0 {
+	if b.Torn > 0 && b.Segment > st.tornSeg {
 		st.torn += b.Torn
+		st.tornSeg = b.Segment
 	}
 	a.mu.Unlock()
 

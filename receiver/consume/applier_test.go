@@ -498,3 +498,28 @@ func TestHeartbeatsAndSeals(t *testing.T) {
 		})
 	}
 }
+
+// Torn bytes reported on a segment's first message count once, however often
+// that message is read again (restarts, re-ships, overlapping ranges).
+func TestTornBytesCountedOnce(t *testing.T) {
+	h := newHarness(t)
+	txs := genTxs(60, 2, "t")
+	msgs := writeMsgs(t, "t", txs, 20, 4096)
+	var opens []int
+	for i := range msgs {
+		if msgs[i].Batch.PrevEnd > 0 {
+			msgs[i].Batch.Torn = 7
+			opens = append(opens, i)
+		}
+	}
+	if len(opens) < 2 {
+		t.Fatalf("want messages opening several segments, got %d", len(opens))
+	}
+	h.handle(msgs...)
+	h.handle(msgs...)                        // republished whole
+	h.handle(msgs[opens[0]], msgs[opens[1]]) // and one by one
+	h.checkLog("t", txs)
+	if got, want := h.ap.Status()["t"].TornBytes, int64(7*len(opens)); got != want {
+		t.Fatalf("torn bytes %d, want %d (7 per segment opened)", got, want)
+	}
+}
