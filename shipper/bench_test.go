@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -117,7 +118,7 @@ func BenchmarkShip(b *testing.B) {
 			_, nc := startServer(b, 0)
 			b.SetBytes(raw)
 			var msgs, body uint64
-			var elapsed time.Duration
+			var elapsed, cpu time.Duration
 			for i := 0; i < b.N; i++ {
 				ctx := context.Background()
 				c, err := jsclient.New(ctx, nc, jsclient.Config{Stream: fmt.Sprint("B", i), Prefix: fmt.Sprint("b", i)})
@@ -128,7 +129,7 @@ func BenchmarkShip(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				start := time.Now()
+				start, cpu0 := time.Now(), cpuTime()
 				errc := make(chan error, 1)
 				go func() { errc <- s.Run(ctx) }()
 				for s.Stats().Acked.Less(end) {
@@ -139,6 +140,7 @@ func BenchmarkShip(b *testing.B) {
 					}
 				}
 				elapsed += time.Since(start)
+				cpu += cpuTime() - cpu0
 				s.Stop()
 				st := s.Stats()
 				msgs += st.Batches
@@ -153,6 +155,9 @@ func BenchmarkShip(b *testing.B) {
 			b.ReportMetric(float64(msgs)/sec, "msgs/s")
 			b.ReportMetric(float64(body)/float64(msgs), "B/msg")
 			b.ReportMetric(float64(raw)*float64(b.N)/float64(body), "ratio")
+			// CPU per raw byte (the process's, the embedded server's
+			// included) is steadier than rates on a shared machine.
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(raw)/float64(b.N), "cpu-ns/B")
 		})
 	}
 }
@@ -219,6 +224,15 @@ func BenchmarkCeiling(b *testing.B) {
 			b.ReportMetric(float64(size/len(bodies)), "B/msg")
 		})
 	}
+}
+
+// cpuTime returns the process's user and system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // batches cuts the segments of dir into n messages like the shipper does

@@ -22,6 +22,7 @@ type inflight struct {
 	fut  jetstream.PubAckFuture
 	size int64
 	body int
+	data []byte // the body, back to the pool once the publish resolved
 	sent time.Time
 	last bool // whole frames, or the last part: the acked position moves to To
 }
@@ -189,6 +190,26 @@ type job struct {
 	err   error
 	last  bool // whole frames, or the last part
 	ready chan struct{}
+}
+
+// bodyPool recycles message bodies. A body lives from its compression until
+// its publish resolves (acknowledged or failed): until then the client may
+// send it again.
+type bodyPool struct{ p sync.Pool }
+
+func (bp *bodyPool) get() []byte {
+	if b, ok := bp.p.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return nil
+}
+
+func (bp *bodyPool) put(b []byte) {
+	if cap(b) == 0 {
+		return
+	}
+	b = b[:0]
+	bp.p.Put(&b)
 }
 
 // pipeline connects the stages of one session.
@@ -444,14 +465,12 @@ func (s *Shipper) enqueue(p *pipeline, j *job) {
 
 // compressor compresses jobs until work is closed.
 func (s *Shipper) compressor(comp *wire.Compressor, work <-chan *job) {
-	var scratch []byte
 	for j := range work {
-		out, err := comp.Compress(scratch[:0], j.raw, j.b.Codec)
+		out, err := comp.Compress(s.bodies.get(), j.raw, j.b.Codec)
 		if err != nil {
 			j.err = fatal(err)
 		} else {
-			j.body = append([]byte(nil), out...) // lives until its ack
-			scratch = out[:0]
+			j.body = out // lives until its publish resolves
 		}
 		close(j.ready)
 	}
@@ -478,6 +497,12 @@ func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastS
 			}
 		}
 		p.free <- j.raw[:0]
+		if j.body != nil {
+			// Not handed to the acker (unsent, or published and
+			// acknowledged synchronously): the body is free now.
+			s.bodies.put(j.body)
+			j.body = nil
+		}
 		if err != nil {
 			ss.fail(err, &j.b)
 		}
@@ -536,7 +561,8 @@ func (s *Shipper) publish(ctx context.Context, j *job, pending chan<- *inflight,
 	s.mu.Lock()
 	s.stats.Published = format.Position{Segment: b.Segment, Offset: b.To}
 	s.mu.Unlock()
-	pending <- &inflight{b: *b, fut: fut, size: size, body: len(j.body), sent: time.Now(), last: j.last}
+	pending <- &inflight{b: *b, fut: fut, size: size, body: len(j.body), data: j.body, sent: time.Now(), last: j.last}
+	j.body = nil // the acker's now
 	return nil
 }
 
@@ -552,8 +578,9 @@ func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan st
 		case ack = <-it.fut.Ok():
 		case err = <-it.fut.Err():
 		case <-abandon:
-			return
+			return // the client may still hold the bodies: left to the GC
 		}
+		s.bodies.put(it.data)
 		s.inFlightB.Add(-it.size)
 		s.inFlightN.Add(-1)
 		switch {

@@ -179,6 +179,7 @@ type Shipper struct {
 	comps   []*wire.Compressor // one per compression worker
 	ret     *retainer
 	maxRaw  int
+	bodies  bodyPool
 
 	mu             sync.Mutex
 	stats          Stats
