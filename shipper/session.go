@@ -76,7 +76,11 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64
 		s.log.Error("the stream is gone (deleted, or the server lost its store): re-creating it with the same configuration and re-shipping from the change files",
 			"stream", s.streamName(), "subject", s.subject, "err", err)
 		if err := s.st.Recreate(ctx); err != nil {
-			return format.Position{}, 0, 0, false, fmt.Errorf("shipper: re-creating the lost stream: %w", err)
+			err = fmt.Errorf("shipper: re-creating the lost stream: %w", err)
+			if errors.Is(err, jsclient.ErrIncompatible) {
+				err = fatal(err) // someone else made it, differently: retrying will not help
+			}
+			return format.Position{}, 0, 0, false, err
 		}
 		// The lease bucket may have gone with it: take the lease again
 		// now rather than at the next renewal.
@@ -244,6 +248,12 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	s.stats.Sessions++
 	s.mu.Unlock()
 	fl, err := tail.Open(s.dir, s.source, pos, tail.Options{MaxBytes: s.maxRaw, MaxChanges: s.o.maxBatchChanges, ListEvery: s.o.poll})
+	if errors.Is(err, tail.ErrMissing) {
+		s.met.error("gap")
+		return false, fatal(fmt.Errorf("%w: the stream %s ends on %s at %s, but segment %d is not in %s (removed by retention before the stream lost what followed it, moved away, or the wrong directory): %v; "+
+			"put segment %d and the ones after it back into %s (from the archive directory or a backup) and restart, or rebuild the receivers from a fresh stream",
+			ErrGap, s.streamName(), s.subject, pos.String(), pos.Segment, s.dir, err, pos.Segment, s.dir))
+	}
 	if err != nil {
 		return false, fatal(err)
 	}

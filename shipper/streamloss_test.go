@@ -189,3 +189,47 @@ func TestStreamLostRetentionWaitsForReship(t *testing.T) {
 		t.Fatalf("re-shipped %d messages, want segment 1 up to %v", len(msgs), end)
 	}
 }
+
+// TestStreamBehindIntoRemovedSegmentStopsOnGap: the stream lost its tail
+// back into a segment that retention already removed: the shipper stops
+// with ErrGap naming that segment.
+func TestStreamBehindIntoRemovedSegmentStopsOnGap(t *testing.T) {
+	_, nc := startServer(t, 0)
+	c := newClient(t, nc)
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders", format.WithMaxSegmentSize(8<<10))
+	writeTxs(t, w, 0, 300, 1, 200)
+	w.Close()
+	r := startShipper(t, c, dir, "orders", shipper.WithRetention(shipper.RetainDelete, time.Second, ""), shipper.WithMaxBatchBytes(2<<10))
+	r.waitAcked(t, endOf(t, dir, "orders"), 10*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if segs, _ := format.ListSegments(dir, "orders"); len(segs) > 0 && segs[0].Segment > 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("retention deleted nothing")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	// The broker loses everything after segment 1's first message.
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(t.Context(), "FERRY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := readBack(t, nc, c.Subject("orders"))
+	for _, m := range msgs[1:] {
+		if err := st.DeleteMsg(t.Context(), m.seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r = startShipper(t, c, dir, "orders", shipper.WithRetention(shipper.RetainDelete, time.Second, ""))
+	err = r.waitErr(t, 10*time.Second)
+	if !errors.Is(err, shipper.ErrGap) || !strings.Contains(err.Error(), "segment 1 ") {
+		t.Fatalf("Run = %v, want ErrGap naming segment 1", err)
+	}
+}
