@@ -58,6 +58,35 @@ func (f *natsFlags) connect(log *slog.Logger) (*nats.Conn, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("NATS error", "err", err) }),
 	}
+	auth, err := f.authOptions()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, auth...)
+	urls := strings.TrimSpace(f.urls)
+	nc, err := nats.Connect(urls, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", redactURLs(urls), err)
+	}
+	return nc, nil
+}
+
+// redactURLs hides passwords embedded in URLs (nats://user:pass@host).
+func redactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		if at := strings.LastIndex(p, "@"); at >= 0 {
+			if scheme := strings.Index(p, "://"); scheme >= 0 && scheme < at {
+				parts[i] = p[:scheme+3] + "[REDACTED]" + p[at:]
+			}
+		}
+	}
+	return strings.Join(parts, ",")
+}
+
+// authOptions turns the security flags into connection options.
+func (f *natsFlags) authOptions() ([]nats.Option, error) {
+	var opts []nats.Option
 	if f.user != "" {
 		opts = append(opts, nats.UserInfo(f.user, f.password))
 	}
@@ -83,23 +112,5 @@ func (f *natsFlags) connect(log *slog.Logger) (*nats.Conn, error) {
 		}
 		opts = append(opts, nats.ClientCert(f.tlsCert, f.tlsKey))
 	}
-	urls := strings.TrimSpace(f.urls)
-	nc, err := nats.Connect(urls, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s: %w", redactURLs(urls), err)
-	}
-	return nc, nil
-}
-
-// redactURLs hides passwords embedded in URLs (nats://user:pass@host).
-func redactURLs(urls string) string {
-	parts := strings.Split(urls, ",")
-	for i, p := range parts {
-		if at := strings.LastIndex(p, "@"); at >= 0 {
-			if scheme := strings.Index(p, "://"); scheme >= 0 && scheme < at {
-				parts[i] = p[:scheme+3] + "[REDACTED]" + p[at:]
-			}
-		}
-	}
-	return strings.Join(parts, ",")
+	return opts, nil
 }

@@ -153,32 +153,11 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 // connectOnce dials NATS without the endless retries of the agents: status
 // is a one-shot command and must fail fast when NATS is unreachable.
 func (f *natsFlags) connectOnce() (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(f.name), nats.Timeout(5 * time.Second)}
-	if f.user != "" {
-		opts = append(opts, nats.UserInfo(f.user, f.password))
+	auth, err := f.authOptions()
+	if err != nil {
+		return nil, fmt.Errorf("ferry status: %w", err)
 	}
-	if f.token != "" {
-		opts = append(opts, nats.Token(f.token))
-	}
-	if f.creds != "" {
-		opts = append(opts, nats.UserCredentials(f.creds))
-	}
-	if f.nkey != "" {
-		o, err := nats.NkeyOptionFromSeed(f.nkey)
-		if err != nil {
-			return nil, fmt.Errorf("ferry status: reading nkey seed file %s: %w", f.nkey, err)
-		}
-		opts = append(opts, o)
-	}
-	if f.tlsCA != "" {
-		opts = append(opts, nats.RootCAs(f.tlsCA))
-	}
-	if f.tlsCert != "" || f.tlsKey != "" {
-		if f.tlsCert == "" || f.tlsKey == "" {
-			return nil, fmt.Errorf("ferry status: --tlscert and --tlskey go together")
-		}
-		opts = append(opts, nats.ClientCert(f.tlsCert, f.tlsKey))
-	}
+	opts := append([]nats.Option{nats.Name(f.name), nats.Timeout(5 * time.Second)}, auth...)
 	nc, err := nats.Connect(strings.TrimSpace(f.urls), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("ferry status: connecting to NATS at %s: %w (check --nats and that the server runs)", redactURLs(f.urls), err)
