@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -69,17 +68,8 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stderr, "Needs PostgreSQL and wal2json (Debian: apt-get install postgresql postgresql-15-wal2json).")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: 2, err: errUsageShown}
-	}
-	if fs.NArg() > 0 {
-		return &exitError{code: 2, err: fmt.Errorf("ferry bench: unexpected arguments %q", fs.Args())}
-	}
-	if _, err := applyConfig(fs, env, ""); err != nil {
-		return &exitError{code: 2, err: err}
+	if _, ok, err := parseFlags(fs, env, args, false); !ok {
+		return err
 	}
 	profileName, prof := benchProfileFor(*quick)
 	if *phase == 0 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -58,4 +59,33 @@ func applyConfig(fs *flag.FlagSet, env *Env, configPath string) (map[string]any,
 		}
 	})
 	return file, err
+}
+
+// parseFlags parses a subcommand's arguments, then fills the flags they left
+// unset from FERRY_* variables and the config file (--config, or
+// FERRY_CONFIG), as applyConfig says. ok is false when -h printed the usage.
+// Positional arguments are refused unless positional is set.
+func parseFlags(fs *flag.FlagSet, env *Env, args []string, positional bool) (file map[string]any, ok bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, false, nil
+		}
+		return nil, false, &exitError{code: 2, err: errUsageShown}
+	}
+	if !positional && fs.NArg() > 0 {
+		fs.Usage()
+		return nil, false, &exitError{code: 2, err: fmt.Errorf("%s: unexpected arguments %q", fs.Name(), fs.Args())}
+	}
+	path := ""
+	if f := fs.Lookup("config"); f != nil {
+		path = f.Value.String()
+		if path == "" {
+			path = env.Getenv("FERRY_CONFIG")
+		}
+	}
+	file, err = applyConfig(fs, env, path)
+	if err != nil {
+		return nil, false, &exitError{code: 2, err: fmt.Errorf("%s: %w", fs.Name(), err)}
+	}
+	return file, true, nil
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -70,5 +72,52 @@ func TestApplyConfigErrors(t *testing.T) {
 func TestRedactURLs(t *testing.T) {
 	if got, want := redactURLs("nats://u:secret@h1:4222,nats://h2:4222"), "nats://[REDACTED]@h1:4222,nats://h2:4222"; got != want {
 		t.Fatalf("got %q want %q", got, want)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "ferry.yaml")
+	os.WriteFile(cfg, []byte("stream: FROMFILE\n"), 0o644)
+	tests := []struct {
+		name       string
+		args       []string
+		env        map[string]string
+		positional bool
+		ok         bool
+		code       int // exit status of the error, 0 for none
+		stream     string
+	}{
+		{"defaults", nil, nil, false, true, 0, "FERRY"},
+		{"help", []string{"-h"}, nil, false, false, 0, ""},
+		{"bad flag", []string{"--nope"}, nil, false, false, 2, ""},
+		{"positional refused", []string{"x"}, nil, false, false, 2, ""},
+		{"positional allowed", []string{"x"}, nil, true, true, 0, "FERRY"},
+		{"config flag", []string{"--config", cfg}, nil, false, true, 0, "FROMFILE"},
+		{"FERRY_CONFIG", nil, map[string]string{"FERRY_CONFIG": cfg}, false, true, 0, "FROMFILE"},
+		{"missing config", []string{"--config", cfg + ".missing"}, nil, false, false, 2, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("ferry test", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			fs.String("config", "", "")
+			stream := fs.String("stream", "FERRY", "")
+			env := &Env{Getenv: func(k string) string { return tt.env[k] }}
+			_, ok, err := parseFlags(fs, env, tt.args, tt.positional)
+			if ok != tt.ok {
+				t.Fatalf("ok=%v err=%v, want ok=%v", ok, err, tt.ok)
+			}
+			var ee *exitError
+			if code := 0; tt.code != 0 {
+				if !errors.As(err, &ee) || ee.code != tt.code {
+					t.Fatalf("err %v, want exit status %d", err, tt.code)
+				}
+			} else if err != nil {
+				t.Fatalf("err %v (code %d)", err, code)
+			}
+			if ok && *stream != tt.stream {
+				t.Fatalf("stream %q, want %q", *stream, tt.stream)
+			}
+		})
 	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -34,15 +33,8 @@ func runDemo(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stderr, "the receiver holds exactly what the legacy wrote, key by key (exit status 1 if not).")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: 2, err: errUsageShown}
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return &exitError{code: 2, err: fmt.Errorf("ferry demo: unexpected arguments %q", fs.Args())}
+	if _, ok, err := parseFlags(fs, env, args, false); !ok {
+		return err
 	}
 	switch {
 	case cfg.TxSize < 1:

@@ -57,7 +57,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	checkpoint := fs.String("checkpoint", "", "write a checkpoint of the (stopped) store in --data to this directory and exit")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060; off by default)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	configPath := fs.String("config", "", "YAML config file (keys named like the flags)")
+	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	nf := addNATSFlags(fs, "ferry receive")
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: ferry receive --nats URL[,URL...] --data DIR [--http 127.0.0.1:8080] [--stream FERRY] [--source NAME...] [--ready-lag 5s] [--webhook URL] [--rebuild]")
@@ -67,17 +67,8 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stderr, "FERRY_<FLAG> environment variables (FERRY_DATA, FERRY_READY_LAG...) and --config.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: 2, err: errUsageShown}
-	}
-	if fs.NArg() > 0 {
-		return &exitError{code: 2, err: fmt.Errorf("ferry receive: unexpected argument %q", fs.Arg(0))}
-	}
-	if _, err := applyConfig(fs, env, *configPath); err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("ferry receive: %w", err)}
+	if _, ok, err := parseFlags(fs, env, args, false); !ok {
+		return err
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -66,21 +66,15 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	receiverURL := fs.String("receiver", "", "base URL of a receiver's HTTP API, e.g. http://127.0.0.1:8080")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for NATS and the receiver")
-	configPath := fs.String("config", "", "YAML config file")
+	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	nf := addNATSFlags(fs, "ferry status")
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: ferry status [--dir DIR] [--nats URL --stream FERRY] [--receiver http://HOST:PORT] [--json]")
 		fmt.Fprintln(env.Stderr, "\nShows how far each stage (on disk, shipped, applied) got in every source and how far behind it is.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: 2, err: errUsageShown}
-	}
-	if _, err := applyConfig(fs, env, *configPath); err != nil {
-		return &exitError{code: 2, err: err}
+	if _, ok, err := parseFlags(fs, env, args, false); !ok {
+		return err
 	}
 	natsSet := false
 	fs.Visit(func(f *flag.Flag) { natsSet = natsSet || f.Name == "nats" })

@@ -63,19 +63,13 @@ func runWrite(ctx context.Context, env *Env, args []string) error {
 	fs.StringVar(&f.sync, "sync", "interval", "when to fsync: none, interval (every 100ms) or always (every transaction); the segment is sealed and synced at the end in any case")
 	fs.StringVar(&f.maxSize, "max-segment-size", "64MiB", "rotate to a new segment at this size (bytes, or with KiB, MiB, GiB)")
 	fs.DurationVar(&f.maxAge, "max-segment-age", format.DefaultMaxSegmentAge, "rotate to a new segment at this age (0: never)")
-	configPath := fs.String("config", "", "YAML config file (keys named like the flags)")
+	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	fs.Usage = func() {
 		fmt.Fprint(env.Stderr, writeUsage)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: 2, err: errUsageShown}
-	}
-	if _, err := applyConfig(fs, env, *configPath); err != nil {
-		return &exitError{code: 2, err: err}
+	if _, ok, err := parseFlags(fs, env, args, false); !ok {
+		return err
 	}
 	usageErr := func(format string, args ...any) error {
 		return &exitError{code: 2, err: fmt.Errorf("ferry write: "+format+" (see ferry write -h)", args...)}
