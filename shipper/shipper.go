@@ -238,10 +238,7 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 	if o.owner == "" && o.checkpoint == "" {
 		// No checkpoint directory, no persistent identity (see instance):
 		// a restart waits for the lease to expire.
-		host, _ := os.Hostname()
-		var r [4]byte
-		_, _ = rand.Read(r[:])
-		o.owner = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), hex.EncodeToString(r[:]))
+		o.owner = randomOwner()
 	}
 	var comps []*wire.Compressor
 	for i := 0; i < o.workers; i++ {
@@ -361,12 +358,18 @@ func (s *Shipper) Run(ctx context.Context) error {
 	var mine func(string) bool
 	if owner == "" {
 		in, err := lockInstance(filepath.Join(filepath.Dir(s.o.checkpoint), s.source+".ship-instance"), s.source)
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrSourceBusy):
 			s.met.error("lease")
 			return err
+		case err != nil:
+			// A read-only directory: ship anyway, without the takeover.
+			s.log.Warn("no instance file: a restart after a crash will wait for the lease to expire", "err", err)
+			owner = randomOwner()
+		default:
+			defer in.close() // after the lease's release (defers run last first)
+			owner, mine = in.owner(), in.mine
 		}
-		defer in.close() // after the lease's release (defers run last first)
-		owner, mine = in.owner(), in.mine
 	}
 	l := &lease{st: s.st, key: s.subject, owner: owner, mine: mine, ttl: s.st.LeaseTTL(), log: s.log}
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
@@ -429,6 +432,14 @@ func (s *Shipper) Run(ctx context.Context) error {
 	}
 	s.saveCheckpoint()
 	return runErr
+}
+
+// randomOwner names a shipper without a persistent identity: host:pid:random.
+func randomOwner() string {
+	host, _ := os.Hostname()
+	var r [4]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), hex.EncodeToString(r[:]))
 }
 
 // lease holds the source's lease and keeps it renewed.

@@ -109,3 +109,24 @@ func TestRestartAfterKillTakesOwnLease(t *testing.T) {
 	}
 	checkExact(t, dir, "orders", readBack(t, nc, c.Subject("orders")), end)
 }
+
+// TestNoInstanceFileStillShips: where the instance file cannot be written
+// (nor the checkpoint: a read-only or missing directory) the shipper ships
+// anyway, only without the takeover.
+func TestNoInstanceFileStillShips(t *testing.T) {
+	_, nc := startServer(t, 0)
+	c := newClient(t, nc)
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders")
+	writeTxs(t, w, 0, 50, 1, 200)
+	w.Close()
+	end := endOf(t, dir, "orders")
+	// A checkpoint in a directory that does not exist: neither it nor the
+	// instance file can be written.
+	r := startShipper(t, c, dir, "orders", shipper.WithCheckpoint(filepath.Join(t.TempDir(), "missing", "orders.ship-checkpoint")))
+	r.waitAcked(t, end, 10*time.Second)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, dir, "orders", readBack(t, nc, c.Subject("orders")), end)
+}
