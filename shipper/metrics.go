@@ -47,7 +47,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		lagSeconds: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_ship_lag_seconds",
 			Help: "Age of the newest acknowledged frame while a backlog remains; 0 when caught up."}, src),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_ship_errors_total",
-			Help: "Errors by kind: publish, reconnect, lease, corruption, stream_behind, stream_hole, retention, checkpoint."}, []string{"source", "kind"}),
+			Help: "Errors by kind: publish, reconnect, lease, fenced, corruption, stream_behind, stream_hole, stream_lost (the stream vanished and was re-created), gap (segments the stream needs are gone from disk), retention, checkpoint."}, []string{"source", "kind"}),
 		shippedSegment: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_ship_acked_segment",
 			Help: "Segment of the acknowledged position."}, src),
 		shippedOffset: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_ship_acked_offset",
