@@ -192,3 +192,31 @@ func fuzzReadAll(t *testing.T, data []byte) {
 		}
 	}
 }
+
+// FuzzTxChangeCount checks the count read without decoding the changes
+// against DecodeTx: on a payload DecodeTx accepts, the whole payload and its
+// first MaxTxHeaderLen bytes both give DecodeTx's count; on any payload it
+// never panics.
+func FuzzTxChangeCount(f *testing.F) {
+	for _, b := range goldenFrames(f) {
+		if format.FrameType(b[8]) == format.FrameTx {
+			f.Add(b[format.FrameHeaderLen:])
+		}
+	}
+	f.Add([]byte{})
+	f.Add(make([]byte, 9))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		c, cerr := format.TxChangeCount(p, len(p))
+		head := p[:min(len(p), format.MaxTxHeaderLen)]
+		hc, herr := format.TxChangeCount(head, len(p))
+		var tx format.Tx
+		if err := format.DecodeTx(p, &tx); err == nil {
+			if cerr != nil || c != len(tx.Changes) {
+				t.Fatalf("TxChangeCount = %d, %v; DecodeTx decoded %d changes", c, cerr, len(tx.Changes))
+			}
+			if herr != nil || hc != c {
+				t.Fatalf("TxChangeCount of the first %d bytes = %d, %v; of the whole payload %d", len(head), hc, herr, c)
+			}
+		}
+	})
+}

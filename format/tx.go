@@ -216,6 +216,40 @@ func DecodeTx(payload []byte, tx *Tx) error {
 	return nil
 }
 
+// MaxTxHeaderLen bounds the bytes before a transaction's first change:
+// commit time, flags, id, origin and change count. TxChangeCount needs no
+// more of a payload than this.
+const MaxTxHeaderLen = 8 + 1 + 2*(binary.MaxVarintLen64+MaxIDLen) + binary.MaxVarintLen64
+
+// TxChangeCount returns the change count of a transaction payload of
+// payloadLen bytes from its first bytes, prefix (the whole payload, or at
+// least its first MaxTxHeaderLen bytes), without decoding the changes. It
+// applies DecodeTx's rules to what it reads, so a count it returns is one
+// DecodeTx would accept; the changes themselves are left to the receiver.
+func TxChangeCount(prefix []byte, payloadLen int) (int, error) {
+	if len(prefix) > payloadLen {
+		prefix = prefix[:payloadLen]
+	}
+	d := decoder{b: prefix}
+	d.u64()
+	if flags := d.byte(); flags != 0 && d.err == nil {
+		return 0, d.fail("unknown transaction flags %#x", flags)
+	}
+	d.bytes(MaxIDLen)
+	d.bytes(MaxIDLen)
+	n := d.uvarint()
+	if d.err != nil {
+		return 0, d.err
+	}
+	if n == 0 {
+		return 0, d.fail("transaction without changes")
+	}
+	if n > uint64(payloadLen-d.off)/minChangeLen {
+		return 0, d.fail("change count %d larger than the payload can hold", n)
+	}
+	return int(n), nil
+}
+
 // Seal is the payload of the frame that ends a segment.
 type Seal struct {
 	// Next is the number of the segment that follows.

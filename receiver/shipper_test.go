@@ -46,9 +46,9 @@ func TestEndToEndWithShipper(t *testing.T) {
 	defer func() { rcancel(); <-rdone }()
 
 	txs := genTxs(2000, 2, "t", "e")
-	// ~600 KB: split over several messages. (Under 4096 changes: the
-	// shipper's split path refuses larger ones, see the receiver's report.)
-	big := genTxs(1, 3000, "big", "B")
+	// ~2.4 MB and 12,000 changes: split over several messages, with a
+	// change count larger than the first piece the shipper reads of it.
+	big := genTxs(1, 12000, "big", "B")
 	want := 0
 	for i := range txs {
 		if i == 1000 {

@@ -407,9 +407,9 @@ func (fl *Follower) read() (bool, error) {
 func (fl *Follower) check(f format.Frame, off int64) (int, error) {
 	switch {
 	case f.Type == format.FrameTx:
-		c, ok := txChanges(f.Payload)
-		if !ok {
-			return 0, fl.fail(off, fmt.Errorf("%w: transaction payload header does not decode", format.ErrCorrupt))
+		c, err := format.TxChangeCount(f.Payload, len(f.Payload))
+		if err != nil {
+			return 0, fl.fail(off, fmt.Errorf("transaction header: %w", err))
 		}
 		return c, nil
 	case f.Type == format.FrameSeal:
@@ -442,28 +442,6 @@ func (fl *Follower) add(f format.Frame, changes int) {
 	}
 }
 
-// txChanges reads the change count from the start of a transaction payload
-// (commit time, flags, id, origin, count; see format.AppendTx) without
-// decoding the changes.
-func txChanges(p []byte) (int, bool) {
-	i := 9
-	if len(p) < i {
-		return 0, false
-	}
-	for k := 0; k < 2; k++ {
-		l, n := binary.Uvarint(p[i:])
-		if n <= 0 || l > uint64(len(p)-i-n) {
-			return 0, false
-		}
-		i += n + int(l)
-	}
-	c, n := binary.Uvarint(p[i:])
-	if n <= 0 || c == 0 || c > uint64(len(p)) {
-		return 0, false
-	}
-	return int(c), true
-}
-
 // bigFrame handles a frame of n bytes at scan, larger than a span may be: it
 // waits until the frame is whole on disk, verifies its CRC in a streaming
 // pass, and reports it as a Big span.
@@ -494,7 +472,7 @@ func (fl *Follower) bigFrame(n int) (bool, error) {
 		}
 		crc = crc32.Update(crc, fl.crcTable, fl.scratch[:k])
 		if head == nil {
-			head = append([]byte(nil), fl.scratch[:min(k, 4096)]...)
+			head = append([]byte(nil), fl.scratch[:min(k, format.MaxTxHeaderLen)]...)
 		}
 		off += k
 	}
@@ -507,9 +485,9 @@ func (fl *Follower) bigFrame(n int) (bool, error) {
 	}
 	changes := 0
 	if typ == format.FrameTx {
-		c, ok := txChanges(head)
-		if !ok {
-			return false, fl.fail(fl.scan, fmt.Errorf("%w: transaction payload header does not decode", format.ErrCorrupt))
+		c, err := format.TxChangeCount(head, n-format.FrameHeaderLen)
+		if err != nil {
+			return false, fl.fail(fl.scan, fmt.Errorf("transaction header: %w", err))
 		}
 		changes = c
 	}
