@@ -557,11 +557,9 @@ func TestFaultSlowReceiver(t *testing.T) {
 // TestFaultStreamLoss wipes the nats-server's store while the legacy writes
 // (a broker that acknowledged messages and lost them all, stream and lease
 // bucket included: harsher than DESIGN guarantee 6's power cut, which loses
-// the tail only). The shipper is restarted with the server (a running
-// shipper does not re-create a stream that vanished: see the report), finds
-// the stream behind what it had acknowledged and re-ships from the change
-// files; the receiver, whose stream's sequences restart, skips what it had
-// applied, by source position.
+// the tail only). The shipper keeps running: it finds the stream gone,
+// re-creates it and re-ships from the change files; the receiver, whose
+// stream's sequences restart, skips what it had applied, by source position.
 func TestFaultStreamLoss(t *testing.T) {
 	r := newRig(t, 1)
 	sh := r.shipper("shop")
@@ -576,9 +574,7 @@ func TestFaultStreamLoss(t *testing.T) {
 		must(t, r.nats[0].Kill())
 		must(t, os.RemoveAll(filepath.Join(r.nats[0].Dir, "js")))
 		fig.faults["store wiped"]++
-		must(t, sh.Kill())
 		must(t, r.nats[0].Start(ctx))
-		must(t, sh.Start())
 	}
 	st := wait()
 	fig.written = st.Changes
@@ -588,4 +584,5 @@ func TestFaultStreamLoss(t *testing.T) {
 	fig.rep = verify(t, rc, truth)
 	fig.log(t)
 	noCrash(t, rc.Process, true)
+	noCrash(t, sh, true)
 }
