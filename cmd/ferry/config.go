@@ -81,6 +81,7 @@ func parseFlags(fs *flag.FlagSet, env *Env, args []string, positional bool) (fil
 		path = f.Value.String()
 		if path == "" {
 			path = env.Getenv("FERRY_CONFIG")
+			f.Value.Set(path) // so that the command can name the file in its errors
 		}
 	}
 	file, err = applyConfig(fs, env, path)

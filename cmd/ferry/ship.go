@@ -58,22 +58,9 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stderr, "override the config file. SIGTERM drains what is in flight and exits 0.")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return &exitError{code: 2, err: errUsageShown}
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return &exitError{code: 2, err: fmt.Errorf("ferry ship: unexpected arguments %q", fs.Args())}
-	}
-	if *config == "" {
-		*config = env.Getenv("FERRY_CONFIG")
-	}
-	file, err := applyConfig(fs, env, *config)
-	if err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
+	file, ok, err := parseFlags(fs, env, args, false)
+	if !ok {
+		return err
 	}
 	log, err := newLogger(env, *logLevel, *logFormat)
 	if err != nil {
