@@ -298,6 +298,7 @@ func (b *Batch) Commit() error {
 		return fmt.Errorf("store: committing %d changes: %w", b.changes, err)
 	}
 	s := b.s
+	s.committed()
 	s.mu.Lock()
 	for src := range b.dirty {
 		s.positions[src] = b.pos[src]

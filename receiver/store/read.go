@@ -195,5 +195,6 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 	if err := s.db.DeleteRange(appendChangeKey(nil, first), appendChangeKey(nil, cut), s.wo); err != nil {
 		return 0, fmt.Errorf("store: trimming changes [%d, %d): %w", first, cut, err)
 	}
+	s.committed()
 	return cut - first, nil
 }
