@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,6 +42,7 @@ type Batch struct {
 	// is ever visible.
 	rowBuf []byte
 	rows   []rowOp
+	rowTmp []rowOp // scratch for sortRows
 
 	// The change log entry being filled (see changelog.go).
 	entry    logEntry
@@ -238,15 +238,7 @@ func (b *Batch) writeRows() error {
 		copy(w[:], key(b.rows[i])[cl:])
 		b.rows[i].pfx = binary.BigEndian.Uint64(w[:])
 	}
-	slices.SortFunc(b.rows, func(x, y rowOp) int {
-		if x.pfx != y.pfx {
-			return cmp.Compare(x.pfx, y.pfx)
-		}
-		if c := bytes.Compare(key(x)[cl:], key(y)[cl:]); c != 0 {
-			return c
-		}
-		return cmp.Compare(x.seq, y.seq)
-	})
+	b.rows, b.rowTmp = sortRows(b.rows, b.rowTmp, func(r rowOp) []byte { return key(r)[cl:] })
 	for i, r := range b.rows {
 		if i+1 < len(b.rows) && bytes.Equal(key(r), key(b.rows[i+1])) {
 			continue // a later write of the same key wins
@@ -262,6 +254,57 @@ func (b *Batch) writeRows() error {
 		}
 	}
 	return nil
+}
+
+// sortRows sorts rows, which are in seq order, by key and then seq: a stable
+// LSD radix sort on pfx (a byte at a time, skipping bytes that are the same in
+// every row), then a stable sort of each run of equal pfx by the rest of the
+// key (rest returns a row's key after the common prefix). A comparison sort
+// of the whole batch cost ~350 ns per change; this is a few passes over it.
+// It returns the sorted rows and the scratch slice, both to be reused.
+func sortRows(rows, tmp []rowOp, rest func(rowOp) []byte) (sorted, scratch []rowOp) {
+	if len(rows) < 2 {
+		return rows, tmp
+	}
+	if cap(tmp) < len(rows) {
+		tmp = make([]rowOp, len(rows))
+	}
+	tmp = tmp[:len(rows)]
+	src, dst := rows, tmp
+	for shift := uint(0); shift < 64; shift += 8 {
+		var count [256]int
+		for i := range src {
+			count[byte(src[i].pfx>>shift)]++
+		}
+		if count[byte(src[0].pfx>>shift)] == len(src) {
+			continue // every row has the same byte here
+		}
+		sum := 0
+		for i, c := range count {
+			count[i] = sum
+			sum += c
+		}
+		for _, r := range src {
+			d := byte(r.pfx >> shift)
+			dst[count[d]] = r
+			count[d]++
+		}
+		src, dst = dst, src
+	}
+	// Rows with equal pfx may still differ after those 8 bytes (or in
+	// length: pfx is zero-padded); they are in seq order, so a stable sort
+	// by key keeps the last write of a key last.
+	for i := 0; i < len(src); {
+		j := i + 1
+		for j < len(src) && src[j].pfx == src[i].pfx {
+			j++
+		}
+		if j-i > 1 {
+			slices.SortStableFunc(src[i:j], func(x, y rowOp) int { return bytes.Compare(rest(x), rest(y)) })
+		}
+		i = j
+	}
+	return src, dst
 }
 
 // Commit writes the batch: data, positions, last change id and cursor in one
