@@ -121,9 +121,12 @@ func WithMaxBatchChanges(n int) Option {
 	}
 }
 
-// WithLinger sets how long a batch that is not full may wait for more frames
-// while earlier messages are still in flight (default 2 ms). With nothing in
-// flight a batch leaves at once.
+// WithLinger sets the pace of messages that are not full (default 2 ms): such
+// a message leaves at once unless the previous one left less than d ago; then
+// it waits until d after it, gathering what the writer appends meanwhile. A
+// writer committing small transactions continuously costs one message per d,
+// not one per commit; a lone commit after a quiet spell leaves at once. 0
+// sends every read at once.
 func WithLinger(d time.Duration) Option {
 	return func(o *options) error {
 		if d < 0 {

@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(runHelper())
 	}
+	if os.Getenv(liveWriterEnv) != "" {
+		os.Exit(runLiveWriter())
+	}
 	code := m.Run()
 	if serverBinDir != "" {
 		os.RemoveAll(serverBinDir)
@@ -71,7 +74,7 @@ type serverProc struct {
 	cmd        *exec.Cmd
 }
 
-func (p *serverProc) start(t *testing.T) {
+func (p *serverProc) start(t testing.TB) {
 	t.Helper()
 	p.cmd = exec.Command(p.bin, "-js", "-sd", p.store, "-a", "127.0.0.1", "-p", fmt.Sprint(p.port))
 	if err := p.cmd.Start(); err != nil {

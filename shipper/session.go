@@ -293,8 +293,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	}()
 
 	shipped := false
-	var lingerFrom int64 = -1
-	var lingerStart time.Time
+	var lastCut time.Time
 	nextUpkeep := time.Now()
 	var loopErr error
 	for {
@@ -328,16 +327,18 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			s.wait(ctx, watch, time.Until(nextUpkeep))
 			continue
 		}
-		if !span.Big && !span.Full && s.o.linger > 0 && s.inFlightN.Load()+p.queued.Load() > 0 {
-			if lingerFrom != span.From {
-				lingerFrom, lingerStart = span.From, time.Now()
-			}
-			if left := s.o.linger - time.Since(lingerStart); left > 0 {
-				s.wait(ctx, watch, left)
+		if !span.Big && !span.Full && s.o.linger > 0 {
+			// Pace a live writer: a message that is not full leaves at
+			// once, unless the previous one left less than linger ago.
+			// Meanwhile the writer's appends gather without waking this
+			// goroutine at each of them (a file event per append): one
+			// read per linger, not one per write.
+			if left := s.o.linger - time.Since(lastCut); left > 0 {
+				s.sleep(ctx, left)
 				continue
 			}
 		}
-		lingerFrom = -1
+		lastCut = time.Now()
 		if err := s.cut(ctx, fl, span, p, ss, repair); err != nil {
 			loopErr = err
 			break
@@ -378,7 +379,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	return shipped, loopErr
 }
 
-// wait sleeps until a file event, an ack, ctx's end or d.
+// wait sleeps until a file event, ctx's end or d.
 func (s *Shipper) wait(ctx context.Context, watch *tail.Watch, d time.Duration) {
 	if d <= 0 {
 		return
@@ -392,7 +393,17 @@ func (s *Shipper) wait(ctx context.Context, watch *tail.Watch, d time.Duration) 
 	select {
 	case <-ctx.Done():
 	case <-events:
-	case <-s.ackToReader:
+	case <-t.C:
+	}
+}
+
+// sleep sleeps for d or until ctx's end, deaf to file events: what they
+// announce is read when it ends.
+func (s *Shipper) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
 	case <-t.C:
 	}
 }
@@ -616,10 +627,6 @@ func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan st
 		}
 		select {
 		case s.ackToPublisher <- struct{}{}:
-		default:
-		}
-		select {
-		case s.ackToReader <- struct{}{}:
 		default:
 		}
 	}

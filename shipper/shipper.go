@@ -193,7 +193,6 @@ type Shipper struct {
 	lastCkpt       format.Position
 	inFlightB      atomic.Int64
 	inFlightN      atomic.Int64
-	ackToReader    chan struct{}
 	ackToPublisher chan struct{}
 }
 
@@ -265,7 +264,6 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 		comps:          comps,
 		maxRaw:         maxRaw,
 		ret:            &retainer{policy: o.retention, minAge: o.minAge, archiveDir: o.archiveDir, ackedAt: map[uint64]time.Time{}},
-		ackToReader:    make(chan struct{}, 1),
 		ackToPublisher: make(chan struct{}, 1),
 		done:           make(chan struct{}),
 	}
