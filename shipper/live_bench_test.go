@@ -106,14 +106,23 @@ func procCPU(pid int) time.Duration {
 func BenchmarkShipLive(b *testing.B) {
 	const liveSeconds = 3
 	bin := natsServerBinary(b)
+	type live struct {
+		codec  wire.Codec
+		linger time.Duration
+	}
+	cases := []live{
+		{wire.CodecZstd, 2 * time.Millisecond}, {wire.CodecZstd, 5 * time.Millisecond}, {wire.CodecZstd, 10 * time.Millisecond},
+		{wire.CodecS2, 2 * time.Millisecond},
+	}
 	for _, rate := range []int{10_000, 50_000} {
-		for _, linger := range []time.Duration{2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond} {
-			b.Run(fmt.Sprintf("rate=%d/linger=%v", rate, linger), func(b *testing.B) {
+		for _, lc := range cases {
+			codec, linger := lc.codec, lc.linger
+			b.Run(fmt.Sprintf("rate=%d/codec=%s/linger=%v", rate, codec, linger), func(b *testing.B) {
 				var cpu, wcpu, scpu time.Duration
 				var changes, msgs, body uint64
 				var lat []float64
 				for i := 0; i < b.N; i++ {
-					st := shipLive(b, bin, rate, liveSeconds, linger)
+					st := shipLive(b, bin, rate, liveSeconds, codec, linger)
 					cpu += st.cpu
 					wcpu += st.writer
 					scpu += st.server
@@ -144,7 +153,7 @@ type liveStats struct {
 	lat                 []float64 // ms, one per message
 }
 
-func shipLive(b *testing.B, bin string, rate int, secs float64, linger time.Duration) liveStats {
+func shipLive(b *testing.B, bin string, rate int, secs float64, codec wire.Codec, linger time.Duration) liveStats {
 	b.Helper()
 	p := &serverProc{bin: bin, store: b.TempDir(), port: freePort(b)}
 	p.start(b)
@@ -160,7 +169,7 @@ func shipLive(b *testing.B, bin string, rate int, secs float64, linger time.Dura
 		b.Fatal(err)
 	}
 	dir := b.TempDir()
-	s, err := shipper.New(c, dir, "orders", shipper.WithCheckpoint(""), shipper.WithLinger(linger))
+	s, err := shipper.New(c, dir, "orders", shipper.WithCheckpoint(""), shipper.WithCodec(codec), shipper.WithLinger(linger))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -344,7 +344,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 		s.hint, s.hintOK = c.pos(), true
 	}
 
-	watch, err := tail.NewWatch(s.dir, s.log)
+	watch, err := tail.NewWatch(s.dir, s.o.linger, s.log)
 	if err != nil {
 		s.log.Warn("no file events; polling only", "err", err)
 	}

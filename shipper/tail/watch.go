@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 )
@@ -14,14 +15,24 @@ import (
 // systems): a caller still polls. An overflow is reported as a wake-up too,
 // so the caller rescans.
 type Watch struct {
-	w    *fsnotify.Watcher
-	c    chan struct{}
-	done chan struct{}
-	wg   sync.WaitGroup
+	w        *fsnotify.Watcher
+	c        chan struct{}
+	done     chan struct{}
+	coalesce time.Duration
+	wg       sync.WaitGroup
 }
 
 // NewWatch watches dir. Close stops it.
-func NewWatch(dir string, log *slog.Logger) (*Watch, error) {
+//
+// After each wake-up it takes no event for coalesce (0: none): a writer
+// appending continuously then costs one wake-up per coalesce, not one per
+// append, while the kernel merges the events of the meantime (a modified
+// file's events queue as one). A caller that reads at most once per
+// coalesce anyway loses no latency by it.
+func NewWatch(dir string, coalesce time.Duration, log *slog.Logger) (*Watch, error) {
+	if coalesce < 0 {
+		return nil, fmt.Errorf("tail: negative coalescing interval %v", coalesce)
+	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("tail: creating file watcher: %w", err)
@@ -30,7 +41,7 @@ func NewWatch(dir string, log *slog.Logger) (*Watch, error) {
 		w.Close()
 		return nil, fmt.Errorf("tail: watching %s: %w", dir, err)
 	}
-	wt := &Watch{w: w, c: make(chan struct{}, 1), done: make(chan struct{})}
+	wt := &Watch{w: w, c: make(chan struct{}, 1), done: make(chan struct{}), coalesce: coalesce}
 	wt.wg.Add(1)
 	go func() {
 		defer wt.wg.Done()
@@ -50,6 +61,11 @@ func (wt *Watch) wake() {
 }
 
 func (wt *Watch) loop(log *slog.Logger) {
+	var pause *time.Timer
+	if wt.coalesce > 0 {
+		pause = time.NewTimer(wt.coalesce)
+		defer pause.Stop()
+	}
 	for {
 		select {
 		case <-wt.done:
@@ -59,6 +75,14 @@ func (wt *Watch) loop(log *slog.Logger) {
 				return
 			}
 			wt.wake()
+			if pause != nil {
+				pause.Reset(wt.coalesce)
+				select {
+				case <-wt.done:
+					return
+				case <-pause.C:
+				}
+			}
 		case err, ok := <-wt.w.Errors:
 			if !ok {
 				return
