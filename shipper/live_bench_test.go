@@ -100,7 +100,11 @@ func procCPU(pid int) time.Duration {
 //	B/change          message body bytes per change
 //	p50-ms, p99-ms    commit → stored in the stream latency of the oldest
 //	                  change of each message (commit time from the batch
-//	                  header, stored time from the stream)
+//	                  header, stored time from the stream), from half a
+//	                  second after the first commit on
+//	chg-p50-ms, chg-p99-ms  the same over changes, each message's changes
+//	                  taken as committed evenly from its first to its last
+//	                  commit time
 //
 // Run: go test -run '^$' -bench ShipLive -benchtime 1x -count 3 ./shipper/
 func BenchmarkShipLive(b *testing.B) {
@@ -120,7 +124,7 @@ func BenchmarkShipLive(b *testing.B) {
 			b.Run(fmt.Sprintf("rate=%d/codec=%s/linger=%v", rate, codec, linger), func(b *testing.B) {
 				var cpu, wcpu, scpu time.Duration
 				var changes, msgs, body uint64
-				var lat []float64
+				var lat, chg []float64
 				for i := 0; i < b.N; i++ {
 					st := shipLive(b, bin, rate, liveSeconds, codec, linger)
 					cpu += st.cpu
@@ -130,6 +134,7 @@ func BenchmarkShipLive(b *testing.B) {
 					msgs += st.msgs
 					body += st.body
 					lat = append(lat, st.lat...)
+					chg = append(chg, st.chg...)
 				}
 				k := float64(changes) / 1000
 				b.ReportMetric(float64(cpu.Milliseconds())/k, "cpu-ms/kchange")
@@ -142,6 +147,11 @@ func BenchmarkShipLive(b *testing.B) {
 					b.ReportMetric(lat[len(lat)/2], "p50-ms")
 					b.ReportMetric(lat[len(lat)*99/100], "p99-ms")
 				}
+				slices.Sort(chg)
+				if len(chg) > 0 {
+					b.ReportMetric(chg[len(chg)/2], "chg-p50-ms")
+					b.ReportMetric(chg[len(chg)*99/100], "chg-p99-ms")
+				}
 			})
 		}
 	}
@@ -151,6 +161,7 @@ type liveStats struct {
 	cpu, writer, server time.Duration
 	changes, msgs, body uint64
 	lat                 []float64 // ms, one per message
+	chg                 []float64 // ms, one per change
 }
 
 func shipLive(b *testing.B, bin string, rate int, secs float64, codec wire.Codec, linger time.Duration) liveStats {
@@ -220,6 +231,10 @@ func shipLive(b *testing.B, bin string, rate int, secs float64, codec wire.Codec
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Latencies in the steady state: from half a second after the first
+	// commit (the session's start, its fenced first publish, is not what
+	// is measured).
+	var from int64
 	for seq := uint64(1); ; seq++ {
 		m, err := str.GetMsg(ctx, seq)
 		if err != nil {
@@ -229,7 +244,20 @@ func shipLive(b *testing.B, bin string, rate int, secs float64, codec wire.Codec
 		if err != nil || bt.FirstCommit == 0 {
 			continue
 		}
+		if from == 0 {
+			from = bt.FirstCommit + int64(500*time.Millisecond)
+		}
+		if bt.FirstCommit < from {
+			continue
+		}
 		out.lat = append(out.lat, float64(m.Time.UnixNano()-bt.FirstCommit)/1e6)
+		for k := 0; k < bt.Changes; k++ {
+			commit := bt.FirstCommit
+			if bt.Changes > 1 && bt.LastCommit > bt.FirstCommit {
+				commit += (bt.LastCommit - bt.FirstCommit) * int64(k) / int64(bt.Changes-1)
+			}
+			out.chg = append(out.chg, float64(m.Time.UnixNano()-commit)/1e6)
+		}
 	}
 	return out
 }
