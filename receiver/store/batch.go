@@ -221,8 +221,8 @@ func (b *Batch) writeRows() error {
 	if len(b.rows) == 0 {
 		return nil
 	}
-	// Keys of one table share a prefix: compare 8 bytes after it as an
-	// integer first, the full keys only on a tie.
+	// Keys of one table share a prefix: sort by the 8 bytes after it as an
+	// integer first (sortRows), by the full keys only on a tie.
 	common := key(b.rows[0])
 	for _, r := range b.rows[1:] {
 		k := key(r)

