@@ -39,7 +39,7 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		codec       = fs.String("codec", "zstd", "message compression: zstd, s2 or none")
 		maxBatch    = fs.Int("max-batch-bytes", 0, "raw bytes per message (default: the server's max_payload less headers)")
 		maxChanges  = fs.Int("max-batch-changes", 0, "changes per message (0 = no limit; a transaction is never split for it)")
-		linger      = fs.Duration("linger", shipper.DefaultLinger, "how long a message that is not full waits for more while others are in flight")
+		linger      = fs.Duration("linger", shipper.DefaultLinger, "pace of messages that are not full: at most one per linger to a live writer (a lone commit after a quiet spell leaves at once); 0 sends every read at once")
 		inflight    = fs.Int64("max-inflight-bytes", shipper.DefaultMaxInFlightBytes, "message bytes published but not yet acknowledged")
 		workers     = fs.Int("compress-workers", 0, "goroutines compressing messages per source (0 = 2, or 1 on one CPU)")
 		retention   = fs.String("retention", "keep", "shipped segments: keep, delete or archive")
