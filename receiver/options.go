@@ -209,7 +209,7 @@ func WithCheckpointDir(dir string) Option {
 	}
 }
 
-// WithMaxBatchBytes bounds one store commit (default 16 MiB).
+// WithMaxBatchBytes bounds one store commit (default 8 MiB).
 func WithMaxBatchBytes(n int) Option {
 	return func(o *options) error {
 		if n < 64<<10 || n > 1<<30 {

@@ -47,6 +47,7 @@ type Applier struct {
 	lastSeq uint64
 	created int64
 	counts  map[string]*counts
+	handed  store.StreamCursor // the cursor of the last commit started
 
 	mu      sync.Mutex // guards sources for Status
 	sources map[string]*sourceState
@@ -101,8 +102,11 @@ func NewApplier(st *store.Store, dec *wire.Decompressor, m *Metrics, log *slog.L
 	if m == nil {
 		m, _ = NewMetrics(nil)
 	}
-	return &Applier{st: st, dec: dec, m: m, log: log, prefix: prefix + ".", batch: st.NewBatch(),
-		sources: map[string]*sourceState{}, counts: map[string]*counts{}, lastSeq: st.Cursor().Seq, created: st.Cursor().Created}
+	cur := st.Cursor()
+	a := &Applier{st: st, dec: dec, m: m, log: log, prefix: prefix + ".", batch: st.NewBatch(),
+		sources: map[string]*sourceState{}, counts: map[string]*counts{}, lastSeq: cur.Seq, created: cur.Created, handed: cur}
+	a.batch.OnCommit = func(d time.Duration) { m.CommitTime.Observe(d.Seconds()) }
+	return a
 }
 
 // Close releases the open batch without committing it.
@@ -112,6 +116,7 @@ func (a *Applier) Close() { a.batch.Close() }
 // state: the caller is about to re-read the stream from cursor c.
 func (a *Applier) Reset(c store.StreamCursor) {
 	a.batch.Discard()
+	a.handed = a.st.Cursor()
 	clear(a.counts)
 	a.mu.Lock()
 	for _, s := range a.sources {
@@ -451,18 +456,30 @@ func (a *Applier) cursor() store.StreamCursor {
 	return store.StreamCursor{Seq: seq, Created: a.created}
 }
 
-// Commit commits the open batch with the stream cursor.
+// Commit commits the open batch with the stream cursor and waits until it,
+// and any commit in flight, is in the store.
 func (a *Applier) Commit() error {
+	err := a.CommitAsync()
+	if werr := a.batch.Wait(); err == nil {
+		err = werr
+	}
+	return err
+}
+
+// CommitAsync starts committing the open batch with the stream cursor and
+// returns once the previous commit is done: decoding the next messages
+// overlaps this commit. The store shows the batch once the commit is done;
+// Commit waits for it.
+func (a *Applier) CommitAsync() error {
 	c := a.cursor()
-	if a.batch.Empty() && c == a.st.Cursor() {
+	if a.batch.Empty() && c == a.handed {
 		return nil
 	}
 	a.batch.SetCursor(c)
-	start := time.Now()
-	if err := a.batch.Commit(); err != nil {
+	if err := a.batch.CommitAsync(); err != nil {
 		return err
 	}
-	a.m.CommitTime.Observe(time.Since(start).Seconds())
+	a.handed = c
 	for src, n := range a.counts {
 		a.m.Changes.WithLabelValues(src).Add(float64(n.changes))
 		a.m.Transactions.WithLabelValues(src).Add(float64(n.txs))

@@ -21,9 +21,14 @@ import (
 // frame must start where the source's position ends, or open a segment
 // after it) and refuses anything else, so a bug upstream cannot apply a
 // frame twice.
+//
+// Commits are pipelined: CommitAsync hands what the batch holds to a commit
+// goroutine (sorting rows, compressing the change log, writing Pebble) and
+// the batch fills a second buffer meanwhile, so decoding the next messages
+// overlaps writing the last ones. At most one commit is in flight; Position
+// and change ids already count it. Commit is CommitAsync and Wait.
 type Batch struct {
 	s        *Store
-	b        *pebble.Batch
 	next     uint64 // next change id
 	pos      map[string]SourcePosition
 	dirty    map[string]bool
@@ -33,7 +38,22 @@ type Batch struct {
 	txs      int
 	bytes    int64
 	now      int64
-	key, val []byte
+
+	w      *commitWork // being filled
+	spare  *commitWork // free for the next CommitAsync (nil: not made yet)
+	flying *commitWork // handed to the commit goroutine
+	done   chan error  // its result
+	err    error       // a failed commit: the batch refuses everything after it
+
+	// OnCommit, if set, is called (on the commit goroutine) with the time
+	// each commit took.
+	OnCommit func(time.Duration)
+}
+
+// commitWork is what one commit writes, filled by the Batch and written by
+// the commit goroutine; its buffers are reused commit after commit.
+type commitWork struct {
+	b *pebble.Batch
 
 	// Row writes are buffered and written sorted by key at commit, the last
 	// write of each key only: Pebble inserts sorted keys into its memtable
@@ -44,11 +64,25 @@ type Batch struct {
 	rows   []rowOp
 	rowTmp []rowOp // scratch for sortRows
 
-	// The change log entry being filled (see changelog.go).
-	entry    logEntry
-	entryOK  bool
+	// Change log entries (see changelog.go), the last one still filling;
+	// compressed by the commit goroutine.
+	entries  []logEntry
+	entryOK  bool // the last entry is still open
 	entryBuf []byte
+
+	// Set by CommitAsync.
+	positions []SourcePosition // of the sources the commit moves
+	last      uint64           // last change id (valid if changes > 0)
+	changes   int
+	cursor    StreamCursor
+	cursorOK  bool
+	key, val  []byte
 }
+
+// maxRetainedBatch bounds the Pebble batch buffer kept between commits: above
+// a consumer batch (8 MiB by default) plus its keys and positions, so the
+// usual batch is reused, and an unusual one (a huge transaction) is freed.
+const maxRetainedBatch = 32 << 20
 
 // rowOp is a buffered row write, by offsets into rowBuf (which moves as it
 // grows); small, so that sorting moves little. vend < 0 marks a delete.
@@ -58,15 +92,23 @@ type rowOp struct {
 	seq              int32
 }
 
+func (s *Store) newWork() *commitWork {
+	// The Pebble batch is reset and reused by every commit, its buffer
+	// kept: growing a fresh one to a consumer batch's size copied it ~twice
+	// (~5% of the apply CPU).
+	return &commitWork{b: s.db.NewBatch(pebble.WithMaxRetainedSizeBytes(maxRetainedBatch))}
+}
+
 // NewBatch starts a batch.
 func (s *Store) NewBatch() *Batch {
 	s.mu.Lock()
 	next := s.lastChange + 1
 	s.mu.Unlock()
-	return &Batch{s: s, b: s.db.NewBatch(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, now: time.Now().UnixNano()}
+	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, now: time.Now().UnixNano()}
 }
 
-// Position returns a source's position including what this batch applied.
+// Position returns a source's position including what this batch applied
+// (committed, in flight or not yet committed).
 func (b *Batch) Position(source string) SourcePosition {
 	if p, ok := b.pos[source]; ok {
 		return p
@@ -79,6 +121,9 @@ func (b *Batch) Position(source string) SourcePosition {
 var ErrNotNext = errors.New("store: frame is not the next one of its source")
 
 func (b *Batch) advance(source string, seg uint64, off, end int64, streamSeq uint64, t int64) (*SourcePosition, error) {
+	if b.err != nil {
+		return nil, b.err
+	}
 	p := b.Position(source)
 	if seg != p.Segment || off != p.Offset {
 		if seg <= p.Segment {
@@ -118,19 +163,20 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 		return err
 	}
 	v := Version{Source: source, Segment: seg, Offset: off}
+	w := b.w
 	for i := range tx.Changes {
 		c := &tx.Changes[i]
 		v.Index = i
 		id := b.next
 		b.next++
-		start := len(b.rowBuf)
-		b.rowBuf = appendRowKey(b.rowBuf, c.Table, c.Key)
-		op := rowOp{koff: int32(start), kend: int32(len(b.rowBuf)), vend: -1, seq: int32(len(b.rows))}
+		start := len(w.rowBuf)
+		w.rowBuf = appendRowKey(w.rowBuf, c.Table, c.Key)
+		op := rowOp{koff: int32(start), kend: int32(len(w.rowBuf)), vend: -1, seq: int32(len(w.rows))}
 		if c.Op != format.OpDelete {
-			b.rowBuf = appendRow(b.rowBuf, c, &v, tx.CommitTime, id)
-			op.vend = int32(len(b.rowBuf))
+			w.rowBuf = appendRow(w.rowBuf, c, &v, tx.CommitTime, id)
+			op.vend = int32(len(w.rowBuf))
 		}
-		b.rows = append(b.rows, op)
+		w.rows = append(w.rows, op)
 	}
 	p.LastCommit = tx.CommitTime
 	p.Transactions++
@@ -142,38 +188,32 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 	return nil
 }
 
-// logFrame adds a frame to the change log entry being filled, writing the
-// entry out first if the frame cannot join it.
+// logFrame adds a frame to the change log entry being filled, starting a
+// new entry if the frame cannot join it.
 func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, frame []byte) error {
-	if b.entryOK && (b.entry.source != source || b.entry.segment != seg || len(b.entry.raw)+len(frame) > maxEntryRaw) {
-		if err := b.flushEntry(); err != nil {
-			return err
+	w := b.w
+	var e *logEntry
+	if w.entryOK {
+		e = &w.entries[len(w.entries)-1]
+		if e.source != source || e.segment != seg || len(e.raw)+len(frame) > maxEntryRaw {
+			e = nil
 		}
 	}
-	if !b.entryOK {
-		b.entry = logEntry{first: b.next, applied: b.now, source: source, segment: seg,
-			offsets: b.entry.offsets[:0], raw: b.entry.raw[:0]}
-		b.entryOK = true
+	if e == nil {
+		// Reuse the buffers of an entry of an earlier commit.
+		if len(w.entries) < cap(w.entries) {
+			w.entries = w.entries[:len(w.entries)+1]
+		} else {
+			w.entries = append(w.entries, logEntry{})
+		}
+		e = &w.entries[len(w.entries)-1]
+		*e = logEntry{first: b.next, applied: b.now, source: source, segment: seg,
+			offsets: e.offsets[:0], raw: e.raw[:0]}
+		w.entryOK = true
 	}
-	b.entry.offsets = append(b.entry.offsets, off)
-	b.entry.raw = append(b.entry.raw, frame...)
-	b.entry.changes += changes
-	return nil
-}
-
-func (b *Batch) flushEntry() error {
-	if !b.entryOK {
-		return nil
-	}
-	b.entryOK = false
-	if b.entry.changes == 0 {
-		return nil
-	}
-	b.key = appendChangeKey(b.key[:0], b.entry.first)
-	b.entryBuf = appendEntry(b.entryBuf[:0], &b.entry)
-	if err := b.b.Set(b.key, b.entryBuf, nil); err != nil {
-		return fmt.Errorf("store: appending to the change log: %w", err)
-	}
+	e.offsets = append(e.offsets, off)
+	e.raw = append(e.raw, frame...)
+	e.changes += changes
 	return nil
 }
 
@@ -203,9 +243,9 @@ func (b *Batch) Bytes() int64      { return b.bytes }
 
 // Size returns the batch's size so far, in bytes.
 func (b *Batch) Size() int {
-	n := b.b.Len() + len(b.rowBuf)
-	if b.entryOK {
-		n += len(b.entry.raw)
+	n := len(b.w.rowBuf)
+	for i := range b.w.entries {
+		n += len(b.w.entries[i].raw)
 	}
 	return n
 }
@@ -215,16 +255,16 @@ func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK }
 
 // writeRows writes the buffered row writes to the Pebble batch sorted by
 // key, the last write of each key only.
-func (b *Batch) writeRows() error {
-	buf := b.rowBuf
+func (w *commitWork) writeRows() error {
+	buf := w.rowBuf
 	key := func(r rowOp) []byte { return buf[r.koff:r.kend] }
-	if len(b.rows) == 0 {
+	if len(w.rows) == 0 {
 		return nil
 	}
 	// Keys of one table share a prefix: sort by the 8 bytes after it as an
 	// integer first (sortRows), by the full keys only on a tie.
-	common := key(b.rows[0])
-	for _, r := range b.rows[1:] {
+	common := key(w.rows[0])
+	for _, r := range w.rows[1:] {
 		k := key(r)
 		n := 0
 		for n < len(common) && n < len(k) && common[n] == k[n] {
@@ -233,21 +273,21 @@ func (b *Batch) writeRows() error {
 		common = common[:n]
 	}
 	cl := len(common)
-	for i := range b.rows {
-		var w [8]byte
-		copy(w[:], key(b.rows[i])[cl:])
-		b.rows[i].pfx = binary.BigEndian.Uint64(w[:])
+	for i := range w.rows {
+		var pfx [8]byte
+		copy(pfx[:], key(w.rows[i])[cl:])
+		w.rows[i].pfx = binary.BigEndian.Uint64(pfx[:])
 	}
-	b.rows, b.rowTmp = sortRows(b.rows, b.rowTmp, func(r rowOp) []byte { return key(r)[cl:] })
-	for i, r := range b.rows {
-		if i+1 < len(b.rows) && bytes.Equal(key(r), key(b.rows[i+1])) {
+	w.rows, w.rowTmp = sortRows(w.rows, w.rowTmp, func(r rowOp) []byte { return key(r)[cl:] })
+	for i, r := range w.rows {
+		if i+1 < len(w.rows) && bytes.Equal(key(r), key(w.rows[i+1])) {
 			continue // a later write of the same key wins
 		}
 		var err error
 		if r.vend < 0 {
-			err = b.b.Delete(key(r), nil)
+			err = w.b.Delete(key(r), nil)
 		} else {
-			err = b.b.Set(key(r), buf[r.kend:r.vend], nil)
+			err = w.b.Set(key(r), buf[r.kend:r.vend], nil)
 		}
 		if err != nil {
 			return fmt.Errorf("store: writing row: %w", err)
@@ -308,81 +348,155 @@ func sortRows(rows, tmp []rowOp, rest func(rowOp) []byte) (sorted, scratch []row
 }
 
 // Commit writes the batch: data, positions, last change id and cursor in one
-// atomic Pebble commit. The Batch can be used again afterwards.
+// atomic Pebble commit, and waits for it (and any commit in flight). The Batch
+// can be used again afterwards.
 func (b *Batch) Commit() error {
+	if err := b.CommitAsync(); err != nil {
+		return err
+	}
+	return b.Wait()
+}
+
+// CommitAsync hands what the batch holds to a commit goroutine, after the
+// previous commit (if any) completed, and returns: the batch can be filled
+// again at once. The commit's outcome is reported by Wait, or by the next
+// CommitAsync or Commit; after a failed commit the batch refuses everything.
+func (b *Batch) CommitAsync() error {
+	if b.err != nil {
+		return b.err
+	}
 	if b.Empty() {
 		return nil
 	}
-	if err := b.flushEntry(); err != nil {
+	if err := b.Wait(); err != nil {
 		return err
 	}
-	if err := b.writeRows(); err != nil {
-		return err
-	}
+	w := b.w
+	w.entryOK = false
+	w.positions = w.positions[:0]
 	for src := range b.dirty {
-		p := b.pos[src]
-		b.val = encodePos(b.val[:0], &p)
-		if err := b.b.Set(posKey(src), b.val, nil); err != nil {
+		w.positions = append(w.positions, b.pos[src])
+	}
+	w.last, w.changes = b.next-1, b.changes
+	w.cursor, w.cursorOK = b.cursor, b.cursorOK
+	done := make(chan error, 1)
+	s, onCommit := b.s, b.OnCommit
+	go func() {
+		start := time.Now()
+		err := w.commit(s)
+		if err == nil && onCommit != nil {
+			onCommit(time.Since(start))
+		}
+		done <- err
+	}()
+	b.flying, b.done = w, done
+	if b.spare == nil {
+		b.spare = b.s.newWork()
+	}
+	b.w, b.spare = b.spare, nil
+	clear(b.dirty)
+	b.cursorOK = false
+	b.changes, b.txs, b.bytes = 0, 0, 0
+	b.now = time.Now().UnixNano()
+	return nil
+}
+
+// Wait waits for the commit in flight, if any, and returns its error.
+func (b *Batch) Wait() error {
+	if b.done == nil {
+		return b.err
+	}
+	err := <-b.done
+	b.flying.reset()
+	b.spare, b.flying, b.done = b.flying, nil, nil
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+	return b.err
+}
+
+// commit writes w (on the commit goroutine) and publishes what it moved.
+func (w *commitWork) commit(s *Store) error {
+	for i := range w.entries {
+		e := &w.entries[i]
+		if e.changes == 0 {
+			continue
+		}
+		w.key = appendChangeKey(w.key[:0], e.first)
+		w.entryBuf = appendEntry(w.entryBuf[:0], e)
+		if err := w.b.Set(w.key, w.entryBuf, nil); err != nil {
+			return fmt.Errorf("store: appending to the change log: %w", err)
+		}
+	}
+	if err := w.writeRows(); err != nil {
+		return err
+	}
+	for i := range w.positions {
+		p := &w.positions[i]
+		w.val = encodePos(w.val[:0], p)
+		if err := w.b.Set(posKey(p.Source), w.val, nil); err != nil {
 			return fmt.Errorf("store: setting position: %w", err)
 		}
 	}
-	last := b.next - 1
-	if b.changes > 0 {
-		if err := b.b.Set(keyLastChange, leAppend(nil, last), nil); err != nil {
+	if w.changes > 0 {
+		if err := w.b.Set(keyLastChange, leAppend(nil, w.last), nil); err != nil {
 			return fmt.Errorf("store: setting last change id: %w", err)
 		}
 	}
-	if b.cursorOK {
-		if err := b.b.Set(keyStream, encodeCursor(b.cursor), nil); err != nil {
+	if w.cursorOK {
+		if err := w.b.Set(keyStream, encodeCursor(w.cursor), nil); err != nil {
 			return fmt.Errorf("store: setting stream cursor: %w", err)
 		}
 	}
-	if err := b.b.Commit(b.s.wo); err != nil {
-		return fmt.Errorf("store: committing %d changes: %w", b.changes, err)
+	if err := w.b.Commit(s.wo); err != nil {
+		return fmt.Errorf("store: committing %d changes: %w", w.changes, err)
 	}
-	s := b.s
 	s.committed()
 	s.mu.Lock()
-	for src := range b.dirty {
-		s.positions[src] = b.pos[src]
+	for i := range w.positions {
+		s.positions[w.positions[i].Source] = w.positions[i]
 	}
-	if b.changes > 0 {
+	if w.changes > 0 {
 		if s.firstChange > s.lastChange {
 			s.firstChange = s.lastChange + 1
 		}
-		s.lastChange = last
+		s.lastChange = w.last
 	}
-	if b.cursorOK {
-		s.cursor = b.cursor
+	if w.cursorOK {
+		s.cursor = w.cursor
 	}
 	close(s.notify)
 	s.notify = make(chan struct{})
 	s.mu.Unlock()
-	b.reset()
 	return nil
 }
 
-// Discard drops what the batch holds.
-func (b *Batch) Discard() {
-	b.s.mu.Lock()
-	b.next = b.s.lastChange + 1
-	b.s.mu.Unlock()
-	b.reset()
+func (w *commitWork) reset() {
+	w.rowBuf, w.rows = w.rowBuf[:0], w.rows[:0]
+	w.entries, w.entryOK = w.entries[:0], false
+	w.b.Reset()
 }
 
-func (b *Batch) reset() {
-	b.rowBuf, b.rows = b.rowBuf[:0], b.rows[:0]
-	b.entryOK = false
-	b.b.Close()
-	b.b = b.s.db.NewBatch()
+// Discard drops what the batch holds (a commit in flight completes first).
+func (b *Batch) Discard() {
+	b.Wait()
+	b.w.reset()
 	clear(b.pos)
 	clear(b.dirty)
 	b.cursorOK = false
 	b.changes, b.txs, b.bytes = 0, 0, 0
 	b.now = time.Now().UnixNano()
+	b.s.mu.Lock()
+	b.next = b.s.lastChange + 1
+	b.s.mu.Unlock()
 }
 
-// Close releases the batch without committing.
+// Close waits for a commit in flight and releases the batch without
+// committing what it holds.
 func (b *Batch) Close() {
-	b.b.Close()
+	b.Wait()
+	b.w.b.Close()
+	if b.spare != nil {
+		b.spare.b.Close()
+	}
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/klauspost/compress/s2"
@@ -46,8 +47,8 @@ func appendEntry(dst []byte, e *logEntry) []byte {
 	}
 	n := s2.MaxEncodedLen(len(e.raw))
 	start := len(dst)
-	dst = append(dst, make([]byte, n)...)
-	out := s2.Encode(dst[start:], e.raw)
+	dst = slices.Grow(dst, n)
+	out := s2.Encode(dst[start:start+n], e.raw)
 	return dst[:start+len(out)]
 }
 

@@ -281,3 +281,118 @@ func TestCrashKeepsBatchPrefix(t *testing.T) {
 		t.Fatalf("after a clean close: %d transactions, want 400", p.Transactions)
 	}
 }
+
+// TestPipelinedCommits applies the same transactions to two stores, one
+// committing each group synchronously and one with CommitAsync (the next
+// group filled while the last one commits), while a reader checks that every
+// commit it sees is whole. Rows, positions, change ids and change log must be
+// identical; Discard keeps the commit in flight and drops only the open batch.
+func TestPipelinedCommits(t *testing.T) {
+	sync, async := open(t, vfs.NewMem()), open(t, vfs.NewMem())
+	defer sync.Close()
+	defer async.Close()
+	bs, ba := sync.NewBatch(), async.NewBatch()
+	defer bs.Close()
+	defer ba.Close()
+
+	// The reader: every group sets "g" and its keys "gN-*" in one commit, so
+	// whenever "g" says N, all keys of group N are there.
+	stop := make(chan struct{})
+	readerErr := make(chan error, 1)
+	go func() {
+		defer close(readerErr)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			row, ok, err := async.Get("t", []byte("g"))
+			if err != nil || !ok {
+				continue
+			}
+			g := strings.TrimSuffix(strings.TrimPrefix(string(row.Value), `{"k":"`), `"}`)
+			for k := 0; k < 30; k++ {
+				if _, ok, _ := async.Get("t", []byte(fmt.Sprintf("%s-%d", g, k))); !ok {
+					readerErr <- fmt.Errorf("commit seen in part: %s set but %s-%d missing", g, g, k)
+					return
+				}
+			}
+		}
+	}()
+
+	offS, offA := int64(45), int64(45)
+	for g := 0; g < 60; g++ {
+		keys := []string{fmt.Sprintf("g%d", g)}
+		for k := 0; k < 30; k++ {
+			keys = append(keys, fmt.Sprintf("g%d-%d", g, k))
+		}
+		// "g" last, holding the group's name (tx() uses the key as value).
+		for _, b := range []*store.Batch{bs, ba} {
+			off := &offS
+			if b == ba {
+				off = &offA
+			}
+			*off = apply(t, b, 1, *off, uint64(g+1), keys...)
+			tx := &format.Tx{CommitTime: time.Now().UnixNano(), Changes: []format.Change{{Table: "t", Op: format.OpUpsert, Key: []byte("g"), After: []byte(`{"k":"g` + fmt.Sprint(g) + `"}`)}}}
+			frame, _ := format.AppendTx(nil, tx)
+			end := *off + int64(len(frame))
+			if err := b.ApplyTx("s", 1, *off, end, uint64(g+1), tx, frame); err != nil {
+				t.Fatal(err)
+			}
+			*off = end
+			b.SetCursor(store.StreamCursor{Seq: uint64(g + 1)})
+		}
+		if err := bs.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := ba.CommitAsync(); err != nil {
+			t.Fatal(err)
+		}
+		// The batch's position already counts the commit in flight.
+		if p := ba.Position("s"); p.Offset != offA {
+			t.Fatalf("group %d: batch position %d while the commit is in flight, want %d", g, p.Offset, offA)
+		}
+	}
+	// An open batch discarded after a commit in flight: the commit stays.
+	apply(t, ba, 1, offA, 99, "dropped")
+	ba.Discard()
+	close(stop)
+	if err := <-readerErr; err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := async.Get("t", []byte("dropped")); ok {
+		t.Fatal("a discarded change is in the store")
+	}
+	if ps, pa := sync.Position("s"), async.Position("s"); ps.Offset != pa.Offset || ps.Changes != pa.Changes || ps.Transactions != pa.Transactions {
+		t.Fatalf("positions differ: sync %+v, pipelined %+v", ps, pa)
+	}
+	if sync.Cursor() != async.Cursor() {
+		t.Fatalf("cursors differ: %+v vs %+v", sync.Cursor(), async.Cursor())
+	}
+	fs, ls := sync.ChangeRange()
+	fa, la := async.ChangeRange()
+	if fs != fa || ls != la || ls != 60*32 {
+		t.Fatalf("change ranges differ: %d..%d vs %d..%d (want ..%d)", fs, ls, fa, la, 60*32)
+	}
+	cs, err1 := sync.Changes(0, 5000)
+	ca, err2 := async.Changes(0, 5000)
+	if err1 != nil || err2 != nil || len(cs) != len(ca) {
+		t.Fatalf("change logs: %d (%v) vs %d (%v)", len(cs), err1, len(ca), err2)
+	}
+	for i := range cs {
+		if cs[i].ID != ca[i].ID || string(cs[i].Key) != string(ca[i].Key) || cs[i].Version != ca[i].Version {
+			t.Fatalf("change %d differs: %+v vs %+v", i, cs[i], ca[i])
+		}
+	}
+	rs, _, _ := sync.Scan("t", nil, nil, 5000)
+	ra, _, _ := async.Scan("t", nil, nil, 5000)
+	if len(rs) != len(ra) || len(rs) != 60*31+1 {
+		t.Fatalf("rows: %d vs %d, want %d", len(rs), len(ra), 60*31+1)
+	}
+	for i := range rs {
+		if string(rs[i].Key) != string(ra[i].Key) || rs[i].ChangeID != ra[i].ChangeID || string(rs[i].Value) != string(ra[i].Value) {
+			t.Fatalf("row %d differs: %+v vs %+v", i, rs[i], ra[i])
+		}
+	}
+}
