@@ -149,6 +149,8 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		// Process start until its HTTP API answers (Pebble opened, NATS
 		// connected): counted in changes/s.
 		b.ReportMetric(up.Sub(t0).Seconds()*1000, "startup-ms")
+		_, _, _, stalled := compactionState(base)
+		b.ReportMetric(stalled*1000, "stall-ms")
 		// This process during the catch-up: the JetStream server feeding
 		// the receiver (and the status polls): the rest of the machine's
 		// two cores.
@@ -177,7 +179,7 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		settle := time.Now()
 		idle, lastCount := time.Now(), -1.0
 		for time.Since(settle) < 30*time.Second {
-			n, debt, count := compactionState(base)
+			n, debt, count, _ := compactionState(base)
 			if n != 0 || count != lastCount {
 				idle, lastCount = time.Now(), count
 			}
@@ -238,17 +240,18 @@ func BenchmarkReceiveProcess(b *testing.B) {
 }
 
 // compactionState reads the receiver's Pebble compactions in progress,
-// compaction debt and compactions completed from /metrics.
-func compactionState(base string) (inProgress, debt, count float64) {
+// compaction debt, compactions completed and write stall seconds from
+// /metrics.
+func compactionState(base string) (inProgress, debt, count, stalled float64) {
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
-		return -1, -1, -1
+		return -1, -1, -1, -1
 	}
 	defer resp.Body.Close()
 	var p expfmt.TextParser
 	fams, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return -1, -1, -1
+		return -1, -1, -1, -1
 	}
 	get := func(name string) float64 {
 		if f := fams[name]; f != nil && len(f.Metric) > 0 {
@@ -262,7 +265,7 @@ func compactionState(base string) (inProgress, debt, count float64) {
 		return -1
 	}
 	return get("ferry_receiver_pebble_compactions_in_progress"), get("ferry_receiver_pebble_compaction_debt_bytes"),
-		get("ferry_receiver_pebble_compactions_total")
+		get("ferry_receiver_pebble_compactions_total"), get("ferry_receiver_pebble_write_stall_seconds_total")
 }
 
 // procIO reads a field of /proc/<pid>/io (-1 if unreadable).

@@ -12,6 +12,7 @@ type collector struct{ s *Store }
 var (
 	descCompactions = prometheus.NewDesc("ferry_receiver_pebble_compactions_in_progress", "Pebble compactions running.", nil, nil)
 	descCompacted   = prometheus.NewDesc("ferry_receiver_pebble_compactions_total", "Pebble compactions completed.", nil, nil)
+	descStalled     = prometheus.NewDesc("ferry_receiver_pebble_write_stall_seconds_total", "Time commits waited for Pebble (a full memtable waiting for its flush).", nil, nil)
 	descDebt        = prometheus.NewDesc("ferry_receiver_pebble_compaction_debt_bytes", "Bytes Pebble estimates it must compact to reach a stable shape.", nil, nil)
 	descL0          = prometheus.NewDesc("ferry_receiver_pebble_l0_files", "Tables in Pebble's level 0 (read amplification).", nil, nil)
 	descMem         = prometheus.NewDesc("ferry_receiver_pebble_memtable_bytes", "Bytes allocated by Pebble's memtables.", nil, nil)
@@ -21,7 +22,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descDebt, descL0, descMem, descDisk, descHits, descMisses} {
+	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descHits, descMisses} {
 		ch <- d
 	}
 }
@@ -30,6 +31,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	m := c.s.db.Metrics()
 	ch <- prometheus.MustNewConstMetric(descCompactions, prometheus.GaugeValue, float64(m.Compact.NumInProgress))
 	ch <- prometheus.MustNewConstMetric(descCompacted, prometheus.CounterValue, float64(m.Compact.Count))
+	ch <- prometheus.MustNewConstMetric(descStalled, prometheus.CounterValue, c.s.WriteStalled().Seconds())
 	ch <- prometheus.MustNewConstMetric(descDebt, prometheus.GaugeValue, float64(m.Compact.EstimatedDebt))
 	ch <- prometheus.MustNewConstMetric(descL0, prometheus.GaugeValue, float64(m.Levels[0].TablesCount))
 	ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(m.MemTable.Size))

@@ -156,6 +156,9 @@ type Store struct {
 	stopFlush chan struct{}
 	flushDone chan struct{}
 	closeOnce sync.Once
+
+	stallStart atomic.Int64 // Unix ns of the write stall under way (0: none)
+	stalled    atomic.Int64 // ns of write stalls so far
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -194,6 +197,17 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// keep Snappy.
 	po.Levels[0].Compression = func() *sstable.CompressionProfile { return sstable.NoCompression }
 	po.Levels[1].Compression = func() *sstable.CompressionProfile { return sstable.SnappyCompression }
+	// Write stalls (a full memtable waiting for its flush) are timed: a
+	// receiver that falls behind because Pebble cannot keep up shows it.
+	s := &Store{log: o.log, dir: dir, positions: map[string]SourcePosition{}, notify: make(chan struct{})}
+	po.EventListener = &pebble.EventListener{
+		WriteStallBegin: func(pebble.WriteStallBeginInfo) { s.stallStart.Store(time.Now().UnixNano()) },
+		WriteStallEnd: func() {
+			if t := s.stallStart.Swap(0); t != 0 {
+				s.stalled.Add(time.Now().UnixNano() - t)
+			}
+		},
+	}
 	if o.fs == nil {
 		o.fs = vfs.Default
 	}
@@ -202,7 +216,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: opening Pebble in %s: %w (is another receiver using this --data directory?)", dir, err)
 	}
-	s := &Store{db: db, log: o.log, dir: dir, wo: pebble.NoSync, positions: map[string]SourcePosition{}, notify: make(chan struct{})}
+	s.db, s.wo = db, pebble.NoSync
 	if o.sync {
 		s.wo = pebble.Sync
 	}
@@ -421,6 +435,16 @@ func (s *Store) Sync() error {
 		return fmt.Errorf("store: syncing the WAL: %w", err)
 	}
 	return nil
+}
+
+// WriteStalled returns the time commits spent stalled by Pebble so far (a
+// full memtable waiting for a flush).
+func (s *Store) WriteStalled() time.Duration {
+	d := s.stalled.Load()
+	if t := s.stallStart.Load(); t != 0 {
+		d += time.Now().UnixNano() - t
+	}
+	return time.Duration(d)
 }
 
 // Metrics returns Pebble's metrics.
