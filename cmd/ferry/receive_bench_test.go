@@ -24,16 +24,19 @@ import (
 	"github.com/prometheus/common/expfmt"
 )
 
-// procStatusKiB reads a VmRSS-like field of /proc/<pid>/status in KiB.
-func procStatusKiB(pid int, field string) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// procField reads the number after "field:" in /proc/<pid>/<file> (status:
+// VmRSS and VmHWM in KiB; io: wchar in bytes), -1 if unreadable.
+func procField(pid int, file, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, file))
 	if err != nil {
 		return -1
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			n, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
-			return n
+			if f := strings.Fields(rest); len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
 		}
 	}
 	return -1
@@ -158,11 +161,11 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		b.ReportMetric(float64(procCPU(cmd.Process.Pid).Nanoseconds())/float64(total), "cpu-ns/change")
 		// Bytes the receiver wrote by system calls (Pebble's flushes and
 		// compactions, mostly) per change: its write amplification.
-		b.ReportMetric(float64(procIO(cmd.Process.Pid, "wchar"))/float64(total), "wchar-B/change")
+		b.ReportMetric(float64(procField(cmd.Process.Pid, "io", "wchar"))/float64(total), "wchar-B/change")
 		<-applyProfDone
 		b.ReportMetric(float64(total)/applySecs, "changes/s")
-		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmRSS"))/1024, "rss-MiB")
-		b.ReportMetric(float64(procStatusKiB(cmd.Process.Pid, "VmHWM"))/1024, "hwm-MiB")
+		b.ReportMetric(float64(procField(cmd.Process.Pid, "status", "VmRSS"))/1024, "rss-MiB")
+		b.ReportMetric(float64(procField(cmd.Process.Pid, "status", "VmHWM"))/1024, "hwm-MiB")
 
 		// FERRY_BENCH_APPLY_ONLY=1 stops here (no GET load).
 		if os.Getenv("FERRY_BENCH_APPLY_ONLY") != "" {
@@ -266,21 +269,6 @@ func compactionState(base string) (inProgress, debt, count, stalled float64) {
 	}
 	return get("ferry_receiver_pebble_compactions_in_progress"), get("ferry_receiver_pebble_compaction_debt_bytes"),
 		get("ferry_receiver_pebble_compactions_total"), get("ferry_receiver_pebble_write_stall_seconds_total")
-}
-
-// procIO reads a field of /proc/<pid>/io (-1 if unreadable).
-func procIO(pid int, field string) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
-			return n
-		}
-	}
-	return -1
 }
 
 // selfCPU returns this process's user+system CPU time.
