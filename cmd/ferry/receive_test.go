@@ -266,4 +266,7 @@ func TestReceiveCheckpointAction(t *testing.T) {
 	if p := st.Position("s"); p.Offset != 38+int64(len(frame)) || p.Changes != 1 {
 		t.Fatalf("checkpoint position %+v", p)
 	}
+	if cs, err := st.Changes(0, 10); err != nil || len(cs) != 1 || string(cs[0].Key) != "k" {
+		t.Fatalf("checkpoint change log: %+v, %v", cs, err)
+	}
 }

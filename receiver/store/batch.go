@@ -417,16 +417,8 @@ func (b *Batch) Wait() error {
 
 // commit writes w (on the commit goroutine) and publishes what it moved.
 func (w *commitWork) commit(s *Store) error {
-	for i := range w.entries {
-		e := &w.entries[i]
-		if e.changes == 0 {
-			continue
-		}
-		w.key = appendChangeKey(w.key[:0], e.first)
-		w.entryBuf = appendEntry(w.entryBuf[:0], e)
-		if err := w.b.Set(w.key, w.entryBuf, nil); err != nil {
-			return fmt.Errorf("store: appending to the change log: %w", err)
-		}
+	if err := w.writeLog(s); err != nil {
+		return err
 	}
 	if err := w.writeRows(); err != nil {
 		return err
@@ -446,6 +438,12 @@ func (w *commitWork) commit(s *Store) error {
 	if w.cursorOK {
 		if err := w.b.Set(keyStream, encodeCursor(w.cursor), nil); err != nil {
 			return fmt.Errorf("store: setting stream cursor: %w", err)
+		}
+	}
+	if !s.noWAL && len(w.entries) > 0 {
+		// Every commit is durable at once: so must be the log it indexes.
+		if err := s.logs.sync(); err != nil {
+			return err
 		}
 	}
 	if err := w.b.Commit(s.wo); err != nil {
@@ -469,6 +467,45 @@ func (w *commitWork) commit(s *Store) error {
 	s.notify = make(chan struct{})
 	s.mu.Unlock()
 	return nil
+}
+
+// writeLog appends the batch's change log entries to the log files, in one
+// write, and their index records to the Pebble batch (logfile.go).
+func (w *commitWork) writeLog(s *Store) error {
+	n := 0
+	for i := range w.entries {
+		if w.entries[i].changes > 0 {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	w.entryBuf = w.entryBuf[:0]
+	var file uint64
+	var base int64
+	for i := range w.entries {
+		e := &w.entries[i]
+		if e.changes == 0 {
+			continue
+		}
+		if len(w.entryBuf) == 0 {
+			var err error
+			if file, base, err = s.logs.next(e.first); err != nil {
+				return err
+			}
+		}
+		start := len(w.entryBuf)
+		w.entryBuf = appendLogRecord(w.entryBuf, e)
+		x := indexRecord{file: file, off: base + int64(start), length: uint32(len(w.entryBuf) - start - logRecordHeader),
+			changes: uint32(e.changes), applied: e.applied}
+		w.key = appendChangeKey(w.key[:0], e.first)
+		w.val = appendIndex(w.val[:0], &x)
+		if err := w.b.Set(w.key, w.val, nil); err != nil {
+			return fmt.Errorf("store: indexing the change log: %w", err)
+		}
+	}
+	return s.logs.write(w.entryBuf)
 }
 
 func (w *commitWork) reset() {

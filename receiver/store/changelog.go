@@ -9,12 +9,12 @@ import (
 	"github.com/klauspost/compress/s2"
 )
 
-// The change log is stored as entries, not one key per change: an entry
+// The change log is stored as entries, not one record per change: an entry
 // holds consecutive transaction frames of one source and segment, as the
-// raw frames themselves (s2-compressed), under the key of its first change
-// id. Writing one key per ~1 MiB of frames instead of two keys per change
-// halves what Pebble flushes and compacts; readers decode the frames (and
-// check their CRCs again) when they serve the feed.
+// raw frames themselves (s2-compressed), and is known by its first change
+// id. Entries are appended to the change log's files, indexed in Pebble
+// (logfile.go); readers decode the frames (and check their CRCs again) when
+// they serve the feed.
 //
 // Entry value:
 //

@@ -10,7 +10,7 @@ import (
 //	'm' + name                      meta: last change id, stream cursor, webhook cursor
 //	'p' + source                    a source's applied position (posRecord)
 //	'r' + uvarint(len(table)) + table + key   the current row (rowRecord)
-//	'c' + first change id (u64 big endian)    a change log entry (changelog.go)
+//	'c' + first change id (u64 big endian)    a change log entry's index record (logfile.go)
 //
 // Rows of one table are contiguous and ordered by key bytes, so a prefix scan
 // of a table is one iterator; change ids are big endian so the log iterates

@@ -88,10 +88,23 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 		ok = it.First()
 	}
 	var out []Change
+	lr := logReader{l: s.logs}
+	defer lr.close()
 	for ; ok && len(out) < limit; ok = it.Next() {
 		id, _ := changeKeyID(it.Key())
 		v, err := it.ValueAndErr()
+		if err == nil && len(v) > 0 && v[0] == indexVersion {
+			var x indexRecord
+			if x, err = decodeIndex(id, v); err == nil && id+uint64(x.changes)-1 <= after {
+				continue // all before the cursor: skip the read
+			} else if err == nil {
+				v, err = lr.entry(id, &x)
+			}
+		}
 		if err != nil {
+			if first2, _ := s.ChangeRange(); after+1 < first2 {
+				break // trimmed under us: reported below
+			}
 			return nil, fmt.Errorf("store: reading change log entry %d: %w", id, err)
 		}
 		if out, err = decodeEntry(id, v, after, limit, out); err != nil {
@@ -102,7 +115,8 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 		return nil, fmt.Errorf("store: reading changes: %w", err)
 	}
 	// A concurrent trim may have removed the first ones between the check
-	// and the iterator: never return a log with a hole at its start.
+	// and the iterator (or their file while reading it): never return a log
+	// with a hole at its start.
 	if first2, _ := s.ChangeRange(); after+1 < first2 {
 		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first2)
 	}
@@ -127,8 +141,14 @@ func (s *Store) entryAt(id uint64) (logEntry, bool, error) {
 	if err != nil {
 		return logEntry{}, false, fmt.Errorf("store: reading change log entry %d: %w", first, err)
 	}
-	e, _, err := entryHeader(first, v)
-	if err != nil {
+	var e logEntry
+	if len(v) > 0 && v[0] == indexVersion {
+		x, err := decodeIndex(first, v)
+		if err != nil {
+			return logEntry{}, false, err
+		}
+		e = logEntry{first: first, changes: int(x.changes), applied: x.applied}
+	} else if e, _, err = entryHeader(first, v); err != nil {
 		return logEntry{}, false, err
 	}
 	return e, id < first+uint64(e.changes), nil
@@ -141,6 +161,8 @@ func (s *Store) entryAt(id uint64) (logEntry, bool, error) {
 // removes whole entries only: up to the entry holding the first change to
 // keep. It returns how many changes it removed.
 func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, error) {
+	s.trimMu.Lock()
+	defer s.trimMu.Unlock()
 	first, last := s.ChangeRange()
 	if first > last {
 		return 0, nil
@@ -196,5 +218,17 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 		return 0, fmt.Errorf("store: trimming changes [%d, %d): %w", first, cut, err)
 	}
 	s.committed()
+	// Files that hold only trimmed entries go once the trim of their
+	// index is durable: before, a crash could bring back index records
+	// pointing at them. Without a WAL that takes a flush, so it waits until
+	// a whole file can go.
+	if s.logs.removable(cut) {
+		if err := s.Sync(); err != nil {
+			return cut - first, err
+		}
+		if err := s.logs.removeBefore(cut); err != nil {
+			return cut - first, err
+		}
+	}
 	return cut - first, nil
 }

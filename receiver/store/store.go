@@ -1,6 +1,7 @@
-// Package store holds a receiver's state in Pebble: the current row of every
-// (table, key), the change log that feeds subscribers, each source's applied
-// position and the stream cursor, all written together in atomic batches.
+// Package store holds a receiver's state: in Pebble, the current row of every
+// (table, key), each source's applied position, the stream cursor and the
+// index of the change log that feeds subscribers, all written together in
+// atomic batches; the change log's entries in append-only files beside it.
 //
 // The store has one writer (the consumer applying the stream, through Batch)
 // and any number of readers. A transaction and the source position just past
@@ -21,8 +22,11 @@
 //     only once every batch applied to it is complete (readyForFlush);
 //   - flushes take the memtable queue in order, a prefix of it at a time,
 //     and each flush is recorded in the MANIFEST (synced) atomically;
-//   - a transaction's rows, change log entry, its source's position, the
-//     last change id and the stream cursor are in the same batch.
+//   - a transaction's rows, change log index record, its source's position,
+//     the last change id and the stream cursor are in the same batch;
+//   - the change log's files (logfile.go) are written before the commit that
+//     indexes them and fsynced before any flush writes its first table, so
+//     a durable index record always points at durable bytes.
 //
 // So after any crash every source's position still matches its data, and
 // whatever was lost is re-read from JetStream, which still holds it (the
@@ -58,6 +62,7 @@ type options struct {
 	memTableSize uint64
 	sync         bool
 	flushEvery   time.Duration
+	logFileSize  int64
 	fs           vfs.FS
 	log          *slog.Logger
 }
@@ -111,6 +116,19 @@ func WithFlushInterval(d time.Duration) Option {
 	}
 }
 
+// WithLogFileSize sets the size at which the change log starts a new file
+// (default 64 MiB). Trimming removes whole files, so the log keeps up to this
+// much beyond what its retention asks.
+func WithLogFileSize(n int64) Option {
+	return func(o *options) error {
+		if n < 1<<10 || n > 1<<32 {
+			return fmt.Errorf("store: change log file size %d outside 1 KiB..4 GiB", n)
+		}
+		o.logFileSize = n
+		return nil
+	}
+}
+
 // WithFS runs the store on another file system (vfs.NewMem() in tests).
 func WithFS(fs vfs.FS) Option {
 	return func(o *options) error {
@@ -136,10 +154,15 @@ func WithLogger(l *slog.Logger) Option {
 // Store is a receiver's Pebble store. Its methods are safe for concurrent
 // use, except that only one Batch may be open at a time.
 type Store struct {
-	db  *pebble.DB
-	wo  *pebble.WriteOptions
-	log *slog.Logger
-	dir string
+	db     *pebble.DB
+	wo     *pebble.WriteOptions
+	log    *slog.Logger
+	dir    string
+	fs     vfs.FS
+	logs   *logFiles  // the change log's files (logfile.go)
+	trimMu sync.Mutex // trims and checkpoints, one at a time
+
+	logFileSize int64
 
 	mu          sync.Mutex
 	positions   map[string]SourcePosition
@@ -163,11 +186,14 @@ type Store struct {
 
 // Open opens (creating if needed) the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{cacheSize: 64 << 20, memTableSize: 64 << 20, flushEvery: 5 * time.Second, log: slog.New(slog.DiscardHandler)}
+	o := options{cacheSize: 64 << 20, memTableSize: 64 << 20, flushEvery: 5 * time.Second, logFileSize: 64 << 20, log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
 		}
+	}
+	if o.fs == nil {
+		o.fs = vfs.Default
 	}
 	cache := pebble.NewCache(o.cacheSize)
 	defer cache.Unref()
@@ -199,17 +225,26 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	po.Levels[1].Compression = func() *sstable.CompressionProfile { return sstable.SnappyCompression }
 	// Write stalls (a full memtable waiting for its flush) are timed: a
 	// receiver that falls behind because Pebble cannot keep up shows it.
-	s := &Store{log: o.log, dir: dir, positions: map[string]SourcePosition{}, notify: make(chan struct{})}
+	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{})}
 	po.EventListener = &pebble.EventListener{
+		// A flush is what makes commits durable without a WAL: the change
+		// log they index must be on disk first (logfile.go). Pebble calls
+		// this before writing the flush's first table, without its mutex.
+		TableCreated: func(info pebble.TableCreateInfo) {
+			if info.Reason != "flushing" || !s.noWAL || s.logs == nil {
+				return
+			}
+			if err := s.logs.sync(); err != nil {
+				s.log.Error("store: the change log could not be synced before a flush; the store stops taking commits", "err", err)
+				s.logs.fail(err)
+			}
+		},
 		WriteStallBegin: func(pebble.WriteStallBeginInfo) { s.stallStart.Store(time.Now().UnixNano()) },
 		WriteStallEnd: func() {
 			if t := s.stallStart.Swap(0); t != 0 {
 				s.stalled.Add(time.Now().UnixNano() - t)
 			}
 		},
-	}
-	if o.fs == nil {
-		o.fs = vfs.Default
 	}
 	po.FS = bufferedFS{FS: o.fs}
 	db, err := pebble.Open(dir, po)
@@ -224,7 +259,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	if s.noWAL = !o.sync; s.noWAL {
+	if s.noWAL {
 		s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
 		go s.flushLoop(o.flushEvery)
 	}
@@ -299,12 +334,36 @@ func (s *Store) load() error {
 	if err != nil {
 		return fmt.Errorf("store: reading the change log: %w", err)
 	}
+	defer it.Close()
+	// The log files the index reaches: from the first entry's file (0 if
+	// it is an inline entry of an older store) to the last entry's.
+	var minFile uint64
+	var last *indexRecord
 	if it.First() {
-		if id, ok := changeKeyID(it.Key()); ok {
-			s.firstChange = id
+		id, _ := changeKeyID(it.Key())
+		s.firstChange = id
+		if v := it.Value(); len(v) > 0 && v[0] == indexVersion {
+			x, err := decodeIndex(id, v)
+			if err != nil {
+				return err
+			}
+			minFile = x.file
+		}
+		it.Last()
+		id, _ = changeKeyID(it.Key())
+		if v := it.Value(); len(v) > 0 && v[0] == indexVersion {
+			x, err := decodeIndex(id, v)
+			if err != nil {
+				return err
+			}
+			last = &x
 		}
 	}
-	return it.Close()
+	if err := it.Error(); err != nil {
+		return fmt.Errorf("store: reading the change log: %w", err)
+	}
+	s.logs, err = openLogFiles(s.fs, s.dir, s.logFileSize, minFile, last)
+	return err
 }
 
 func (s *Store) getMeta(k []byte) ([]byte, bool, error) {
@@ -330,6 +389,9 @@ func (s *Store) Close() error {
 			if ferr := s.db.Flush(); ferr != nil {
 				err = fmt.Errorf("store: flushing before close (the unflushed tail will be re-read from the stream): %w", ferr)
 			}
+		}
+		if cerr := s.logs.close(); cerr != nil && err == nil {
+			err = cerr
 		}
 		if cerr := s.db.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("store: closing Pebble: %w", cerr)
@@ -409,6 +471,10 @@ func (s *Store) SetWebhook(id uint64) error {
 // and the stream cursor as of one commit, so a receiver opened on it catches
 // up from there.
 func (s *Store) Checkpoint(dir string) error {
+	// A trim must not remove log files between the checkpoint of the index
+	// and the copy of the files.
+	s.trimMu.Lock()
+	defer s.trimMu.Unlock()
 	if s.noWAL {
 		// Without a WAL the memtable's commits would be missing from the
 		// checkpoint (still a consistent prefix, but behind).
@@ -419,12 +485,20 @@ func (s *Store) Checkpoint(dir string) error {
 	if err := s.db.Checkpoint(dir, pebble.WithFlushedWAL()); err != nil {
 		return fmt.Errorf("store: checkpoint to %s: %w", dir, err)
 	}
+	// The files hold at least what the checkpoint's index points at: every
+	// entry is written before the commit that indexes it.
+	if err := s.logs.copyTo(dir); err != nil {
+		return fmt.Errorf("store: checkpoint to %s: %w", dir, err)
+	}
 	return nil
 }
 
 // Sync makes every commit so far durable: without a WAL by flushing the
-// memtables (the flush syncs the sstables and the MANIFEST).
+// memtables (the flush syncs the change log, the sstables and the MANIFEST).
 func (s *Store) Sync() error {
+	if err := s.logs.sync(); err != nil {
+		return err
+	}
 	if s.noWAL {
 		if err := s.db.Flush(); err != nil {
 			return fmt.Errorf("store: flushing the memtable: %w", err)

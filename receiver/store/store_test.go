@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -395,4 +396,181 @@ func TestPipelinedCommits(t *testing.T) {
 			t.Fatalf("row %d differs: %+v vs %+v", i, rs[i], ra[i])
 		}
 	}
+}
+
+// logFiles lists the change log's files in a store on fs.
+func logFiles(t *testing.T, fs vfs.FS) []string {
+	t.Helper()
+	names, err := fs.List("db/changelog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// commitKeys applies n one-change transactions, committing every per, from
+// offset off of segment 1; it returns the offset after the last.
+func commitKeys(t *testing.T, b *store.Batch, off int64, from, n, per int) int64 {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		off = apply(t, b, 1, off, uint64(i+1), fmt.Sprintf("k%04d", i))
+		if (i+1)%per == 0 {
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return off
+}
+
+// TestChangeLogFiles: the change log rolls over to new files, trimming
+// removes the files it no longer needs (never the one being written), and
+// the log reads the same after a reopen and from a checkpoint.
+func TestChangeLogFiles(t *testing.T) {
+	fs := vfs.NewMem()
+	st, err := store.Open("db", store.WithFS(fs), store.WithLogFileSize(4<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.NewBatch()
+	off := commitKeys(t, b, 45, 0, 600, 20)
+	files := logFiles(t, fs)
+	if len(files) < 4 {
+		t.Fatalf("%d change log files after 600 changes in 4 KiB files: %v", len(files), files)
+	}
+	all, err := st.Changes(0, 1000)
+	if err != nil || len(all) != 600 {
+		t.Fatalf("reading the log across %d files: %d changes, %v", len(files), len(all), err)
+	}
+	for i, c := range all {
+		if c.ID != uint64(i+1) || string(c.Key) != fmt.Sprintf("k%04d", i) {
+			t.Fatalf("change %d: id %d key %q", i, c.ID, c.Key)
+		}
+	}
+	// Keep the last 100: the files holding only older changes go.
+	n, err := st.Trim(100, 0, ^uint64(0))
+	if err != nil || n < 400 {
+		t.Fatalf("Trim: %d, %v", n, err)
+	}
+	kept := logFiles(t, fs)
+	if len(kept) >= len(files) || len(kept) == 0 {
+		t.Fatalf("after trimming %d of 600 changes, files %v (were %v)", n, kept, files)
+	}
+	first, _ := st.ChangeRange()
+	if first != n+1 {
+		t.Fatalf("log starts at %d after trimming %d", first, n)
+	}
+	tail, err := st.Changes(first-1, 1000)
+	if err != nil || len(tail) != int(600-n) || tail[0].ID != first {
+		t.Fatalf("after the trim: %d changes from %d, %v", len(tail), first, err)
+	}
+	// Trimming everything keeps the file being written.
+	off = commitKeys(t, b, off, 600, 40, 20)
+	if _, err := st.Trim(1, 0, ^uint64(0)); err != nil {
+		t.Fatal(err)
+	}
+	if len(logFiles(t, fs)) == 0 {
+		t.Fatal("the trim removed the file being written")
+	}
+	if err := st.Checkpoint("ck"); err != nil {
+		t.Fatal(err)
+	}
+	first, _ = st.ChangeRange()
+	want, err := st.Changes(first-1, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{"db", "ck"} {
+		st, err := store.Open(dir, store.WithFS(fs), store.WithLogFileSize(4<<10))
+		if err != nil {
+			t.Fatalf("reopening %s: %v", dir, err)
+		}
+		got, err := st.Changes(first-1, 1000)
+		if err != nil || !slices.EqualFunc(got, want, func(a, b store.Change) bool { return a.ID == b.ID && string(a.After) == string(b.After) }) {
+			t.Fatalf("%s: %d changes (%v), want %d", dir, len(got), err, len(want))
+		}
+		// Appending goes on after a reopen.
+		b := st.NewBatch()
+		commitKeys(t, b, off, 640, 20, 20)
+		if cs, err := st.Changes(640, 100); err != nil || len(cs) != 20 || cs[0].ID != 641 {
+			t.Fatalf("%s: appending after a reopen: %d changes, %v", dir, len(cs), err)
+		}
+		b.Close()
+		st.Close()
+	}
+}
+
+// TestChangeLogDamage: a change log file that lost its end is refused at
+// open, a corrupt entry is reported with its file and offset when read,
+// and files no index record reaches (a crash between writing an entry and
+// its commit) are removed at open.
+func TestChangeLogDamage(t *testing.T) {
+	var end int64
+	setup := func(t *testing.T) (vfs.FS, string) {
+		fs := vfs.NewMem()
+		st := open(t, fs)
+		b := st.NewBatch()
+		end = commitKeys(t, b, 45, 0, 50, 10)
+		b.Close()
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		files := logFiles(t, fs)
+		if len(files) != 1 {
+			t.Fatalf("files %v", files)
+		}
+		return fs, "db/changelog/" + files[0]
+	}
+	t.Run("Truncated", func(t *testing.T) {
+		fs, path := setup(t)
+		fi, _ := fs.Stat(path)
+		f, _ := fs.Open(path)
+		data := make([]byte, fi.Size()-1)
+		f.ReadAt(data, 0)
+		f.Close()
+		g, _ := fs.Create(path, vfs.WriteCategoryUnspecified)
+		g.Write(data)
+		g.Close()
+		_, err := store.Open("db", store.WithFS(fs))
+		if !errors.Is(err, store.ErrLogCorrupt) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "--rebuild") {
+			t.Fatalf("opening with a truncated log: %v", err)
+		}
+	})
+	t.Run("Flipped", func(t *testing.T) {
+		fs, path := setup(t)
+		f, _ := fs.OpenReadWrite(path, vfs.WriteCategoryUnspecified)
+		f.WriteAt([]byte{0xff, 0xee}, 40) // inside the first record
+		f.Close()
+		st := open(t, fs)
+		defer st.Close()
+		if _, err := st.Changes(0, 100); !errors.Is(err, store.ErrLogCorrupt) || !strings.Contains(err.Error(), path+" offset 0") {
+			t.Fatalf("reading a corrupt entry: %v", err)
+		}
+		// Entries after it read fine.
+		if cs, err := st.Changes(10, 100); err != nil || len(cs) != 40 {
+			t.Fatalf("changes after the corrupt entry: %d, %v", len(cs), err)
+		}
+	})
+	t.Run("Stale", func(t *testing.T) {
+		fs, _ := setup(t)
+		g, _ := fs.Create("db/changelog/00000000000000000051.log", vfs.WriteCategoryUnspecified)
+		g.Write([]byte("written, then the commit was lost"))
+		g.Close()
+		st := open(t, fs)
+		defer st.Close()
+		if files := logFiles(t, fs); len(files) != 1 || files[0] == "00000000000000000051.log" {
+			t.Fatalf("files after open: %v", files)
+		}
+		b := st.NewBatch()
+		defer b.Close()
+		commitKeys(t, b, end, 50, 10, 10)
+		if cs, err := st.Changes(45, 100); err != nil || len(cs) != 15 {
+			t.Fatalf("after the stale file: %d changes, %v", len(cs), err)
+		}
+	})
 }
