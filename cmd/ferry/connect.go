@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -46,7 +49,22 @@ func addNATSFlags(fs *flag.FlagSet, name string) *natsFlags {
 
 // connect dials NATS and keeps reconnecting forever: a shipper or receiver
 // outlives any outage. Secrets are never logged.
-func (f *natsFlags) connect(log *slog.Logger) (*nats.Conn, error) {
+//
+// It also returns a child of ctx for the work done over the connection. The
+// client gives the connection up for good when a server refuses the
+// credentials twice in a row (a user JWT that expired while running, a user
+// revoked, a server restarted without the account); then that context is
+// cancelled with a *connLostError cause (see connLost), so that the command
+// stops its work cleanly and exits non-zero for its supervisor to see,
+// instead of waiting on a dead connection. Close releases the context.
+func (f *natsFlags) connect(ctx context.Context, log *slog.Logger) (*natsConn, context.Context, error) {
+	auth, err := f.authOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	urls := strings.TrimSpace(f.urls)
+	c := &natsConn{urls: redactURLs(urls), creds: f.credentialsUsed()}
+	ctx, c.cancel = context.WithCancelCause(ctx)
 	opts := []nats.Option{
 		nats.Name(f.name),
 		nats.MaxReconnects(-1),
@@ -58,50 +76,153 @@ func (f *natsFlags) connect(log *slog.Logger) (*nats.Conn, error) {
 				log.Warn("disconnected from NATS", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted()) }),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("NATS error", "err", err) }),
-		// The client gives up for good when a server refuses the credentials
-		// twice in a row: say why, or the agent just waits on a dead connection.
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			c.reconnected()
+			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			c.asyncError(err)
+			log.Warn("NATS error", "err", err)
+		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
-			if err := nc.LastError(); err != nil {
-				log.Error("NATS connection closed for good; fix the cause and restart", "err", err)
+			if lost := c.closed(nc.LastError()); lost != nil {
+				log.Error("NATS connection lost for good; stopping", "err", lost)
 			}
 		}),
 	}
-	auth, err := f.authOptions()
-	if err != nil {
-		return nil, err
-	}
 	opts = append(opts, auth...)
-	urls := strings.TrimSpace(f.urls)
 	// A first attempt without retries: a server that refuses the credentials
 	// is a configuration error to report now, not an outage to wait out.
 	// (With RetryOnFailedConnect the refusal is retried silently, and after
-	// two refusals the client closes the connection for good.)
+	// two refusals the client closes the connection for good.) A failed
+	// nats.Connect calls none of the handlers.
 	nc, err := nats.Connect(urls, append(opts, nats.RetryOnFailedConnect(false))...)
-	if err == nil {
-		return nc, nil
+	if err != nil && authRefused(err) {
+		c.cancel(nil)
+		return nil, nil, fmt.Errorf("connecting to NATS at %s: the server refused the credentials%s: %w (check that the user and its account are known to the server and not expired or revoked)",
+			c.urls, c.creds, err)
 	}
-	if authRefused(err) {
-		return nil, fmt.Errorf("connecting to NATS at %s: the server refused the credentials%s: %w (check that the user and its account are known to the server and not expired or revoked)",
-			redactURLs(urls), f.credentialsUsed(), err)
-	}
-	log.Warn("NATS not reachable yet; retrying in the background", "nats", redactURLs(urls), "err", err)
-	nc, err = nats.Connect(urls, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s: %w", redactURLs(urls), err)
+		log.Warn("NATS not reachable yet; retrying in the background", "nats", c.urls, "err", err)
+		if nc, err = nats.Connect(urls, opts...); err != nil {
+			c.cancel(nil)
+			return nil, nil, fmt.Errorf("connecting to NATS at %s: %w", c.urls, err)
+		}
 	}
-	return nc, nil
+	c.Conn = nc
+	return c, ctx, nil
+}
+
+// natsConn is a NATS connection that says why the client gave it up, if it
+// did: it tells a refusal of the credentials that ends the command from an
+// outage that it waits out.
+type natsConn struct {
+	*nats.Conn
+	urls    string // redacted
+	creds   string // the credential flags given, never their values
+	cancel  context.CancelCauseFunc
+	closing atomic.Bool // Close was called: the close is ours, not a loss
+
+	mu      sync.Mutex
+	refusal []error // the server's refusals since the last connection, in order
+}
+
+// Close closes the connection and releases the work context of connect.
+func (c *natsConn) Close() {
+	c.closing.Store(true)
+	c.Conn.Close()
+	c.cancel(nil)
+}
+
+func (c *natsConn) asyncError(err error) {
+	if err = authRefusal(err); err == nil {
+		return
+	}
+	c.mu.Lock()
+	c.refusal = appendDistinct(c.refusal, err)
+	c.mu.Unlock()
+}
+
+func (c *natsConn) reconnected() {
+	c.mu.Lock()
+	c.refusal = nil
+	c.mu.Unlock()
+}
+
+// closed runs when the client has closed the connection: unless Close did,
+// it cancels the work context with the reason and returns it.
+func (c *natsConn) closed(last error) *connLostError {
+	if c.closing.Load() {
+		return nil
+	}
+	c.mu.Lock()
+	errs := c.refusal
+	c.mu.Unlock()
+	if refusal := authRefusal(last); refusal != nil {
+		last = refusal
+	}
+	if last == nil && len(errs) == 0 {
+		last = nats.ErrConnectionClosed
+	}
+	lost := &connLostError{urls: c.urls, creds: c.creds, errs: appendDistinct(errs, last)}
+	c.cancel(lost)
+	return lost
+}
+
+// appendDistinct appends err to errs unless it is nil or the last one.
+func appendDistinct(errs []error, err error) []error {
+	if err == nil || (len(errs) > 0 && errs[len(errs)-1].Error() == err.Error()) {
+		return errs
+	}
+	return append(errs[:len(errs):len(errs)], err)
+}
+
+// connLostError says why the client gave a NATS connection up for good.
+type connLostError struct {
+	urls  string
+	creds string
+	errs  []error // the refusals that led to it, oldest first, then the last error
+}
+
+func (e *connLostError) Error() string {
+	causes := make([]string, len(e.errs))
+	refused := false
+	for i, err := range e.errs {
+		causes[i] = strings.TrimPrefix(err.Error(), "nats: ")
+		refused = refused || authRefused(err)
+	}
+	cause := strings.Join(causes, ", then ")
+	if refused {
+		return fmt.Sprintf("NATS at %s refused the credentials%s: %s; check that the user and its account are known to the server, not expired and not revoked (or renew the credentials), then restart",
+			e.urls, e.creds, cause)
+	}
+	return fmt.Sprintf("the NATS client gave up the connection to %s: %s; fix the cause, then restart", e.urls, cause)
+}
+
+func (e *connLostError) Unwrap() []error { return e.errs }
+
+// connLost returns why the connection was lost for good if that is what
+// cancelled ctx, a work context of connect; nil otherwise.
+func connLost(ctx context.Context) error {
+	var lost *connLostError
+	if errors.As(context.Cause(ctx), &lost) {
+		return lost
+	}
+	return nil
 }
 
 // authRefused reports whether the server refused the client's credentials.
-func authRefused(err error) bool {
+func authRefused(err error) bool { return authRefusal(err) != nil }
+
+// authRefusal returns nats.go's error for the server's refusal of the
+// credentials that err is (the server's own wording varies in case), or nil.
+func authRefusal(err error) error {
 	for _, e := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
 		if errors.Is(err, e) {
-			return true
+			return e
 		}
 	}
-	return false
+	return nil
 }
 
 // credentialsUsed names the credential flags given, for error messages

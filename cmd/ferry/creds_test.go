@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -299,7 +300,8 @@ func TestCredsFileUnusable(t *testing.T) {
 
 // TestCredsServerLate starts two shippers before the server: the one with
 // good credentials waits for the server and ships; the one whose
-// credentials the server refuses says so in its log once the server is up.
+// credentials the server refuses exits non-zero once the server is up,
+// saying so and naming the creds file.
 func TestCredsServerLate(t *testing.T) {
 	addr := freeAddr(t)
 	_, portText, _ := strings.Cut(addr, ":")
@@ -314,11 +316,12 @@ func TestCredsServerLate(t *testing.T) {
 
 	dir := t.TempDir()
 	end := writeSource(t, dir, "orders", 20)
-	ship := func(creds string) func() string {
-		_, log := startFerry(t, "ship", "--dir", dir, "--source", "orders", "--nats", url, "--creds", creds, "--reconnect-wait", "100ms")
-		return log
+	ship := func(creds string) (<-chan error, func() string) {
+		cmd, log := startFerry(t, "ship", "--dir", dir, "--source", "orders", "--nats", url, "--creds", creds, "--reconnect-wait", "100ms")
+		return waitChan(cmd), log
 	}
-	goodLog, refusedLog := ship(good), ship(refused)
+	_, goodLog := ship(good)
+	refusedExit, refusedLog := ship(refused)
 	waitLog := func(log func() string, want string) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(log(), want); time.Sleep(50 * time.Millisecond) {
@@ -350,7 +353,20 @@ func TestCredsServerLate(t *testing.T) {
 			}
 		}
 	}
-	waitLog(refusedLog, "Authorization Violation")
+	select {
+	case err := <-refusedExit:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() <= 0 {
+			t.Fatalf("the shipper with refused credentials exited with %v, want a non-zero status:\n%s", err, refusedLog())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the shipper with refused credentials still runs:\n%s", refusedLog())
+	}
+	for _, want := range []string{"refused the credentials", "authorization violation", "--creds " + refused} {
+		if !strings.Contains(refusedLog(), want) {
+			t.Errorf("the refused shipper's output lacks %q:\n%s", want, refusedLog())
+		}
+	}
 }
 
 // writeFile writes content to a new file name in a temporary directory.

@@ -133,12 +133,15 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		}
 		debug.SetMemoryLimit(limit << 20)
 	}
-	nc, err := nf.connect(log)
+	// ctx now also ends if NATS refuses the credentials for good: the
+	// receiver then stops as on SIGTERM (the store closed normally, every
+	// committed batch kept with its position) and the command fails.
+	nc, ctx, err := nf.connect(ctx, log)
 	if err != nil {
 		return fmt.Errorf("ferry receive: %w", err)
 	}
 	defer nc.Close()
-	opts = append(opts, receiver.WithNATS(nc))
+	opts = append(opts, receiver.WithNATS(nc.Conn))
 	r, err := receiver.New(opts...)
 	if err != nil {
 		return &exitError{code: 2, err: fmt.Errorf("ferry receive: %w", err)}
@@ -151,7 +154,14 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		defer stop()
 	}
 	log.Info("ferry receive starting", "data", *data, "http", *httpAddr, "stream", *stream, "sources", sources.String())
-	if err := r.Run(ctx); err != nil {
+	err = r.Run(ctx)
+	if lost := connLost(ctx); lost != nil {
+		if err != nil {
+			log.Warn("receiver stopped", "err", err)
+		}
+		return fmt.Errorf("ferry receive: %w", lost)
+	}
+	if err != nil {
 		return fmt.Errorf("ferry receive: %w", err)
 	}
 	return nil

@@ -132,17 +132,23 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		log.Info("metrics", "addr", ln.Addr().String())
 	}
 
-	nc, err := nf.connect(log)
+	// ctx now also ends if NATS refuses the credentials for good: the
+	// sources then stop as on SIGTERM (checkpoints saved) and the command
+	// fails, for its supervisor to see.
+	nc, ctx, err := nf.connect(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	cfg := jsclient.Config{Stream: *stream, Prefix: *prefix, Replicas: *replicas, Duplicates: *dupWindow, LeaseTTL: *leaseTTL}
-	client, err := connectStream(ctx, nc, cfg, log)
+	client, err := connectStream(ctx, nc.Conn, cfg, log)
 	if err != nil {
 		return err
 	}
 	if client == nil {
+		if err := connLost(ctx); err != nil {
+			return fmt.Errorf("ferry ship: %w", err)
+		}
 		return nil // stopped while waiting for NATS
 	}
 
@@ -167,6 +173,9 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		}()
 	}
 	wg.Wait()
+	if err := connLost(ctx); err != nil {
+		return fmt.Errorf("ferry ship: %w", err)
+	}
 	if failed := health.failures(); len(failed) > 0 {
 		return fmt.Errorf("ferry ship: %d of %d sources stopped on errors: %s", len(failed), len(ships), strings.Join(failed, "; "))
 	}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
+)
+
+// TestCredsLostWhileRunning runs ship and receive with a .creds file the
+// server accepts, lets them ship and apply everything, then has the server
+// refuse the credentials for good while they run: the user JWT expires, the
+// user is revoked in the account JWT, or the server restarts (same port)
+// trusting other accounts. Both commands must stop on their own, exit
+// non-zero with an error naming the cause and the --creds file (never the
+// seed or the JWT), and leave their state intact: the receiver's store
+// reopens with the source's position at the end of what was shipped and
+// every change counted once; the shipper's checkpoint is at that end too.
+func TestCredsLostWhileRunning(t *testing.T) {
+	cases := []struct {
+		name string
+		// expires is the life of the user JWT (0: it does not expire).
+		expires time.Duration
+		// refuse makes the server refuse the user from now on (nil: the
+		// expiry does it).
+		refuse func(t *testing.T, o *operatorSetup, port int, seed []byte)
+		want   string // the cause the error names
+	}{
+		{name: "UserExpired", expires: 6 * time.Second, want: "): authentication expired"},
+		{name: "UserRevoked", refuse: revokeUser, want: "): authentication revoked"},
+		{name: "ServerRestartedWithOtherAccounts", want: "): authorization violation; check", refuse: func(t *testing.T, o *operatorSetup, port int, _ []byte) {
+			o.srv.Shutdown()
+			o.srv.WaitForShutdown()
+			newOperatorSetup(t, port).start(t) // another operator: the user's account is unknown to it
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := freeAddr(t)
+			_, portText, _ := strings.Cut(addr, ":")
+			port, err := strconv.Atoi(portText)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := newOperatorSetup(t, port)
+			o.start(t)
+			url := "nats://" + addr
+			var expiresAt time.Time
+			creds, token, seed := userCreds(t, o.account, func(uc *jwt.UserClaims) {
+				if tc.expires > 0 {
+					expiresAt = time.Now().Add(tc.expires)
+					uc.Expires = expiresAt.Unix()
+				}
+			})
+
+			const n = 20
+			dir, data := t.TempDir(), t.TempDir()
+			end := writeSource(t, dir, "orders", n)
+			ship, shipLog := startFerry(t, "ship", "--dir", dir, "--source", "orders", "--nats", url, "--creds", creds, "--reconnect-wait", "100ms")
+			httpAddr := freeAddr(t)
+			recv, recvLog := startFerry(t, "receive", "--data", data, "--http", httpAddr, "--nats", url, "--creds", creds, "--reconnect-wait", "100ms")
+			exits := map[string]<-chan error{"ship": waitChan(ship), "receive": waitChan(recv)}
+			logs := map[string]func() string{"ship": shipLog, "receive": recvLog}
+
+			// Both work while the credentials are good.
+			applied := uint64(0)
+			for deadline := time.Now().Add(15 * time.Second); applied < n && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if st, err := receiverStatusOf("http://" + httpAddr); err == nil && len(st.Sources) == 1 {
+					applied = st.Sources[0].Changes
+				}
+			}
+			if applied != n {
+				t.Fatalf("receiver applied %d changes, want %d\nship:\n%s\nreceive:\n%s", applied, n, shipLog(), recvLog())
+			}
+			if !expiresAt.IsZero() && time.Now().After(expiresAt) {
+				t.Fatalf("everything applied only after the JWT expired (machine too slow for a %v JWT)", tc.expires)
+			}
+			for name, exit := range exits {
+				select {
+				case err := <-exit:
+					t.Fatalf("ferry %s exited before the credentials were refused: %v\n%s", name, err, logs[name]())
+				default:
+				}
+			}
+
+			if tc.refuse != nil {
+				tc.refuse(t, o, port, seed)
+			}
+			for name, exit := range exits {
+				var err error
+				select {
+				case err = <-exit:
+				case <-time.After(20 * time.Second):
+					t.Fatalf("ferry %s still running 20 s after the server refused its credentials:\n%s", name, logs[name]())
+				}
+				out := logs[name]()
+				var ee *exec.ExitError
+				if !errors.As(err, &ee) || ee.ExitCode() <= 0 {
+					t.Fatalf("ferry %s exited with %v, want a non-zero status:\n%s", name, err, out)
+				}
+				for _, want := range []string{"ferry: ferry " + name + ": NATS at " + url + " refused the credentials (--creds " + creds + "): ", tc.want, "then restart"} {
+					if !strings.Contains(out, want) {
+						t.Errorf("ferry %s output lacks %q:\n%s", name, want, out)
+					}
+				}
+				if strings.Contains(out, string(seed)) || strings.Contains(out, token) {
+					t.Fatalf("ferry %s wrote the seed or the JWT:\n%s", name, out)
+				}
+			}
+
+			// The receiver closed its store normally: everything applied
+			// is there, with its position, once.
+			st, err := store.Open(filepath.Join(data, receiver.StoreDir))
+			if err != nil {
+				t.Fatalf("reopening the receiver's store: %v", err)
+			}
+			defer st.Close()
+			if p := st.Position("orders"); p.Segment != end.Segment || p.Offset != end.Offset || p.Changes != n {
+				t.Fatalf("store position after the exit = segment %d offset %d, %d changes; want segment %d offset %d, %d changes",
+					p.Segment, p.Offset, p.Changes, end.Segment, end.Offset, n)
+			}
+			// The shipper saved its checkpoint at the end of what it shipped.
+			b, err := os.ReadFile(filepath.Join(dir, "orders.ship-checkpoint"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cp struct {
+				Segment uint64 `json:"segment"`
+				Offset  int64  `json:"offset"`
+			}
+			if err := json.Unmarshal(b, &cp); err != nil || cp.Segment != end.Segment || cp.Offset != end.Offset {
+				t.Fatalf("shipper checkpoint %s (%v), want segment %d offset %d", b, err, end.Segment, end.Offset)
+			}
+		})
+	}
+}
+
+// revokeUser revokes the user of seed in its account's JWT, as `nsc revocations
+// add-user` and a push to the resolver do: the server disconnects it.
+func revokeUser(t *testing.T, o *operatorSetup, _ int, seed []byte) {
+	t.Helper()
+	u, err := nkeys.FromSeed(seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	userPub, _ := u.PublicKey()
+	accPub, _ := o.account.PublicKey()
+	acc, err := o.srv.LookupAccount(accPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac := jwt.NewAccountClaims(accPub)
+	ac.Name = "APP"
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	ac.Revoke(userPub)
+	o.srv.UpdateAccountClaims(acc, ac)
+}
+
+// waitChan waits for cmd in the background and delivers its exit.
+func waitChan(cmd *exec.Cmd) <-chan error {
+	c := make(chan error, 1)
+	go func() { c <- cmd.Wait() }()
+	return c
+}
