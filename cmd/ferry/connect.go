@@ -63,7 +63,7 @@ func (f *natsFlags) connect(ctx context.Context, log *slog.Logger) (*natsConn, c
 		return nil, nil, err
 	}
 	urls := strings.TrimSpace(f.urls)
-	c := &natsConn{urls: redactURLs(urls), creds: f.credentialsUsed()}
+	c := &natsConn{urls: redactURLs(urls), creds: f.credentialsUsed(), refusalGap: refusalGap}
 	ctx, c.cancel = context.WithCancelCause(ctx)
 	opts := []nats.Option{
 		nats.Name(f.name),
@@ -80,9 +80,9 @@ func (f *natsFlags) connect(ctx context.Context, log *slog.Logger) (*natsConn, c
 			c.reconnected()
 			log.Info("reconnected to NATS", "server", nc.ConnectedUrlRedacted())
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			c.asyncError(err)
+		nats.ErrorHandler(func(nc *nats.Conn, _ *nats.Subscription, err error) {
 			log.Warn("NATS error", "err", err)
+			c.asyncError(nc, err)
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			if lost := c.closed(nc.LastError()); lost != nil {
@@ -113,18 +113,30 @@ func (f *natsFlags) connect(ctx context.Context, log *slog.Logger) (*natsConn, c
 	return c, ctx, nil
 }
 
+// giveUpRefusals refusals of the credentials in a row, each at most
+// refusalGap after the one before, end the connection even if the server
+// accepted the reconnections in between (nats.go gives up by itself only on
+// the same refusal twice in a row while reconnecting).
+const (
+	giveUpRefusals = 5
+	refusalGap     = 30 * time.Second
+)
+
 // natsConn is a NATS connection that says why the client gave it up, if it
 // did: it tells a refusal of the credentials that ends the command from an
 // outage that it waits out.
 type natsConn struct {
 	*nats.Conn
-	urls    string // redacted
-	creds   string // the credential flags given, never their values
-	cancel  context.CancelCauseFunc
-	closing atomic.Bool // Close was called: the close is ours, not a loss
+	urls       string // redacted
+	creds      string // the credential flags given, never their values
+	cancel     context.CancelCauseFunc
+	closing    atomic.Bool // Close was called: the close is ours, not a loss
+	refusalGap time.Duration
 
-	mu      sync.Mutex
-	refusal []error // the server's refusals since the last connection, in order
+	mu          sync.Mutex
+	refusal     []error // the server's refusals since the last connection, in order
+	refusals    int     // refusals in a row (see giveUpRefusals)
+	lastRefusal time.Time
 }
 
 // Close closes the connection and releases the work context of connect.
@@ -134,13 +146,25 @@ func (c *natsConn) Close() {
 	c.cancel(nil)
 }
 
-func (c *natsConn) asyncError(err error) {
+// asyncError notes the server's refusals of the credentials, and closes nc
+// (the client's connection) after giveUpRefusals of them in a row.
+func (c *natsConn) asyncError(nc *nats.Conn, err error) {
 	if err = authRefusal(err); err == nil {
 		return
 	}
+	now := time.Now()
 	c.mu.Lock()
 	c.refusal = appendDistinct(c.refusal, err)
+	if now.Sub(c.lastRefusal) > c.refusalGap {
+		c.refusals = 0
+	}
+	c.refusals++
+	c.lastRefusal = now
+	giveUp := c.refusals >= giveUpRefusals
 	c.mu.Unlock()
+	if giveUp {
+		nc.Close() // the ClosedHandler reports the loss
+	}
 }
 
 func (c *natsConn) reconnected() {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +16,9 @@ import (
 
 	"github.com/ferrysync/ferry/receiver"
 	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/ferrysync/ferry/receiver/wiretest"
 	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
 
@@ -171,4 +176,75 @@ func waitChan(cmd *exec.Cmd) <-chan error {
 	c := make(chan error, 1)
 	go func() { c <- cmd.Wait() }()
 	return c
+}
+
+// TestConnRefusalsInARow feeds a live connection the errors a server
+// accepting each reconnection and then refusing the credentials again would
+// cause: giveUpRefusals refusals in a row end the connection and cancel the
+// work context with a cause naming the refusal; fewer, spread-out or other
+// errors do not; closing it ourselves is no loss.
+func TestConnRefusalsInARow(t *testing.T) {
+	srv := wiretest.StartServer(t)
+	cases := []struct {
+		name string
+		errs []error
+		gap  time.Duration // refusalGap
+		wait time.Duration // between errors
+		lost string        // "" : the connection must stay up
+	}{
+		{name: "InARow", errs: repeat(nats.ErrAuthExpired, giveUpRefusals), gap: time.Minute, lost: "refused the credentials (no credentials given): authentication expired; check"},
+		{name: "OneShort", errs: repeat(nats.ErrAuthorization, giveUpRefusals-1), gap: time.Minute},
+		{name: "SpreadOut", errs: repeat(nats.ErrAuthRevoked, giveUpRefusals), gap: 20 * time.Millisecond, wait: 60 * time.Millisecond},
+		{name: "NotRefusals", errs: repeat(nats.ErrPermissionViolation, 2*giveUpRefusals), gap: time.Minute},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &natsFlags{urls: srv.URL, name: "test", reconnect: time.Second}
+			c, ctx, err := f.connect(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.refusalGap = tc.gap
+			for _, err := range tc.errs {
+				c.asyncError(c.Conn, err)
+				time.Sleep(tc.wait)
+			}
+			if tc.lost == "" {
+				select {
+				case <-ctx.Done():
+					t.Fatalf("work context cancelled (%v), want the connection kept", context.Cause(ctx))
+				case <-time.After(300 * time.Millisecond):
+				}
+				if !c.IsConnected() {
+					t.Fatalf("connection status %v, want connected", c.Status())
+				}
+				c.Close()
+				<-ctx.Done()
+				if err := connLost(ctx); err != nil {
+					t.Fatalf("our own Close reported as a loss: %v", err)
+				}
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+				t.Fatal("work context not cancelled after the refusals")
+			}
+			if err := connLost(ctx); err == nil || !strings.Contains(err.Error(), tc.lost) || !errors.Is(err, tc.errs[0]) {
+				t.Fatalf("loss %v, want one saying %q and wrapping %v", err, tc.lost, tc.errs[0])
+			}
+			if !c.IsClosed() {
+				t.Fatalf("connection status %v, want closed", c.Status())
+			}
+		})
+	}
+}
+
+func repeat(err error, n int) []error {
+	errs := make([]error, n)
+	for i := range errs {
+		errs[i] = err
+	}
+	return errs
 }
