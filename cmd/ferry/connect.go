@@ -52,11 +52,13 @@ func addNATSFlags(fs *flag.FlagSet, name string) *natsFlags {
 //
 // It also returns a child of ctx for the work done over the connection. The
 // client gives the connection up for good when a server refuses the
-// credentials twice in a row (a user JWT that expired while running, a user
-// revoked, a server restarted without the account); then that context is
-// cancelled with a *connLostError cause (see connLost), so that the command
-// stops its work cleanly and exits non-zero for its supervisor to see,
-// instead of waiting on a dead connection. Close releases the context.
+// credentials twice in a row while it reconnects (a user JWT that expired
+// while running, a user revoked, a server restarted without the account),
+// and so does natsConn after giveUpRefusals refusals in a row; then that
+// context is cancelled with a *connLostError cause (see connLost), so that
+// the command stops its work cleanly and exits non-zero for its supervisor
+// to restart or alert on, instead of waiting on a dead connection. Outages
+// are waited out as before. Close releases the context.
 func (f *natsFlags) connect(ctx context.Context, log *slog.Logger) (*natsConn, context.Context, error) {
 	auth, err := f.authOptions()
 	if err != nil {
