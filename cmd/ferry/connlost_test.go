@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -11,10 +12,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/ferrysync/ferry/receiver/wiretest"
 	"github.com/nats-io/jwt/v2"
@@ -147,6 +152,135 @@ func TestCredsLostWhileRunning(t *testing.T) {
 				t.Fatalf("shipper checkpoint %s (%v), want segment %d offset %d", b, err, end.Segment, end.Offset)
 			}
 		})
+	}
+}
+
+// TestCredsRevokedMidStream revokes the user of ship and receive while a
+// writer keeps committing and both are busy: they exit non-zero; restarted
+// with another user of the account, they ship and apply the rest, and every
+// change is applied exactly once (the receiver's count of applied changes
+// equals what was written when its position reaches the end of the source).
+func TestCredsRevokedMidStream(t *testing.T) {
+	o := startOperatorServer(t)
+	url := o.srv.ClientURL()
+	first, _, firstSeed := userCreds(t, o.account, nil)
+	second, _, _ := userCreds(t, o.account, nil)
+	dir, data := t.TempDir(), t.TempDir()
+
+	w, err := format.OpenWriter(dir, "orders", format.WithSync(format.SyncNone, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var written atomic.Uint64
+	stop, writerDone := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				writerDone <- w.Close()
+				return
+			default:
+			}
+			tx := &format.Tx{CommitTime: time.Now().UnixNano(), Changes: []format.Change{{Table: "t", Op: format.OpUpsert,
+				Key: []byte(fmt.Sprint(i)), After: []byte(fmt.Sprintf(`{"i":%d,"s":"%s"}`, i, strings.Repeat("v", 100)))}}}
+			if _, err := w.Commit(tx); err != nil {
+				writerDone <- err
+				return
+			}
+			written.Add(1)
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	var stopOnce sync.Once
+	stopWriter := func() error {
+		stopOnce.Do(func() { close(stop) })
+		return <-writerDone
+	}
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			stopWriter()
+		}
+	}()
+
+	run := func(creds string) (exits map[string]<-chan error, logs map[string]func() string, base string) {
+		ship, shipLog := startFerry(t, "ship", "--dir", dir, "--source", "orders", "--nats", url, "--creds", creds, "--reconnect-wait", "100ms")
+		httpAddr := freeAddr(t)
+		recv, recvLog := startFerry(t, "receive", "--data", data, "--http", httpAddr, "--nats", url, "--creds", creds, "--reconnect-wait", "100ms")
+		return map[string]<-chan error{"ship": waitChan(ship), "receive": waitChan(recv)},
+			map[string]func() string{"ship": shipLog, "receive": recvLog}, "http://" + httpAddr
+	}
+	applied := func(base string) (api.SourceStatus, bool) {
+		st, err := receiverStatusOf(base)
+		if err != nil || len(st.Sources) != 1 {
+			return api.SourceStatus{}, false
+		}
+		return st.Sources[0], true
+	}
+
+	// Busy: the receiver has applied some of a stream still growing.
+	exits, logs, base := run(first)
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if s, ok := applied(base); ok && s.Changes >= 300 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the receiver did not apply 300 changes in 15 s\nship:\n%s\nreceive:\n%s", logs["ship"](), logs["receive"]())
+		}
+	}
+	revokeUser(t, o, 0, firstSeed)
+	for name, exit := range exits {
+		var err error
+		select {
+		case err = <-exit:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("ferry %s still running 20 s after its user was revoked:\n%s", name, logs[name]())
+		}
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() <= 0 || !strings.Contains(logs[name](), "): authentication revoked") {
+			t.Fatalf("ferry %s exited with %v, want a non-zero status and an error naming the revocation:\n%s", name, err, logs[name]())
+		}
+	}
+	st, err := store.Open(filepath.Join(data, receiver.StoreDir))
+	if err != nil {
+		t.Fatalf("reopening the receiver's store: %v", err)
+	}
+	before := st.Position("orders")
+	st.Close()
+	time.Sleep(100 * time.Millisecond) // the writer goes on meanwhile
+	if err := stopWriter(); err != nil {
+		t.Fatal(err)
+	}
+	total := written.Load()
+	if before.Changes < 300 || before.Changes >= total {
+		t.Fatalf("the first receiver applied %d changes; want at least 300 and fewer than the %d written", before.Changes, total)
+	}
+	segs, err := format.ListSegments(dir, "orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(segs[len(segs)-1].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := format.Position{Segment: segs[len(segs)-1].Segment, Offset: fi.Size()}
+
+	// Restarted with another user, they pick up where they stopped.
+	_, logs, base = run(second)
+	var s api.SourceStatus
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var ok bool
+		if s, ok = applied(base); ok && s.AppliedSegment == end.Segment && s.AppliedOffset == end.Offset {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted receiver is at %+v, want segment %d offset %d\nship:\n%s\nreceive:\n%s", s, end.Segment, end.Offset, logs["ship"](), logs["receive"]())
+		}
+	}
+	t.Logf("%d changes written, %d applied before the revocation, all applied once after the restart", total, before.Changes)
+	if s.Changes != total {
+		t.Fatalf("the receiver applied %d changes in all, want the %d written exactly once (%d before the revocation)", s.Changes, total, before.Changes)
 	}
 }
 
