@@ -210,7 +210,7 @@ func (a *Applier) Handle(m Message) error {
 		return nil
 	}
 	a.raw = raw
-	return a.applyRange(m.StreamSeq, &b, st, pos, raw)
+	return a.applyRange(m.StreamSeq, &b, st, pos, raw, m.Body)
 }
 
 // checkContinues reports a gap unless b continues the source from pos: same
@@ -285,7 +285,7 @@ func (a *Applier) handlePart(m Message, b *wire.Batch, st *sourceState, pos stor
 			Err: fmt.Errorf("%w: %d parts joined into %d bytes, the frame spans %d", ErrCorrupt, b.Parts, len(raw), b.To-b.From)})
 		return nil
 	}
-	return a.applyRange(m.StreamSeq, b, st, pos, raw)
+	return a.applyRange(m.StreamSeq, b, st, pos, raw, nil)
 }
 
 // partKey identifies the frame a part belongs to.
@@ -295,7 +295,7 @@ func partKey(b *wire.Batch) wire.Batch {
 
 // applyRange checks every frame of raw (the bytes [b.From, b.To) of the
 // segment), then applies those after pos.
-func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw []byte) error {
+func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw, body []byte) error {
 	a.frames = a.frames[:0]
 	ntx, nframes, nchanges := 0, 0, 0
 	newSeg := b.Segment != pos.Segment
@@ -382,6 +382,10 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 	}
 	c := a.count(b.Source)
 	c.skipped += b.Frames - len(a.frames)
+	if body != nil && len(a.frames) == nframes && ntx > 0 && b.Codec != wire.CodecNone {
+		// Applied whole: the change log keeps the body as it came.
+		a.batch.LogBody(b.Source, b.Segment, b.From, len(raw), b.Codec, body)
+	}
 	for i := range a.frames {
 		f := &a.frames[i]
 		var err error

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 )
 
 // Batch accumulates applied frames and commits them, with the positions they
@@ -38,6 +39,8 @@ type Batch struct {
 	txs      int
 	bytes    int64
 	now      int64
+
+	body pendingBody // the message whose frames are being applied, if whole
 
 	w      *commitWork // being filled
 	spare  *commitWork // free for the next CommitAsync (nil: not made yet)
@@ -188,10 +191,57 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 	return nil
 }
 
+// pendingBody is a message announced by LogBody.
+type pendingBody struct {
+	ok     bool
+	open   bool // its entry is the last one of the work being filled
+	source string
+	seg    uint64
+	from   int64
+	rawLen int
+	codec  wire.Codec
+	body   []byte
+}
+
+// LogBody announces that the frames about to be applied from source's
+// segment seg, from offset from on, are all the frames of one message, whose
+// body (compressed with codec) inflates to their rawLen bytes: the change log
+// then keeps body as it is (one entry per message) instead of compressing
+// the transaction frames again. body is copied when a frame uses it.
+func (b *Batch) LogBody(source string, seg uint64, from int64, rawLen int, codec wire.Codec, body []byte) {
+	b.body = pendingBody{ok: true, source: source, seg: seg, from: from, rawLen: rawLen, codec: codec, body: body}
+}
+
+// newEntry appends an entry to the work being filled, reusing the buffers
+// of an entry of an earlier commit.
+func (w *commitWork) newEntry() *logEntry {
+	if len(w.entries) < cap(w.entries) {
+		w.entries = w.entries[:len(w.entries)+1]
+	} else {
+		w.entries = append(w.entries, logEntry{})
+	}
+	e := &w.entries[len(w.entries)-1]
+	*e = logEntry{offsets: e.offsets[:0], raw: e.raw[:0], body: e.body[:0]}
+	return e
+}
+
 // logFrame adds a frame to the change log entry being filled, starting a
 // new entry if the frame cannot join it.
 func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, frame []byte) error {
 	w := b.w
+	if p := &b.body; p.ok && p.source == source && p.seg == seg && off >= p.from && off < p.from+int64(p.rawLen) {
+		if !p.open {
+			e := w.newEntry()
+			e.first, e.applied, e.source, e.segment = b.next, b.now, source, seg
+			e.hasBody, e.from, e.rawLen, e.codec = true, p.from, p.rawLen, p.codec
+			e.body = append(e.body, p.body...)
+			w.entryOK, p.open = false, true
+		}
+		e := &w.entries[len(w.entries)-1]
+		e.offsets = append(e.offsets, off)
+		e.changes += changes
+		return nil
+	}
 	var e *logEntry
 	if w.entryOK {
 		e = &w.entries[len(w.entries)-1]
@@ -200,15 +250,8 @@ func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, fram
 		}
 	}
 	if e == nil {
-		// Reuse the buffers of an entry of an earlier commit.
-		if len(w.entries) < cap(w.entries) {
-			w.entries = w.entries[:len(w.entries)+1]
-		} else {
-			w.entries = append(w.entries, logEntry{})
-		}
-		e = &w.entries[len(w.entries)-1]
-		*e = logEntry{first: b.next, applied: b.now, source: source, segment: seg,
-			offsets: e.offsets[:0], raw: e.raw[:0]}
+		e = w.newEntry()
+		e.first, e.applied, e.source, e.segment = b.next, b.now, source, seg
 		w.entryOK = true
 	}
 	e.offsets = append(e.offsets, off)
@@ -245,7 +288,7 @@ func (b *Batch) Bytes() int64      { return b.bytes }
 func (b *Batch) Size() int {
 	n := len(b.w.rowBuf)
 	for i := range b.w.entries {
-		n += len(b.w.entries[i].raw)
+		n += len(b.w.entries[i].raw) + len(b.w.entries[i].body)
 	}
 	return n
 }
@@ -372,7 +415,7 @@ func (b *Batch) CommitAsync() error {
 		return err
 	}
 	w := b.w
-	w.entryOK = false
+	w.entryOK, b.body.open = false, false
 	w.positions = w.positions[:0]
 	for src := range b.dirty {
 		w.positions = append(w.positions, b.pos[src])
@@ -518,6 +561,7 @@ func (w *commitWork) reset() {
 func (b *Batch) Discard() {
 	b.Wait()
 	b.w.reset()
+	b.body = pendingBody{}
 	clear(b.pos)
 	clear(b.dirty)
 	b.cursorOK = false

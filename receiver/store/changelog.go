@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/klauspost/compress/s2"
 )
 
@@ -16,12 +17,23 @@ import (
 // (logfile.go); readers decode the frames (and check their CRCs again) when
 // they serve the feed.
 //
+// An entry comes in one of two forms. A message applied whole is kept as it
+// came off the stream: its compressed body (all its frames, heartbeats and
+// seals included) and the offsets of its transaction frames, so applying it
+// costs no compression at all. Anything else (a message applied in part, a
+// frame split over several messages, uncompressed messages) is kept as its
+// transaction frames, concatenated and s2-compressed.
+//
 // Entry value:
 //
 //	| version u8 | changes u32 | applied i64 | source (uvarint len + bytes) |
 //	| segment u64 | frames uvarint | frame offsets (uvarint deltas from 0) |
-//	| s2 block of the concatenated frames |
+//	version 1: | s2 block of the concatenated frames |
+//	version 2: | body's first offset u64 | codec u8 | raw length uvarint |
+//	           | the message body (wire codec) |
 const maxEntryRaw = 1 << 20
+
+const entryBody = 2 // version of the body form
 
 type logEntry struct {
 	first   uint64 // first change id
@@ -30,11 +42,22 @@ type logEntry struct {
 	source  string
 	segment uint64
 	offsets []int64
-	raw     []byte // concatenated frames, uncompressed
+	raw     []byte // concatenated frames, uncompressed (version 1)
+
+	// The body form (version 2).
+	hasBody bool
+	body    []byte
+	from    int64 // segment offset of the body's first byte
+	codec   wire.Codec
+	rawLen  int
 }
 
 func appendEntry(dst []byte, e *logEntry) []byte {
-	dst = append(dst, recordVersion)
+	v := byte(recordVersion)
+	if e.hasBody {
+		v = entryBody
+	}
+	dst = append(dst, v)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(e.changes))
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(e.applied))
 	dst = appendString(dst, e.source)
@@ -45,6 +68,12 @@ func appendEntry(dst []byte, e *logEntry) []byte {
 		dst = binary.AppendUvarint(dst, uint64(o-prev))
 		prev = o
 	}
+	if e.hasBody {
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(e.from))
+		dst = append(dst, byte(e.codec))
+		dst = binary.AppendUvarint(dst, uint64(e.rawLen))
+		return append(dst, e.body...)
+	}
 	n := s2.MaxEncodedLen(len(e.raw))
 	start := len(dst)
 	dst = slices.Grow(dst, n)
@@ -52,13 +81,15 @@ func appendEntry(dst []byte, e *logEntry) []byte {
 	return dst[:start+len(out)]
 }
 
-// entryHeader decodes an entry's header; the rest is the compressed frames.
+// entryHeader decodes an entry's header; the rest is the compressed frames
+// (version 1) or the body (version 2).
 func entryHeader(first uint64, b []byte) (logEntry, []byte, error) {
 	r := reader{b: b}
-	if v := r.u8(); v != recordVersion && r.err == nil {
+	v := r.u8()
+	if v != recordVersion && v != entryBody && r.err == nil {
 		return logEntry{}, nil, fmt.Errorf("store: change log entry %d: unknown record version %d", first, v)
 	}
-	e := logEntry{first: first}
+	e := logEntry{first: first, hasBody: v == entryBody}
 	e.changes = int(r.u32())
 	e.applied = int64(r.u64())
 	e.source = string(r.bytes())
@@ -83,6 +114,19 @@ func entryHeader(first uint64, b []byte) (logEntry, []byte, error) {
 			}
 		}
 	}
+	if e.hasBody {
+		e.from = int64(r.u64())
+		e.codec = wire.Codec(r.u8())
+		if r.err == nil {
+			n, k := binary.Uvarint(r.b[r.off:])
+			if k <= 0 || n > wire.MaxRawLen {
+				r.fail("bad raw length")
+			} else {
+				r.off += k
+				e.rawLen = int(n)
+			}
+		}
+	}
 	if r.err != nil {
 		return logEntry{}, nil, fmt.Errorf("store: change log entry %d: %w", first, r.err)
 	}
@@ -90,8 +134,8 @@ func entryHeader(first uint64, b []byte) (logEntry, []byte, error) {
 }
 
 // decodeEntry returns the changes of an entry with ids in (after, ...],
-// appending at most limit to out.
-func decodeEntry(first uint64, b []byte, after uint64, limit int, out []Change) ([]Change, error) {
+// appending at most limit to out; dec inflates body-form entries.
+func decodeEntry(dec *wire.Decompressor, first uint64, b []byte, after uint64, limit int, out []Change) ([]Change, error) {
 	e, comp, err := entryHeader(first, b)
 	if err != nil {
 		return out, err
@@ -99,7 +143,12 @@ func decodeEntry(first uint64, b []byte, after uint64, limit int, out []Change) 
 	if e.changes == 0 || first+uint64(e.changes)-1 <= after {
 		return out, nil
 	}
-	raw, err := s2.Decode(nil, comp)
+	var raw []byte
+	if e.hasBody {
+		raw, err = dec.Decompress(nil, comp, &wire.Batch{Source: e.source, Segment: e.segment, From: e.from, To: e.from + int64(e.rawLen), Codec: e.codec, RawLen: e.rawLen})
+	} else {
+		raw, err = s2.Decode(nil, comp)
+	}
 	if err != nil {
 		return out, fmt.Errorf("store: change log entry %d: %w", first, err)
 	}
@@ -107,9 +156,19 @@ func decodeEntry(first uint64, b []byte, after uint64, limit int, out []Change) 
 	var tx format.Tx
 	pos := 0
 	for _, off := range e.offsets {
+		if e.hasBody {
+			// The body holds every frame of its range: find each by offset.
+			pos = int(off - e.from)
+			if off < e.from || pos >= len(raw) {
+				return out, fmt.Errorf("store: change log entry %d: frame offset %d outside the body [%d, %d)", first, off, e.from, e.from+int64(len(raw)))
+			}
+		}
 		f, n, err := format.ParseFrame(raw[pos:])
-		if err != nil || f.Type != format.FrameTx {
-			return out, fmt.Errorf("store: change log entry %d: frame at %s:%d:%d: %v", first, e.source, e.segment, off, err)
+		if err == nil && f.Type != format.FrameTx {
+			err = fmt.Errorf("a %s frame, not a transaction", f.Type)
+		}
+		if err != nil {
+			return out, fmt.Errorf("store: change log entry %d: frame at %s:%d:%d: %w", first, e.source, e.segment, off, err)
 		}
 		pos += n
 		if err := format.DecodeTx(f.Payload, &tx); err != nil {

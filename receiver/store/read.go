@@ -107,7 +107,7 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 			}
 			return nil, fmt.Errorf("store: reading change log entry %d: %w", id, err)
 		}
-		if out, err = decodeEntry(id, v, after, limit, out); err != nil {
+		if out, err = decodeEntry(s.dec, id, v, after, limit, out); err != nil {
 			return nil, err
 		}
 	}

@@ -54,6 +54,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/ferrysync/ferry/format/wire"
 )
 
 // Options.
@@ -160,6 +161,7 @@ type Store struct {
 	dir    string
 	fs     vfs.FS
 	logs   *logFiles  // the change log's files (logfile.go)
+	dec    *wire.Decompressor
 	trimMu sync.Mutex // trims and checkpoints, one at a time
 
 	logFileSize int64
@@ -247,8 +249,14 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		},
 	}
 	po.FS = bufferedFS{FS: o.fs}
+	dec, err := wire.NewDecompressor()
+	if err != nil {
+		return nil, err
+	}
+	s.dec = dec
 	db, err := pebble.Open(dir, po)
 	if err != nil {
+		dec.Close()
 		return nil, fmt.Errorf("store: opening Pebble in %s: %w (is another receiver using this --data directory?)", dir, err)
 	}
 	s.db, s.wo = db, pebble.NoSync
@@ -257,6 +265,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	}
 	if err := s.load(); err != nil {
 		db.Close()
+		dec.Close()
 		return nil, err
 	}
 	if s.noWAL {
@@ -396,6 +405,7 @@ func (s *Store) Close() error {
 		if cerr := s.db.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("store: closing Pebble: %w", cerr)
 		}
+		s.dec.Close()
 	})
 	return err
 }
