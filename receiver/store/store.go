@@ -160,7 +160,7 @@ type Store struct {
 	log    *slog.Logger
 	dir    string
 	fs     vfs.FS
-	logs   *logFiles  // the change log's files (logfile.go)
+	logs   *logFiles // the change log's files (logfile.go)
 	dec    *wire.Decompressor
 	trimMu sync.Mutex // trims and checkpoints, one at a time
 
