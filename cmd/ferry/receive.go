@@ -65,6 +65,8 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stderr, "\nThe sidecar: applies the stream exactly once into a local store and serves it over HTTP")
 		fmt.Fprintln(env.Stderr, "(rows, change log, SSE feed, status, /healthz, /readyz, /metrics). Flags may also come from")
 		fmt.Fprintln(env.Stderr, "FERRY_<FLAG> environment variables (FERRY_DATA, FERRY_READY_LAG...) and --config.")
+		fmt.Fprintln(env.Stderr, "NATS outages are waited out; a server refusing the credentials for good (expired, revoked,")
+		fmt.Fprintln(env.Stderr, "unknown) stops it cleanly (the store closed, nothing applied lost) with a non-zero exit.")
 		fs.PrintDefaults()
 	}
 	if _, ok, err := parseFlags(fs, env, args, false); !ok {

@@ -55,7 +55,9 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stderr, "       ferry ship --config FILE")
 		fmt.Fprintln(env.Stderr, "\nTails a legacy application's change files and publishes them to a JetStream stream,")
 		fmt.Fprintln(env.Stderr, "exactly once and in order. Flags override FERRY_<FLAG> environment variables, which")
-		fmt.Fprintln(env.Stderr, "override the config file. SIGTERM drains what is in flight and exits 0.")
+		fmt.Fprintln(env.Stderr, "override the config file. SIGTERM drains what is in flight and exits 0. NATS outages are")
+		fmt.Fprintln(env.Stderr, "waited out; a server refusing the credentials for good (expired, revoked, unknown) stops it")
+		fmt.Fprintln(env.Stderr, "the same way, with a non-zero exit.")
 		fs.PrintDefaults()
 	}
 	file, ok, err := parseFlags(fs, env, args, false)
