@@ -298,7 +298,7 @@ func TestApplyAndReadBack(t *testing.T) {
 	resp.Body.Close()
 	for _, want := range []string{`ferry_receiver_applied_changes_total{source="shop"} 302`,
 		`ferry_receiver_applied_transactions_total{source="shop"} 101`, "ferry_receiver_apply_seconds_count",
-		`ferry_receiver_lag_seconds{source="shop"}`, "ferry_receiver_pebble_compactions_in_progress",
+		`ferry_receiver_lag_seconds{source="shop"}`, "ferry_receiver_pebble_compactions_in_progress", "ferry_receiver_changelog_files 1",
 		`ferry_receiver_http_request_seconds_count{route="GET /v1/tables/{table}/rows/{key...}"}`} {
 		if !strings.Contains(string(metrics), want) {
 			t.Fatalf("metrics lack %s:\n%s", want, metrics)

@@ -284,11 +284,13 @@ func (b *Batch) Changes() int      { return b.changes }
 func (b *Batch) Transactions() int { return b.txs }
 func (b *Batch) Bytes() int64      { return b.bytes }
 
-// Size returns the batch's size so far, in bytes.
+// Size returns the batch's size so far, in bytes: its row writes and the
+// raw frames it logs (a message logged as its compressed body counts as
+// its raw length), a measure of what the commit holds and writes.
 func (b *Batch) Size() int {
 	n := len(b.w.rowBuf)
 	for i := range b.w.entries {
-		n += len(b.w.entries[i].raw) + len(b.w.entries[i].body)
+		n += len(b.w.entries[i].raw) + b.w.entries[i].rawLen
 	}
 	return n
 }

@@ -300,6 +300,20 @@ func (l *logFiles) removeBefore(cut uint64) error {
 	return nil
 }
 
+// usage returns the number of files and the bytes they hold.
+func (l *logFiles) usage() (files int, bytes int64) {
+	l.mu.Lock()
+	ids := slices.Clone(l.files)
+	l.mu.Unlock()
+	for _, id := range ids {
+		if fi, err := l.fs.Stat(l.path(id)); err == nil {
+			files++
+			bytes += fi.Size()
+		}
+	}
+	return files, bytes
+}
+
 // removable reports whether removeBefore(cut) would remove a file.
 func (l *logFiles) removable(cut uint64) bool {
 	l.mu.Lock()

@@ -2,8 +2,9 @@ package store
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Collector returns a Prometheus collector of Pebble's state: compactions in
-// progress and their debt, L0 files, memtables, disk use, block cache hits.
+// Collector returns a Prometheus collector of Pebble's state (compactions in
+// progress and their debt, L0 files, memtables, disk use, block cache hits)
+// and of the change log's files.
 // Each scrape reads Pebble's metrics once.
 func (s *Store) Collector() prometheus.Collector { return &collector{s: s} }
 
@@ -16,13 +17,15 @@ var (
 	descDebt        = prometheus.NewDesc("ferry_receiver_pebble_compaction_debt_bytes", "Bytes Pebble estimates it must compact to reach a stable shape.", nil, nil)
 	descL0          = prometheus.NewDesc("ferry_receiver_pebble_l0_files", "Tables in Pebble's level 0 (read amplification).", nil, nil)
 	descMem         = prometheus.NewDesc("ferry_receiver_pebble_memtable_bytes", "Bytes allocated by Pebble's memtables.", nil, nil)
-	descDisk        = prometheus.NewDesc("ferry_receiver_pebble_disk_bytes", "Bytes the store uses on disk.", nil, nil)
+	descDisk        = prometheus.NewDesc("ferry_receiver_pebble_disk_bytes", "Bytes Pebble uses on disk (rows, positions, the change log's index).", nil, nil)
+	descLogDisk     = prometheus.NewDesc("ferry_receiver_changelog_disk_bytes", "Bytes the change log's files use on disk.", nil, nil)
+	descLogFiles    = prometheus.NewDesc("ferry_receiver_changelog_files", "Change log files on disk.", nil, nil)
 	descHits        = prometheus.NewDesc("ferry_receiver_pebble_block_cache_hits_total", "Pebble block cache hits.", nil, nil)
 	descMisses      = prometheus.NewDesc("ferry_receiver_pebble_block_cache_misses_total", "Pebble block cache misses.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descHits, descMisses} {
+	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses} {
 		ch <- d
 	}
 }
@@ -36,6 +39,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descL0, prometheus.GaugeValue, float64(m.Levels[0].TablesCount))
 	ch <- prometheus.MustNewConstMetric(descMem, prometheus.GaugeValue, float64(m.MemTable.Size))
 	ch <- prometheus.MustNewConstMetric(descDisk, prometheus.GaugeValue, float64(m.DiskSpaceUsage()))
+	files, bytes := c.s.logs.usage()
+	ch <- prometheus.MustNewConstMetric(descLogDisk, prometheus.GaugeValue, float64(bytes))
+	ch <- prometheus.MustNewConstMetric(descLogFiles, prometheus.GaugeValue, float64(files))
 	ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(m.BlockCache.Hits))
 	ch <- prometheus.MustNewConstMetric(descMisses, prometheus.CounterValue, float64(m.BlockCache.Misses))
 }
