@@ -119,7 +119,12 @@ func BenchmarkReceiveProcess(b *testing.B) {
 			}
 			for i := 0; i < 100; i++ {
 				secs := cmp.Or(os.Getenv("FERRY_BENCH_APPLY_PROFILE_SECS"), "2")
-				resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/profile?seconds=" + secs)
+				// FERRY_BENCH_APPLY_TRACE=1: an execution trace instead.
+				kind := "profile"
+				if os.Getenv("FERRY_BENCH_APPLY_TRACE") != "" {
+					kind = "trace"
+				}
+				resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/" + kind + "?seconds=" + secs)
 				if err != nil {
 					time.Sleep(10 * time.Millisecond)
 					continue
@@ -154,6 +159,7 @@ func BenchmarkReceiveProcess(b *testing.B) {
 		b.ReportMetric(up.Sub(t0).Seconds()*1000, "startup-ms")
 		_, _, _, stalled := compactionState(base)
 		b.ReportMetric(stalled*1000, "stall-ms")
+		b.ReportMetric(receiverMetrics(base)("ferry_receiver_apply_seconds"), "commits")
 		// This process during the catch-up: the JetStream server feeding
 		// the receiver (and the status polls): the rest of the machine's
 		// two cores.
@@ -246,27 +252,7 @@ func BenchmarkReceiveProcess(b *testing.B) {
 // compaction debt, compactions completed and write stall seconds from
 // /metrics.
 func compactionState(base string) (inProgress, debt, count, stalled float64) {
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		return -1, -1, -1, -1
-	}
-	defer resp.Body.Close()
-	var p expfmt.TextParser
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return -1, -1, -1, -1
-	}
-	get := func(name string) float64 {
-		if f := fams[name]; f != nil && len(f.Metric) > 0 {
-			if g := f.Metric[0].Gauge; g != nil {
-				return g.GetValue()
-			}
-			if c := f.Metric[0].Counter; c != nil {
-				return c.GetValue()
-			}
-		}
-		return -1
-	}
+	get := receiverMetrics(base)
 	return get("ferry_receiver_pebble_compactions_in_progress"), get("ferry_receiver_pebble_compaction_debt_bytes"),
 		get("ferry_receiver_pebble_compactions_total"), get("ferry_receiver_pebble_write_stall_seconds_total")
 }
@@ -414,4 +400,35 @@ func histQuantile(before, after map[float64]uint64, q float64) float64 {
 		prevUB, prevCount = ub, c
 	}
 	return prevUB * 1e6
+}
+
+// receiverMetrics reads the receiver's /metrics once and returns a lookup of
+// the first series of a family: a gauge's or counter's value, a histogram's
+// count (-1 if missing).
+func receiverMetrics(base string) func(name string) float64 {
+	none := func(string) float64 { return -1 }
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return none
+	}
+	defer resp.Body.Close()
+	var p expfmt.TextParser
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return none
+	}
+	return func(name string) float64 {
+		if f := fams[name]; f != nil && len(f.Metric) > 0 {
+			if g := f.Metric[0].Gauge; g != nil {
+				return g.GetValue()
+			}
+			if c := f.Metric[0].Counter; c != nil {
+				return c.GetValue()
+			}
+			if h := f.Metric[0].Histogram; h != nil {
+				return float64(h.GetSampleCount())
+			}
+		}
+		return -1
+	}
 }

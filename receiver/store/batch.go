@@ -23,10 +23,10 @@ import (
 // after it) and refuses anything else, so a bug upstream cannot apply a
 // frame twice.
 //
-// Commits are pipelined: CommitAsync hands what the batch holds to a commit
-// goroutine (sorting rows, compressing the change log, writing Pebble) and
-// the batch fills a second buffer meanwhile, so decoding the next messages
-// overlaps writing the last ones. At most one commit is in flight; Position
+// Commits are pipelined: CommitAsync builds the Pebble batch (sorting rows,
+// appending the change log), then hands it to a commit goroutine that
+// applies it to Pebble, and the batch fills a second buffer meanwhile, so
+// decoding and preparing the next messages overlaps applying the last ones. At most one commit is in flight; Position
 // and change ids already count it. Commit is CommitAsync and Wait.
 type Batch struct {
 	s        *Store
@@ -402,9 +402,9 @@ func (b *Batch) Commit() error {
 	return b.Wait()
 }
 
-// CommitAsync hands what the batch holds to a commit goroutine, after the
-// previous commit (if any) completed, and returns: the batch can be filled
-// again at once. The commit's outcome is reported by Wait, or by the next
+// CommitAsync prepares what the batch holds for Pebble (while the previous
+// commit, if any, completes), hands it to a commit goroutine and returns: the
+// batch can be filled again at once. The commit's outcome is reported by Wait, or by the next
 // CommitAsync or Commit; after a failed commit the batch refuses everything.
 func (b *Batch) CommitAsync() error {
 	if b.err != nil {
@@ -412,9 +412,6 @@ func (b *Batch) CommitAsync() error {
 	}
 	if b.Empty() {
 		return nil
-	}
-	if err := b.Wait(); err != nil {
-		return err
 	}
 	w := b.w
 	w.entryOK, b.body.open = false, false
@@ -424,11 +421,22 @@ func (b *Batch) CommitAsync() error {
 	}
 	w.last, w.changes = b.next-1, b.changes
 	w.cursor, w.cursorOK = b.cursor, b.cursorOK
+	// Build the Pebble batch here, while the commit in flight (if any)
+	// applies the previous one: the commit goroutine is left with
+	// Pebble's memtable inserts alone, the longest stage.
+	start := time.Now()
+	perr := w.prepare(b.s)
+	if err := b.Wait(); err != nil {
+		return err
+	}
+	if perr != nil {
+		b.err = perr
+		return perr
+	}
 	done := make(chan error, 1)
 	s, onCommit := b.s, b.OnCommit
 	go func() {
-		start := time.Now()
-		err := w.commit(s)
+		err := w.apply(s)
 		if err == nil && onCommit != nil {
 			onCommit(time.Since(start))
 		}
@@ -460,8 +468,9 @@ func (b *Batch) Wait() error {
 	return b.err
 }
 
-// commit writes w (on the commit goroutine) and publishes what it moved.
-func (w *commitWork) commit(s *Store) error {
+// prepare appends w's change log entries to the log files and builds its
+// Pebble batch: index records, rows, positions, last change id, cursor.
+func (w *commitWork) prepare(s *Store) error {
 	if err := w.writeLog(s); err != nil {
 		return err
 	}
@@ -485,6 +494,12 @@ func (w *commitWork) commit(s *Store) error {
 			return fmt.Errorf("store: setting stream cursor: %w", err)
 		}
 	}
+	return nil
+}
+
+// apply commits w's Pebble batch (on the commit goroutine) and publishes
+// what it moved.
+func (w *commitWork) apply(s *Store) error {
 	if !s.noWAL && len(w.entries) > 0 {
 		// Every commit is durable at once: so must be the log it indexes.
 		if err := s.logs.sync(); err != nil {
