@@ -25,11 +25,12 @@ test:
 test-faults:
 	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'Fault' -v ./bench/faults/...
 
-# Every fuzz target of every package under format/, FUZZTIME each (seeds also
-# run in `make test`). Targets with the same name in two packages both run.
+# Every fuzz target of the decoders (format/..., receiver/store), FUZZTIME
+# each (seeds also run in `make test`). Targets with the same name in two
+# packages both run.
 FUZZTIME ?= 10s
 fuzz:
-	@for pkg in $$($(GO) list ./format/...); do \
+	@for pkg in $$($(GO) list ./format/... ./receiver/store); do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 		done; \

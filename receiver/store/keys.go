@@ -111,6 +111,19 @@ func (r *reader) u64() uint64 {
 	return v
 }
 
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, k := binary.Uvarint(r.b[r.off:])
+	if k <= 0 {
+		r.fail("bad varint")
+		return 0
+	}
+	r.off += k
+	return v
+}
+
 func (r *reader) bytes() []byte {
 	if r.err != nil {
 		return nil

@@ -144,36 +144,53 @@ func decodeCursor(b []byte) (StreamCursor, error) {
 	return c, nil
 }
 
-// Row record: | version | op | content | segment u64 | offset u64 | index u32 |
-// commit i64 | change id u64 | source (uvarint len + bytes) | value (rest) |
+// Row record, version 2 (version 1, still read, had fixed-width fields):
+//
+//	| version u8 = 2 | op u8 | content u8 | segment uvarint | offset uvarint |
+//	| index uvarint | commit i64 | change id uvarint |
+//	| source (uvarint len + bytes) | value (rest) |
+//
+// Every row is inserted into the memtable, flushed and compacted: the
+// varints make its metadata ~20 bytes shorter, ~7% of a 200-byte change.
+const rowVersion = 2
+
 func appendRow(dst []byte, c *format.Change, v *Version, commit int64, id uint64) []byte {
 	ct := c.Content
 	if ct == 0 {
 		ct = format.ContentJSON
 	}
-	dst = append(dst, recordVersion, byte(c.Op), byte(ct))
-	dst = binary.LittleEndian.AppendUint64(dst, v.Segment)
-	dst = binary.LittleEndian.AppendUint64(dst, uint64(v.Offset))
-	dst = binary.LittleEndian.AppendUint32(dst, uint32(v.Index))
+	dst = append(dst, rowVersion, byte(c.Op), byte(ct))
+	dst = binary.AppendUvarint(dst, v.Segment)
+	dst = binary.AppendUvarint(dst, uint64(v.Offset))
+	dst = binary.AppendUvarint(dst, uint64(v.Index))
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(commit))
-	dst = binary.LittleEndian.AppendUint64(dst, id)
+	dst = binary.AppendUvarint(dst, id)
 	dst = appendString(dst, v.Source)
 	return append(dst, c.After...)
 }
 
 func decodeRow(table string, key, b []byte) (Row, error) {
 	r := reader{b: b}
-	if v := r.u8(); v != recordVersion && r.err == nil {
+	v := r.u8()
+	if v != recordVersion && v != rowVersion && r.err == nil {
 		return Row{}, fmt.Errorf("store: row %s/%q: unknown record version %d", table, key, v)
 	}
 	row := Row{Table: table, Key: key}
 	row.Op = format.Op(r.u8())
 	row.Content = format.ContentType(r.u8())
-	row.Version.Segment = r.u64()
-	row.Version.Offset = int64(r.u64())
-	row.Version.Index = int(r.u32())
-	row.CommitTime = int64(r.u64())
-	row.ChangeID = r.u64()
+	if v == rowVersion {
+		row.Version.Segment = r.uvarint()
+		row.Version.Offset = int64(r.uvarint())
+		row.Version.Index = int(r.uvarint())
+		row.CommitTime = int64(r.u64())
+		row.ChangeID = r.uvarint()
+	} else {
+		row.Version.Segment = r.u64()
+		row.Version.Offset = int64(r.u64())
+		row.Version.Index = int(r.u32())
+		row.CommitTime = int64(r.u64())
+		row.ChangeID = r.u64()
+	}
 	row.Version.Source = string(r.bytes())
 	row.Value = r.rest()
 	if r.err != nil {
