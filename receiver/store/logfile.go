@@ -139,6 +139,10 @@ func openLogFiles(fsys vfs.FS, dir string, fileSize int64, minFile uint64, last 
 	if err := fsys.MkdirAll(l.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: creating the change log directory: %w", err)
 	}
+	// The directory's own entry must be durable before any file in it is.
+	if err := syncDir(fsys, dir); err != nil {
+		return nil, fmt.Errorf("store: creating the change log directory: %w", err)
+	}
 	names, err := fsys.List(l.dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: listing the change log directory %s: %w", l.dir, err)
@@ -249,12 +253,7 @@ func (l *logFiles) sync() error {
 			curDirty = false
 		}
 		if dirDirty {
-			d, err := l.fs.OpenDir(l.dir)
-			if err != nil {
-				return err
-			}
-			defer d.Close()
-			if err := d.Sync(); err != nil {
+			if err := syncDir(l.fs, l.dir); err != nil {
 				return err
 			}
 			dirDirty = false
@@ -346,13 +345,20 @@ func (l *logFiles) copyTo(dir string) error {
 			return err
 		}
 	}
-	d, err := l.fs.OpenDir(dst)
+	if err := syncDir(l.fs, dst); err != nil {
+		return err
+	}
+	return syncDir(l.fs, dir)
+}
+
+func syncDir(fsys vfs.FS, dir string) error {
+	d, err := fsys.OpenDir(dir)
 	if err != nil {
-		return fmt.Errorf("store: syncing %s: %w", dst, err)
+		return fmt.Errorf("store: syncing directory %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("store: syncing %s: %w", dst, err)
+		return fmt.Errorf("store: syncing directory %s: %w", dir, err)
 	}
 	return nil
 }

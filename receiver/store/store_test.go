@@ -574,3 +574,30 @@ func TestChangeLogDamage(t *testing.T) {
 		}
 	})
 }
+
+// TestSyncModeKeepsEveryCommit: with WithSync(true) every commit is durable
+// when Commit returns, change log included: a crash image that drops every
+// unsynced write still holds all of them.
+func TestSyncModeKeepsEveryCommit(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	st, err := store.Open("db", store.WithFS(fs), store.WithSync(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.NewBatch()
+	commitKeys(t, b, 45, 0, 30, 10)
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	b.Close()
+	st.Close()
+	got, err := store.Open("db", store.WithFS(crashed), store.WithSync(true))
+	if err != nil {
+		t.Fatalf("opening the crash image: %v", err)
+	}
+	defer got.Close()
+	if p := got.Position("s"); p.Changes != 30 {
+		t.Fatalf("crash image holds %d changes, want 30", p.Changes)
+	}
+	if cs, err := got.Changes(0, 100); err != nil || len(cs) != 30 {
+		t.Fatalf("crash image's change log: %d changes, %v", len(cs), err)
+	}
+}
