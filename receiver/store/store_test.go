@@ -187,8 +187,16 @@ func TestSortedRowsKeepLastWrite(t *testing.T) {
 // each: the source's position must always match the rows and the change
 // log exactly, batch for batch, whatever was lost.
 func TestCrashKeepsBatchPrefix(t *testing.T) {
+	// Small change log files: new files (and their directory entries)
+	// between flushes must be durable too.
+	for _, size := range []int64{64 << 20, 4 << 10} {
+		t.Run(fmt.Sprintf("LogFile%dK", size>>10), func(t *testing.T) { testCrashKeepsBatchPrefix(t, size) })
+	}
+}
+
+func testCrashKeepsBatchPrefix(t *testing.T, logFileSize int64) {
 	fs := vfs.NewCrashableMem()
-	st, err := store.Open("db", store.WithFS(fs), store.WithMemTableSize(1<<20), store.WithFlushInterval(time.Hour))
+	st, err := store.Open("db", store.WithFS(fs), store.WithMemTableSize(1<<20), store.WithFlushInterval(time.Hour), store.WithLogFileSize(logFileSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +231,7 @@ func TestCrashKeepsBatchPrefix(t *testing.T) {
 			continue
 		}
 		crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 50, RNG: rand.New(rand.NewPCG(rng.Uint64(), 1))})
-		got, err := store.Open("db", store.WithFS(crashed))
+		got, err := store.Open("db", store.WithFS(crashed), store.WithLogFileSize(logFileSize))
 		if err != nil {
 			t.Fatalf("opening the crash image after batch %d: %v", i, err)
 		}
@@ -280,6 +288,12 @@ func TestCrashKeepsBatchPrefix(t *testing.T) {
 	defer st.Close()
 	if p := st.Position("s"); p.Transactions != 400 {
 		t.Fatalf("after a clean close: %d transactions, want 400", p.Transactions)
+	}
+	if cs, err := st.Changes(0, 100000); err != nil || len(cs) != 400*21 {
+		t.Fatalf("after a clean close: %d changes in the log, %v; want %d", len(cs), err, 400*21)
+	}
+	if files, _ := fs.List("db/changelog"); logFileSize < 1<<20 && len(files) < 10 {
+		t.Fatalf("%d change log files with %d-byte files: the test did not rotate", len(files), logFileSize)
 	}
 }
 
