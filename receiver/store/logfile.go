@@ -38,10 +38,10 @@ import (
 // commit can become durable: before every commit with WithSync(true), else
 // whenever Pebble flushes a memtable (the only way a commit becomes durable
 // without a WAL), from the TableCreated listener Open installs, which Pebble
-// calls before it writes a flush's first table. So after any crash every index record
-// points at bytes that are there. Bytes a crash left past the last index
-// record (written, their commit lost) are never read; the store appends to
-// a new file after every open.
+// calls before it writes a flush's first table. So after any crash every
+// index record points at bytes that are there. Bytes a crash left past the
+// last index record (written, their commit lost) are never read; the store
+// appends to a new file after every open.
 const (
 	logRecordHeader = 16
 	logDirName      = "changelog"
