@@ -18,6 +18,7 @@ const (
 	DefaultMaxInFlightMsgs  = 1024
 	DefaultLinger           = 2 * time.Millisecond
 	DefaultPollInterval     = time.Second
+	DefaultStreamCheck      = 5 * time.Second
 	DefaultMinAge           = 10 * time.Minute
 	DefaultDrainTimeout     = 30 * time.Second
 	// headroom is kept free in every message for the headers.
@@ -33,6 +34,7 @@ type options struct {
 	maxInFlightBytes int64
 	maxInFlightMsgs  int
 	poll             time.Duration
+	streamCheck      time.Duration
 	log              *slog.Logger
 	metrics          *Metrics
 	checkpoint       string
@@ -157,6 +159,20 @@ func WithPollInterval(d time.Duration) Option {
 			return fmt.Errorf("%w: poll interval %v", ErrInvalidOption, d)
 		}
 		o.poll = d
+		return nil
+	}
+}
+
+// WithStreamCheckInterval sets how often an idle Shipper (nothing new in the
+// files) checks that the stream still exists (default 5 s): a stream deleted
+// while nothing is being published is re-created and re-shipped within
+// this, instead of at the next write of the legacy.
+func WithStreamCheckInterval(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: stream check interval %v", ErrInvalidOption, d)
+		}
+		o.streamCheck = d
 		return nil
 	}
 }

@@ -185,6 +185,10 @@ func (s *Shipper) checkNoGap(first format.Position, ok bool) error {
 
 var errReconnected = errors.New("shipper: reconnected to NATS: checking the stream's tail")
 
+// errStreamGone ends an idle session whose stream vanished: the next one
+// re-creates it and re-ships (resume).
+var errStreamGone = errors.New("shipper: the stream is gone: re-creating it")
+
 // job is one message on its way: cut by the reader, compressed by a
 // worker, published in order by the publisher.
 type job struct {
@@ -295,6 +299,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	shipped := false
 	var lastCut time.Time
 	nextUpkeep := time.Now()
+	nextStreamCheck := time.Now().Add(s.o.streamCheck)
 	var loopErr error
 	for {
 		if now := time.Now(); !now.Before(nextUpkeep) {
@@ -324,9 +329,19 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			break
 		}
 		if span.Len() == 0 {
-			s.wait(ctx, watch, time.Until(nextUpkeep))
+			// Idle: publishes would notice a lost stream, so check
+			// for one now and then while there are none.
+			if now := time.Now(); !now.Before(nextStreamCheck) {
+				nextStreamCheck = now.Add(s.o.streamCheck)
+				if _, err := s.st.LastMsg(ctx, s.subject); errors.Is(err, jsclient.ErrStreamNotFound) {
+					loopErr = errStreamGone
+					break
+				}
+			}
+			s.wait(ctx, watch, min(time.Until(nextUpkeep), time.Until(nextStreamCheck)))
 			continue
 		}
+		nextStreamCheck = time.Now().Add(s.o.streamCheck)
 		if !span.Big && !span.Full && s.o.linger > 0 {
 			// Pace a live writer: a message that is not full leaves at
 			// once, unless the previous one left less than linger ago.

@@ -23,8 +23,10 @@
 //     stream's real tail. Retention therefore keeps shipped segments for a
 //     minimum age counted from their acknowledgement. A stream that
 //     disappears under a running Shipper (deleted, or the server's store
-//     lost) is re-created with the same configuration (lease bucket
-//     included), logged and counted (errors{kind="stream_lost"}), and
+//     lost), noticed at the next publish or, while there is nothing to
+//     publish, by a check every WithStreamCheckInterval, is re-created with
+//     the same configuration (lease bucket included), logged and counted
+//     (errors{kind="stream_lost"}), and
 //     re-shipped from the files from its real tail: from the oldest segment
 //     on disk when it is empty. If retention already removed segments the
 //     empty stream needs, the Shipper stops with ErrGap naming them.
@@ -211,6 +213,7 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 		maxInFlightBytes: DefaultMaxInFlightBytes,
 		maxInFlightMsgs:  DefaultMaxInFlightMsgs,
 		poll:             DefaultPollInterval,
+		streamCheck:      DefaultStreamCheck,
 		minAge:           DefaultMinAge,
 		drainTimeout:     DefaultDrainTimeout,
 		maxBatchChanges:  1 << 30,

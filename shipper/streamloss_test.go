@@ -233,3 +233,38 @@ func TestStreamBehindIntoRemovedSegmentStopsOnGap(t *testing.T) {
 		t.Fatalf("Run = %v, want ErrGap naming segment 1", err)
 	}
 }
+
+// TestStreamLostWhileIdle: the stream vanishes while the legacy writes
+// nothing, so no publish notices it: the shipper's idle check does, and the
+// stream comes back with every frame of the files, once and in order,
+// before the legacy writes again.
+func TestStreamLostWhileIdle(t *testing.T) {
+	_, nc := startServer(t, 0)
+	c := newClient(t, nc)
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders", format.WithMaxSegmentSize(32<<10))
+	writeTxs(t, w, 0, 200, 1, 200)
+	w.Close()
+	end := endOf(t, dir, "orders")
+	r := startShipper(t, c, dir, "orders", shipper.WithMaxBatchBytes(8<<10), shipper.WithStreamCheckInterval(200*time.Millisecond))
+	r.waitAcked(t, end, 10*time.Second)
+	js, _ := jetstream.New(nc)
+	if err := js.DeleteStream(t.Context(), "FERRY"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	var msgs []shippedMsg
+	for {
+		if msgs = readBackMaybe(t, nc, c.Subject("orders")); len(msgs) > 0 && lastPos(msgs) == end {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("10 s after the stream was deleted under an idle shipper it holds %d messages: not re-shipped", len(msgs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	checkExact(t, dir, "orders", readBack(t, nc, c.Subject("orders")), end)
+}
