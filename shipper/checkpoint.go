@@ -12,12 +12,18 @@ import (
 
 // checkpoint is the local record of the acknowledged position. It is a hint
 // only: the stream's last message is the truth. It lets a restarted shipper
-// notice a stream that lost acknowledged messages (DESIGN guarantee 6).
+// notice a stream that lost acknowledged messages (DESIGN guarantee 6), and
+// resume the repair of a hole a stop or crash interrupted.
 type checkpoint struct {
 	Stream  string `json:"stream"`
 	Subject string `json:"subject"`
 	Segment uint64 `json:"segment"`
 	Offset  int64  `json:"offset"`
+	// HoleSegment/HoleOffset: a hole in the stream not repaired yet (a
+	// publish failed while later ones were stored). The stream's tail is
+	// past it, so only this record brings a restarted shipper back to it.
+	HoleSegment uint64 `json:"hole_segment,omitempty"`
+	HoleOffset  int64  `json:"hole_offset,omitempty"`
 }
 
 func (c checkpoint) pos() format.Position {

@@ -2,6 +2,7 @@ package shipper_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -223,5 +224,83 @@ func TestResumeInsideSplitFrameThatStartsSegment(t *testing.T) {
 	}
 	if restarts != 2 {
 		t.Errorf("part 0 sent %d times, want 2", restarts)
+	}
+}
+
+// cutOffStream is lossyStream that, once its lost publish has failed, can no
+// longer read the stream's tail: the shipper knows of the hole but cannot
+// start the session that repairs it.
+type cutOffStream struct {
+	lossyStream
+}
+
+func (c *cutOffStream) LastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	if c.n.Load() > c.failAt {
+		return nil, errors.New("injected: server unreachable")
+	}
+	return c.Client.LastMsg(ctx, subject)
+}
+
+// TestHoleRepairSurvivesRestart: a shipper that found a hole in the stream
+// is stopped before it could repair it (a crash would do the same: the hole
+// is in its checkpoint by then). The stream's tail is past the hole, so
+// only the checkpoint brings the next shipper back to it: it must re-ship
+// from the hole, and the stream must then read as every byte of the files.
+func TestHoleRepairSurvivesRestart(t *testing.T) {
+	_, nc := startServer(t, 0)
+	c := newClient(t, nc)
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders")
+	writeTxs(t, w, 0, 2000, 1, 200)
+	w.Close()
+	end := endOf(t, dir, "orders")
+	ckpt := filepath.Join(dir, "orders.ship-checkpoint")
+	st := &cutOffStream{lossyStream{Client: c, failAt: 5}}
+	r := startShipper(t, st, dir, "orders", shipper.WithMaxBatchBytes(4<<10), shipper.WithCheckpoint(ckpt))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if data, err := os.ReadFile(ckpt); err == nil && bytes.Contains(data, []byte(`"hole_segment"`)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no hole recorded in the checkpoint")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.stop(t)
+	if got := r.s.Stats().Repairs; got != 1 {
+		t.Fatalf("Stats.Repairs = %d, want 1", got)
+	}
+	// The first shipper never got to repair it: the stream has a hole.
+	if msgs := readBack(t, nc, c.Subject("orders")); len(msgs) == 0 || lastPos(msgs) != end {
+		t.Fatalf("before the restart the stream's tail is %v, want %v (stored past the hole)", lastPos(msgs), end)
+	}
+
+	r2 := startShipper(t, c, dir, "orders", shipper.WithMaxBatchBytes(4<<10), shipper.WithCheckpoint(ckpt))
+	deadline = time.Now().Add(20 * time.Second)
+	var msgs []shippedMsg
+	for {
+		msgs = readBack(t, nc, c.Subject("orders"))
+		repaired := 0
+		for _, m := range msgs {
+			if m.b.Repair > 0 {
+				repaired++
+			}
+		}
+		if repaired > 0 && lastPos(msgs) == end {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the restarted shipper re-shipped nothing from the hole (%d messages, tail %v)", len(msgs), lastPos(msgs))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r2.waitAcked(t, end, 20*time.Second)
+	if err := r2.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	checkReceiverView(t, dir, "orders", readBack(t, nc, c.Subject("orders")), end)
+	if data, _ := os.ReadFile(ckpt); bytes.Contains(data, []byte(`"hole_segment"`)) {
+		t.Fatalf("the checkpoint still records a hole after the repair: %s", data)
 	}
 }

@@ -128,12 +128,13 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var repair uint64
-	if s.repairAt != nil {
+	if s.hole != nil {
+		// Every session re-ships from the hole until an ack past it says
+		// the stream holds it (acked clears it).
 		s.log.Error("re-shipping from a hole in the stream: messages after it were stored while it failed",
-			"hole", s.repairAt.String(), "stream_tail", pos.String())
-		pos = *s.repairAt
+			"hole", s.hole.String(), "stream_tail", pos.String())
+		pos = *s.hole
 		repair = uint64(time.Now().UnixNano())
-		s.repairAt = nil
 	} else if known := s.stats.Acked; known.Segment > 0 && pos.Less(known) || s.hintOK && pos.Less(s.hint) {
 		if known.Segment == 0 {
 			known = s.hint
@@ -377,16 +378,17 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 		<-ackerDone
 	}
 	timer.Stop()
-	s.upkeep(fl, time.Now())
-	s.saveCheckpoint()
-
 	serr, failedAt, hole := ss.state()
 	if hole && failedAt != nil {
 		s.mu.Lock()
-		s.repairAt = failedAt
+		if s.hole == nil || failedAt.Less(*s.hole) {
+			s.hole = failedAt // kept in the checkpoint until repaired
+		}
 		s.stats.Repairs++
 		s.mu.Unlock()
 	}
+	s.upkeep(fl, time.Now())
+	s.saveCheckpoint()
 	var fe *fatalError
 	if loopErr == nil || errors.As(serr, &fe) {
 		loopErr = serr
@@ -666,6 +668,9 @@ func (s *Shipper) acked(it *inflight, ack *jetstream.PubAck) {
 	s.stats.Frames += uint64(it.b.Frames)
 	s.stats.Changes += uint64(it.b.Changes)
 	s.stats.Acked = format.Position{Segment: it.b.Segment, Offset: it.b.To}
+	if s.hole != nil && s.hole.Less(s.stats.Acked) {
+		s.hole = nil // repaired: the stream holds what follows it
+	}
 	if it.b.LastCommit > 0 {
 		s.stats.LastCommit = it.b.LastCommit
 	}

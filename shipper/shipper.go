@@ -50,8 +50,11 @@
 // stream's tail, so a re-publish starts at the first failed position (and
 // the server drops re-published duplicates). If a later message was stored
 // while an earlier one failed (a hole: the stream holds ranges out of
-// order), the next session re-ships from the hole with wire.Batch.Repair
-// set, and logs it (errors{kind="stream_hole"}). A reconnection also ends
+// order), the next sessions re-ship from the hole with wire.Batch.Repair
+// set until an ack past it, and log it (errors{kind="stream_hole"}). The
+// hole is kept in the local checkpoint meanwhile: the stream's tail is past
+// it, so a Shipper restarted after a stop or crash finds it there. A
+// reconnection also ends
 // the session, so the stream's tail is checked after every outage.
 //
 // One shipper per source. Two Shippers on one source would interleave
@@ -187,7 +190,8 @@ type Shipper struct {
 	stats          Stats
 	hint           format.Position // acknowledged position known before the session
 	hintOK         bool
-	repairAt       *format.Position
+	hole           *format.Position // a hole to repair, kept in the checkpoint until acked past
+	lastHole       *format.Position // the hole in the last checkpoint written
 	ran            bool
 	stopped        bool
 	cancel         context.CancelFunc
@@ -345,6 +349,13 @@ func (s *Shipper) Run(ctx context.Context) error {
 		s.met.error("checkpoint")
 	} else if ok && c.Subject == s.subject && c.Stream == s.streamName() {
 		s.hint, s.hintOK = c.pos(), true
+		if c.HoleSegment > 0 {
+			// A repair that a stop or crash interrupted: the stream's
+			// tail is past the hole, so resume would not see it.
+			hole := format.Position{Segment: c.HoleSegment, Offset: c.HoleOffset}
+			s.log.Warn("resuming the repair of a hole in the stream that a restart interrupted", "hole", hole.String())
+			s.hole, s.lastHole = &hole, &hole
+		}
 	}
 
 	watch, err := tail.NewWatch(s.dir, s.o.linger, s.log)
@@ -567,15 +578,19 @@ func (s *Shipper) saveCheckpoint() {
 		return
 	}
 	s.mu.Lock()
-	acked := s.stats.Acked
+	acked, hole := s.stats.Acked, s.hole
 	s.mu.Unlock()
-	if acked.Segment == 0 || acked == s.lastCkpt {
+	if acked.Segment == 0 || acked == s.lastCkpt && hole == s.lastHole {
 		return
 	}
-	if err := saveCheckpoint(s.o.checkpoint, checkpoint{Stream: s.streamName(), Subject: s.subject, Segment: acked.Segment, Offset: acked.Offset}); err != nil {
+	c := checkpoint{Stream: s.streamName(), Subject: s.subject, Segment: acked.Segment, Offset: acked.Offset}
+	if hole != nil {
+		c.HoleSegment, c.HoleOffset = hole.Segment, hole.Offset
+	}
+	if err := saveCheckpoint(s.o.checkpoint, c); err != nil {
 		s.log.Warn("writing the local checkpoint failed (it is only a hint)", "err", err)
 		s.met.error("checkpoint")
 		return
 	}
-	s.lastCkpt = acked
+	s.lastCkpt, s.lastHole = acked, hole
 }
