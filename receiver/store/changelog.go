@@ -171,6 +171,10 @@ func decodeEntry(dec *wire.Decompressor, first uint64, b []byte, after uint64, l
 			return out, fmt.Errorf("store: change log entry %d: frame at %s:%d:%d: %w", first, e.source, e.segment, off, err)
 		}
 		pos += n
+		if k, err := format.TxChangeCount(f.Payload, len(f.Payload)); err == nil && id+uint64(k) <= after+1 {
+			id += uint64(k) // all before the cursor: count them, skip decoding
+			continue
+		}
 		if err := format.DecodeTx(f.Payload, &tx); err != nil {
 			return out, fmt.Errorf("store: change log entry %d: frame at %s:%d:%d: %w", first, e.source, e.segment, off, err)
 		}

@@ -615,3 +615,43 @@ func TestSyncModeKeepsEveryCommit(t *testing.T) {
 		t.Fatalf("crash image's change log: %d changes, %v", len(cs), err)
 	}
 }
+
+// TestChangesFromEveryCursor reads a page from every cursor position of a
+// log whose transactions hold several changes and whose entries hold many
+// transactions: each page starts right after its cursor.
+func TestChangesFromEveryCursor(t *testing.T) {
+	st := open(t, vfs.NewMem())
+	defer st.Close()
+	b := st.NewBatch()
+	defer b.Close()
+	off := int64(45)
+	total := 0
+	for i := 0; i < 60; i++ {
+		keys := make([]string, 1+i%4)
+		for j := range keys {
+			keys[j] = fmt.Sprintf("k%d-%d", i, j)
+		}
+		off = apply(t, b, 1, off, 1, keys...)
+		total += len(keys)
+		if i%20 == 19 {
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for after := 0; after <= total; after++ {
+		cs, err := st.Changes(uint64(after), 3)
+		if err != nil {
+			t.Fatalf("after %d: %v", after, err)
+		}
+		want := min(3, total-after)
+		if len(cs) != want {
+			t.Fatalf("after %d: %d changes, want %d", after, len(cs), want)
+		}
+		for i, c := range cs {
+			if c.ID != uint64(after+1+i) {
+				t.Fatalf("after %d: change %d has id %d", after, i, c.ID)
+			}
+		}
+	}
+}
