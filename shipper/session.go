@@ -128,6 +128,14 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var repair uint64
+	if s.hole != nil && pos.Less(*s.hole) {
+		// The stream's tail is before the hole: the stream lost what
+		// followed it (or was re-created). Shipping from the tail covers
+		// the hole too.
+		s.log.Warn("a hole to repair is past the stream's tail now: shipping from the tail instead",
+			"hole", s.hole.String(), "stream_tail", pos.String())
+		s.hole = nil
+	}
 	if s.hole != nil {
 		// Every session re-ships from the hole until an ack past it says
 		// the stream holds it (acked clears it).
