@@ -42,7 +42,9 @@ func FuzzDecodeRecords(f *testing.F) {
 		decodeRow("t", []byte("k"), b)
 		decodePos("s", b)
 		decodeCursor(b)
-		decodeIndex(10, b)
+		if x, err := decodeIndex(10, b); err == nil && x.length > maxEntryLen {
+			t.Fatalf("decodeIndex accepted an entry of %d bytes (limit %d): a reader would allocate that", x.length, maxEntryLen)
+		}
 		entryHeader(10, b)
 		out, err := decodeEntry(dec, 10, b, 0, 100, nil)
 		if err == nil && len(out) > 100 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 )
 
 // The change log's entries live in append-only files next to Pebble, not in
@@ -45,6 +46,12 @@ import (
 const (
 	logRecordHeader = 16
 	logDirName      = "changelog"
+	// maxEntryLen bounds an entry: a message body (at most wire.MaxRawLen,
+	// even uncompressed) or ~maxEntryRaw of s2-compressed frames, plus the
+	// header and frame offsets. A reader never allocates more for one.
+	maxEntryLen = wire.MaxRawLen + 1<<20
+	// rebuildHint says what to do about a damaged change log.
+	rebuildHint = "rebuild this receiver (--rebuild, or from a checkpoint)"
 )
 
 // indexRecord is the value of a change log key in Pebble (version 2; version
@@ -80,8 +87,8 @@ func decodeIndex(first uint64, b []byte) (indexRecord, error) {
 	if r.err != nil {
 		return indexRecord{}, fmt.Errorf("store: change log index %d: %w", first, r.err)
 	}
-	if x.file > first || x.off < 0 {
-		return indexRecord{}, fmt.Errorf("store: change log index %d: points at file %d offset %d", first, x.file, x.off)
+	if x.file > first || x.off < 0 || x.length > maxEntryLen {
+		return indexRecord{}, fmt.Errorf("store: change log index %d: points at %d bytes of file %d offset %d", first, x.length, x.file, x.off)
 	}
 	return x, nil
 }
@@ -169,9 +176,9 @@ func openLogFiles(fsys vfs.FS, dir string, fileSize int64, minFile uint64, last 
 		end := last.off + logRecordHeader + int64(last.length)
 		switch {
 		case err != nil:
-			return nil, fmt.Errorf("%w: %s, which holds the last change log entry, is missing (%v): rebuild this receiver (--rebuild, or from a checkpoint)", ErrLogCorrupt, path, err)
+			return nil, fmt.Errorf("%w: %s, which holds the last change log entry, is missing (%v): %s", ErrLogCorrupt, path, err, rebuildHint)
 		case fi.Size() < end:
-			return nil, fmt.Errorf("%w: %s ends at byte %d, but the last change log entry ends at %d: the file lost data (a disk that ignored fsync?); rebuild this receiver (--rebuild, or from a checkpoint)", ErrLogCorrupt, path, fi.Size(), end)
+			return nil, fmt.Errorf("%w: %s ends at byte %d, but the last change log entry ends at %d: the file lost data (a disk that ignored fsync?); %s", ErrLogCorrupt, path, fi.Size(), end, rebuildHint)
 		}
 	}
 	return l, nil
@@ -434,15 +441,15 @@ func (r *logReader) entry(first uint64, x *indexRecord) ([]byte, error) {
 	n := logRecordHeader + int(x.length)
 	r.buf = slices.Grow(r.buf[:0], n)[:n]
 	if _, err := r.f.ReadAt(r.buf, x.off); err != nil {
-		return nil, fmt.Errorf("%w: reading entry %d at %s offset %d: %v", ErrLogCorrupt, first, r.l.path(x.file), x.off, err)
+		return nil, fmt.Errorf("%w: reading entry %d at %s offset %d: %v; the rows are intact, only the change feed is affected: %s", ErrLogCorrupt, first, r.l.path(x.file), x.off, err, rebuildHint)
 	}
 	rec := r.buf
 	switch {
 	case binary.LittleEndian.Uint32(rec[0:]) != format.Checksum(rec[4:]):
-		return nil, fmt.Errorf("%w: entry %d at %s offset %d: checksum mismatch", ErrLogCorrupt, first, r.l.path(x.file), x.off)
+		return nil, fmt.Errorf("%w: entry %d at %s offset %d: checksum mismatch; the rows are intact, only the change feed is affected: %s", ErrLogCorrupt, first, r.l.path(x.file), x.off, rebuildHint)
 	case binary.LittleEndian.Uint32(rec[4:]) != x.length || binary.LittleEndian.Uint64(rec[8:]) != first:
-		return nil, fmt.Errorf("%w: entry %d at %s offset %d: the record holds entry %d of %d bytes, the index says %d bytes", ErrLogCorrupt,
-			first, r.l.path(x.file), x.off, binary.LittleEndian.Uint64(rec[8:]), binary.LittleEndian.Uint32(rec[4:]), x.length)
+		return nil, fmt.Errorf("%w: entry %d at %s offset %d: the record holds entry %d of %d bytes, the index says %d bytes; %s", ErrLogCorrupt,
+			first, r.l.path(x.file), x.off, binary.LittleEndian.Uint64(rec[8:]), binary.LittleEndian.Uint32(rec[4:]), x.length, rebuildHint)
 	}
 	return rec[logRecordHeader:], nil
 }

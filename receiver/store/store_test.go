@@ -562,7 +562,7 @@ func TestChangeLogDamage(t *testing.T) {
 		f.Close()
 		st := open(t, fs)
 		defer st.Close()
-		if _, err := st.Changes(0, 100); !errors.Is(err, store.ErrLogCorrupt) || !strings.Contains(err.Error(), path+" offset 0") {
+		if _, err := st.Changes(0, 100); !errors.Is(err, store.ErrLogCorrupt) || !strings.Contains(err.Error(), path+" offset 0") || !strings.Contains(err.Error(), "--rebuild") {
 			t.Fatalf("reading a corrupt entry: %v", err)
 		}
 		// Entries after it read fine.
