@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -56,12 +55,7 @@ func TestCredsLostWhileRunning(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			addr := freeAddr(t)
-			_, portText, _ := strings.Cut(addr, ":")
-			port, err := strconv.Atoi(portText)
-			if err != nil {
-				t.Fatal(err)
-			}
+			addr, port := freePort(t)
 			o := newOperatorSetup(t, port)
 			o.start(t)
 			url := "nats://" + addr

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -303,12 +302,7 @@ func TestCredsFileUnusable(t *testing.T) {
 // credentials the server refuses exits non-zero once the server is up,
 // saying so and naming the creds file.
 func TestCredsServerLate(t *testing.T) {
-	addr := freeAddr(t)
-	_, portText, _ := strings.Cut(addr, ":")
-	port, err := strconv.Atoi(portText)
-	if err != nil {
-		t.Fatal(err)
-	}
+	addr, port := freePort(t)
 	o := newOperatorSetup(t, port)
 	url := "nats://" + addr
 	good, _, _ := userCreds(t, o.account, nil)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,6 +53,19 @@ func buildFerryB(t testing.TB) string {
 }
 
 func freeAddr(t *testing.T) string { return freeAddrB(t) }
+
+// freePort returns a free loopback address and its port, for a server that
+// must listen on a known port (to restart on it).
+func freePort(t *testing.T) (addr string, port int) {
+	t.Helper()
+	addr = freeAddr(t)
+	_, portText, _ := strings.Cut(addr, ":")
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr, port
+}
 
 func freeAddrB(t testing.TB) string {
 	t.Helper()
