@@ -70,8 +70,8 @@ func ExampleOpenWriter() {
 	s, _ := rd.Sealed()
 	fmt.Println("sealed, next segment", s.Next)
 	// Output:
-	// committed at 1:41
-	// 1:41#0 upsert orders 42 {"total":9.5}
-	// 1:41#1 insert order_lines 42/1 {"sku":"A1","qty":2}
+	// committed at 1:57
+	// 1:57#0 upsert orders 42 {"total":9.5}
+	// 1:57#1 insert order_lines 42/1 {"sku":"A1","qty":2}
 	// sealed, next segment 2
 }

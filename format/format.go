@@ -41,15 +41,26 @@ import (
 // Magic opens every segment file.
 const Magic = "FERRYSEG"
 
-// Version is the segment format version this package writes and reads.
-const Version = 1
+// Version is the segment format version this package writes. It reads
+// every version from MinVersion to Version (SPEC.md, "Versioning and
+// compatibility"): version 2 added prepared transactions, outcome frames,
+// row versions and the header's low watermark (SPEC.md, "Commit order").
+const Version = 2
+
+// MinVersion is the oldest segment format version this package reads.
+const MinVersion = 1
 
 // Sizes and limits of the format.
 const (
 	// FrameHeaderLen is the size of a frame's length, CRC and type.
 	FrameHeaderLen = 9
-	// MinHeaderLen is the size of a segment header with an empty source.
+	// MinHeaderLen is the size of a version 1 segment header with an empty
+	// source; HeaderLen gives a header's size by version.
 	MinHeaderLen = 37
+	// lowWatermarkLen is the size of the version 2 header's low watermark.
+	lowWatermarkLen = 16
+	// MaxHeaderLen bounds a segment header of any version.
+	MaxHeaderLen = MinHeaderLen + 255
 	// MaxFrameLen bounds a frame's payload: larger lengths are corruption.
 	MaxFrameLen = 1 << 30
 	// MaxSourceLen bounds a source name.
@@ -71,6 +82,9 @@ const (
 	FrameTx        FrameType = 1
 	FrameSeal      FrameType = 2
 	FrameHeartbeat FrameType = 3
+	// FrameOutcome records whether prepared transactions committed or
+	// aborted (format version 2).
+	FrameOutcome FrameType = 4
 )
 
 func (t FrameType) String() string {
@@ -81,12 +95,45 @@ func (t FrameType) String() string {
 		return "seal"
 	case FrameHeartbeat:
 		return "heartbeat"
+	case FrameOutcome:
+		return "outcome"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
 // Skippable reports whether a reader that does not know t may skip it.
 func (t FrameType) Skippable() bool { return t >= 128 }
+
+// KnownIn reports whether a frame of type t may appear in a segment of
+// format version v: the types of that version and the optional ones.
+// Anything else is corruption.
+func (t FrameType) KnownIn(v uint16) bool {
+	switch t {
+	case FrameTx, FrameSeal, FrameHeartbeat:
+		return true
+	case FrameOutcome:
+		return v >= 2
+	}
+	return t.Skippable()
+}
+
+// PlausibleLen reports whether a payload of n bytes can be a frame of type
+// t: the fixed sizes of seal and heartbeat, the minimum of a transaction and
+// of an outcome. Scans for the next valid frame use it to skip most
+// candidates before computing a CRC.
+func (t FrameType) PlausibleLen(n int) bool {
+	switch t {
+	case FrameTx:
+		return n >= minTxLen
+	case FrameSeal:
+		return n == sealLen
+	case FrameHeartbeat:
+		return n == 8
+	case FrameOutcome:
+		return n >= minOutcomeLen
+	}
+	return true
+}
 
 // Op is the kind of a change.
 type Op uint8

@@ -34,12 +34,53 @@ type golden struct {
 
 const goldenTime = 1_767_225_600_000_000_000 // 2026-01-01T00:00:00Z
 
+// goldenHeader is a version 1 header: the vectors from before version 2
+// stay byte for byte what they were, so that readers keep reading them.
 func goldenHeader(t *testing.T, source string, seg uint64) []byte {
-	b, err := format.AppendHeader(nil, format.SegmentHeader{Source: source, Segment: seg, Created: goldenTime})
+	b, err := format.AppendHeader(nil, format.SegmentHeader{Version: 1, Source: source, Segment: seg, Created: goldenTime})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// goldenHeaderV2 is a version 2 header with a low watermark.
+func goldenHeaderV2(t *testing.T, source string, seg uint64, lw format.Position) []byte {
+	b, err := format.AppendHeader(nil, format.SegmentHeader{Version: 2, Source: source, Segment: seg, Created: goldenTime, LowWatermark: lw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// orderSegment uses every feature of format version 2 once: a low watermark
+// naming a prepared transaction of the previous segment, a prepared
+// transaction with row versions, a committed one (the after-commit path),
+// an outcome committing one prepared transaction and aborting another.
+func orderSegment(t *testing.T) []byte {
+	b := goldenHeaderV2(t, "shop", 3, format.Position{Segment: 2, Offset: 160})
+	first := len(b)
+	b = appendTx(t, b, &format.Tx{CommitTime: goldenTime + 1, ID: "pg:7301", Prepared: true, Changes: []format.Change{
+		{Table: "stock", Op: format.OpUpdate, Key: []byte("sku-1"), After: []byte(`{"qty":41}`), Version: 300},
+		{Table: "orders", Op: format.OpInsert, Key: []byte("o-9"), After: []byte(`{"sku":"sku-1"}`), Version: 1},
+	}})
+	b = appendTx(t, b, &format.Tx{CommitTime: goldenTime + 2, ID: "pg:7302", Changes: []format.Change{
+		{Table: "stock", Op: format.OpUpdate, Key: []byte("sku-2"), After: []byte(`{"qty":7}`), Before: []byte(`{"qty":8}`), Version: 128},
+	}})
+	second := len(b)
+	b = appendTx(t, b, &format.Tx{CommitTime: goldenTime + 3, ID: "pg:7303", Prepared: true, Changes: []format.Change{
+		{Table: "stock", Op: format.OpDelete, Key: []byte("sku-3"), Version: 12},
+	}})
+	var err error
+	b, err = format.AppendOutcome(b, format.Outcome{Time: goldenTime + 4, Resolutions: []format.Resolution{
+		{Prepared: format.Position{Segment: 2, Offset: 160}, Decision: format.DecisionCommitted},
+		{Prepared: format.Position{Segment: 3, Offset: int64(first)}, Decision: format.DecisionCommitted},
+		{Prepared: format.Position{Segment: 3, Offset: int64(second)}, Decision: format.DecisionAborted},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return format.AppendSeal(b, format.Seal{Next: 4, Transactions: 3, Changes: 4, Time: goldenTime + 5})
 }
 
 func appendTx(t *testing.T, b []byte, tx *format.Tx) []byte {
@@ -107,6 +148,16 @@ func goldens() []golden {
 		{"minimal", minimalSegment, true},
 		{"full", fullSegment, true},
 		{"unsealed", unsealedSegment, true},
+		{"order", orderSegment, true},
+		{"outcome-in-v1", func(t *testing.T) []byte {
+			b := goldenHeader(t, "shop", 1)
+			b, err := format.AppendOutcome(b, format.Outcome{Time: goldenTime, Resolutions: []format.Resolution{
+				{Prepared: format.Position{Segment: 1, Offset: 41}, Decision: format.DecisionCommitted}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}, false},
 		{"torn-tail", func(t *testing.T) []byte {
 			b := unsealedSegment(t)
 			return b[:frameStart(t, b, 2)+12]
@@ -141,7 +192,7 @@ func goldens() []golden {
 		}, false},
 		{"newer-version", func(t *testing.T) []byte {
 			b := minimalSegment(t)
-			binary.LittleEndian.PutUint16(b[8:], 2)
+			binary.LittleEndian.PutUint16(b[8:], 3)
 			return b
 		}, false},
 		{"header-checksum", func(t *testing.T) []byte {
@@ -171,25 +222,40 @@ type goldenHeaderJSON struct {
 	Source  string `json:"source"`
 	Segment uint64 `json:"segment"`
 	Created int64  `json:"created_unix_nano"`
+	// LowWatermark is "segment:offset", version 2 headers only.
+	LowWatermark string `json:"low_watermark,omitempty"`
 }
 
 type goldenFrame struct {
-	Offset    int64       `json:"offset"`
-	Length    int         `json:"payload_length"`
-	CRC       string      `json:"crc32c"`
-	Type      int         `json:"type"`
-	TypeName  string      `json:"type_name"`
-	Tx        *goldenTx   `json:"tx,omitempty"`
-	Seal      *goldenSeal `json:"seal,omitempty"`
-	Heartbeat *int64      `json:"heartbeat_unix_nano,omitempty"`
-	Payload   string      `json:"payload_hex,omitempty"` // skippable frames
+	Offset    int64          `json:"offset"`
+	Length    int            `json:"payload_length"`
+	CRC       string         `json:"crc32c"`
+	Type      int            `json:"type"`
+	TypeName  string         `json:"type_name"`
+	Tx        *goldenTx      `json:"tx,omitempty"`
+	Seal      *goldenSeal    `json:"seal,omitempty"`
+	Heartbeat *int64         `json:"heartbeat_unix_nano,omitempty"`
+	Outcome   *goldenOutcome `json:"outcome,omitempty"`
+	Payload   string         `json:"payload_hex,omitempty"` // skippable frames
 }
 
 type goldenTx struct {
 	CommitTime int64          `json:"commit_time_unix_nano"`
 	ID         string         `json:"id"`
 	Origin     string         `json:"origin"`
+	Prepared   bool           `json:"prepared,omitempty"`
 	Changes    []goldenChange `json:"changes"`
+}
+
+type goldenOutcome struct {
+	Time        int64              `json:"time_unix_nano"`
+	Resolutions []goldenResolution `json:"resolutions"`
+}
+
+type goldenResolution struct {
+	Segment  uint64 `json:"segment"`
+	Offset   int64  `json:"offset"`
+	Decision string `json:"decision"`
 }
 
 type goldenChange struct {
@@ -202,6 +268,7 @@ type goldenChange struct {
 	AfterHex  *string `json:"after_hex,omitempty"`
 	Before    *string `json:"before,omitempty"`
 	BeforeHex *string `json:"before_hex,omitempty"`
+	Version   uint64  `json:"version,omitempty"`
 }
 
 type goldenSeal struct {
@@ -248,6 +315,9 @@ func decodeGolden(t *testing.T, data []byte) goldenFile {
 	}
 	h := rd.Header()
 	out.Header = &goldenHeaderJSON{Version: h.Version, Length: h.Len, Source: h.Source, Segment: h.Segment, Created: h.Created}
+	if h.Version >= 2 {
+		out.Header.LowWatermark = h.LowWatermark.String()
+	}
 	for {
 		f, err := rd.Next()
 		if err == io.EOF {
@@ -271,10 +341,10 @@ func decodeGolden(t *testing.T, data []byte) goldenFile {
 			if err := format.DecodeTx(f.Payload, &tx); err != nil {
 				t.Fatalf("offset %d: %v", rd.Offset(), err)
 			}
-			gt := &goldenTx{CommitTime: tx.CommitTime, ID: tx.ID, Origin: tx.Origin}
+			gt := &goldenTx{CommitTime: tx.CommitTime, ID: tx.ID, Origin: tx.Origin, Prepared: tx.Prepared}
 			for _, c := range tx.Changes {
 				text := c.Content != format.ContentBinary
-				gc := goldenChange{Table: c.Table, Op: c.Op.String(), Content: c.Content.String()}
+				gc := goldenChange{Table: c.Table, Op: c.Op.String(), Content: c.Content.String(), Version: c.Version}
 				gc.Key, gc.KeyHex = textOrHex(c.Key, true)
 				gc.After, gc.AfterHex = textOrHex(c.After, text)
 				if c.Before != nil {
@@ -292,6 +362,16 @@ func decodeGolden(t *testing.T, data []byte) goldenFile {
 				t.Fatal(err)
 			}
 			gf.Heartbeat = &ts
+		case format.FrameOutcome:
+			var o format.Outcome
+			if err := format.DecodeOutcome(f.Payload, &o); err != nil {
+				t.Fatalf("offset %d: %v", rd.Offset(), err)
+			}
+			gf.Outcome = &goldenOutcome{Time: o.Time}
+			for _, r := range o.Resolutions {
+				gf.Outcome.Resolutions = append(gf.Outcome.Resolutions,
+					goldenResolution{Segment: r.Prepared.Segment, Offset: r.Prepared.Offset, Decision: r.Decision.String()})
+			}
 		default:
 			gf.Payload = hex.EncodeToString(f.Payload)
 		}
@@ -454,6 +534,10 @@ func annotate(data []byte) string {
 		a.rest("rest of a broken header")
 		return a.sb.String()
 	}
+	if u16(data, 8) >= 2 && a.off+16 <= hl-4 {
+		a.field(8, "low watermark segment = %d", u64(data, a.off))
+		a.field(8, "low watermark offset = %d", u64(data, a.off))
+	}
 	if a.off < hl-4 {
 		a.field(hl-4-a.off, "header extension")
 	}
@@ -502,12 +586,37 @@ func (a *annotator) payload(typ format.FrameType, end int) bool {
 			return false
 		}
 		sub.field(8, "time = %d (unix ns)", u64(d, a.off))
+	case format.FrameOutcome:
+		if end-a.off < 9 {
+			return false
+		}
+		sub.field(8, "time = %d (unix ns)", u64(d, a.off))
+		n, ok := sub.varint("resolution count")
+		if !ok {
+			return false
+		}
+		for i := uint64(0); i < n; i++ {
+			fmt.Fprintf(&sub.sb, "#   resolution %d\n", i)
+			if _, ok := sub.varint("prepared frame's segment"); !ok {
+				return false
+			}
+			if _, ok := sub.varint("prepared frame's offset"); !ok {
+				return false
+			}
+			if sub.off >= end {
+				return false
+			}
+			sub.field(1, "decision = %d (%s)", d[sub.off], format.Decision(d[sub.off]))
+		}
+		if sub.off != end {
+			return false
+		}
 	case format.FrameTx:
 		if end-a.off < 9 {
 			return false
 		}
 		sub.field(8, "commit time = %d (unix ns)", u64(d, a.off))
-		sub.field(1, "tx flags = %d", d[a.off+8])
+		sub.field(1, "tx flags = %d (%s)", d[a.off+8], map[bool]string{true: "prepared", false: "committed"}[d[a.off+8]&1 != 0])
 		if !sub.bytesField("tx id") || !sub.bytesField("origin") {
 			return false
 		}
@@ -523,12 +632,18 @@ func (a *annotator) payload(typ format.FrameType, end int) bool {
 			flags := d[sub.off+2]
 			sub.field(1, "op = %d (%s)", d[sub.off], format.Op(d[sub.off]))
 			sub.field(1, "content type = %d (%s)", d[sub.off], format.ContentType(d[sub.off]))
-			sub.field(1, "change flags = %d (before image %s)", flags, map[bool]string{true: "present", false: "absent"}[flags&1 != 0])
+			sub.field(1, "change flags = %d (before image %s, version %s)", flags,
+				map[bool]string{true: "present", false: "absent"}[flags&1 != 0], map[bool]string{true: "present", false: "absent"}[flags&2 != 0])
 			if !sub.bytesField("table") || !sub.bytesField("key") || !sub.bytesField("after") {
 				return false
 			}
 			if flags&1 != 0 && !sub.bytesField("before") {
 				return false
+			}
+			if flags&2 != 0 {
+				if _, ok := sub.varint("row version"); !ok {
+					return false
+				}
 			}
 		}
 		if sub.off != end {

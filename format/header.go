@@ -12,30 +12,63 @@ import (
 
 // SegmentHeader opens every segment file.
 type SegmentHeader struct {
+	// Version is the segment's format version; AppendHeader writes Version
+	// when it is 0.
 	Version uint16
 	Source  string
 	Segment uint64
 	// Created is when the writer created the segment, in Unix nanoseconds.
 	Created int64
+	// LowWatermark (version 2) is the position of the oldest prepared
+	// transaction of the source whose outcome was not in the files when
+	// the segment was created, or the zero Position if there was none: a
+	// writer that restarts looks for in-doubt transactions from there
+	// (SPEC.md, "Commit order").
+	LowWatermark Position
 	// Len is the header's size on disk: the offset of the first frame.
 	Len int
 }
 
-// AppendHeader validates h and appends its encoding to dst. h.Version and
-// h.Len are ignored: the header is written at Version.
+// HeaderLen returns the size of the segment header a writer of format
+// version v writes for source (version 1: 37 + source length; version 2
+// adds the 16-byte low watermark). It is also where the first frame of such
+// a segment starts, and where a segment without frames ends.
+func HeaderLen(v uint16, source string) int {
+	if v >= 2 {
+		return MinHeaderLen + lowWatermarkLen + len(source)
+	}
+	return MinHeaderLen + len(source)
+}
+
+// AppendHeader validates h and appends its encoding to dst at h.Version
+// (Version if 0); h.Len is ignored.
 func AppendHeader(dst []byte, h SegmentHeader) ([]byte, error) {
 	if !ValidSource(h.Source) {
 		return dst, fmt.Errorf("%w: source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalid, h.Source, MaxSourceLen)
 	}
+	v := h.Version
+	if v == 0 {
+		v = Version
+	}
+	if v < MinVersion || v > Version {
+		return dst, fmt.Errorf("%w: header version %d (this build writes %d to %d)", ErrInvalid, v, MinVersion, Version)
+	}
+	if v < 2 && h.LowWatermark != (Position{}) {
+		return dst, fmt.Errorf("%w: a version %d header has no low watermark", ErrInvalid, v)
+	}
 	start := len(dst)
 	dst = append(dst, Magic...)
-	dst = binary.LittleEndian.AppendUint16(dst, Version)
-	dst = binary.LittleEndian.AppendUint16(dst, uint16(MinHeaderLen+len(h.Source)))
+	dst = binary.LittleEndian.AppendUint16(dst, v)
+	dst = binary.LittleEndian.AppendUint16(dst, uint16(HeaderLen(v, h.Source)))
 	dst = binary.LittleEndian.AppendUint32(dst, 0)
 	dst = binary.LittleEndian.AppendUint64(dst, h.Segment)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(h.Created))
 	dst = append(dst, byte(len(h.Source)))
 	dst = append(dst, h.Source...)
+	if v >= 2 {
+		dst = binary.LittleEndian.AppendUint64(dst, h.LowWatermark.Segment)
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(h.LowWatermark.Offset))
+	}
 	dst = binary.LittleEndian.AppendUint32(dst, Checksum(dst[start:]))
 	return dst, nil
 }
@@ -58,11 +91,11 @@ func ParseHeader(b []byte) (SegmentHeader, error) {
 		return SegmentHeader{}, ErrTornTail
 	}
 	h := SegmentHeader{Version: binary.LittleEndian.Uint16(b[8:])}
-	if h.Version != Version {
-		return h, fmt.Errorf("%w: version %d, this build reads %d", ErrVersion, h.Version, Version)
+	if h.Version < MinVersion || h.Version > Version {
+		return h, fmt.Errorf("%w: version %d, this build reads %d to %d", ErrVersion, h.Version, MinVersion, Version)
 	}
 	h.Len = int(binary.LittleEndian.Uint16(b[10:]))
-	if h.Len < MinHeaderLen || h.Len > MinHeaderLen+255 {
+	if h.Len < MinHeaderLen || h.Len > MaxHeaderLen {
 		return h, fmt.Errorf("%w: header length %d", ErrCorrupt, h.Len)
 	}
 	if len(b) < h.Len {
@@ -77,12 +110,19 @@ func ParseHeader(b []byte) (SegmentHeader, error) {
 	h.Segment = binary.LittleEndian.Uint64(b[16:])
 	h.Created = int64(binary.LittleEndian.Uint64(b[24:]))
 	n := int(b[32])
-	if MinHeaderLen+n > h.Len {
-		return h, fmt.Errorf("%w: source name of %d bytes in a header of %d", ErrCorrupt, n, h.Len)
+	if HeaderLen(h.Version, "")+n > h.Len {
+		return h, fmt.Errorf("%w: source name of %d bytes in a version %d header of %d", ErrCorrupt, n, h.Version, h.Len)
 	}
 	h.Source = string(b[33 : 33+n])
 	if !ValidSource(h.Source) {
 		return h, fmt.Errorf("%w: invalid source name %q", ErrCorrupt, h.Source)
+	}
+	if h.Version >= 2 {
+		lw := b[33+n:]
+		h.LowWatermark = Position{Segment: binary.LittleEndian.Uint64(lw), Offset: int64(binary.LittleEndian.Uint64(lw[8:]))}
+		if h.LowWatermark.Offset < 0 || (h.LowWatermark.Segment == 0) != (h.LowWatermark.Offset == 0) || h.LowWatermark.Segment > h.Segment {
+			return h, fmt.Errorf("%w: low watermark %v in the header of segment %d", ErrCorrupt, h.LowWatermark, h.Segment)
+		}
 	}
 	return h, nil
 }
@@ -145,4 +185,16 @@ func ListSegments(dir, source string) ([]SegmentFile, error) {
 		return out[i].Segment < out[j].Segment
 	})
 	return out, nil
+}
+
+// EmptySegmentEnd reports whether off is where a segment of source ends when
+// it holds no frame, whatever its format version: right after its header.
+// A receiver told that a segment ended there knows it produced no message.
+func EmptySegmentEnd(source string, off int64) bool {
+	for v := uint16(MinVersion); v <= Version; v++ {
+		if off == int64(HeaderLen(v, source)) {
+			return true
+		}
+	}
+	return false
 }

@@ -139,9 +139,9 @@ func (r *Reader) Next() (Frame, error) {
 						ErrCorrupt, r.hdr.Segment, s.Next, r.hdr.Segment+1))
 				}
 				r.seal = &s
-			case f.Type == FrameTx, f.Type == FrameHeartbeat, f.Type.Skippable():
+			case f.Type.KnownIn(r.hdr.Version):
 			default:
-				return Frame{}, r.fail(r.last, fmt.Errorf("%w: unknown frame type %d", ErrCorrupt, f.Type))
+				return Frame{}, r.fail(r.last, fmt.Errorf("%w: frame type %d unknown in a version %d segment", ErrCorrupt, f.Type, r.hdr.Version))
 			}
 			return f, nil
 		}
@@ -211,10 +211,7 @@ func findFrame(b []byte, from int) int {
 		if n > len(b)-i-FrameHeaderLen {
 			continue
 		}
-		switch t := FrameType(b[i+8]); {
-		case t == FrameTx && n < minTxLen, t == FrameSeal && n != sealLen, t == FrameHeartbeat && n != 8:
-			continue
-		case t != FrameTx && t != FrameSeal && t != FrameHeartbeat && !t.Skippable():
+		if t := FrameType(b[i+8]); !t.KnownIn(Version) || !t.PlausibleLen(n) {
 			continue
 		}
 		if budget -= n + 1; budget < 0 {

@@ -283,7 +283,7 @@ func TestReaderHeaderErrors(t *testing.T) {
 	}{
 		{"BadMagic", mod(func(b []byte) { b[0] = 'X' }), format.ErrBadMagic},
 		{"NotASegment", []byte("hello world, this is not a segment file at all"), format.ErrBadMagic},
-		{"NewerVersion", mod(func(b []byte) { b[8] = 2 }), format.ErrVersion},
+		{"NewerVersion", mod(func(b []byte) { b[8] = 3 }), format.ErrVersion},
 		{"HeaderChecksum", mod(func(b []byte) { b[20] ^= 1 }), format.ErrChecksum},
 		{"HeaderLength", mod(func(b []byte) { b[10] = 5 }), format.ErrCorrupt},
 	}
@@ -321,7 +321,7 @@ func TestDecodeTxRejects(t *testing.T) {
 		"Truncated":        good[:len(good)-1],
 		"Trailing":         append(append([]byte(nil), good...), 0),
 		"NonMinimalVarint": nonMin,
-		"Flags":            append(append(append([]byte(nil), good[:8]...), 1), good[9:]...),
+		"Flags":            append(append(append([]byte(nil), good[:8]...), 2), good[9:]...),
 	}
 	for name, b := range cases {
 		if err := format.DecodeTx(b, &tx); !errors.Is(err, format.ErrCorrupt) {

@@ -77,7 +77,7 @@ func TestWriterRoundTrip(t *testing.T) {
 	if got, want := string(txs[999].Changes[0].Key), "999"; got != want {
 		t.Fatalf("key %q want %q", got, want)
 	}
-	if pos[0].Offset != int64(format.MinHeaderLen+4) {
+	if pos[0].Offset != int64(format.HeaderLen(format.Version, "shop")) {
 		t.Fatalf("first pos %v", pos[0])
 	}
 	// A second writer starts segment 2.

@@ -18,6 +18,11 @@ type Change struct {
 	Before []byte
 	// Content says how to read After and Before. Zero encodes as ContentJSON.
 	Content ContentType
+	// Version (format version 2) is the row's version after this change,
+	// supplied by the legacy: it increases with every committed write of
+	// the row, in the database's commit order, and is never reused (SPEC.md,
+	// "Row versions"). 0 means none; versions start at 1.
+	Version uint64
 }
 
 // Tx is a transaction: the changes a legacy application committed together.
@@ -29,8 +34,13 @@ type Tx struct {
 	ID string
 	// Origin names who caused the change (for write-back without echo),
 	// optional; empty means the legacy itself.
-	Origin  string
-	Changes []Change
+	Origin string
+	// Prepared (format version 2) marks a transaction appended before the
+	// database's COMMIT, while it still held its locks: whether it
+	// committed is known only once an outcome frame of the same source
+	// names its position (SPEC.md, "Commit order"). Writer.Prepare sets it.
+	Prepared bool
+	Changes  []Change
 }
 
 // Time returns CommitTime as a time.Time.
@@ -38,16 +48,19 @@ func (tx *Tx) Time() time.Time { return time.Unix(0, tx.CommitTime) }
 
 // Transaction payload layout (see SPEC.md, "Transaction frame"):
 //
-//	| commit time i64 | flags u8 (0) | id: uvarint len + bytes |
+//	| commit time i64 | flags u8 (bit 0: prepared) | id: uvarint len + bytes |
 //	| origin: uvarint len + bytes | change count uvarint | change... |
 //
 // and each change:
 //
-//	| op u8 | content type u8 | flags u8 (bit 0: before present) |
+//	| op u8 | content type u8 | flags u8 (bit 0: before, bit 1: version) |
 //	| table: uvarint len + bytes | key: uvarint len + bytes |
 //	| after: uvarint len + bytes | [before: uvarint len + bytes] |
+//	| [version: uvarint] |
 const (
-	changeHasBefore = 1 << 0
+	txPrepared       = 1 << 0
+	changeHasBefore  = 1 << 0
+	changeHasVersion = 1 << 1
 	// minChangeLen is the smallest encoded change, used to bound the change
 	// count a hostile payload can announce.
 	// (op, content, flags, a 1-byte table, a 1-byte key, an empty after).
@@ -99,6 +112,9 @@ func TxPayloadLen(tx *Tx) int {
 		if c.Before != nil {
 			n += uvarintLen(len(c.Before)) + len(c.Before)
 		}
+		if c.Version != 0 {
+			n += uvarintLen64(c.Version)
+		}
 	}
 	return n
 }
@@ -113,7 +129,11 @@ func AppendTx(dst []byte, tx *Tx) ([]byte, error) {
 	}
 	dst, start := beginFrame(dst)
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(tx.CommitTime))
-	dst = append(dst, 0)
+	var txFlags byte
+	if tx.Prepared {
+		txFlags |= txPrepared
+	}
+	dst = append(dst, txFlags)
 	dst = appendBytes(dst, tx.ID)
 	dst = appendBytes(dst, tx.Origin)
 	dst = binary.AppendUvarint(dst, uint64(len(tx.Changes)))
@@ -127,12 +147,18 @@ func AppendTx(dst []byte, tx *Tx) ([]byte, error) {
 		if c.Before != nil {
 			flags |= changeHasBefore
 		}
+		if c.Version != 0 {
+			flags |= changeHasVersion
+		}
 		dst = append(dst, byte(c.Op), byte(ct), flags)
 		dst = appendBytes(dst, c.Table)
 		dst = appendBytes(dst, c.Key)
 		dst = appendBytes(dst, c.After)
 		if c.Before != nil {
 			dst = appendBytes(dst, c.Before)
+		}
+		if c.Version != 0 {
+			dst = binary.AppendUvarint(dst, c.Version)
 		}
 	}
 	finishFrame(dst[start:], FrameTx)
@@ -145,9 +171,11 @@ func AppendTx(dst []byte, tx *Tx) ([]byte, error) {
 func DecodeTx(payload []byte, tx *Tx) error {
 	d := decoder{b: payload}
 	tx.CommitTime = int64(d.u64())
-	if flags := d.byte(); flags != 0 && d.err == nil {
+	flags := d.byte()
+	if flags&^txPrepared != 0 && d.err == nil {
 		return d.fail("unknown transaction flags %#x", flags)
 	}
+	tx.Prepared = flags&txPrepared != 0
 	tx.ID = d.str(MaxIDLen, tx.ID)
 	tx.Origin = d.str(MaxIDLen, tx.Origin)
 	n := d.uvarint()
@@ -177,7 +205,7 @@ func DecodeTx(payload []byte, tx *Tx) error {
 		if ct < ContentJSON || ct > ContentText {
 			return d.fail("change %d: unknown content type %d", i, ct)
 		}
-		if flags&^changeHasBefore != 0 {
+		if flags&^(changeHasBefore|changeHasVersion) != 0 {
 			return d.fail("change %d: unknown flags %#x", i, flags)
 		}
 		c.Op, c.Content = op, ct
@@ -199,6 +227,12 @@ func DecodeTx(payload []byte, tx *Tx) error {
 		c.Before = nil
 		if flags&changeHasBefore != 0 {
 			c.Before = d.bytes(MaxFrameLen)
+		}
+		c.Version = 0
+		if flags&changeHasVersion != 0 {
+			if c.Version = d.uvarint(); c.Version == 0 && d.err == nil {
+				return d.fail("change %d: version 0 (versions start at 1; leave the flag clear for none)", i)
+			}
 		}
 		if d.err != nil {
 			return d.err
@@ -232,7 +266,7 @@ func TxChangeCount(prefix []byte, payloadLen int) (int, error) {
 	}
 	d := decoder{b: prefix}
 	d.u64()
-	if flags := d.byte(); flags != 0 && d.err == nil {
+	if flags := d.byte(); flags&^txPrepared != 0 && d.err == nil {
 		return 0, d.fail("unknown transaction flags %#x", flags)
 	}
 	d.bytes(MaxIDLen)
@@ -303,11 +337,11 @@ func DecodeHeartbeat(payload []byte) (int64, error) {
 	return int64(binary.LittleEndian.Uint64(payload)), nil
 }
 
-// FrameTime returns the commit or heartbeat time of a tx or heartbeat
+// FrameTime returns the commit, heartbeat, outcome or seal time of a
 // frame's payload without decoding the rest, or 0.
 func FrameTime(f Frame) int64 {
 	switch f.Type {
-	case FrameTx, FrameHeartbeat:
+	case FrameTx, FrameHeartbeat, FrameOutcome:
 		if len(f.Payload) >= 8 {
 			return int64(binary.LittleEndian.Uint64(f.Payload))
 		}
@@ -317,6 +351,15 @@ func FrameTime(f Frame) int64 {
 		}
 	}
 	return 0
+}
+
+func uvarintLen64(n uint64) int {
+	l := 1
+	for n >= 0x80 {
+		n >>= 7
+		l++
+	}
+	return l
 }
 
 func uvarintLen(n int) int {

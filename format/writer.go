@@ -72,6 +72,7 @@ type writerOptions struct {
 	maxAge       time.Duration
 	heartbeat    time.Duration
 	maxPending   int
+	resolver     Resolver
 	now          func() time.Time
 }
 
@@ -149,14 +150,30 @@ func WithMaxPending(n int) WriterOption {
 // flusher that batches whatever is committed while it writes; the sync policy
 // decides when Commit waits for the disk.
 //
+// Two ways to append a transaction (SPEC.md, "Commit order"):
+//   - Prepare, before the database's COMMIT while the transaction still
+//     holds its locks, then Prepared.Commit or Abort once COMMIT returned:
+//     frames of transactions that touch the same row reach the file in the
+//     database's commit order, and under SyncAlways the fsync overlaps the
+//     COMMIT instead of following it;
+//   - Commit, after the database's COMMIT (or for a legacy without a
+//     database): simpler, but concurrent transactions on the same rows may
+//     reach the file out of the database's order.
+//
+// Writes and fsyncs do not wait for each other: a transaction is written
+// while an fsync of earlier ones runs, and one fsync covers every frame
+// written before it started (group commit).
+//
 // Rotation does not stall commits: when a segment is full, Commit appends
-// the seal and carries on in the next segment's buffer at once; the flusher
-// writes and fsyncs the sealed segment, creates the next one and writes
-// what was committed to it meanwhile.
+// the seal and carries on in the next segment's buffer at once; the next
+// write creates the next segment, and the sealed one is fsynced and closed
+// by the next fsync, before anything of the next segment counts as synced.
 //
 // A Writer holds an exclusive lock on its source in its directory. When it
 // opens it starts a new segment after the highest one present, so a writer
-// restarted after a crash never appends to a segment it may have torn.
+// restarted after a crash never appends to a segment it may have torn, and
+// it looks for prepared transactions of the previous writer whose outcome
+// is not in the files (InDoubt).
 type Writer struct {
 	dir, source string
 	opts        writerOptions
@@ -180,10 +197,17 @@ type Writer struct {
 	lastSync  time.Time
 	closed    bool
 	err       error // sticky I/O error
+	// Prepared transactions: inflight were prepared by this Writer and
+	// are not resolved yet; inDoubt were found unresolved in the files at
+	// open; outcomes are resolutions not yet encoded into buf.
+	inflight map[Position]struct{}
+	inDoubt  map[Position]*Tx
+	outcomes []Resolution
+	sealed   []*os.File // sealed segments written whole, fsynced and closed by the next sync
 
-	ioMu    sync.Mutex // serialises all file I/O; taken before mu, never while holding it
-	f       *os.File   // the segment file being written; ioMu
-	closing chan error // the sealed segment's fsync and close, running; ioMu
+	ioMu   sync.Mutex // serialises writes and segment creation; taken before mu, never while holding it
+	f      *os.File   // the segment file being written; ioMu
+	syncMu sync.Mutex // serialises fsyncs; taken before ioMu and mu, never while holding them
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -192,12 +216,13 @@ type Writer struct {
 
 // sealedTail marks a segment that Commit sealed: the first n pending bytes
 // are its last frames, seal included, and the rest belong to segment next.
-// The flusher writes them, fsyncs and closes the file and creates segment
-// next.
+// The flusher writes them and creates segment next, whose header carries
+// lowWatermark.
 type sealedTail struct {
-	n       int
-	next    uint64
-	created time.Time
+	n            int
+	next         uint64
+	created      time.Time
+	lowWatermark Position
 }
 
 // OpenWriter opens a Writer for source in dir, creating dir if needed.
@@ -231,8 +256,9 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 		lock.Close()
 		return nil, err
 	}
-	w := &Writer{dir: dir, source: source, opts: o, lock: lock, hdrLen: int64(MinHeaderLen + len(source)),
-		seg: 1, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &Writer{dir: dir, source: source, opts: o, lock: lock, hdrLen: int64(HeaderLen(Version, source)),
+		seg: 1, kick: make(chan struct{}, 1), done: make(chan struct{}),
+		inflight: make(map[Position]struct{})}
 	if len(segs) > 0 {
 		w.seg = segs[len(segs)-1].Segment + 1
 	}
@@ -247,9 +273,20 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 	if last >= w.seg {
 		w.seg = last + 1
 	}
+	if w.inDoubt, err = findInDoubt(segs); err != nil {
+		lock.Close()
+		return nil, err
+	}
 	w.cond = sync.NewCond(&w.mu)
+	// The new segment's low watermark covers every in-doubt transaction,
+	// also those the resolver settles below: their outcomes are in no file
+	// until they are written.
+	lw := w.lowWatermarkLocked()
+	if o.resolver != nil {
+		w.resolveInDoubt(o.resolver)
+	}
 	now := o.now()
-	f, err := w.createSegment(w.seg, now)
+	f, err := w.createSegment(w.seg, now, lw)
 	if err != nil {
 		lock.Close()
 		return nil, err
@@ -259,6 +296,9 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	go w.flushLoop(ctx)
+	if len(w.outcomes) > 0 {
+		w.wake()
+	}
 	return w, nil
 }
 
@@ -287,9 +327,11 @@ func lockSource(dir, source string) (*os.File, error) {
 }
 
 // createSegment creates segment seg, writes and fsyncs its header and the
+
+// createSegment creates segment seg, writes and fsyncs its header and the
 // directory entry, and returns the file open for appending.
-func (w *Writer) createSegment(seg uint64, created time.Time) (*os.File, error) {
-	hdr, err := AppendHeader(nil, SegmentHeader{Source: w.source, Segment: seg, Created: created.UnixNano()})
+func (w *Writer) createSegment(seg uint64, created time.Time, lw Position) (*os.File, error) {
+	hdr, err := AppendHeader(nil, SegmentHeader{Source: w.source, Segment: seg, Created: created.UnixNano(), LowWatermark: lw})
 	if err != nil {
 		return nil, err
 	}
@@ -368,27 +410,51 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Commit appends tx as one frame and returns its position. Depending on the
-// sync policy it returns once the frame is buffered or once it is fsynced. An
-// invalid tx is refused whole with an error wrapping ErrInvalid or
-// ErrTooLarge; an I/O error is sticky: every later Commit returns it.
+// Commit appends tx as one committed frame and returns its position: the
+// after-commit path, for a transaction the database already committed (see
+// Prepare for the order-preserving one). Depending on the sync policy it
+// returns once the frame is buffered or once it is fsynced. An invalid tx is
+// refused whole with an error wrapping ErrInvalid or ErrTooLarge; an I/O
+// error is sticky: every later Commit returns it.
 func (w *Writer) Commit(tx *Tx) (Position, error) {
+	if tx.Prepared {
+		return Position{}, fmt.Errorf("%w: Commit of a transaction marked Prepared (use Writer.Prepare)", ErrInvalid)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.usable(); err != nil {
+	pos, end, err := w.appendLocked(tx)
+	if err != nil {
 		return Position{}, err
+	}
+	if w.opts.sync == SyncAlways {
+		for w.synced < end && w.err == nil {
+			w.cond.Wait()
+		}
+		if w.synced < end {
+			return pos, w.err
+		}
+	}
+	return pos, nil
+}
+
+// appendLocked encodes tx at the end of the pending bytes, rotating if the
+// segment is full, and returns its position and the end of its frame in
+// appended bytes. mu is held.
+func (w *Writer) appendLocked(tx *Tx) (Position, int64, error) {
+	if err := w.usable(); err != nil {
+		return Position{}, 0, err
 	}
 	for len(w.buf) >= w.opts.maxPending && w.err == nil && !w.closed {
 		w.cond.Wait()
 	}
 	if err := w.usable(); err != nil {
-		return Position{}, err
+		return Position{}, 0, err
 	}
 	pos := Position{Segment: w.seg, Offset: w.size}
 	before := len(w.buf)
 	buf, err := AppendTx(w.buf, tx)
 	if err != nil {
-		return Position{}, err
+		return Position{}, 0, err
 	}
 	w.buf = buf
 	n := int64(len(buf) - before)
@@ -413,20 +479,16 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 		// segment was sealed): until it takes the buffer, later commits
 		// ride on this wake-up, so a busy writer costs one wake-up per
 		// flush, not one per commit.
-		select {
-		case w.kick <- struct{}{}:
-		default:
-		}
+		w.wake()
 	}
-	if w.opts.sync == SyncAlways {
-		for w.synced < end && w.err == nil {
-			w.cond.Wait()
-		}
-		if w.synced < end {
-			return pos, w.err
-		}
+	return pos, end, nil
+}
+
+func (w *Writer) wake() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
 	}
-	return pos, nil
 }
 
 // sealLocked ends segment seg: it appends the seal to the pending bytes,
@@ -437,7 +499,7 @@ func (w *Writer) sealLocked(now time.Time) {
 	b := AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: now.UnixNano()})
 	w.appended += int64(len(b) - len(w.buf))
 	w.buf = b
-	w.tail = &sealedTail{n: len(b), next: w.seg + 1, created: now}
+	w.tail = &sealedTail{n: len(b), next: w.seg + 1, created: now, lowWatermark: w.lowWatermarkLocked()}
 	w.seg++
 	w.size, w.segBorn, w.txs, w.chs = w.hdrLen, now, 0, 0
 }
@@ -487,7 +549,9 @@ func (w *Writer) Rotate() error {
 }
 
 // Close writes what is pending, seals the segment (naming the next one, which
-// a restarted writer creates), fsyncs and releases the source.
+// a restarted writer creates), fsyncs and releases the source. Prepared
+// transactions still unresolved stay in doubt: the next Writer of the source
+// finds them (InDoubt).
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	if w.closed {
@@ -502,6 +566,7 @@ func (w *Writer) Close() error {
 
 	w.mu.Lock()
 	if w.err == nil {
+		w.encodeOutcomesLocked()
 		b := AppendSeal(w.buf, Seal{Next: w.seg + 1, Transactions: w.txs, Changes: w.chs, Time: w.opts.now().UnixNano()})
 		w.appended += int64(len(b) - len(w.buf))
 		w.buf = b
@@ -509,9 +574,14 @@ func (w *Writer) Close() error {
 	w.mu.Unlock()
 	err := w.flush(true)
 
+	w.syncMu.Lock()
 	w.ioMu.Lock()
-	if cerr := w.waitClosing(); err == nil && cerr != nil {
-		err = cerr
+	w.mu.Lock()
+	sealed := w.sealed
+	w.sealed = nil
+	w.mu.Unlock()
+	for _, f := range sealed {
+		f.Close() // only after an error: a successful sync closed them
 	}
 	if w.f != nil {
 		if cerr := w.f.Close(); err == nil && cerr != nil {
@@ -520,33 +590,52 @@ func (w *Writer) Close() error {
 		w.f = nil
 	}
 	w.ioMu.Unlock()
+	w.syncMu.Unlock()
 	w.lock.Close()
 	return err
 }
 
-// flush writes everything committed so far to the files: first the tail of
-// a sealed segment (then fsynced and closed, and the next segment created),
-// then the pending bytes of the current segment, fsynced if sync or under
-// SyncAlways. Commits go on meanwhile: mu is held only to take the bytes and
-// to record the outcome. It returns the writer's sticky error, if any.
+// flush writes everything committed so far to the files, then fsyncs it if
+// sync or under SyncAlways. Commits go on meanwhile: mu is held only to take
+// the bytes and to record the outcome. It returns the writer's sticky error,
+// if any.
 func (w *Writer) flush(sync bool) error {
+	if err := w.write(); err != nil {
+		return err
+	}
+	if !sync && w.opts.sync != SyncAlways {
+		return nil
+	}
+	w.mu.Lock()
+	end := w.written
+	w.mu.Unlock()
+	return w.syncTo(end)
+}
+
+// write hands the pending bytes to the OS: first the tail of a sealed
+// segment, then (creating the next segment) the rest. Outcomes recorded
+// since the last write are encoded first, so that they follow the frames
+// they resolve.
+func (w *Writer) write() error {
 	w.ioMu.Lock()
 	defer w.ioMu.Unlock()
 	w.mu.Lock()
-	if w.err != nil || (len(w.buf) == 0 && w.tail == nil && (!sync || w.synced == w.appended)) {
+	if w.err == nil && !w.closed {
+		w.encodeOutcomesLocked()
+	}
+	if w.err != nil || (len(w.buf) == 0 && w.tail == nil) {
 		err := w.err
 		w.mu.Unlock()
 		return err
 	}
 	tail, b, end := w.tail, w.buf, w.appended
 	w.tail, w.buf, w.spare = nil, w.spare[:0], nil
-	sync = sync || w.opts.sync == SyncAlways
 	if tail != nil {
 		w.cond.Broadcast() // a commit may wait to seal the next segment
 	}
 	w.mu.Unlock()
 
-	err := w.writeOut(tail, b, sync)
+	err := w.writeOut(tail, b)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -555,40 +644,35 @@ func (w *Writer) flush(sync bool) error {
 		return w.setErr(err)
 	}
 	w.written = max(w.written, end)
-	if sync {
-		w.synced = max(w.synced, end)
-		w.lastSync = w.opts.now()
-	}
 	w.cond.Broadcast()
 	return nil
 }
 
-// writeOut does flush's I/O; ioMu is held. A sealed segment is fsynced and
-// closed in the background while the next one is created and written, so
-// that a rotation does not hold up commits for the time a large fsync takes;
-// nothing of the next segment counts as synced before that fsync completes.
-func (w *Writer) writeOut(tail *sealedTail, b []byte, sync bool) error {
+// writeTo makes sure the bytes up to end (in appended bytes) are written.
+func (w *Writer) writeTo(end int64) error {
+	w.mu.Lock()
+	done, err := w.written >= end, w.err
+	w.mu.Unlock()
+	if err != nil || done {
+		return err
+	}
+	return w.write()
+}
+
+// writeOut does write's I/O; ioMu is held. The sealed segment's file joins
+// the ones the next sync fsyncs and closes, so that a rotation does not hold
+// up commits for the time a large fsync takes.
+func (w *Writer) writeOut(tail *sealedTail, b []byte) error {
 	if tail != nil {
-		if err := w.waitClosing(); err != nil {
-			return err
-		}
 		seg := tail.next - 1
 		if _, err := w.f.Write(b[:tail.n]); err != nil {
 			return fmt.Errorf("format: writing segment %d: %w", seg, err)
 		}
-		done := make(chan error, 1)
-		go func(f *os.File) {
-			err := f.Sync()
-			if err != nil {
-				err = fmt.Errorf("format: syncing sealed segment %d: %w", seg, err)
-			}
-			if cerr := f.Close(); err == nil && cerr != nil {
-				err = fmt.Errorf("format: closing sealed segment %d: %w", seg, cerr)
-			}
-			done <- err
-		}(w.f)
-		w.f, w.closing = nil, done
-		f, err := w.createSegment(tail.next, tail.created)
+		w.mu.Lock()
+		w.sealed = append(w.sealed, w.f)
+		w.mu.Unlock()
+		w.f = nil
+		f, err := w.createSegment(tail.next, tail.created, tail.lowWatermark)
 		if err != nil {
 			return err
 		}
@@ -600,26 +684,56 @@ func (w *Writer) writeOut(tail *sealedTail, b []byte, sync bool) error {
 			return fmt.Errorf("format: writing segment %d: %w", w.segOf(tail), err)
 		}
 	}
-	if sync {
-		if err := w.waitClosing(); err != nil {
-			return err
-		}
-		if err := w.f.Sync(); err != nil {
-			return fmt.Errorf("format: syncing segment %d: %w", w.segOf(tail), err)
-		}
-	}
 	return nil
 }
 
-// waitClosing waits for the background fsync and close of the last sealed
-// segment, if one runs; ioMu is held.
-func (w *Writer) waitClosing() error {
-	if w.closing == nil {
-		return nil
+// syncTo fsyncs until everything written up to end (in appended bytes) is
+// durable: sealed segments first (then closed), then the current one. One
+// call covers every write that finished before it started, so concurrent
+// callers share fsyncs; writes go on meanwhile.
+func (w *Writer) syncTo(end int64) error {
+	w.syncMu.Lock()
+	defer w.syncMu.Unlock()
+	w.mu.Lock()
+	if w.err != nil || w.synced >= end {
+		err := w.err
+		w.mu.Unlock()
+		return err
 	}
-	err := <-w.closing
-	w.closing = nil
-	return err
+	w.mu.Unlock()
+	// No write runs while ioMu is held, so target counts exactly the bytes
+	// in the sealed files and f.
+	w.ioMu.Lock()
+	w.mu.Lock()
+	target, sealed, f := w.written, w.sealed, w.f
+	w.sealed = nil
+	w.mu.Unlock()
+	w.ioMu.Unlock()
+	var err error
+	for _, s := range sealed {
+		if err == nil {
+			if serr := s.Sync(); serr != nil {
+				err = fmt.Errorf("format: syncing sealed segment %s: %w", s.Name(), serr)
+			}
+		}
+		if cerr := s.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("format: closing sealed segment %s: %w", s.Name(), cerr)
+		}
+	}
+	if err == nil && f != nil {
+		if serr := f.Sync(); serr != nil {
+			err = fmt.Errorf("format: syncing segment %s: %w", f.Name(), serr)
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		return w.setErr(err)
+	}
+	w.synced = max(w.synced, target)
+	w.lastSync = w.opts.now()
+	w.cond.Broadcast()
+	return nil
 }
 
 // segOf names the segment being written for errors.

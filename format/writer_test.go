@@ -27,7 +27,10 @@ type segmentFrames struct {
 	offs   []int64
 	seal   *format.Seal
 	beats  int
-	endErr error
+	// outcomes lists the resolutions of the segment's outcome frames, in
+	// order.
+	outcomes []format.Resolution
+	endErr   error
 }
 
 func readSegment(t *testing.T, path string) segmentFrames {
@@ -65,6 +68,12 @@ func readSegment(t *testing.T, path string) segmentFrames {
 			out.offs = append(out.offs, rd.Offset())
 		case format.FrameHeartbeat:
 			out.beats++
+		case format.FrameOutcome:
+			var o format.Outcome
+			if err := format.DecodeOutcome(fr.Payload, &o); err != nil {
+				t.Fatalf("%s offset %d: %v", path, rd.Offset(), err)
+			}
+			out.outcomes = append(out.outcomes, o.Resolutions...)
 		}
 	}
 }

@@ -143,7 +143,7 @@ func checkReceiverView(t *testing.T, dir, source string, msgs []shippedMsg, end 
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := readRange(t, dir, source, seg, int64(format.MinHeaderLen+len(source)), fi.Size())
+		want := readRange(t, dir, source, seg, int64(format.HeaderLen(format.Version, source)), fi.Size())
 		if !bytes.Equal(got[seg], want) {
 			t.Fatalf("receiver view of segment %d differs from the file (%d bytes, want %d)", seg, len(got[seg]), len(want))
 		}

@@ -236,7 +236,7 @@ func (a *Applier) checkContinues(b *wire.Batch, pos store.SourcePosition) error 
 		if b.PrevEnd != pos.Offset {
 			return fmt.Errorf("%w: segment %d says segment %d ended at %d, source applied up to %d", ErrGap, b.Segment, pos.Segment, b.PrevEnd, pos.Offset)
 		}
-	case b.Segment == pos.Segment+2 && b.PrevEnd == int64(format.MinHeaderLen+len(b.Source)):
+	case b.Segment == pos.Segment+2 && format.EmptySegmentEnd(b.Source, b.PrevEnd):
 		// Segment pos.Segment+1 holds no frame (a writer crashed right after
 		// creating it), so it produced no message (wire package doc).
 		a.log.Warn("segment skipped as empty (its successor says it ended at its header)",

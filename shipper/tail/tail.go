@@ -219,7 +219,7 @@ func (fl *Follower) openSegment(seg uint64, off int64) error {
 // readHeader reads and checks the header of the current segment; false means
 // it is not complete yet.
 func (fl *Follower) readHeader() (bool, error) {
-	n, err := fl.f.ReadAt(fl.buf[:format.MinHeaderLen+format.MaxSourceLen], 0)
+	n, err := fl.f.ReadAt(fl.buf[:format.MaxHeaderLen], 0)
 	if err != nil && err != io.EOF {
 		return false, fmt.Errorf("tail: reading header of %s: %w", fl.path, err)
 	}
