@@ -28,6 +28,14 @@
 // valid frame follows them, and corruption (ErrChecksum, ErrCorrupt: stop)
 // when one does.
 //
+// Format version 2 adds the order contract (SPEC.md, "Commit order"): a
+// transaction appended before the database's COMMIT, while it holds its
+// locks, is marked prepared (Writer.Prepare) and counts as committed only
+// once an outcome frame says so; changes may carry the legacy's row version
+// so that several writers of one row merge to the database's state; a
+// restarted writer finds in-doubt transactions from the newest segment's low
+// watermark.
+//
 // The constants in this package are part of the on-disk format and must not
 // change.
 package format
