@@ -172,11 +172,12 @@ func collectSegments(paths []string) ([][]segmentRef, error) {
 
 // inspector dumps and checks segments, counting what it finds.
 type inspector struct {
-	opts   inspectOpts
-	out    *bufio.Writer
-	stderr io.Writer
-	buf    []byte
-	tx     format.Tx
+	opts    inspectOpts
+	out     *bufio.Writer
+	stderr  io.Writer
+	buf     []byte
+	tx      format.Tx
+	outcome format.Outcome
 
 	segments, txs, changes int
 	corrupt, torn          int
@@ -391,6 +392,32 @@ func (in *inspector) frame(ref segmentRef, rd *format.Reader, fr format.Frame, r
 			t, _ := format.DecodeHeartbeat(fr.Payload)
 			fmt.Fprintf(in.out, "@%-10d heartbeat %s\n", rd.Offset(), fmtTime(t))
 		}
+	case format.FrameOutcome:
+		if err := format.DecodeOutcome(fr.Payload, &in.outcome); err != nil {
+			res.bad = true
+			in.problem(false, (&format.PositionError{Path: ref.path, Segment: ref.segment, Offset: rd.Offset(), Err: err}).Error())
+			return nil
+		}
+		switch {
+		case in.opts.json:
+			for _, r := range in.outcome.Resolutions {
+				in.buf = fmt.Appendf(in.buf[:0], `{"outcome":%q,"prepared":{"segment":%d,"offset":%d},"time":"%s","position":{"source":`,
+					r.Decision, r.Prepared.Segment, r.Prepared.Offset, fmtTime(in.outcome.Time))
+				in.buf = appendJSONString(in.buf, ref.source)
+				in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.segment, rd.Offset())
+				if _, err := in.out.Write(in.buf); err != nil {
+					return err
+				}
+			}
+		case human:
+			in.buf = fmt.Appendf(in.buf[:0], "@%-10d outcome   %s, %d resolution(s):", rd.Offset(), fmtTime(in.outcome.Time), len(in.outcome.Resolutions))
+			for _, r := range in.outcome.Resolutions {
+				in.buf = fmt.Appendf(in.buf, " %v %s", r.Prepared, r.Decision)
+			}
+			if _, err := in.out.Write(append(in.buf, '\n')); err != nil {
+				return err
+			}
+		}
 	default:
 		if human {
 			fmt.Fprintf(in.out, "@%-10d %s  %d bytes (optional frame type, skipped)\n", rd.Offset(), fr.Type, len(fr.Payload))
@@ -439,6 +466,14 @@ func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64,
 	if tx.Origin != "" {
 		b = append(b, `,"origin":`...)
 		b = appendJSONString(b, tx.Origin)
+	}
+	if c.Version != 0 {
+		b = append(b, `,"version":`...)
+		b = strconv.AppendUint(b, c.Version, 10)
+	}
+	if tx.Prepared {
+		// Not committed until an outcome line names this position.
+		b = append(b, `,"prepared":true`...)
 	}
 	b = append(b, `,"commit_time":"`...)
 	b = time.Unix(0, tx.CommitTime).UTC().AppendFormat(b, time.RFC3339Nano)
@@ -505,6 +540,9 @@ func appendTxHuman(b []byte, tx *format.Tx, off int64, size int) []byte {
 	if tx.Origin != "" {
 		b = fmt.Appendf(b, ", origin %q", tx.Origin)
 	}
+	if tx.Prepared {
+		b = append(b, ", prepared (outcome follows)"...)
+	}
 	b = fmt.Appendf(b, ", %d change(s)\n", len(tx.Changes))
 	for i := range tx.Changes {
 		c := &tx.Changes[i]
@@ -514,6 +552,9 @@ func appendTxHuman(b []byte, tx *format.Tx, off int64, size int) []byte {
 		}
 		if c.Before != nil {
 			b = fmt.Appendf(b, " before %s", shortBytes(c.Before, c.Content))
+		}
+		if c.Version != 0 {
+			b = fmt.Appendf(b, " version %d", c.Version)
 		}
 		b = append(b, '\n')
 	}
