@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -63,7 +62,7 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	dir := fs.String("dir", "", "directory of the change files (the on-disk stage)")
 	stream := fs.String("stream", "FERRY", "JetStream stream name")
 	prefix := fs.String("subject-prefix", "ferry", "subject prefix: source S is on <prefix>.S")
-	receiverURL := fs.String("receiver", "", "base URL of a receiver's HTTP API, e.g. http://127.0.0.1:8080")
+	receiverURL := fs.String("receiver", "", "base URL of a receiver's HTTP API, e.g. http://127.0.0.1:8080 (http:// may be left out)")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for NATS and the receiver")
 	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
@@ -71,6 +70,8 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: ferry status [--dir DIR] [--nats URL --stream FERRY] [--receiver http://HOST:PORT] [--json]")
 		fmt.Fprintln(env.Stderr, "\nShows how far each stage (on disk, shipped, applied) got in every source and how far behind it is.")
+		fmt.Fprintln(env.Stderr, "Without --dir, --nats or --receiver it reads the stream at --nats's default. A receiver that")
+		fmt.Fprintln(env.Stderr, "requires a token gets it from FERRY_RECEIVER_TOKEN.")
 		fs.PrintDefaults()
 	}
 	if _, ok, err := parseFlags(fs, env, args, false); !ok {
@@ -82,8 +83,9 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 		natsSet = true
 	}
 	if *dir == "" && !natsSet && *receiverURL == "" {
-		fs.Usage()
-		return &exitError{code: 2, err: errors.New("ferry status: give at least one of --dir, --nats, --receiver")}
+		// Nothing asked for: the stream at --nats's default, as its
+		// usage line shows.
+		natsSet = true
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -98,7 +100,11 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	// Read the stages downstream first: each later reading is then at
 	// least as far as the one before it, so lags are never negative.
 	if *receiverURL != "" {
-		applied, err := appliedStatus(ctx, *receiverURL)
+		client, err := api.NewClient(*receiverURL, env.Getenv("FERRY_RECEIVER_TOKEN"), nil)
+		if err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("ferry status: --receiver: %w", err)}
+		}
+		applied, err := appliedStatus(ctx, client)
 		if err != nil {
 			return err
 		}
@@ -327,54 +333,21 @@ func countBetween(dir, source string, from, to format.Position) (records, bytes 
 	return records, bytes, nil
 }
 
-// receiverStatus is the part of a receiver's GET /v1/status that status
-// reads. The receiver's full document has more.
-type receiverStatus struct {
-	Sources []struct {
-		Source     string     `json:"source"`
-		State      string     `json:"state"`
-		Error      string     `json:"error"`
-		Segment    uint64     `json:"applied_segment"`
-		Offset     int64      `json:"applied_offset"`
-		LastCommit *time.Time `json:"last_commit_time"`
-		Changes    uint64     `json:"changes"`
-	} `json:"sources"`
-}
-
-// appliedStatus reads a receiver's applied positions.
-func appliedStatus(ctx context.Context, base string) (map[string]*stagePos, error) {
-	url := strings.TrimSuffix(base, "/") + "/v1/status"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+// appliedStatus reads a receiver's applied positions through its API's
+// client (the status document is the receiver's own type, api.Status).
+func appliedStatus(ctx context.Context, c *api.Client) (map[string]*stagePos, error) {
+	rs, err := c.Status(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("ferry status: --receiver %q: %w", base, err)
-	}
-	if tok := os.Getenv("FERRY_RECEIVER_TOKEN"); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("ferry status: asking the receiver: %w (check --receiver and that ferry receive runs)", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
-	if err != nil {
-		return nil, fmt.Errorf("ferry status: reading %s: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("ferry status: %s answered %s: %.200s", url, resp.Status, body)
-	}
-	var rs receiverStatus
-	if err := json.Unmarshal(body, &rs); err != nil {
-		return nil, fmt.Errorf("ferry status: decoding %s: %w", url, err)
+		return nil, fmt.Errorf("ferry status: %w (check --receiver and that ferry receive runs)", err)
 	}
 	out := map[string]*stagePos{}
 	for _, s := range rs.Sources {
-		p := &stagePos{Segment: s.Segment, Offset: s.Offset, Error: s.Error}
+		p := &stagePos{Segment: s.AppliedSegment, Offset: s.AppliedOffset, Error: s.Error}
 		if s.Error == "" && s.State == "stopped" {
 			p.Error = s.State
 		}
-		if s.LastCommit != nil {
-			p.LastCommit = s.LastCommit.UTC()
+		if s.LastCommitTime != nil {
+			p.LastCommit = s.LastCommitTime.UTC()
 		}
 		out[s.Source] = p
 	}

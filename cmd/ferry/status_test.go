@@ -164,7 +164,8 @@ func TestStatus(t *testing.T) {
 			t.Errorf("apply lag = %+v, want nothing behind the shipped stage", alag)
 		}
 
-		table, err := runCmd(t, "status", "--dir", dir, "--nats", s.ClientURL(), "--receiver", api.URL)
+		// The receiver's address without http:// is taken as http://.
+		table, err := runCmd(t, "status", "--dir", dir, "--nats", s.ClientURL(), "--receiver", strings.TrimPrefix(api.URL, "http://"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,13 +176,23 @@ func TestStatus(t *testing.T) {
 		}
 	})
 
+	// No flags: status reads the stream at --nats's shown default instead
+	// of refusing (nothing listens there in a test, or a server without
+	// the stream).
+	t.Run("NoFlags", func(t *testing.T) {
+		_, err := runCmd(t, "status")
+		if err != nil && !strings.Contains(err.Error(), "127.0.0.1:4222") && !strings.Contains(err.Error(), "stream") {
+			t.Errorf("ferry status with no flags: %v, want it to ask NATS at 127.0.0.1:4222", err)
+		}
+	})
+
 	t.Run("Errors", func(t *testing.T) {
 		cases := []struct {
 			name string
 			args []string
 			want string
 		}{
-			{"NothingToAsk", []string{"status"}, "--dir"},
+			{"ReceiverBadScheme", []string{"status", "--receiver", "ftp://127.0.0.1:1"}, `want http or https`},
 			{"NoDir", []string{"status", "--dir", filepath.Join(dir, "missing")}, "--dir"},
 			{"NATSDown", []string{"status", "--nats", "nats://127.0.0.1:1", "--timeout", "2s"}, "NATS at nats://127.0.0.1:1"},
 			{"ReceiverDown", []string{"status", "--receiver", "http://127.0.0.1:1"}, "ferry receive"},
