@@ -63,6 +63,8 @@ type Handler struct {
 	mux *http.ServeMux
 	log *slog.Logger
 	dur *prometheus.HistogramVec
+
+	getRowH, scanRowsH http.HandlerFunc
 }
 
 // New returns the API handler.
@@ -85,8 +87,10 @@ func New(cfg Config) (*Handler, error) {
 			return nil, fmt.Errorf("api: registering metrics: %w", err)
 		}
 	}
-	h.route("GET /v1/tables/{table}/rows/{key...}", h.auth(h.getRow))
-	h.route("GET /v1/tables/{table}/rows", h.auth(h.scanRows))
+	// Rows are routed by ServeHTTP, before the mux: the mux cleans paths
+	// (rows/a/../b would answer for b), and keys are taken as given.
+	h.getRowH = h.timed("GET /v1/tables/{table}/rows/{key...}", h.auth(h.getRow))
+	h.scanRowsH = h.timed("GET /v1/tables/{table}/rows", h.auth(h.scanRows))
 	h.route("GET /v1/changes", h.auth(h.changes))
 	h.mux.HandleFunc("GET /v1/changes/stream", h.auth(h.stream))
 	h.route("GET /v1/status", h.auth(h.status))
@@ -103,12 +107,17 @@ func New(cfg Config) (*Handler, error) {
 
 // route registers f for pattern, timing it.
 func (h *Handler) route(pattern string, f http.HandlerFunc) {
+	h.mux.HandleFunc(pattern, h.timed(pattern, f))
+}
+
+// timed returns f timed under the route label pattern.
+func (h *Handler) timed(pattern string, f http.HandlerFunc) http.HandlerFunc {
 	obs := h.dur.WithLabelValues(pattern)
-	h.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		f(w, r)
 		obs.Observe(time.Since(start).Seconds())
-	})
+	}
 }
 
 // Handle registers an extra endpoint (such as a checkpoint action) behind
@@ -117,7 +126,55 @@ func (h *Handler) Handle(pattern string, f http.HandlerFunc) {
 	h.mux.HandleFunc(pattern, h.auth(f))
 }
 
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if rest, ok := strings.CutPrefix(r.URL.EscapedPath(), tablesPath); ok {
+		h.tables(w, r, rest)
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+const tablesPath = "/v1/tables/"
+
+// tables routes /v1/tables/{table}/rows[/{key}] on the path as it was sent
+// (rest is what follows tablesPath, still escaped): the table is one
+// percent-decoded segment, the key everything after "rows/", percent-decoded
+// and never cleaned, so slashes, dot segments and empty segments are part of
+// the key (README: "Keys in paths").
+func (h *Handler) tables(w http.ResponseWriter, r *http.Request, rest string) {
+	tableEsc, sub, _ := strings.Cut(rest, "/")
+	keyEsc, isRow := strings.CutPrefix(sub, "rows/")
+	if !isRow && sub != "rows" {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s; see /v1/tables/{table}/rows and /v1/tables/{table}/rows/{key}", r.Method, r.URL.EscapedPath()))
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "bad_request", fmt.Sprintf("method %s not allowed on %s (GET only)", r.Method, r.URL.EscapedPath()))
+		return
+	}
+	table, err := url.PathUnescape(tableEsc)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("table %q: bad percent-encoding: %v", tableEsc, err))
+		return
+	}
+	if !isRow {
+		h.scanRowsH(w, withTable(r, table, ""))
+		return
+	}
+	key, err := url.PathUnescape(keyEsc)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("key %q: bad percent-encoding: %v", keyEsc, err))
+		return
+	}
+	h.getRowH(w, withTable(r, table, key))
+}
+
+func withTable(r *http.Request, table, key string) *http.Request {
+	r.SetPathValue("table", table)
+	r.SetPathValue("key", key)
+	return r
+}
 
 func (h *Handler) auth(next http.HandlerFunc) http.HandlerFunc {
 	if h.cfg.Token == "" {
@@ -314,7 +371,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if first, _ := h.cfg.Store.ChangeRange(); after+1 < first {
+	if first, _ := h.cfg.Store.ChangeRange(); store.TrimmedAfter(after, first) {
 		writeError(w, http.StatusGone, "trimmed", fmt.Sprintf("changes after %d were trimmed, the log starts at %d; re-read the rows and follow from there", after, first))
 		return
 	}

@@ -143,3 +143,83 @@ func TestErrors(t *testing.T) {
 		t.Errorf("trimmed stream: %d %v", status, m)
 	}
 }
+
+// Keys are taken from the path as sent: slashes, dot segments and empty
+// segments belong to the key, raw or percent-encoded, and nothing is cleaned
+// or redirected to another row.
+func TestKeysTakenAsGiven(t *testing.T) {
+	srv, _ := newServer(t, []format.Change{
+		{Table: "t", Op: format.OpInsert, Key: []byte("b"), After: []byte(`"b"`)},
+		{Table: "t", Op: format.OpInsert, Key: []byte("a/../b"), After: []byte(`"a/../b"`)},
+		{Table: "t", Op: format.OpInsert, Key: []byte("a//c"), After: []byte(`"a//c"`)},
+		{Table: "t", Op: format.OpInsert, Key: []byte("./x"), After: []byte(`"./x"`)},
+		{Table: "t/u", Op: format.OpInsert, Key: []byte("k"), After: []byte(`"t/u k"`)},
+	})
+	tests := []struct {
+		path   string
+		status int
+		value  string
+	}{
+		{"/v1/tables/t/rows/b", 200, `"b"`},
+		{"/v1/tables/t/rows/a/../b", 200, `"a/../b"`},
+		{"/v1/tables/t/rows/a%2F..%2Fb", 200, `"a/../b"`},
+		{"/v1/tables/t/rows/a%2F%2E%2E%2Fb", 200, `"a/../b"`},
+		{"/v1/tables/t/rows/a//c", 200, `"a//c"`},
+		{"/v1/tables/t/rows/./x", 200, `"./x"`},
+		{"/v1/tables/t/rows/x/../b", 404, ""},
+		{"/v1/tables/t/rows/a/./b", 404, ""},
+		{"/v1/tables/t/rows//b", 404, ""},
+		{"/v1/tables/t%2Fu/rows/k", 200, `"t/u k"`},
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, tc := range tests {
+		t.Run(tc.path, func(t *testing.T) {
+			resp, err := client.Get(srv.URL + tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d (%s), want %d", resp.StatusCode, body, tc.status)
+			}
+			if tc.status != 200 {
+				return
+			}
+			var row api.RowJSON
+			if err := json.Unmarshal(body, &row); err != nil {
+				t.Fatal(err)
+			}
+			if got := string(row.Value); got != tc.value {
+				t.Fatalf("value %s, want %s", got, tc.value)
+			}
+		})
+	}
+	// A page lists the keys as stored and its next_url leads on from them.
+	_, m := get(t, srv.URL+"/v1/tables/t/rows?limit=2&after=.%2Fx")
+	rows := m["rows"].([]any)
+	if len(rows) != 2 || rows[0].(map[string]any)["key"] != "a/../b" || rows[1].(map[string]any)["key"] != "a//c" {
+		t.Fatalf("page after ./x: %v", m)
+	}
+}
+
+// A change cursor at the largest id is past any log: an empty page, not an
+// overflow into "trimmed".
+func TestCursorAtMaxID(t *testing.T) {
+	srv, _ := newServer(t, []format.Change{{Table: "t", Op: format.OpInsert, Key: []byte("a"), After: []byte(`1`)}})
+	status, m := get(t, srv.URL+"/v1/changes?after=18446744073709551615")
+	if status != 200 || len(m["changes"].([]any)) != 0 || m["next"] != 18446744073709551615.0 {
+		t.Fatalf("after=2^64-1: %d %v", status, m)
+	}
+	if status, m := get(t, srv.URL+"/v1/changes?after=18446744073709551616"); status != 400 {
+		t.Fatalf("after=2^64: %d %v", status, m)
+	}
+	resp, err := http.Get(srv.URL + "/v1/changes/stream?after=18446744073709551615")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("stream after=2^64-1: %s", resp.Status)
+	}
+}

@@ -67,11 +67,16 @@ func (s *Store) Scan(table string, prefix, after []byte, limit int) ([]Row, bool
 	return rows, false, nil
 }
 
+// TrimmedAfter reports whether a reader that has every change up to after
+// needs changes that a log starting at first no longer holds. (after+1
+// overflows for after = 2^64-1, a cursor past any log.)
+func TrimmedAfter(after, first uint64) bool { return first > 0 && after < first-1 }
+
 // Changes returns up to limit changes with ids after after, in order. It
 // returns ErrTrimmed if changes after after were already trimmed.
 func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 	first, last := s.ChangeRange()
-	if after+1 < first {
+	if TrimmedAfter(after, first) {
 		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first)
 	}
 	if after >= last || limit <= 0 {
@@ -102,7 +107,7 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 			}
 		}
 		if err != nil {
-			if first2, _ := s.ChangeRange(); after+1 < first2 {
+			if first2, _ := s.ChangeRange(); TrimmedAfter(after, first2) {
 				break // trimmed under us: reported below
 			}
 			return nil, fmt.Errorf("store: reading change log entry %d: %w", id, err)
@@ -117,7 +122,7 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 	// A concurrent trim may have removed the first ones between the check
 	// and the iterator (or their file while reading it): never return a log
 	// with a hole at its start.
-	if first2, _ := s.ChangeRange(); after+1 < first2 {
+	if first2, _ := s.ChangeRange(); TrimmedAfter(after, first2) {
 		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first2)
 	}
 	if len(out) > 0 && out[0].ID != after+1 {
