@@ -78,16 +78,17 @@ func New(opts ...Option) (*Receiver, error) {
 		o.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	dir := filepath.Join(o.dataDir, StoreDir)
-	if o.rebuild {
-		o.log.Warn("rebuilding: discarding the store, it will be rebuilt from the start of the stream", "dir", dir)
-		if err := os.RemoveAll(dir); err != nil {
-			return nil, fmt.Errorf("receiver: removing %s to rebuild: %w", dir, err)
-		}
-	}
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("receiver: creating data directory: %w", err)
 	}
-	st, err := store.Open(dir, store.WithCacheSize(o.cacheSize), store.WithSync(o.sync), store.WithLogger(o.log))
+	sopts := []store.Option{store.WithCacheSize(o.cacheSize), store.WithSync(o.sync), store.WithLogger(o.log)}
+	if o.rebuild {
+		// The store discards itself once it holds its lock: never under a
+		// running receiver.
+		o.log.Warn("rebuilding: discarding the store, it will be rebuilt from the start of the stream", "dir", dir)
+		sopts = append(sopts, store.WithDiscard())
+	}
+	st, err := store.Open(dir, sopts...)
 	if err != nil {
 		return nil, err
 	}

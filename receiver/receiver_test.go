@@ -830,3 +830,42 @@ func freePort(t *testing.T) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// --rebuild on the data directory of a running receiver is refused before
+// anything is deleted: the store takes its lock first.
+func TestRebuildRefusedWhileRunning(t *testing.T) {
+	e := newEnv(t)
+	msgs := writeMsgs(t, "shop", genTxs(20, 2, "orders", "a"), 0, 4096)
+	e.publish(msgs...)
+	data := t.TempDir()
+	run := e.start(data)
+	run.waitApplied(t, "shop", msgs[len(msgs)-1])
+	before := dumpStore(t, run.r.Store(), "orders")
+	files := func() []string {
+		var names []string
+		filepath.WalkDir(filepath.Join(data, receiver.StoreDir), func(p string, _ os.DirEntry, _ error) error {
+			names = append(names, p)
+			return nil
+		})
+		return names
+	}
+	filesBefore := files()
+
+	_, err := receiver.New(receiver.WithNATS(e.nc), receiver.WithDataDir(data), receiver.WithRebuild(true))
+	if got := files(); !reflect.DeepEqual(got, filesBefore) {
+		t.Fatalf("a rebuild beside a running receiver changed its store's files:\n%v\nwere\n%v", got, filesBefore)
+	}
+	if err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("rebuild beside a running receiver: %v, want a refusal naming the lock", err)
+	}
+	if after := dumpStore(t, run.r.Store(), "orders"); !reflect.DeepEqual(before, after) {
+		t.Fatalf("the running receiver's store changed under a refused rebuild")
+	}
+	run.stop()
+	// Stopped, the rebuild goes ahead and rebuilds the same state.
+	run2 := e.start(data, receiver.WithRebuild(true))
+	run2.waitApplied(t, "shop", msgs[len(msgs)-1])
+	if after := dumpStore(t, run2.r.Store(), "orders"); !reflect.DeepEqual(before, after) {
+		t.Fatalf("rebuilt store differs from the original")
+	}
+}

@@ -66,6 +66,7 @@ type options struct {
 	logFileSize  int64
 	fs           vfs.FS
 	log          *slog.Logger
+	discard      bool
 }
 
 // Option configures a Store.
@@ -141,6 +142,14 @@ func WithFS(fs vfs.FS) Option {
 	}
 }
 
+// WithDiscard makes Open discard everything the directory holds (rows,
+// positions, change log) and start empty, for a rebuild. It does so only
+// once it holds the directory's lock: a store in use by another process is
+// refused, never deleted under it.
+func WithDiscard() Option {
+	return func(o *options) error { o.discard = true; return nil }
+}
+
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) error {
@@ -161,6 +170,7 @@ type Store struct {
 	dir    string
 	fs     vfs.FS
 	logs   *logFiles // the change log's files (logfile.go)
+	lock   *pebble.Lock
 	dec    *wire.Decompressor
 	trimMu sync.Mutex // trims and checkpoints, one at a time
 
@@ -197,6 +207,10 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if o.fs == nil {
 		o.fs = vfs.Default
 	}
+	lock, err := lockDir(o.fs, dir, o.discard)
+	if err != nil {
+		return nil, err
+	}
 	cache := pebble.NewCache(o.cacheSize)
 	defer cache.Unref()
 	po := &pebble.Options{
@@ -216,6 +230,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		CompactionConcurrencyRange:  func() (int, int) { return 1, 2 },
 		// No WAL unless every commit is fsynced: see the package doc.
 		DisableWAL: !o.sync,
+		Lock:       lock,
 	}
 	// Bloom filters: a GET of a key that is not in a table skips it
 	// without reading a block.
@@ -251,13 +266,15 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	po.FS = bufferedFS{FS: o.fs}
 	dec, err := wire.NewDecompressor()
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
-	s.dec = dec
+	s.dec, s.lock = dec, lock
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		dec.Close()
-		return nil, fmt.Errorf("store: opening Pebble in %s: %w (is another receiver using this --data directory?)", dir, err)
+		lock.Close()
+		return nil, fmt.Errorf("store: opening Pebble in %s: %w", dir, err)
 	}
 	s.db, s.wo = db, pebble.NoSync
 	if o.sync {
@@ -266,6 +283,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	if err := s.load(); err != nil {
 		db.Close()
 		dec.Close()
+		lock.Close()
 		return nil, err
 	}
 	if s.noWAL {
@@ -274,6 +292,41 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	}
 	return s, nil
 }
+
+// lockDir takes dir's lock (Pebble's LOCK file, created with dir if
+// needed), held until Close; with discard it then empties dir but for the
+// lock. Locking first means a rebuild can never delete a store that another
+// receiver is using.
+func lockDir(fs vfs.FS, dir string, discard bool) (*pebble.Lock, error) {
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("store: creating %s: %w", dir, err)
+	}
+	lock, err := pebble.LockDirectory(dir, fs)
+	if err != nil {
+		return nil, fmt.Errorf("store: %s is in use (its lock is held: %w); is another receiver running on this --data directory? Stop it first", dir, err)
+	}
+	if !discard {
+		return lock, nil
+	}
+	names, err := fs.List(dir)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("store: listing %s to discard it: %w", dir, err)
+	}
+	for _, n := range names {
+		if n == lockFile {
+			continue
+		}
+		if err := fs.RemoveAll(fs.PathJoin(dir, n)); err != nil {
+			lock.Close()
+			return nil, fmt.Errorf("store: discarding %s: %w", fs.PathJoin(dir, n), err)
+		}
+	}
+	return lock, nil
+}
+
+// lockFile is the name of Pebble's lock file in its directory.
+const lockFile = "LOCK"
 
 // flushLoop flushes the memtable every interval when something was
 // committed since, until Close.
@@ -405,6 +458,7 @@ func (s *Store) Close() error {
 		if cerr := s.db.Close(); cerr != nil && err == nil {
 			err = fmt.Errorf("store: closing Pebble: %w", cerr)
 		}
+		s.lock.Close()
 		s.dec.Close()
 	})
 	return err
