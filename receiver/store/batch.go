@@ -38,7 +38,6 @@ type Batch struct {
 	changes  int
 	txs      int
 	bytes    int64
-	now      int64
 
 	body pendingBody // the message whose frames are being applied, if whole
 
@@ -107,7 +106,7 @@ func (s *Store) NewBatch() *Batch {
 	s.mu.Lock()
 	next := s.lastChange + 1
 	s.mu.Unlock()
-	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, now: time.Now().UnixNano()}
+	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}}
 }
 
 // Position returns a source's position including what this batch applied
@@ -232,7 +231,7 @@ func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, fram
 	if p := &b.body; p.ok && p.source == source && p.seg == seg && off >= p.from && off < p.from+int64(p.rawLen) {
 		if !p.open {
 			e := w.newEntry()
-			e.first, e.applied, e.source, e.segment = b.next, b.now, source, seg
+			e.first, e.source, e.segment = b.next, source, seg
 			e.hasBody, e.from, e.rawLen, e.codec = true, p.from, p.rawLen, p.codec
 			e.body = append(e.body, p.body...)
 			w.entryOK, p.open = false, true
@@ -251,7 +250,7 @@ func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, fram
 	}
 	if e == nil {
 		e = w.newEntry()
-		e.first, e.applied, e.source, e.segment = b.next, b.now, source, seg
+		e.first, e.source, e.segment = b.next, source, seg
 		w.entryOK = true
 	}
 	e.offsets = append(e.offsets, off)
@@ -421,6 +420,14 @@ func (b *Batch) CommitAsync() error {
 	}
 	w.last, w.changes = b.next-1, b.changes
 	w.cursor, w.cursorOK = b.cursor, b.cursorOK
+	// A change's applied time is its commit's: every change in the batch
+	// has arrived by now, so it is never before the change's own commit
+	// time (the batch's start was, for changes that arrived later), and
+	// --keep-age trims by it.
+	now := time.Now().UnixNano()
+	for i := range w.entries {
+		w.entries[i].applied = now
+	}
 	// Build the Pebble batch here, while the commit in flight (if any)
 	// applies the previous one: the commit goroutine is left with
 	// Pebble's memtable inserts alone, the longest stage.
@@ -450,7 +457,6 @@ func (b *Batch) CommitAsync() error {
 	clear(b.dirty)
 	b.cursorOK = false
 	b.changes, b.txs, b.bytes = 0, 0, 0
-	b.now = time.Now().UnixNano()
 	return nil
 }
 
@@ -583,7 +589,6 @@ func (b *Batch) Discard() {
 	clear(b.dirty)
 	b.cursorOK = false
 	b.changes, b.txs, b.bytes = 0, 0, 0
-	b.now = time.Now().UnixNano()
 	b.s.mu.Lock()
 	b.next = b.s.lastChange + 1
 	b.s.mu.Unlock()

@@ -655,3 +655,44 @@ func TestChangesFromEveryCursor(t *testing.T) {
 		}
 	}
 }
+
+// A change's applied time is when its batch was committed: never before the
+// change's commit time, however long the batch was open before it arrived.
+func TestAppliedAtNotBeforeCommit(t *testing.T) {
+	st := open(t, vfs.NewMem())
+	defer st.Close()
+	b := st.NewBatch()
+	defer b.Close()
+	off := int64(40)
+	var commits []int64
+	for i := range 3 {
+		time.Sleep(20 * time.Millisecond) // the batch has been open a while
+		tx := tx(fmt.Sprintf("k%d", i))
+		frame, err := format.AppendTx(nil, tx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.ApplyTx("s", 1, off, off+int64(len(frame)), uint64(i+1), tx, frame); err != nil {
+			t.Fatal(err)
+		}
+		off += int64(len(frame))
+		commits = append(commits, tx.CommitTime)
+		if i == 1 {
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := st.Changes(0, 10)
+	if err != nil || len(cs) != 3 {
+		t.Fatalf("changes: %v %v", len(cs), err)
+	}
+	for i, c := range cs {
+		if c.AppliedAt < commits[i] {
+			t.Errorf("change %d applied at %v, before its commit time %v", c.ID, time.Unix(0, c.AppliedAt), time.Unix(0, commits[i]))
+		}
+	}
+}
