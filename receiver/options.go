@@ -33,6 +33,7 @@ type options struct {
 	checkpointDir string
 	maxBatchBytes int
 	midChain      bool
+	maxTxBytes    int64
 }
 
 // Option configures a Receiver. Options validate their arguments.
@@ -225,4 +226,18 @@ func WithMaxBatchBytes(n int) Option {
 // the source's chain (retention). Off by default: that is a gap.
 func WithStartMidChain(on bool) Option {
 	return func(o *options) error { o.midChain = on; return nil }
+}
+
+// WithMaxTxBytes bounds what one transaction may cost the receiver (default
+// consume.DefaultMaxTxBytes, 64 MiB): the span of a frame split over several
+// messages, and the decoding working set of a transaction. A transaction
+// beyond it stops its source with an error naming the limit.
+func WithMaxTxBytes(n int64) Option {
+	return func(o *options) error {
+		if n < 1<<20 || n > 1<<30 {
+			return fmt.Errorf("receiver: max transaction bytes %d outside 1 MiB..1 GiB", n)
+		}
+		o.maxTxBytes = n
+		return nil
+	}
 }

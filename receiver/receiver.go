@@ -113,6 +113,7 @@ func (r *Receiver) build() error {
 	}
 	r.ap = consume.NewApplier(r.st, r.dec, r.m, r.log, r.o.prefix)
 	r.ap.SetStartMidChain(r.o.midChain)
+	r.ap.SetMaxTxBytes(r.o.maxTxBytes)
 	js, err := jetstream.New(r.o.nc)
 	if err != nil {
 		return fmt.Errorf("receiver: JetStream context: %w", err)

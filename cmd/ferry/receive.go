@@ -51,6 +51,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	keepChanges := fs.Uint64("keep-changes", 1_000_000, "keep at most this many changes in the change log (0: no count bound)")
 	keepAge := fs.Duration("keep-age", 24*time.Hour, "drop changes older than this from the change log (0: no age bound)")
 	cacheMB := fs.Int64("cache-mb", 64, "Pebble block cache, MiB")
+	maxTxMB := fs.Int64("max-tx-mb", 64, "largest transaction the receiver holds, MiB: a split frame's span and a transaction's decoding working set (bounds memory whatever the stream carries)")
 	memLimitMB := fs.Int64("memory-limit-mb", 0, "soft memory limit of the process, MiB (default 192 + --cache-mb; GOMEMLIMIT wins)")
 	syncCommits := fs.Bool("sync", false, "fsync every store commit (not needed for exactly-once: see the receiver/store docs)")
 	checkpointDir := fs.String("checkpoint-dir", "", "enable POST /v1/checkpoint, writing checkpoints under this directory")
@@ -104,6 +105,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		receiver.WithToken(token),
 		receiver.WithChangeLogRetention(*keepChanges, *keepAge),
 		receiver.WithCacheSize(*cacheMB << 20),
+		receiver.WithMaxTxBytes(*maxTxMB << 20),
 		receiver.WithSync(*syncCommits),
 		receiver.WithListen(*httpAddr),
 		receiver.WithLogger(log),

@@ -55,6 +55,28 @@ type Applier struct {
 	// midChain lets a source with nothing applied start at whatever its
 	// first message in the stream is (SetStartMidChain).
 	midChain bool
+
+	// maxTx bounds one transaction (SetMaxTxBytes); joined counts the
+	// bytes held by split frames being joined, every source together,
+	// bounded by 2*maxTx.
+	maxTx  int64
+	joined int64
+}
+
+// DefaultMaxTxBytes is the default bound on one transaction's frame and on
+// what decoding it may hold (SetMaxTxBytes).
+const DefaultMaxTxBytes = 64 << 20
+
+// SetMaxTxBytes bounds what one transaction may cost the receiver (default
+// DefaultMaxTxBytes): a frame split over several messages may span at most
+// n bytes, and split frames being joined hold at most 2n bytes, all sources
+// together. A frame beyond it stops its source (KindLimit) with an error
+// saying so; nothing a peer sends can make the receiver hold more.
+func (a *Applier) SetMaxTxBytes(n int64) {
+	if n <= 0 {
+		n = DefaultMaxTxBytes
+	}
+	a.maxTx = n
 }
 
 // SetStartMidChain lets a source with nothing applied start at its first
@@ -104,7 +126,8 @@ func NewApplier(st *store.Store, dec *wire.Decompressor, m *Metrics, log *slog.L
 	}
 	cur := st.Cursor()
 	a := &Applier{st: st, dec: dec, m: m, log: log, prefix: prefix + ".", batch: st.NewBatch(),
-		sources: map[string]*sourceState{}, counts: map[string]*counts{}, lastSeq: cur.Seq, created: cur.Created, handed: cur}
+		sources: map[string]*sourceState{}, counts: map[string]*counts{}, lastSeq: cur.Seq, created: cur.Created, handed: cur,
+		maxTx: DefaultMaxTxBytes}
 	a.batch.OnCommit = func(d time.Duration) { m.CommitTime.Observe(d.Seconds()) }
 	return a
 }
@@ -123,6 +146,7 @@ func (a *Applier) Reset(c store.StreamCursor) {
 		*s = sourceState{lastSeq: s.lastSeq, shipped: s.shipped, torn: s.torn}
 	}
 	a.mu.Unlock()
+	a.joined = 0
 	a.lastSeq, a.created = c.Seq, c.Created
 }
 
@@ -253,39 +277,75 @@ func (a *Applier) handlePart(m Message, b *wire.Batch, st *sourceState, pos stor
 			Err: fmt.Errorf("%w: split frame [%d, %d) does not start at the applied position %d", ErrGap, b.From, b.To, pos.Offset)})
 		return nil
 	}
+	if span := b.To - b.From; span > a.maxTx {
+		a.dropJoin(st)
+		a.stop(b.Source, st, &SourceError{Kind: KindLimit, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+			Err: fmt.Errorf("%w: a frame split over %d messages spans %d bytes, over the receiver's transaction limit of %d (--max-tx-mb)", ErrLimit, b.Parts, span, a.maxTx)})
+		return nil
+	}
 	key := partKey(b)
 	if b.Part == 0 {
 		st.join, st.joinKey, st.joinNext, st.joinValid = st.join[:0], key, 0, true
 		st.hold = m.StreamSeq
 	} else if !st.joinValid || st.joinKey != key || b.Part != st.joinNext {
-		st.joinValid, st.join = false, nil
+		a.dropJoin(st)
 		a.stop(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
 			Err: fmt.Errorf("%w: part %d of %d of the frame at %d arrived without the parts before it", ErrGap, b.Part, b.Parts, b.From)})
 		return nil
 	}
-	part, err := a.dec.Decompress(nil, m.Body, b)
-	if err == nil && int64(len(st.join)+len(part)) > b.To-b.From {
-		err = fmt.Errorf("parts add up to more than the frame's %d bytes", b.To-b.From)
+	if int64(len(st.join)+b.RawLen) > b.To-b.From {
+		a.dropJoin(st)
+		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+			Err: fmt.Errorf("%w: part %d of %d: parts add up to more than the frame's %d bytes", ErrCorrupt, b.Part, b.Parts, b.To-b.From)})
+		return nil
 	}
+	// The part is inflated into the join buffer's tail; the buffer grows
+	// by doubling, never past the frame's span, and every source's
+	// buffers together stay within the join budget.
+	if need := len(st.join) + b.RawLen; need > cap(st.join) {
+		grown := min(max(need, 2*cap(st.join)), int(b.To-b.From))
+		if a.joined-int64(cap(st.join))+int64(grown) > 2*a.maxTx {
+			a.dropJoin(st)
+			a.stop(b.Source, st, &SourceError{Kind: KindLimit, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+				Err: fmt.Errorf("%w: split frames of several sources being joined would hold more than %d bytes (twice --max-tx-mb); restart the receiver to read this frame again", ErrLimit, 2*a.maxTx)})
+			return nil
+		}
+		nj := make([]byte, len(st.join), grown)
+		copy(nj, st.join)
+		a.joined += int64(grown - cap(st.join))
+		st.join = nj
+	}
+	tail := st.join[len(st.join):]
+	part, err := a.dec.Decompress(tail, m.Body, b)
 	if err != nil {
-		st.joinValid, st.join = false, nil
+		a.dropJoin(st)
 		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
 			Err: fmt.Errorf("%w: part %d of %d: %w", ErrCorrupt, b.Part, b.Parts, err)})
 		return nil
 	}
-	st.join = append(st.join, part...)
+	if len(part) > 0 && &part[0] != &tail[:1][0] {
+		copy(tail[:len(part)], part) // not inflated in place
+	}
+	st.join = st.join[:len(st.join)+len(part)]
 	st.joinNext++
 	if b.Part < b.Parts-1 {
 		return nil
 	}
 	raw := st.join
-	st.join, st.joinValid = nil, false
+	a.dropJoin(st)
 	if int64(len(raw)) != b.To-b.From {
 		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
 			Err: fmt.Errorf("%w: %d parts joined into %d bytes, the frame spans %d", ErrCorrupt, b.Parts, len(raw), b.To-b.From)})
 		return nil
 	}
 	return a.applyRange(m.StreamSeq, b, st, pos, raw, nil)
+}
+
+// dropJoin forgets the split frame a source was joining, releasing its
+// buffer from the join budget.
+func (a *Applier) dropJoin(st *sourceState) {
+	a.joined -= int64(cap(st.join))
+	st.join, st.joinValid = nil, false
 }
 
 // partKey identifies the frame a part belongs to.

@@ -10,12 +10,14 @@ const (
 	KindGap     = "gap"     // a message starts after the applied position: data missing
 	KindCorrupt = "corrupt" // a body or frame that does not check out
 	KindHeader  = "header"  // message headers that do not parse
+	KindLimit   = "limit"   // a transaction beyond what the receiver is configured to hold
 )
 
 // ErrGap and ErrCorrupt classify a SourceError (errors.Is).
 var (
 	ErrGap     = errors.New("consume: gap in the stream")
 	ErrCorrupt = errors.New("consume: corrupt message")
+	ErrLimit   = errors.New("consume: transaction over the receiver's limit")
 )
 
 // SourceError stops one source: nothing of it is applied past Segment:Offset
@@ -37,8 +39,11 @@ type SourceError struct {
 
 func (e *SourceError) Error() string {
 	hint := "the shipper must re-ship this range (it re-ships from the stream's tail on restart); if the data is gone, rebuild this receiver from a checkpoint or with --rebuild"
-	if e.Kind == KindCorrupt || e.Kind == KindHeader {
+	switch e.Kind {
+	case KindCorrupt, KindHeader:
 		hint = "check the shipper's host and the broker for corruption; the shipper re-ships from its change files on restart"
+	case KindLimit:
+		hint = "if the transaction is genuine, restart the receiver with a higher --max-tx-mb (it re-reads the stream from this message); otherwise check who publishes on the stream's subjects"
 	}
 	return fmt.Sprintf("source %q stopped: %s at segment %d offset %d (stream sequence %d, applied up to %d:%d): %v; %s",
 		e.Source, e.Kind, e.Segment, e.Offset, e.StreamSeq, e.AppliedSegment, e.AppliedOffset, e.Err, hint)
