@@ -69,12 +69,6 @@ func TestApplyConfigErrors(t *testing.T) {
 	}
 }
 
-func TestRedactURLs(t *testing.T) {
-	if got, want := redactURLs("nats://u:secret@h1:4222,nats://h2:4222"), "nats://[REDACTED]@h1:4222,nats://h2:4222"; got != want {
-		t.Fatalf("got %q want %q", got, want)
-	}
-}
-
 func TestParseFlags(t *testing.T) {
 	cfg := filepath.Join(t.TempDir(), "ferry.yaml")
 	os.WriteFile(cfg, []byte("stream: FROMFILE\n"), 0o644)

@@ -2,42 +2,23 @@ package main
 
 import (
 	"flag"
-	"path/filepath"
-	"strings"
 	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/format/wire/natsconn"
 )
 
-func TestNATSAuthOptions(t *testing.T) {
-	missing := filepath.Join(t.TempDir(), "missing.nk")
-	tests := []struct {
-		name    string
-		args    []string
-		options int
-		err     string
-	}{
-		{"none", nil, 0, ""},
-		{"user and token", []string{"--user", "u", "--password", "p", "--token", "t"}, 2, ""},
-		{"tls", []string{"--tlsca", "ca.pem", "--tlscert", "c.pem", "--tlskey", "k.pem"}, 2, ""},
-		{"cert without key", []string{"--tlscert", "c.pem"}, 0, "--tlscert and --tlskey go together"},
-		{"unreadable nkey", []string{"--nkey", missing}, 0, missing},
+// TestNATSFlags: the nats CLI's flags land in the connection config.
+func TestNATSFlags(t *testing.T) {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	got := addNATSFlags(fs, "test")
+	if err := fs.Parse([]string{"--nats", "nats://a:1,nats://b:2", "--user", "u", "--password", "p", "--token", "t",
+		"--creds", "c.creds", "--nkey", "s.nk", "--tlsca", "ca.pem", "--tlscert", "c.pem", "--tlskey", "k.pem", "--reconnect-wait", "3s"}); err != nil {
+		t.Fatal(err)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			fs := flag.NewFlagSet("test", flag.ContinueOnError)
-			f := addNATSFlags(fs, "test")
-			if err := fs.Parse(tt.args); err != nil {
-				t.Fatal(err)
-			}
-			opts, err := f.authOptions()
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err %v, want one saying %q", err, tt.err)
-				}
-				return
-			}
-			if err != nil || len(opts) != tt.options {
-				t.Fatalf("%d options, err %v; want %d options", len(opts), err, tt.options)
-			}
-		})
+	want := natsconn.Config{URLs: "nats://a:1,nats://b:2", Name: "test", User: "u", Password: "p", Token: "t", CredsFile: "c.creds",
+		NkeyFile: "s.nk", TLSCA: "ca.pem", TLSCert: "c.pem", TLSKey: "k.pem", ReconnectWait: 3 * time.Second}
+	if *got != want {
+		t.Fatalf("config %+v\nwant %+v", *got, want)
 	}
 }

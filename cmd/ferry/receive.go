@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/receiver"
 	"github.com/ferrysync/ferry/receiver/store"
 )
@@ -140,7 +141,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	// ctx now also ends if NATS refuses the credentials for good: the
 	// receiver then stops as on SIGTERM (the store closed normally, every
 	// committed batch kept with its position) and the command fails.
-	nc, ctx, err := nf.connect(ctx, log)
+	nc, ctx, err := natsconn.Dial(ctx, withLogger(nf, log))
 	if err != nil {
 		return fmt.Errorf("ferry receive: %w", err)
 	}
@@ -159,7 +160,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	}
 	log.Info("ferry receive starting", "data", *data, "http", *httpAddr, "stream", *stream, "sources", sources.String())
 	err = r.Run(ctx)
-	if lost := connLost(ctx); lost != nil {
+	if lost := natsconn.Lost(ctx); lost != nil {
 		if err != nil {
 			log.Warn("receiver stopped", "err", err)
 		}

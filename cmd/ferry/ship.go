@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/shipper"
 	"github.com/ferrysync/ferry/shipper/jsclient"
 	"github.com/nats-io/nats.go"
@@ -137,9 +138,9 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 	// ctx now also ends if NATS refuses the credentials for good: the
 	// sources then stop as on SIGTERM (checkpoints saved) and the command
 	// fails, for its supervisor to see.
-	nc, ctx, err := nf.connect(ctx, log)
+	nc, ctx, err := natsconn.Dial(ctx, withLogger(nf, log))
 	if err != nil {
-		return err
+		return fmt.Errorf("ferry ship: %w", err)
 	}
 	defer nc.Close()
 	cfg := jsclient.Config{Stream: *stream, Prefix: *prefix, Replicas: *replicas, Duplicates: *dupWindow, LeaseTTL: *leaseTTL}
@@ -148,7 +149,7 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		return err
 	}
 	if client == nil {
-		if err := connLost(ctx); err != nil {
+		if err := natsconn.Lost(ctx); err != nil {
 			return fmt.Errorf("ferry ship: %w", err)
 		}
 		return nil // stopped while waiting for NATS
@@ -175,7 +176,7 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		}()
 	}
 	wg.Wait()
-	if err := connLost(ctx); err != nil {
+	if err := natsconn.Lost(ctx); err != nil {
 		return fmt.Errorf("ferry ship: %w", err)
 	}
 	if failed := health.failures(); len(failed) > 0 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -113,9 +114,9 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 		}
 	}
 	if natsSet {
-		nc, err := nf.connectOnce()
+		nc, err := natsconn.DialOnce(*nf, 0)
 		if err != nil {
-			return err
+			return fmt.Errorf("ferry status: %w", err)
 		}
 		shipped, err := shippedStatus(ctx, nc, *stream, *prefix)
 		nc.Close()
@@ -148,21 +149,6 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	}
 	printStatus(env.Stdout, out)
 	return nil
-}
-
-// connectOnce dials NATS without the endless retries of the agents: status
-// is a one-shot command and must fail fast when NATS is unreachable.
-func (f *natsFlags) connectOnce() (*nats.Conn, error) {
-	auth, err := f.authOptions()
-	if err != nil {
-		return nil, fmt.Errorf("ferry status: %w", err)
-	}
-	opts := append([]nats.Option{nats.Name(f.name), nats.Timeout(5 * time.Second)}, auth...)
-	nc, err := nats.Connect(strings.TrimSpace(f.urls), opts...)
-	if err != nil {
-		return nil, fmt.Errorf("ferry status: connecting to NATS at %s: %w (check --nats and that the server runs)", redactURLs(f.urls), err)
-	}
-	return nc, nil
 }
 
 // diskStatus returns, per source in dir, the end of its last whole frame and
