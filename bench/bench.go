@@ -12,10 +12,16 @@
 //     job (cdc_table.go);
 //   - cdc-log: logical decoding (wal2json through pg_recvlogical) relayed to
 //     JetStream, as Debezium does (cdc_log.go);
-//   - file: the legacy commits each transaction to change files with
-//     format.Writer right after its database commit; the shipper and
-//     receiver libraries carry them through an embedded JetStream
-//     (file_mode.go).
+//   - file: the legacy writes each transaction to change files with
+//     format.Writer, appended before its COMMIT and its outcome recorded
+//     after (or, to compare, right after its COMMIT: WriterProtocol); the
+//     shipper and receiver libraries carry them through an embedded
+//     JetStream (file_mode.go).
+//
+// The workload has contention: hot stock rows that every worker updates.
+// After every phase with a receiver the file mode compares the receiver's
+// rows with the database's, row by row (statecheck.go), and a run with any
+// difference fails.
 //
 // Each mode runs four timed phases: load (legacy at full speed, capture on,
 // shipping off: the cost of capture alone), drain (shipping the backlog
@@ -134,6 +140,15 @@ type Config struct {
 	// Codec compresses the file mode's messages: "zstd" (default), "s2"
 	// or "none".
 	Codec string
+	// WriterProtocol lists the writer protocols of the file mode,
+	// comma-separated (ParseWriterProtocols; default
+	// DefaultWriterProtocols): each runs as a mode of its own, the first
+	// named "file", the others "file-" + the protocol.
+	WriterProtocol string
+	// HotRows is the number of hot stock rows every worker updates
+	// (workload.Config.HotRows; default 20, -1 for none), HotPct the share
+	// of transactions that update one (default 50).
+	HotRows, HotPct int
 	// Progress receives a line per phase and per second; nil: none.
 	Progress io.Writer
 	// Logger for the components; nil discards.
@@ -154,7 +169,17 @@ func (c Config) withDefaults() Config {
 		c.PacedWorkers = 16
 	}
 	c.Workload.Streams = max(c.Workers, c.PacedWorkers)
+	switch {
+	case c.HotRows == 0:
+		c.HotRows = DefaultHotRows
+	case c.HotRows < 0:
+		c.HotRows = 0
+	}
+	c.Workload.HotRows, c.Workload.HotPct = c.HotRows, c.HotPct
 	c.Workload = c.Workload.WithDefaults()
+	if c.WriterProtocol == "" {
+		c.WriterProtocol = DefaultWriterProtocols
+	}
 	c.Workload.Rate = 0
 	if c.PhaseDuration == 0 {
 		c.PhaseDuration = 20 * time.Second
@@ -193,6 +218,9 @@ func (c Config) validate() error {
 	if _, err := wire.ParseCodec(c.Codec); err != nil {
 		return err
 	}
+	if _, err := ParseWriterProtocols(c.WriterProtocol); err != nil {
+		return err
+	}
 	if c.WriterSync != "" {
 		if _, err := format.ParseSyncPolicy(c.WriterSync); err != nil {
 			return err
@@ -214,6 +242,32 @@ func (c Config) validate() error {
 		return fmt.Errorf("bench: poll interval %v / cleanup interval %v below 1ms", c.PollInterval, c.CleanupInterval)
 	}
 	return nil
+}
+
+// DefaultHotRows is the number of hot stock rows of a run.
+const DefaultHotRows = 20
+
+// modeSpec is one mode of a run as it is named in the results.
+type modeSpec struct {
+	mode  Mode
+	name  string
+	proto WriterProtocol
+}
+
+// modeSpecs expands the file mode into one mode per writer protocol.
+func (c Config) modeSpecs() []modeSpec {
+	protos, _ := ParseWriterProtocols(c.WriterProtocol) // validated
+	var out []modeSpec
+	for _, m := range c.Modes {
+		if m != ModeFile {
+			out = append(out, modeSpec{mode: m, name: string(m)})
+			continue
+		}
+		for i, p := range protos {
+			out = append(out, modeSpec{mode: m, name: fileModeName(i, p), proto: p})
+		}
+	}
+	return out
 }
 
 // server is the PostgreSQL server a run uses.
@@ -262,7 +316,8 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if _, err := admin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", slotName); err != nil {
 		return nil, fmt.Errorf("bench: dropping the old replication slot %s: %w", slotName, err)
 	}
-	for _, db := range append([]string{base}, modeDBs(cfg.Modes)...) {
+	specs := cfg.modeSpecs()
+	for _, db := range append([]string{base}, modeDBs(specs)...) {
 		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)"); err != nil {
 			return nil, fmt.Errorf("bench: dropping old database %s: %w", db, err)
 		}
@@ -276,14 +331,14 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return nil, err
 	}
 	start := time.Now()
-	runs := make([]*modeRun, 0, len(cfg.Modes))
+	runs := make([]*modeRun, 0, len(specs))
 	defer func() {
 		for _, r := range runs {
 			r.close()
 		}
 	}()
-	for _, mode := range cfg.Modes {
-		runs = append(runs, openMode(ctx, cfg, srv, admin, base, mode, progress))
+	for _, sp := range specs {
+		runs = append(runs, openMode(ctx, cfg, srv, admin, base, sp.mode, sp.name, sp.proto, progress))
 	}
 	// The load phase, capture on and shipping off in every mode, runs in
 	// rounds that visit the modes in turn, so that whatever else the host
@@ -298,7 +353,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	for _, r := range runs {
 		if r.ok() {
-			progress("%s: load: %.0f tx/s, %.0f changes/s", r.mode, r.mr.Load.TxPerSec, r.mr.Load.ChangesPerSec)
+			progress("%s: load: %.0f tx/s, %.0f changes/s", r.name, r.mr.Load.TxPerSec, r.mr.Load.ChangesPerSec)
 		}
 	}
 	// Shipping, one mode at a time, then that mode is closed so that its
@@ -342,18 +397,31 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if !ok {
 		return res, errors.Join(errs...)
 	}
+	// The receiver must hold what the database holds: anything else fails
+	// the run (after the figures are in).
+	var differ []error
+	for _, m := range res.Modes {
+		if c := m.StateCheck; c != nil && c.Differ > 0 {
+			differ = append(differ, fmt.Errorf("%s: %d of %d rows differ from the database's (e.g. %s)", m.Mode, c.Differ, c.Rows, strings.Join(c.Examples, "; ")))
+		}
+	}
+	if len(differ) > 0 {
+		return res, fmt.Errorf("bench: the receiver's state is not the database's: %w", errors.Join(differ...))
+	}
 	return res, nil
 }
 
-func modeDBs(modes []Mode) []string {
+func modeDBs(specs []modeSpec) []string {
 	var out []string
-	for _, m := range modes {
-		out = append(out, dbName(m))
+	for _, sp := range specs {
+		out = append(out, dbName(sp.name))
 	}
 	return out
 }
 
-func dbName(m Mode) string { return "ferry_bench_" + strings.ReplaceAll(string(m), "-", "_") }
+func dbName(name string) string {
+	return "ferry_bench_" + strings.NewReplacer("-", "_", "+", "_").Replace(name)
+}
 
 func startServer(ctx context.Context, cfg Config) (*pgServer, error) {
 	if cfg.PGURL == "" {
@@ -419,9 +487,9 @@ func settings(cfg Config) Settings {
 		Mix:          fmt.Sprintf("%d/%d/%d", w.Mix.Insert, w.Mix.Update, w.Mix.Delete),
 		PhaseSeconds: cfg.PhaseDuration.Seconds(), LatencyRate: cfg.LatencyRate,
 		Durability: string(cfg.Durability), WriterSync: cfg.writerSync().String(),
-		FileBefore: cfg.FileBefore, Codec: cfg.Codec, PollMillis: ms(cfg.PollInterval), CleanupMillis: ms(cfg.CleanupInterval),
+		FileBefore: cfg.FileBefore, Codec: cfg.Codec, WriterProtocols: cfg.WriterProtocol, HotRows: w.HotRows, HotPct: w.HotPct, PollMillis: ms(cfg.PollInterval), CleanupMillis: ms(cfg.CleanupInterval),
 		ExternalPG:      cfg.PGURL != "",
-		InitialRowCount: w.Customers + w.Products + w.Orders*4,
+		InitialRowCount: w.Customers + w.Products + w.Orders*4 + w.HotRows,
 	}
 	return s
 }
@@ -502,6 +570,9 @@ func notes(cfg Config) []string {
 		"cdc-log's slot exists from the start, so its drain also reads (and skips) the WAL that the other modes wrote during the interleaved load rounds: its drain rate and the walsender's CPU are somewhat pessimistic.",
 		"CDC modes publish one JSON message per change (like Debezium), uncompressed, without de-duplication ids; Ferry publishes compressed batches of frames with de-duplication ids. The JetStream server is embedded with the same default settings for every mode.",
 		durabilityNote(cfg),
+		fmt.Sprintf("Contention: %d hot stock rows (popular products) are shared by every worker; %d %% of the transactions take stock from one of them as their last statement (UPDATE … SET qty = …, rev = rev + 1 … RETURNING: the new row is the database's to compute), the other rows are each worker's own. The file mode writes the returned row.", cfg.HotRows, cfg.Workload.HotPct),
+		"Writer protocols (file mode): prepared appends the transaction's frame with format.Writer.Prepare after its last statement and before COMMIT, while it holds its row locks, with the PostgreSQL txid_current() as the transaction id (so that a crashed writer's in-doubt frames are resolved with pg_xact_status); the writer's fsync runs during the COMMIT, then the outcome is recorded (Prepared.Commit). after-commit is the old way: Writer.Commit once COMMIT returned, the fsync after the database's. +versions puts the stock rows' rev column in format.Change.Version (a row version the receiver compares); without it the files' order alone decides.",
+		"State check: the file mode's change files start with the initial rows (insert transactions written before the load phase, counted in the drain and apply phases); after the apply and paced phases, once the receiver has applied the files up to their end, every row of every table in the database is compared with the receiver's (key, and the whole row as JSON); rows missing from the receiver, rows only it has and rows that differ count as differing, and any fails the run. Order check: in the change files, a transaction frame is out of the database's commit order when it writes a stock row with a lower rev than an earlier frame of the same source wrote.",
 		"The host has few cores shared with other work: figures are noisy; compare modes within one run.",
 	}
 }

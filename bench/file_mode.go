@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/ferrysync/ferry/bench/pg"
+	"github.com/ferrysync/ferry/bench/workload"
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver"
@@ -19,16 +21,82 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// The file mode is Ferry: the legacy application commits each transaction
-// to its change files with format.Writer right after its database commit
-// (the same code path, so a transaction reaches the files only once the
-// database has it), and the shipper and receiver libraries, embedded, carry
-// the files through JetStream into a Pebble store.
+// The file mode is Ferry: the legacy application writes each transaction to
+// its change files with format.Writer by a writer protocol (below), and the
+// shipper and receiver libraries, embedded, carry the files through
+// JetStream into a Pebble store.
 
 const (
 	fileStream = "FERRY"
 	fileSource = "legacy"
 )
+
+// Orders of the writer protocols: when a transaction's frame is appended.
+const (
+	// OrderPrepared appends the frame with Writer.Prepare inside the
+	// database transaction, after its last statement and before COMMIT,
+	// while it holds its row locks (so frames of transactions on the same
+	// rows are in the database's commit order); the writer's fsync
+	// overlaps the COMMIT; the outcome is recorded after it
+	// (format SPEC, "Commit order").
+	OrderPrepared = "prepared"
+	// OrderAfterCommit commits the frame with Writer.Commit once the
+	// database's COMMIT returned: the old way, whose frames of contended
+	// rows can reach the files out of commit order, with its fsync after
+	// the database's, in series.
+	OrderAfterCommit = "after-commit"
+)
+
+// WriterProtocol is how the file mode's legacy writes its change files: an
+// order, and whether changes carry row versions (the stock table's rev
+// column as format.Change.Version). Written "prepared", "after-commit",
+// "prepared+versions", "after-commit+versions".
+type WriterProtocol struct {
+	Order    string
+	Versions bool
+}
+
+func (p WriterProtocol) String() string {
+	if p.Versions {
+		return p.Order + "+versions"
+	}
+	return p.Order
+}
+
+// DefaultWriterProtocols is the file mode's protocol unless configured.
+// (after-commit until the receiver applies prepared frames by their
+// outcomes.)
+const DefaultWriterProtocols = "after-commit"
+
+// ParseWriterProtocols parses a comma-separated list of writer protocols.
+func ParseWriterProtocols(s string) ([]WriterProtocol, error) {
+	if s == "" {
+		s = DefaultWriterProtocols
+	}
+	var out []WriterProtocol
+	seen := map[WriterProtocol]bool{}
+	for _, part := range strings.Split(s, ",") {
+		order, versions := strings.CutSuffix(strings.TrimSpace(part), "+versions")
+		p := WriterProtocol{Order: order, Versions: versions}
+		if order != OrderPrepared && order != OrderAfterCommit {
+			return nil, fmt.Errorf("bench: unknown writer protocol %q (want prepared or after-commit, optionally +versions)", part)
+		}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// fileModeName is the name of the file mode run with protocol p, the i-th
+// of the configured ones: "file" for the first, "file-" + p for the others.
+func fileModeName(i int, p WriterProtocol) string {
+	if i == 0 {
+		return string(ModeFile)
+	}
+	return string(ModeFile) + "-" + p.String()
+}
 
 // writerSync returns the change-file sync policy whose durability matches
 // the database's: with synchronous_commit=on a commit is on disk when it
@@ -55,6 +123,9 @@ func (c Config) writerSync() format.SyncPolicy {
 }
 
 type fileMode struct {
+	wl           workload.Config
+	proto        WriterProtocol
+	initial      int64 // changes of the initial load in the files
 	codec        wire.Codec
 	dir, recvDir string
 	w            *format.Writer
@@ -76,7 +147,7 @@ type fileMode struct {
 	err       error
 }
 
-func newFileMode(cfg Config, br *broker) (*fileMode, error) {
+func newFileMode(cfg Config, br *broker, dbURL string, proto WriterProtocol) (*fileMode, error) {
 	dir, err := os.MkdirTemp("", "ferry-bench-files-")
 	if err != nil {
 		return nil, fmt.Errorf("bench: creating the change-file directory: %w", err)
@@ -85,13 +156,14 @@ func newFileMode(cfg Config, br *broker) (*fileMode, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &fileMode{codec: codec, dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver")}
+	m := &fileMode{wl: cfg.Workload, proto: proto, codec: codec, dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver")}
 	m.runCtx, m.cancel = context.WithCancel(context.Background())
 	fail := func(err error) (*fileMode, error) {
 		m.close()
 		return nil, err
 	}
-	if m.w, err = format.OpenWriter(m.dir, fileSource, format.WithSync(cfg.writerSync(), 100*time.Millisecond)); err != nil {
+	if m.w, err = format.OpenWriter(m.dir, fileSource, format.WithSync(cfg.writerSync(), 100*time.Millisecond),
+		format.WithResolver(pgResolver(dbURL, cfg.DrainTimeout))); err != nil {
 		return fail(fmt.Errorf("bench: opening the change-file writer: %w", err))
 	}
 	if m.shipNC, err = br.connect("ferry-bench-shipper"); err != nil {
@@ -103,10 +175,83 @@ func newFileMode(cfg Config, br *broker) (*fileMode, error) {
 	return m, nil
 }
 
-// Commit writes tx to the change files (the legacy's sink).
-func (m *fileMode) Commit(tx *format.Tx) (format.Position, error) { return m.w.Commit(tx) }
+// Commit and Prepare write tx to the change files (the legacy's sink).
+func (m *fileMode) Commit(tx *format.Tx) (format.Position, error)   { return m.w.Commit(tx) }
+func (m *fileMode) Prepare(tx *format.Tx) (*format.Prepared, error) { return m.w.Prepare(tx) }
 
-func (m *fileMode) setup(ctx context.Context, conn *pgx.Conn) error { return nil }
+// pgResolver resolves a crashed legacy's in-doubt transactions by asking
+// PostgreSQL: Tx.ID holds the transaction's txid_current(), and
+// pg_xact_status says whether it committed. A transaction still in progress
+// (its backend has not yet noticed the legacy died) is asked again until it
+// ends or wait passes; one too old for the server to know stays in doubt.
+func pgResolver(url string, wait time.Duration) format.Resolver {
+	return func(ctx context.Context, pos format.Position, tx *format.Tx) (format.Decision, error) {
+		txid, err := strconv.ParseInt(tx.ID, 10, 64)
+		if err != nil {
+			return format.DecisionUnknown, fmt.Errorf("bench: in-doubt transaction at %v: id %q is not a txid_current(): %w", pos, tx.ID, err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, url)
+		if err != nil {
+			return format.DecisionUnknown, fmt.Errorf("bench: resolving the in-doubt transaction at %v: %w", pos, err)
+		}
+		defer conn.Close(context.Background())
+		for {
+			var status *string
+			if err := conn.QueryRow(ctx, "SELECT pg_xact_status($1::text::xid8)", txid).Scan(&status); err != nil {
+				return format.DecisionUnknown, fmt.Errorf("bench: resolving the in-doubt transaction %d at %v: %w", txid, pos, err)
+			}
+			switch {
+			case status == nil:
+				return format.DecisionUnknown, nil // too old: leave it to an operator
+			case *status == "committed":
+				return format.DecisionCommitted, nil
+			case *status == "aborted":
+				return format.DecisionAborted, nil
+			}
+			select {
+			case <-ctx.Done():
+				return format.DecisionUnknown, fmt.Errorf("bench: in-doubt transaction %d at %v still in progress: %w", txid, pos, ctx.Err())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// setup writes the initial rows, as the database holds them before the
+// legacy starts, to the change files: committed insert transactions of up
+// to 100 rows, so that the receiver's rows can be compared with the
+// database's.
+func (m *fileMode) setup(ctx context.Context, conn *pgx.Conn) error {
+	var tx format.Tx
+	for i := 0; i < m.wl.Streams; i++ {
+		s, err := workload.NewStream(m.wl, i)
+		if err != nil {
+			return err
+		}
+		for _, tr := range s.Initial() {
+			for j := 0; j < len(tr.Rows); j += 100 {
+				tx.Changes = tx.Changes[:0]
+				tx.CommitTime = time.Now().UnixNano()
+				for _, row := range tr.Rows[j:min(j+100, len(tr.Rows))] {
+					c := workload.Change{Table: tr.Table, Op: format.OpInsert, After: row}
+					fc := format.Change{Table: tr.Table.Name, Op: format.OpInsert, Content: format.ContentJSON,
+						Key: row.AppendKey(nil, tr.Table), After: row.AppendJSON(nil, tr.Table)}
+					if rev, ok := c.Rev(); ok && m.proto.Versions {
+						fc.Version = uint64(rev)
+					}
+					tx.Changes = append(tx.Changes, fc)
+				}
+				if _, err := m.w.Commit(&tx); err != nil {
+					return fmt.Errorf("bench: writing the initial rows to the change files: %w", err)
+				}
+				m.initial += int64(len(tx.Changes))
+			}
+		}
+	}
+	return nil
+}
 
 func (m *fileMode) fail(err error) {
 	m.errMu.Lock()
@@ -171,6 +316,29 @@ func (m *fileMode) stopReceiver() {
 	m.rcvCancel()
 	<-m.rcvDone
 	m.rcv, m.rcvDone = nil, nil
+}
+
+// settle waits, with the legacy idle, until the receiver has applied
+// everything in the change files: every frame up to the files' end,
+// outcomes included.
+func (m *fileMode) settle(ctx context.Context, timeout time.Duration) error {
+	if err := m.w.Sync(); err != nil { // writes the outcomes recorded so far
+		return fmt.Errorf("bench: syncing the change files: %w", err)
+	}
+	segs, err := format.ListSegments(m.dir, fileSource)
+	if err != nil || len(segs) == 0 {
+		return fmt.Errorf("bench: listing the change files: %v", err)
+	}
+	last := segs[len(segs)-1]
+	fi, err := os.Stat(last.Path)
+	if err != nil {
+		return fmt.Errorf("bench: reading the change files' end: %w", err)
+	}
+	end := format.Position{Segment: last.Segment, Offset: fi.Size()}
+	return waitFor(ctx, timeout, "the receiver applying the change files up to "+end.String(), func() (bool, error) {
+		p := m.rcv.Positions()[fileSource]
+		return !(format.Position{Segment: p.Segment, Offset: p.Offset}).Less(end), m.failed()
+	})
 }
 
 // receiving says whether a receiver runs.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,27 +15,53 @@ import (
 )
 
 // changeSink is where the file mode's legacy application writes its change
-// files: *format.Writer.
+// files: *format.Writer, or one per app server (fileMode).
 type changeSink interface {
+	// Commit appends a committed transaction (the after-commit
+	// protocol).
 	Commit(tx *format.Tx) (format.Position, error)
+	// Prepare appends a prepared transaction (the prepared protocol).
+	Prepare(tx *format.Tx) (*format.Prepared, error)
 }
+
+// crashPoint names a moment of a transaction in the prepared protocol, where
+// tests stop the legacy process to kill it (legacy.hook).
+type crashPoint string
+
+const (
+	// pointPrepared: the frame is appended (written to the OS), COMMIT
+	// not sent.
+	pointPrepared crashPoint = "prepared"
+	// pointCommitted: COMMIT returned, the outcome not recorded.
+	pointCommitted crashPoint = "committed"
+	// pointCommitting: COMMIT sent while the writer's fsync of the frame
+	// runs; its outcome not known to the legacy.
+	pointCommitting crashPoint = "committing"
+)
 
 // legacy is the legacy application: one database connection and one
 // workload stream per worker. Each transaction runs its statements in one
-// pipelined round trip inside BEGIN … COMMIT; in file mode it then commits
-// the same transaction to the change files (same code path, after the
-// database commit, as an application would).
+// pipelined round trip inside BEGIN … COMMIT; in file mode the same
+// transaction goes to the change files by the writer protocol (see
+// WriterProtocol): appended before COMMIT while the transaction holds its
+// row locks, its outcome recorded after (prepared), or appended after COMMIT
+// returned (after-commit, the old way).
 type legacy struct {
 	streams []*workload.Stream
 	conns   []*pgx.Conn
 	sink    changeSink // nil unless file mode
-	before  bool       // write before images to the change files
+	proto   WriterProtocol
+	before  bool // write before images to the change files
+
+	// hook, set by tests only, is called at each crashPoint of every
+	// prepared transaction (n counts the worker's transactions from 1).
+	hook func(worker int, n int64, at crashPoint)
 
 	txs, changes atomic.Int64
 }
 
-func openLegacy(ctx context.Context, url string, wl workload.Config, sink changeSink, before bool) (*legacy, error) {
-	l := &legacy{sink: sink, before: before}
+func openLegacy(ctx context.Context, url string, wl workload.Config, sink changeSink, proto WriterProtocol, before bool) (*legacy, error) {
+	l := &legacy{sink: sink, proto: proto, before: before}
 	for i := 0; i < wl.Streams; i++ {
 		s, err := workload.NewStream(wl, i)
 		if err != nil {
@@ -67,10 +94,15 @@ func (l *legacy) backendPids() []int {
 	return out
 }
 
+// commitFunc is told of every transaction right after its database commit
+// returned: its workload version, its PostgreSQL transaction id (file mode
+// only, else 0) and the time.
+type commitFunc func(version, txid, commitNs int64)
+
 // run drives the workload with the first workers workers for d at rate
-// changes/s over them (0: as fast as possible). onCommit, if not nil, is called with each transaction's
-// version and commit time right after the database commit returned.
-func (l *legacy) run(ctx context.Context, d time.Duration, workers int, rate float64, onCommit func(version, commitNs int64)) error {
+// changes/s over them (0: as fast as possible). onCommit, if not nil, is
+// called after every commit.
+func (l *legacy) run(ctx context.Context, d time.Duration, workers int, rate float64, onCommit commitFunc) error {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	workers = min(workers, len(l.streams))
@@ -87,51 +119,154 @@ func (l *legacy) run(ctx context.Context, d time.Duration, workers int, rate flo
 	return errors.Join(errs...)
 }
 
-func (l *legacy) worker(ctx context.Context, i int, rate float64, onCommit func(version, commitNs int64)) error {
+func (l *legacy) worker(ctx context.Context, i int, rate float64, onCommit commitFunc) error {
 	s, conn := l.streams[i], l.conns[i]
 	pacer := workload.NewPacer(rate)
 	var stmts []workload.Statement
 	var ftx format.Tx
+	var n int64
 	for {
 		if err := pacer.Wait(ctx, s.Config().TxSize); err != nil {
 			return nil // the phase is over
 		}
 		tx := s.Next()
+		n++
 		stmts = tx.Statements(stmts[:0])
 		// The phase's deadline must not abort a transaction half way: it
 		// would leave the stream's model and the database apart.
-		if err := applyTx(context.WithoutCancel(ctx), conn, stmts); err != nil {
+		if err := l.transact(context.WithoutCancel(ctx), conn, tx, stmts, &ftx, i, n, onCommit); err != nil {
 			return fmt.Errorf("bench: legacy worker %d, transaction %d: %w", i, tx.Version, err)
-		}
-		now := time.Now().UnixNano()
-		if onCommit != nil {
-			onCommit(tx.Version, now)
-		}
-		if l.sink != nil {
-			tx.AppendFormat(&ftx, now, l.before)
-			if _, err := l.sink.Commit(&ftx); err != nil {
-				return fmt.Errorf("bench: legacy worker %d writing transaction %d to the change files: %w", i, tx.Version, err)
-			}
 		}
 		l.txs.Add(1)
 		l.changes.Add(int64(len(tx.Changes)))
 	}
 }
 
-func applyTx(ctx context.Context, conn *pgx.Conn, stmts []workload.Statement) error {
-	ptx, err := conn.Begin(ctx)
+// transact runs tx in the database and, in file mode, writes it to the
+// change files by the writer protocol.
+func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, stmts []workload.Statement, ftx *format.Tx, worker int, n int64, onCommit commitFunc) error {
+	ptx, txid, err := execTx(ctx, conn, tx, stmts, l.sink != nil)
 	if err != nil {
 		return err
 	}
+	committed := func() {
+		if onCommit != nil {
+			onCommit(tx.Version, txid, time.Now().UnixNano())
+		}
+	}
+	toFile := func(at int64) {
+		tx.AppendFormat(ftx, at, l.before)
+		// Tx.ID is the database's transaction id, so that a crashed
+		// writer's in-doubt frames can be resolved (pgResolver).
+		ftx.ID = strconv.FormatInt(txid, 10)
+		if l.proto.Versions {
+			for j := range tx.Changes {
+				if rev, ok := tx.Changes[j].Rev(); ok {
+					ftx.Changes[j].Version = uint64(rev)
+				}
+			}
+		}
+	}
+	switch {
+	case l.sink == nil:
+		if err := ptx.Commit(ctx); err != nil {
+			return err
+		}
+		committed()
+	case l.proto.Order == OrderAfterCommit:
+		if err := ptx.Commit(ctx); err != nil {
+			return err
+		}
+		committed()
+		toFile(time.Now().UnixNano())
+		if _, err := l.sink.Commit(ftx); err != nil {
+			return fmt.Errorf("writing it to the change files: %w", err)
+		}
+	default:
+		// The frame is appended while the transaction still holds its
+		// row locks: a transaction waiting on them can only commit, and
+		// append, after this one. The writer's fsync runs while the
+		// database commits.
+		toFile(time.Now().UnixNano())
+		p, err := l.sink.Prepare(ftx)
+		if err != nil {
+			ptx.Rollback(ctx)
+			return fmt.Errorf("appending it to the change files: %w", err)
+		}
+		l.at(worker, n, pointPrepared)
+		if l.hook != nil {
+			if err := l.commitAt(ctx, ptx, worker, n); err != nil {
+				p.Abort()
+				return err
+			}
+		} else if err := ptx.Commit(ctx); err != nil {
+			// Rolled back (a COMMIT that failed) — or unknown, if the
+			// connection broke: then the next writer resolves it.
+			p.Abort()
+			return err
+		}
+		committed()
+		l.at(worker, n, pointCommitted)
+		if err := p.Commit(); err != nil {
+			return fmt.Errorf("recording its outcome in the change files: %w", err)
+		}
+	}
+	return nil
+}
+
+func (l *legacy) at(worker int, n int64, p crashPoint) {
+	if l.hook != nil {
+		l.hook(worker, n, p)
+	}
+}
+
+// commitAt commits ptx, telling the hook once COMMIT is on its way while the
+// writer's fsync of the prepared frame is under way.
+func (l *legacy) commitAt(ctx context.Context, ptx pgx.Tx, worker int, n int64) error {
+	done := make(chan error, 1)
+	go func() { done <- ptx.Commit(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(time.Millisecond):
+		// The COMMIT is at the server (tests hold it there).
+		l.at(worker, n, pointCommitting)
+		return <-done
+	}
+}
+
+// execTx begins a transaction and runs stmts in it in one pipelined round
+// trip (with txid_current() first if txid), setting the rows Returning
+// statements return into tx's changes. The caller commits it.
+func execTx(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, stmts []workload.Statement, txid bool) (pgx.Tx, int64, error) {
+	ptx, err := conn.Begin(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
 	var b pgx.Batch
-	for _, st := range stmts {
-		b.Queue(st.SQL, st.Args...)
+	var id int64
+	if txid {
+		b.Queue("SELECT txid_current()").QueryRow(func(r pgx.Row) error { return r.Scan(&id) })
+	}
+	for j, st := range stmts {
+		q := b.Queue(st.SQL, st.Args...)
+		if st.Returning {
+			c := &tx.Changes[j]
+			q.QueryRow(func(r pgx.Row) error {
+				row := make(workload.Row, len(st.Table.Columns))
+				if err := r.Scan(row.ScanDest(st.Table)...); err != nil {
+					return fmt.Errorf("%s: %w", st.SQL, err)
+				}
+				c.SetReturned(row)
+				return nil
+			})
+		}
 	}
 	if err := ptx.SendBatch(ctx, &b).Close(); err != nil {
 		ptx.Rollback(ctx)
-		return err
+		return nil, 0, err
 	}
-	return ptx.Commit(ctx)
+	return ptx, id, nil
 }
 
 // loadInitial creates the schema in the database at url and loads every

@@ -194,6 +194,8 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 // (mr.Error set) the remaining steps do nothing.
 type modeRun struct {
 	mode     Mode
+	name     string         // the mode's name in the results: mode, or a file mode's with its protocol
+	proto    WriterProtocol // file mode
 	cfg      Config
 	progress func(string, ...any)
 	mr       ModeResult
@@ -212,7 +214,7 @@ func (r *modeRun) ok() bool { return r.mr.Error == "" }
 
 func (r *modeRun) fail(err error) {
 	if err != nil && r.ok() {
-		r.progress("%s: FAILED: %v", r.mode, err)
+		r.progress("%s: FAILED: %v", r.name, err)
 		r.mr.Error = err.Error()
 	}
 }
@@ -235,15 +237,19 @@ func (r *modeRun) failed() error {
 }
 
 // openMode creates the mode's database from the base, its capture and its
-// legacy workers.
-func openMode(ctx context.Context, cfg Config, srv *pgServer, admin *pgx.Conn, base string, mode Mode, progress func(string, ...any)) *modeRun {
-	r := &modeRun{mode: mode, cfg: cfg, progress: progress, mr: ModeResult{Mode: string(mode)}}
+// legacy workers; name names it in the results, proto is the file mode's
+// writer protocol.
+func openMode(ctx context.Context, cfg Config, srv *pgServer, admin *pgx.Conn, base string, mode Mode, name string, proto WriterProtocol, progress func(string, ...any)) *modeRun {
+	r := &modeRun{mode: mode, name: name, proto: proto, cfg: cfg, progress: progress, mr: ModeResult{Mode: name}}
+	if mode == ModeFile {
+		r.mr.WriterProtocol = proto.String()
+	}
 	r.fail(r.open(ctx, srv, admin, base))
 	return r
 }
 
 func (r *modeRun) open(ctx context.Context, srv *pgServer, admin *pgx.Conn, base string) error {
-	db := dbName(r.mode)
+	db := dbName(r.name)
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+db+" TEMPLATE "+base); err != nil {
 		return fmt.Errorf("bench: creating %s from %s: %w", db, base, err)
 	}
@@ -277,11 +283,11 @@ func (r *modeRun) open(ctx context.Context, srv *pgServer, admin *pgx.Conn, base
 		r.defers(func() {
 			cl.stop()
 			if err := cl.dropSlot(context.Background(), conn); err != nil {
-				r.progress("%s: dropping the replication slot: %v", r.mode, err)
+				r.progress("%s: dropping the replication slot: %v", r.name, err)
 			}
 		})
 	case ModeFile:
-		if r.fm, err = newFileMode(r.cfg, r.br); err != nil {
+		if r.fm, err = newFileMode(r.cfg, r.br, url, r.proto); err != nil {
 			return err
 		}
 		r.defers(r.fm.close)
@@ -297,9 +303,12 @@ func (r *modeRun) open(ctx context.Context, srv *pgServer, admin *pgx.Conn, base
 		if err := r.cp.setup(ctx, conn); err != nil {
 			return err
 		}
+		if r.fm != nil {
+			r.mr.InitialChanges = r.fm.initial
+		}
 		r.defers(r.cp.stop)
 	}
-	if r.lg, err = openLegacy(ctx, url, r.cfg.Workload, sink, r.cfg.FileBefore); err != nil {
+	if r.lg, err = openLegacy(ctx, url, r.cfg.Workload, sink, r.proto, r.cfg.FileBefore); err != nil {
 		return err
 	}
 	r.defers(r.lg.close)
@@ -323,12 +332,12 @@ func (r *modeRun) legacyStatus(total time.Duration, shipping bool) func(time.Dur
 
 // legacySlice runs the legacy for d at rate (0: full speed) as a timed slice
 // of phase p.
-func (r *modeRun) legacySlice(ctx context.Context, p *Phase, label string, d time.Duration, workers int, rate float64, shipping bool, onCommit func(v, ns int64)) {
+func (r *modeRun) legacySlice(ctx context.Context, p *Phase, label string, d time.Duration, workers int, rate float64, shipping bool, onCommit commitFunc) {
 	if !r.ok() {
 		return
 	}
 	tx0, ch0 := r.lg.txs.Load(), r.lg.changes.Load()
-	q, err := r.meter.measure(ctx, r.progress, string(r.mode)+" "+label, r.legacyStatus(d, shipping), func() (time.Time, error) {
+	q, err := r.meter.measure(ctx, r.progress, r.name+" "+label, r.legacyStatus(d, shipping), func() (time.Time, error) {
 		return time.Time{}, r.lg.run(ctx, d, workers, rate, onCommit)
 	})
 	if err != nil {
@@ -349,15 +358,15 @@ func (r *modeRun) drain(ctx context.Context) {
 	if !r.ok() || r.cp == nil {
 		return
 	}
-	backlog := r.lg.changes.Load()
-	r.progress("%s: drain phase: shipping a backlog of %d changes", r.mode, backlog)
-	drain, err := r.meter.measure(ctx, r.progress, string(r.mode)+" drain", func(el time.Duration) string {
+	backlog := r.committed()
+	r.progress("%s: drain phase: shipping a backlog of %d changes", r.name, backlog)
+	drain, err := r.meter.measure(ctx, r.progress, r.name+" drain", func(el time.Duration) string {
 		return fmt.Sprintf("%4.0fs  shipped %d of %d", el.Seconds(), r.cp.shippedChanges(), backlog)
 	}, func() (time.Time, error) {
 		if err := r.cp.start(ctx); err != nil {
 			return time.Time{}, err
 		}
-		if err := waitFor(ctx, r.cfg.DrainTimeout, string(r.mode)+" drain", func() (bool, error) {
+		if err := waitFor(ctx, r.cfg.DrainTimeout, r.name+" drain", func() (bool, error) {
 			return r.cp.shippedChanges() >= backlog, r.cp.failed()
 		}); err != nil {
 			return time.Time{}, err
@@ -374,18 +383,18 @@ func (r *modeRun) drain(ctx context.Context) {
 	}
 	drain.count(r.lg.txs.Load(), backlog)
 	r.mr.Drain = &drain
-	r.progress("%s: drain: %.0f changes/s shipped", r.mode, drain.ChangesPerSec)
+	r.progress("%s: drain: %.0f changes/s shipped", r.name, drain.ChangesPerSec)
 	if r.fm == nil {
 		return
 	}
-	r.progress("%s: apply phase: the receiver applies the backlog", r.mode)
-	apply, err := r.meter.measure(ctx, r.progress, string(r.mode)+" apply", func(el time.Duration) string {
+	r.progress("%s: apply phase: the receiver applies the backlog", r.name)
+	apply, err := r.meter.measure(ctx, r.progress, r.name+" apply", func(el time.Duration) string {
 		return fmt.Sprintf("%4.0fs  applied %d of %d", el.Seconds(), r.fm.appliedChanges(), backlog)
 	}, func() (time.Time, error) {
 		if err := r.fm.startReceiver(ctx); err != nil {
 			return time.Time{}, err
 		}
-		return time.Time{}, waitFor(ctx, r.cfg.DrainTimeout, string(r.mode)+" apply", func() (bool, error) {
+		return time.Time{}, waitFor(ctx, r.cfg.DrainTimeout, r.name+" apply", func() (bool, error) {
 			return r.fm.appliedChanges() >= backlog, r.fm.failed()
 		})
 	})
@@ -395,13 +404,25 @@ func (r *modeRun) drain(ctx context.Context) {
 	}
 	apply.count(r.lg.txs.Load(), backlog)
 	r.mr.Apply = &apply
+	r.checkState(ctx, "apply")
 	r.fm.stopReceiver()
-	r.progress("%s: apply: %.0f changes/s applied", r.mode, apply.ChangesPerSec)
+	r.progress("%s: apply: %.0f changes/s applied", r.name, apply.ChangesPerSec)
+}
+
+// committed returns the changes the legacy committed so far, with the file
+// mode's initial load (its change files start with the initial rows, so that
+// the receiver can hold the database's state).
+func (r *modeRun) committed() int64 {
+	n := r.lg.changes.Load()
+	if r.fm != nil {
+		n += r.fm.initial
+	}
+	return n
 }
 
 func (r *modeRun) caughtUp(ctx context.Context, what string) error {
-	want := r.lg.changes.Load()
-	return waitFor(ctx, r.cfg.DrainTimeout, string(r.mode)+" "+what, func() (bool, error) {
+	want := r.committed()
+	return waitFor(ctx, r.cfg.DrainTimeout, r.name+" "+what, func() (bool, error) {
 		ok := r.cp.shippedChanges() >= want
 		if r.fm != nil && r.fm.receiving() {
 			ok = ok && r.fm.appliedChanges() >= want
@@ -422,12 +443,12 @@ func (r *modeRun) shipping(ctx context.Context, base *modeRun) {
 	d := r.cfg.PhaseDuration
 	rounds := r.cfg.Rounds
 	slice := d / time.Duration(rounds)
-	r.progress("%s: concurrent phase: %v at full speed, shipping on, in %d rounds alternating with none", r.mode, d, rounds)
+	r.progress("%s: concurrent phase: %v at full speed, shipping on, in %d rounds alternating with none", r.name, d, rounds)
 	var conc, baseline Phase
 	for round := 0; round < rounds && r.ok(); round++ {
 		label := fmt.Sprintf("concurrent %d/%d", round+1, rounds)
 		if base != nil && base.ok() {
-			base.legacySlice(ctx, &baseline, label+" (baseline for "+string(r.mode)+")", slice, r.cfg.Workers, 0, false, nil)
+			base.legacySlice(ctx, &baseline, label+" (baseline for "+r.name+")", slice, r.cfg.Workers, 0, false, nil)
 		}
 		r.legacySlice(ctx, &conc, label, slice, r.cfg.Workers, 0, true, nil)
 		if r.ok() {
@@ -441,7 +462,7 @@ func (r *modeRun) shipping(ctx context.Context, base *modeRun) {
 	if baseline.Txs > 0 {
 		r.mr.ConcurrentBaseline = &baseline
 	}
-	r.progress("%s: concurrent: %.0f tx/s, %.0f changes/s (none meanwhile: %.0f tx/s)", r.mode, conc.TxPerSec, conc.ChangesPerSec, baseline.TxPerSec)
+	r.progress("%s: concurrent: %.0f tx/s, %.0f changes/s (none meanwhile: %.0f tx/s)", r.name, conc.TxPerSec, conc.ChangesPerSec, baseline.TxPerSec)
 
 	lat := newLatencies()
 	var latRecv *latencies
@@ -463,13 +484,16 @@ func (r *modeRun) shipping(ctx context.Context, base *modeRun) {
 		r.fail(err)
 		return
 	}
-	onCommit := func(v, ns int64) {
+	onCommit := func(v, txid, ns int64) {
+		if r.fm != nil {
+			v = txid // what the file mode's frames carry (Tx.ID)
+		}
 		lat.commit(v, ns)
 		if latRecv != nil {
 			latRecv.commit(v, ns)
 		}
 	}
-	r.progress("%s: paced phase: %v at %.0f changes/s with %d workers, shipping on, latency measured", r.mode, d, r.cfg.LatencyRate, r.cfg.PacedWorkers)
+	r.progress("%s: paced phase: %v at %.0f changes/s with %d workers, shipping on, latency measured", r.name, d, r.cfg.LatencyRate, r.cfg.PacedWorkers)
 	var paced Phase
 	r.legacySlice(ctx, &paced, "paced", d, r.cfg.PacedWorkers, r.cfg.LatencyRate, true, onCommit)
 	if r.ok() {
@@ -481,22 +505,23 @@ func (r *modeRun) shipping(ctx context.Context, base *modeRun) {
 	if !r.ok() {
 		return
 	}
+	r.checkState(ctx, "paced")
 	r.mr.Paced = &paced
 	l := lat.summary()
 	r.mr.LatencyJS = &l
-	r.progress("%s: paced: %.0f changes/s; commit to JetStream p50 %.2f ms, p99 %.2f ms (%d samples)", r.mode, paced.ChangesPerSec, l.P50, l.P99, l.Samples)
+	r.progress("%s: paced: %.0f changes/s; commit to JetStream p50 %.2f ms, p99 %.2f ms (%d samples)", r.name, paced.ChangesPerSec, l.P50, l.P99, l.Samples)
 	if r.fm != nil {
 		rl := latRecv.summary()
 		r.mr.LatencyReceiver = &rl
-		r.progress("%s: commit to applied p50 %.2f ms, p99 %.2f ms (%d samples)", r.mode, rl.P50, rl.P99, rl.Samples)
+		r.progress("%s: commit to applied p50 %.2f ms, p99 %.2f ms (%d samples)", r.name, rl.P50, rl.P99, rl.Samples)
 	}
 	// Every change the legacy committed arrived, once.
-	if got, want := r.cp.shippedChanges(), r.lg.changes.Load(); got != want {
-		r.fail(fmt.Errorf("bench: %s shipped %d changes, the legacy committed %d: lost or doubled", r.mode, got, want))
+	if got, want := r.cp.shippedChanges(), r.committed(); got != want {
+		r.fail(fmt.Errorf("bench: %s shipped %d changes, the legacy committed %d: lost or doubled", r.name, got, want))
 		return
 	}
 	if r.fm != nil {
-		if got, want := r.fm.appliedChanges(), r.lg.changes.Load(); got != want {
+		if got, want := r.fm.appliedChanges(), r.committed(); got != want {
 			r.fail(fmt.Errorf("bench: the receiver applied %d changes, the legacy committed %d: lost or doubled", got, want))
 			return
 		}
@@ -508,6 +533,42 @@ func (r *modeRun) shipping(ctx context.Context, base *modeRun) {
 		return
 	}
 	r.mr.WireMessages, r.mr.WireBytes, r.mr.RawBytes = ws.Messages, ws.Bytes, ws.Raw
+	if r.fm != nil {
+		oc, err := checkOrder(r.fm.dir)
+		if err != nil {
+			r.fail(err)
+			return
+		}
+		r.mr.OrderCheck = &oc
+		r.progress("%s: order check: %d of %d transaction frames out of the database's commit order", r.name, oc.OutOfOrder, oc.Frames)
+	}
+}
+
+// checkState compares the receiver's rows with the mode's database once the
+// receiver applied everything in the files (the legacy is idle), after
+// phase. A difference does not stop the mode (its figures are still
+// measured); Run fails on it.
+func (r *modeRun) checkState(ctx context.Context, phase string) {
+	if !r.ok() || r.fm == nil || !r.fm.receiving() {
+		return
+	}
+	if err := r.fm.settle(ctx, r.cfg.DrainTimeout); err != nil {
+		r.fail(err)
+		return
+	}
+	c, err := compareState(ctx, r.conn, r.fm.rcv.Store())
+	if err != nil {
+		r.fail(err)
+		return
+	}
+	if r.mr.StateCheck == nil {
+		r.mr.StateCheck = &StateCheck{}
+	}
+	r.mr.StateCheck.add(c)
+	r.progress("%s: state check after the %s phase: %d rows compared, %d differ", r.name, phase, c.Rows, c.Differ)
+	for _, e := range c.Examples {
+		r.progress("%s:   %s", r.name, e)
+	}
 }
 
 func streamOf(mode Mode) string {

@@ -48,6 +48,9 @@ type Settings struct {
 	WriterSync      string  `json:"writer_sync"`
 	FileBefore      bool    `json:"file_before_images"`
 	Codec           string  `json:"file_codec"`
+	WriterProtocols string  `json:"writer_protocols"`
+	HotRows         int     `json:"hot_rows"`
+	HotPct          int     `json:"hot_tx_pct"`
 	PollMillis      float64 `json:"cdc_poll_ms"`
 	CleanupMillis   float64 `json:"cdc_cleanup_ms"`
 	ExternalPG      bool    `json:"external_pg"`
@@ -144,7 +147,18 @@ type ModeResult struct {
 	ShipChangesPerSec  float64 `json:"ship_max_changes_per_sec"`
 	ApplyChangesPerSec float64 `json:"apply_max_changes_per_sec"`
 	WireBytesPerChange float64 `json:"wire_bytes_per_change"`
-	Error              string  `json:"error,omitempty"`
+
+	// InitialChanges are the initial rows the file mode writes to its
+	// change files before the legacy starts (shipped in the drain).
+	InitialChanges int64 `json:"initial_changes,omitempty"`
+	// WriterProtocol is the file mode's (WriterProtocol.String).
+	WriterProtocol string `json:"writer_protocol,omitempty"`
+	// StateCheck compares the receiver's rows with the database's after
+	// every phase with a receiver (file mode); OrderCheck counts the
+	// change files' frames out of the database's commit order.
+	StateCheck *StateCheck `json:"state_check,omitempty"`
+	OrderCheck *OrderCheck `json:"order_check,omitempty"`
+	Error      string      `json:"error,omitempty"`
 }
 
 // Spread returns the relative standard deviation of the rounds' tx/s, in
@@ -245,7 +259,7 @@ func derive(modes []ModeResult) {
 		if m.WireBytes > 0 {
 			m.Compression = float64(m.RawBytes) / float64(m.WireBytes)
 		}
-		total := l.Changes
+		total := l.Changes + m.InitialChanges
 		for _, p := range []*Phase{m.Concurrent, m.Paced} {
 			if p != nil {
 				total += p.Changes

@@ -37,6 +37,10 @@ func watch(ctx context.Context, nc *nats.Conn, mode Mode, lat *latencies) (func(
 		}
 		var raw []byte
 		var tx format.Tx
+		var out format.Outcome
+		// A prepared transaction is readable once its outcome is:
+		// prepared frames wait here, by position, for theirs.
+		prepared := map[format.Position]int64{}
 		handle = func(m jetstream.Msg) {
 			now := time.Now().UnixNano()
 			b, err := wire.ParseHeader(m.Headers())
@@ -46,17 +50,38 @@ func watch(ctx context.Context, nc *nats.Conn, mode Mode, lat *latencies) (func(
 			if raw, err = dec.Decompress(raw, m.Data(), &b); err != nil {
 				return
 			}
-			for rest := raw; len(rest) > 0; {
+			for off, rest := b.From, raw; len(rest) > 0; {
 				f, n, err := format.ParseFrame(rest)
 				if err != nil {
 					return
 				}
-				rest = rest[n:]
-				if f.Type != format.FrameTx || format.DecodeTx(f.Payload, &tx) != nil {
-					continue
-				}
-				if v, err := strconv.ParseInt(tx.ID, 10, 64); err == nil {
-					lat.visible(v, now)
+				pos := format.Position{Segment: b.Segment, Offset: off}
+				rest, off = rest[n:], off+int64(n)
+				switch f.Type {
+				case format.FrameTx:
+					if format.DecodeTx(f.Payload, &tx) != nil {
+						continue
+					}
+					v, err := strconv.ParseInt(tx.ID, 10, 64)
+					switch {
+					case err != nil:
+					case tx.Prepared:
+						prepared[pos] = v
+					default:
+						lat.visible(v, now)
+					}
+				case format.FrameOutcome:
+					if format.DecodeOutcome(f.Payload, &out) != nil {
+						continue
+					}
+					for _, r := range out.Resolutions {
+						if v, ok := prepared[r.Prepared]; ok {
+							delete(prepared, r.Prepared)
+							if r.Decision == format.DecisionCommitted {
+								lat.visible(v, now)
+							}
+						}
+					}
 				}
 			}
 		}

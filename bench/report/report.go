@@ -135,6 +135,41 @@ func Table(w io.Writer, res *bench.Results) {
 		}
 		fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
 	}
+	orderTable(w, res)
+}
+
+// orderTable writes, for the file modes, the change files' frames out of
+// the database's commit order and how the receiver's rows compared with the
+// database's.
+func orderTable(w io.Writer, res *bench.Results) {
+	var rows []string
+	for _, m := range res.Modes {
+		if m.OrderCheck == nil && m.StateCheck == nil {
+			continue
+		}
+		row := []string{m.Mode, m.WriterProtocol, "—", "—"}
+		if c := m.OrderCheck; c != nil {
+			row[2] = fmt.Sprintf("%s of %s", group(fmt.Sprint(c.OutOfOrder)), group(fmt.Sprint(c.Frames)))
+		}
+		if c := m.StateCheck; c != nil {
+			row[3] = fmt.Sprintf("%s / %s (%d checks)", group(fmt.Sprint(c.Rows)), group(fmt.Sprint(c.Differ)), c.Checks)
+			if c.Differ > 0 {
+				row[3] = "**" + row[3] + "**"
+			}
+		}
+		rows = append(rows, "| "+strings.Join(row, " | ")+" |")
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Order and state (the receiver's rows against the database's tables, after every phase with a receiver):")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| mode | writer protocol | transaction frames out of the database's commit order | rows compared / differing |")
+	fmt.Fprintln(w, "|---|---|---:|---:|")
+	for _, r := range rows {
+		fmt.Fprintln(w, r)
+	}
 }
 
 func shipBytes(m bench.ModeResult) string {
@@ -189,6 +224,12 @@ func Goals(res *bench.Results) []Goal {
 		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.2f (%s / %s bytes)", r, num(fx), num(tx)), r <= GoalBytesRatio
 	}
 	out = append(out, g)
+	g = Goal{Name: "file mode's receiver holds the database's rows (compared row by row after every phase with a receiver)", Want: "0 differing"}
+	if file != nil && file.StateCheck != nil {
+		c := file.StateCheck
+		g.Known, g.Got, g.Met = true, fmt.Sprintf("%s of %s rows differ", group(fmt.Sprint(c.Differ)), group(fmt.Sprint(c.Rows))), c.Differ == 0
+	}
+	out = append(out, g)
 	g = Goal{Name: fmt.Sprintf("end-to-end p99, commit → applied by the receiver, at %s changes/s", num(res.Settings.LatencyRate)), Want: fmt.Sprintf("≤ %.0f ms", GoalP99Millis)}
 	if file != nil && file.LatencyReceiver != nil && file.LatencyReceiver.Samples > 0 {
 		g.Known, g.Got, g.Met = true, fmt.Sprintf("%.2f ms", file.LatencyReceiver.P99), file.LatencyReceiver.P99 <= GoalP99Millis
@@ -210,8 +251,8 @@ func Markdown(w io.Writer, res *bench.Results) {
 		fmt.Fprintf(w, "> %s\n\n", res.Note)
 	}
 	s := res.Settings
-	fmt.Fprintf(w, "Workload: %d concurrent workers (%d in the paced phase), %d changes per transaction, rows of ~%d bytes, mix insert/update/delete %s, seed %d; %.0f s per timed phase; paced phase at %s changes/s. Durability %s (change-file writer sync %s). cdc-table poll every %.0f ms, cleanup every %.0f ms.\n\n",
-		s.Streams, s.PacedStreams, s.TxSize, s.RowSize, s.Mix, s.Seed, s.PhaseSeconds, num(s.LatencyRate), s.Durability, s.WriterSync, s.PollMillis, s.CleanupMillis)
+	fmt.Fprintf(w, "Workload: %d concurrent workers (%d in the paced phase), %d changes per transaction, rows of ~%d bytes, mix insert/update/delete %s, seed %d; %d hot stock rows shared by every worker, updated (UPDATE … RETURNING) by %d %% of the transactions; %.0f s per timed phase; paced phase at %s changes/s. Durability %s (change-file writer sync %s; writer protocols %s). cdc-table poll every %.0f ms, cleanup every %.0f ms.\n\n",
+		s.Streams, s.PacedStreams, s.TxSize, s.RowSize, s.Mix, s.Seed, s.HotRows, s.HotPct, s.PhaseSeconds, num(s.LatencyRate), s.Durability, s.WriterSync, s.WriterProtocols, s.PollMillis, s.CleanupMillis)
 	Table(w, res)
 	fmt.Fprint(w, "\n## Goals\n\n")
 	fmt.Fprintln(w, "| goal | want | measured | met |")

@@ -30,6 +30,21 @@ func (r Row) arg(t *Table, i int, v Value) any {
 	return v.S
 }
 
+// ScanDest returns pointers to r's values for a driver's Scan of a row of t
+// (its columns in order): *int64 for Int columns, *string for Text. r must
+// have len(t.Columns) values.
+func (r Row) ScanDest(t *Table) []any {
+	out := make([]any, len(t.Columns))
+	for i, c := range t.Columns {
+		if c.Type == Int {
+			out[i] = &r[i].I
+		} else {
+			out[i] = &r[i].S
+		}
+	}
+	return out
+}
+
 // AppendKey appends the row's key as the change-file key: the key columns'
 // values joined by '/' (order_lines "1207/3").
 func (r Row) AppendKey(dst []byte, t *Table) []byte {

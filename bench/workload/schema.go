@@ -32,7 +32,11 @@ type Table struct {
 
 // The retail schema. The version column of every table holds the Version of
 // the transaction that last wrote the row (an "updated by" stamp many legacy
-// schemas have); the bench uses it to follow a transaction end to end.
+// schemas have); the bench uses it to follow a transaction end to end. It is
+// not a row version: two streams' transactions commit in either order. The
+// stock table's rev column is one: every UPDATE sets rev = rev + 1 under the
+// row's lock, so it grows in the database's commit order (from 1, like
+// format.Change.Version).
 var (
 	customers = &Table{Name: "customers", KeyLen: 1, Columns: []Column{
 		{"id", Int}, {"name", Text}, {"email", Text}, {"city", Text}, {"balance_cents", Int}, {"version", Int}, {"payload", Text},
@@ -44,7 +48,7 @@ var (
 		{"order_id", Int}, {"line_no", Int}, {"sku", Int}, {"qty", Int}, {"price_cents", Int}, {"version", Int}, {"payload", Text},
 	}}
 	stock = &Table{Name: "stock", KeyLen: 1, Columns: []Column{
-		{"sku", Int}, {"qty", Int}, {"version", Int}, {"payload", Text},
+		{"sku", Int}, {"qty", Int}, {"version", Int}, {"rev", Int}, {"payload", Text},
 	}}
 )
 
@@ -54,6 +58,8 @@ const (
 	colVersionOrders    = 4
 	colVersionLines     = 5
 	colVersionStock     = 2
+	colRevStock         = 3
+	colPayloadStock     = 4
 )
 
 // Tables returns the tables of the retail schema, in creation order. The
@@ -64,6 +70,17 @@ func Tables() []*Table { return []*Table{customers, orders, orderLines, stock} }
 func (t *Table) VersionColumn() int {
 	for i, c := range t.Columns {
 		if c.Name == "version" {
+			return i
+		}
+	}
+	return -1
+}
+
+// RevColumn returns the index of t's row version column (rev), -1 if it
+// has none.
+func (t *Table) RevColumn() int {
+	for i, c := range t.Columns {
+		if c.Name == "rev" {
 			return i
 		}
 	}

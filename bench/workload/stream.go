@@ -127,6 +127,15 @@ func (s *Stream) populate() []TableRows {
 	for i := s.share(s.cfg.Products); i > 0; i-- {
 		out[3].Rows = append(out[3].Rows, s.insertStock(0))
 	}
+	if s.id == 0 {
+		// The hot rows belong to no stream: stream 0 loads them, then
+		// every stream updates them through the database (hotUpdate).
+		for i := 0; i < s.cfg.HotRows; i++ {
+			r := Row{{I: HotSKU(i)}, {I: hotStock}, {I: 0}, {I: 1}, {}}
+			r[colPayloadStock].S = s.payload(stock)
+			out[3].Rows = append(out[3].Rows, r)
+		}
+	}
 	for i := s.share(s.cfg.Orders); i > 0; i-- {
 		o := s.insertOrder(0)
 		out[1].Rows = append(out[1].Rows, o)
@@ -149,7 +158,15 @@ func (s *Stream) Next() *Tx {
 	}
 	m := s.cfg.Mix
 	total := m.Insert + m.Update + m.Delete
-	for i := 0; i < s.cfg.TxSize; i++ {
+	// At most one hot row per transaction, so that transactions wait on
+	// each other's locks but never deadlock. It is the last statement, as
+	// a checkout decrements stock last.
+	hot := s.cfg.HotRows > 0 && s.rng.IntN(100) < s.cfg.HotPct
+	n := s.cfg.TxSize
+	if hot {
+		n--
+	}
+	for i := 0; i < n; i++ {
 		n := s.rng.IntN(total)
 		var c Change
 		switch {
@@ -162,7 +179,27 @@ func (s *Stream) Next() *Tx {
 		}
 		tx.Changes = append(tx.Changes, c)
 	}
+	if hot {
+		tx.Changes = append(tx.Changes, s.hotUpdate(tx.Version))
+	}
 	return tx
+}
+
+// hotStock is the quantity hot rows start with and are restocked to.
+const hotStock = 1000
+
+// HotSKU returns the sku of hot row i (0 ≤ i < Config.HotRows): above every
+// sku a stream owns.
+func HotSKU(i int) int64 { return hotSKUBase + int64(i) + 1 }
+
+const hotSKUBase = 1 << 40
+
+// hotUpdate takes one to five items of a random hot row's stock. The new
+// row is the database's to compute (other streams update it too): the
+// change's After is filled from the statement's RETURNING (SetReturned).
+func (s *Stream) hotUpdate(v int64) Change {
+	return Change{Table: stock, Op: format.OpUpdate, hot: true,
+		hotSKU: HotSKU(s.rng.IntN(s.cfg.HotRows)), hotDelta: int64(1 + s.rng.IntN(5)), hotVersion: v}
 }
 
 // insert: a line of an existing order (50 %), a new order (35 %) or a new
@@ -193,8 +230,9 @@ func (s *Stream) update(v int64) Change {
 			r[1].I = 1000 // restocked
 		}
 		r[colVersionStock].I = v
+		r[colRevStock].I++
 		s.stk.rows[i] = r
-		return Change{Table: stock, Op: format.OpUpdate, Before: old, After: r, Set: []int{1, colVersionStock}}
+		return Change{Table: stock, Op: format.OpUpdate, Before: old, After: r, Set: []int{1, colVersionStock, colRevStock}}
 	case n < 85 && s.ord.live() > 0:
 		i := s.ord.pick(s.rng)
 		old := s.ord.rows[i]
@@ -269,8 +307,8 @@ func (s *Stream) insertLine(v int64, idx int) Row {
 
 func (s *Stream) insertStock(v int64) Row {
 	sku := s.newID(&s.stk)
-	r := Row{{I: sku}, {I: int64(100 + s.rng.IntN(900))}, {I: v}, {}}
-	r[3].S = s.payload(stock)
+	r := Row{{I: sku}, {I: int64(100 + s.rng.IntN(900))}, {I: v}, {I: 1}, {}}
+	r[colPayloadStock].S = s.payload(stock)
 	s.stk.add(key{a: sku}, r, 0)
 	return r
 }
@@ -282,7 +320,7 @@ func (s *Stream) initPad() {
 		customers:  {{I: 1234567}, {S: "Camille Martin"}, {S: "Camille.Martin1234567@example.com"}, {S: "Lyon"}, {I: 12345}, {I: 1234567}, {}},
 		orders:     {{I: 1234567}, {I: 1234567}, {S: "shipped"}, {I: 12345}, {I: 1234567}, {}},
 		orderLines: {{I: 1234567}, {I: 3}, {I: 12345}, {I: 2}, {I: 1234}, {I: 1234567}, {}},
-		stock:      {{I: 12345}, {I: 123}, {I: 1234567}, {}},
+		stock:      {{I: 12345}, {I: 123}, {I: 1234567}, {I: 1234}, {}},
 	}
 	for t, r := range samples {
 		s.pad[t] = max(0, s.cfg.RowSize-len(r.AppendJSON(nil, t)))

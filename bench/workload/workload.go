@@ -7,8 +7,13 @@
 // application. Each stream owns a disjoint part of every table's key space
 // (ids congruent to the stream number modulo Streams), so concurrent streams
 // never touch the same row, never wait on each other's locks and never
-// deadlock. Each stream is deterministic: the same Config and stream number
-// yield the same transactions, byte for byte, on every run.
+// deadlock — except the HotRows: stock of popular products that every
+// stream updates (UPDATE … RETURNING: the new quantity is the database's to
+// compute), at most one per transaction, so that transactions wait on each
+// other's row locks (contention) but never deadlock. Each stream is
+// deterministic: the same Config and stream number yield the same
+// transactions, byte for byte, on every run (a hot update's resulting row
+// depends on how the streams interleaved).
 //
 // A generated transaction (Tx) is logical: it can be applied to a SQL
 // database with Statements (PostgreSQL placeholders, driver-independent
@@ -35,6 +40,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/format"
@@ -66,6 +72,13 @@ type Config struct {
 	// Rate is the target number of changes per second over all streams;
 	// 0 means as fast as possible. See Pacer.
 	Rate float64
+	// HotRows is the number of hot stock rows (skus HotSKU(0…)) shared by
+	// every stream; 0: none, every row is one stream's. Their updates
+	// need a database: the new row comes from its RETURNING.
+	HotRows int
+	// HotPct is the share of transactions, in percent, that update one
+	// hot row (as their last change); default 50 when HotRows > 0.
+	HotPct int
 }
 
 // Defaults of Config.
@@ -75,6 +88,7 @@ const (
 	DefaultCustomers = 10000
 	DefaultProducts  = 10000
 	DefaultOrders    = 10000
+	DefaultHotPct    = 50
 	linesPerOrder    = 3
 )
 
@@ -108,6 +122,9 @@ func (c Config) WithDefaults() Config {
 	if c.Orders == 0 {
 		c.Orders = DefaultOrders
 	}
+	if c.HotRows > 0 && c.HotPct == 0 {
+		c.HotPct = DefaultHotPct
+	}
 	return c
 }
 
@@ -127,6 +144,10 @@ func (c Config) Validate() error {
 			c.Customers, c.Products, c.Orders, c.Streams)
 	case c.Rate < 0:
 		return fmt.Errorf("workload: negative rate %v", c.Rate)
+	case c.HotRows < 0 || c.HotRows > 100000:
+		return fmt.Errorf("workload: %d hot rows (want 0-100000)", c.HotRows)
+	case c.HotPct < 0 || c.HotPct > 100:
+		return fmt.Errorf("workload: hot share %d %% (want 0-100)", c.HotPct)
 	}
 	return nil
 }
@@ -140,6 +161,29 @@ type Change struct {
 	Before, After Row
 	// Set lists the columns an update changes (for its SQL).
 	Set []int
+
+	// A hot update (Returning): the row it updates and how.
+	hot                          bool
+	hotSKU, hotDelta, hotVersion int64
+}
+
+// Returning says whether c is a hot-row update whose resulting row only the
+// database knows: its statement returns the row (RETURNING, in the table's
+// column order, see Row.ScanDest), which SetReturned makes c's After. Its
+// Before is nil (no before image).
+func (c *Change) Returning() bool { return c.hot }
+
+// SetReturned sets the row a Returning change's statement returned.
+func (c *Change) SetReturned(r Row) { c.After = r }
+
+// Rev returns the row version (the rev column) of c's resulting row, if its
+// table has one and c is not a delete.
+func (c *Change) Rev() (int64, bool) {
+	i := c.Table.RevColumn()
+	if i < 0 || c.After == nil {
+		return 0, false
+	}
+	return c.After[i].I, true
 }
 
 // Tx is one transaction of the legacy application.
@@ -155,10 +199,13 @@ type Tx struct {
 }
 
 // Statement is one SQL statement with PostgreSQL-style placeholders ($1…);
-// Args are int64 or string values.
+// Args are int64 or string values. A Returning statement returns one row
+// of Table (its columns in order).
 type Statement struct {
-	SQL  string
-	Args []any
+	SQL       string
+	Args      []any
+	Returning bool
+	Table     *Table
 }
 
 // Statements appends the statements that apply tx to dst, to run in one
@@ -173,6 +220,9 @@ func (tx *Tx) Statements(dst []Statement) []Statement {
 // Statement returns the SQL statement that applies c.
 func (c *Change) Statement() Statement {
 	t := c.Table
+	if c.hot {
+		return Statement{SQL: hotUpdateSQL, Args: []any{c.hotDelta, c.hotDelta, c.hotVersion, c.hotSKU}, Returning: true, Table: t}
+	}
 	switch c.Op {
 	case format.OpInsert:
 		return Statement{SQL: insertSQL(t), Args: c.After.Args(t)}
@@ -193,6 +243,12 @@ func (c *Change) Statement() Statement {
 		return Statement{SQL: deleteSQL(t), Args: args}
 	}
 }
+
+// hotUpdateSQL takes $1 items of a hot row's stock (restocking it when
+// short), stamps it with the transaction's version and bumps its row
+// version, and returns the row.
+var hotUpdateSQL = "UPDATE stock SET qty = CASE WHEN qty > $1 THEN qty - $2 ELSE " + strconv.Itoa(hotStock) +
+	" END, version = $3, rev = rev + 1 WHERE sku = $4 RETURNING " + strings.Join(stock.ColumnNames(), ", ")
 
 func insertSQL(t *Table) string {
 	s := "INSERT INTO " + t.Name + " ("

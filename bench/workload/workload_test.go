@@ -62,13 +62,17 @@ func TestConsistent(t *testing.T) {
 		// sustained: the mix deletes no faster than it inserts, so the
 		// deletes never run out of rows and the mix shows in the output.
 		sustained bool
+		hotRows   int
 	}{
-		{"Default", workload.Mix{}, true},
-		{"DeleteHeavy", workload.Mix{Insert: 10, Update: 10, Delete: 80}, false},
-		{"InsertOnly", workload.Mix{Insert: 1}, true},
+		{"Default", workload.Mix{}, true, 0},
+		{"DeleteHeavy", workload.Mix{Insert: 10, Update: 10, Delete: 80}, false, 0},
+		{"InsertOnly", workload.Mix{Insert: 1}, true, 0},
+		// Hot updates take a change's place: the stream's model must
+		// not count on the change it replaced.
+		{"HotRows", workload.Mix{}, true, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := workload.Config{Seed: 1, Streams: 4, TxSize: 5, Mix: tc.mix, Customers: 40, Products: 40, Orders: 40}
+			cfg := workload.Config{Seed: 1, Streams: 4, TxSize: 5, Mix: tc.mix, Customers: 40, Products: 40, Orders: 40, HotRows: tc.hotRows}
 			model := map[string]string{} // table/key -> row JSON
 			owner := map[string]int{}
 			versions := map[int64]bool{}
@@ -97,6 +101,9 @@ func TestConsistent(t *testing.T) {
 						t.Fatalf("tx of %d changes, want %d", len(tx.Changes), cfg.TxSize)
 					}
 					for _, c := range tx.Changes {
+						if c.Returning() {
+							continue // a hot row: the database's (TestHotRows)
+						}
 						ops[c.Op]++
 						var img workload.Row
 						if c.After != nil {
@@ -299,5 +306,86 @@ func TestAppendFormatKeepsEarlierResults(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("converting a second transaction changed the first")
+	}
+}
+
+// TestHotRows checks the hot rows: loaded once (by stream 0), updated by
+// every stream, at most one per transaction and as its last statement, by a
+// statement that returns the row (its placeholders matching its arguments);
+// the returned row becomes the change's image, with its rev.
+func TestHotRows(t *testing.T) {
+	cfg := workload.Config{Seed: 2, Streams: 3, TxSize: 4, Customers: 30, Products: 30, Orders: 30, HotRows: 5, HotPct: 40}
+	hot := map[int64]bool{}
+	for i := 0; i < cfg.HotRows; i++ {
+		hot[workload.HotSKU(i)] = true
+	}
+	for stream := 0; stream < cfg.Streams; stream++ {
+		s, err := workload.NewStream(cfg, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		loaded := 0
+		for _, tr := range s.Initial() {
+			for _, r := range tr.Rows {
+				if tr.Table.Name == "stock" && hot[r[0].I] {
+					loaded++
+					if rev := r[tr.Table.RevColumn()].I; rev != 1 {
+						t.Errorf("hot row %d loaded with rev %d, want 1", r[0].I, rev)
+					}
+				}
+			}
+		}
+		if want := map[bool]int{true: cfg.HotRows, false: 0}[stream == 0]; loaded != want {
+			t.Errorf("stream %d loads %d hot rows, want %d", stream, loaded, want)
+		}
+		withHot := 0
+		const n = 2000
+		for i := 0; i < n; i++ {
+			tx := s.Next()
+			if len(tx.Changes) != cfg.TxSize {
+				t.Fatalf("tx of %d changes, want %d", len(tx.Changes), cfg.TxSize)
+			}
+			sts := tx.Statements(nil)
+			for j := range tx.Changes {
+				c := &tx.Changes[j]
+				if !c.Returning() {
+					if sts[j].Returning {
+						t.Fatalf("statement %s returns a row for a change that is not hot", sts[j].SQL)
+					}
+					continue
+				}
+				withHot++
+				if j != len(tx.Changes)-1 {
+					t.Fatalf("hot update is change %d of %d, want the last", j, len(tx.Changes))
+				}
+				st := sts[j]
+				if !st.Returning || st.Table.Name != "stock" || !strings.Contains(st.SQL, "RETURNING") || !strings.Contains(st.SQL, "rev = rev + 1") {
+					t.Fatalf("hot statement %+v", st)
+				}
+				if n := strings.Count(st.SQL, "$"); n != len(st.Args) {
+					t.Fatalf("%s: %d placeholders, %d args", st.SQL, n, len(st.Args))
+				}
+				if sku := st.Args[len(st.Args)-1].(int64); !hot[sku] {
+					t.Fatalf("hot update of sku %d, not a hot row", sku)
+				}
+				// What a driver scans the returned row into.
+				row := make(workload.Row, len(st.Table.Columns))
+				for k, d := range row.ScanDest(st.Table) {
+					switch d := d.(type) {
+					case *int64:
+						*d = int64(k + 7)
+					case *string:
+						*d = "p"
+					}
+				}
+				c.SetReturned(row)
+				if rev, ok := c.Rev(); !ok || rev != int64(st.Table.RevColumn()+7) {
+					t.Fatalf("Rev() = %d, %v after SetReturned", rev, ok)
+				}
+			}
+		}
+		if pct := 100 * withHot / n; pct < 35 || pct > 45 {
+			t.Errorf("stream %d: %d %% of transactions update a hot row, want about %d", stream, pct, cfg.HotPct)
+		}
 	}
 }

@@ -54,6 +54,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	writerSyncFlag := fs.String("writer-sync", "", "override the change-file writer's sync policy (none, interval, always); default: the one as durable as the database")
 	fileBefore := fs.Bool("file-before", false, "file mode also writes before images")
 	codec := fs.String("codec", "zstd", "compression of the file mode's messages: zstd, s2 or none")
+	writerProtocol := fs.String("writer-protocol", bench.DefaultWriterProtocols, "file mode's writer protocols, comma-separated, each run as a mode: prepared (frame appended before COMMIT, outcome after) or after-commit (the old way), optionally +versions (row versions)")
 	poll := fs.Duration("cdc-poll", 10*time.Millisecond, "cdc-table poller interval")
 	cleanup := fs.Duration("cdc-cleanup", time.Second, "cdc-table cleanup interval")
 	drainTimeout := fs.Duration("drain-timeout", 2*time.Minute, "how long shipping may take to catch up")
@@ -96,7 +97,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 		Workload: workload.Config{Seed: *seed, TxSize: *txSize, RowSize: *rowSize, Mix: m,
 			Customers: prof.customers, Products: prof.products, Orders: prof.orders},
 		PhaseDuration: *phase, LatencyRate: *rate, DrainTimeout: *drainTimeout,
-		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore, Codec: *codec, WriterSync: *writerSyncFlag,
+		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore, Codec: *codec, WriterSync: *writerSyncFlag, WriterProtocol: *writerProtocol,
 		Progress: env.Stderr,
 	}
 	if *cpuProfile != "" {

@@ -78,8 +78,8 @@ func TestBenchQuick(t *testing.T) {
 		if m.Mode == "none" {
 			continue
 		}
-		if m.Drain == nil || m.ShipChangesPerSec <= 0 || m.Drain.Changes != m.Load.Changes {
-			t.Errorf("mode %s: drain %+v does not ship the load phase's %d changes", m.Mode, m.Drain, m.Load.Changes)
+		if m.Drain == nil || m.ShipChangesPerSec <= 0 || m.Drain.Changes != m.Load.Changes+m.InitialChanges {
+			t.Errorf("mode %s: drain %+v does not ship the load phase's %d changes (and the %d initial rows)", m.Mode, m.Drain, m.Load.Changes, m.InitialChanges)
 		}
 		if m.ConcurrentBaseline == nil || m.ConcurrentBaseline.Txs == 0 {
 			t.Errorf("mode %s: no none baseline beside its concurrent phase", m.Mode)
