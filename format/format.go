@@ -93,6 +93,9 @@ const (
 	// FrameOutcome records whether prepared transactions committed or
 	// aborted (format version 2).
 	FrameOutcome FrameType = 4
+	// FrameRejection records that the legacy refused a write-back command
+	// (format version 2).
+	FrameRejection FrameType = 5
 )
 
 func (t FrameType) String() string {
@@ -105,6 +108,8 @@ func (t FrameType) String() string {
 		return "heartbeat"
 	case FrameOutcome:
 		return "outcome"
+	case FrameRejection:
+		return "rejection"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -119,7 +124,7 @@ func (t FrameType) KnownIn(v uint16) bool {
 	switch t {
 	case FrameTx, FrameSeal, FrameHeartbeat:
 		return true
-	case FrameOutcome:
+	case FrameOutcome, FrameRejection:
 		return v >= 2
 	}
 	return t.Skippable()
@@ -139,6 +144,8 @@ func (t FrameType) PlausibleLen(n int) bool {
 		return n == 8
 	case FrameOutcome:
 		return n >= minOutcomeLen
+	case FrameRejection:
+		return n >= minRejectionLen
 	}
 	return true
 }

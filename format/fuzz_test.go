@@ -185,6 +185,32 @@ func FuzzDecodeOutcome(f *testing.F) {
 	})
 }
 
+// FuzzDecodeRejection: what decodes re-encodes to the same bytes.
+func FuzzDecodeRejection(f *testing.F) {
+	for _, b := range goldenFrames(f) {
+		if format.FrameType(b[8]) == format.FrameRejection {
+			f.Add(b[format.FrameHeaderLen:])
+		}
+	}
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		r, err := format.DecodeRejection(payload)
+		if err != nil {
+			if !errors.Is(err, format.ErrCorrupt) {
+				t.Fatalf("DecodeRejection error %v is not ErrCorrupt", err)
+			}
+			return
+		}
+		re, err := format.AppendRejection(nil, r)
+		if err != nil {
+			t.Fatalf("a decoded rejection does not encode: %v", err)
+		}
+		if !bytes.Equal(re[format.FrameHeaderLen:], payload) {
+			t.Fatalf("re-encoded rejection differs:\n got %x\nwant %x", re[format.FrameHeaderLen:], payload)
+		}
+	})
+}
+
 func FuzzReader(f *testing.F) {
 	for _, b := range goldenFiles(f) {
 		f.Add(b)
@@ -223,6 +249,8 @@ func fuzzReadAll(t *testing.T, data []byte) {
 			_ = format.DecodeTx(fr.Payload, &tx)
 		case format.FrameOutcome:
 			_ = format.DecodeOutcome(fr.Payload, &outcome)
+		case format.FrameRejection:
+			_, _ = format.DecodeRejection(fr.Payload)
 		}
 	}
 }

@@ -53,6 +53,26 @@ func goldenHeaderV2(t *testing.T, source string, seg uint64, lw format.Position)
 	return b
 }
 
+// writebackSegment shows a write-back's two endings: a command carried out
+// (a prepared transaction with origin and command id, then its outcome) and
+// a command refused (a rejection frame).
+func writebackSegment(t *testing.T) []byte {
+	b := goldenHeaderV2(t, "shop", 1, format.Position{})
+	first := len(b)
+	b = appendTx(t, b, &format.Tx{CommitTime: goldenTime + 1, ID: "pg:8100", Origin: "svc-orders", Command: "cmd-7f3a", Prepared: true,
+		Changes: []format.Change{{Table: "orders", Op: format.OpInsert, Key: []byte("o-10"), After: []byte(`{"sku":"sku-1","qty":1}`), Version: 1}}})
+	var err error
+	if b, err = format.AppendOutcome(b, format.Outcome{Time: goldenTime + 2, Resolutions: []format.Resolution{
+		{Prepared: format.Position{Segment: 1, Offset: int64(first)}, Decision: format.DecisionCommitted}}}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = format.AppendRejection(b, format.Rejection{Time: goldenTime + 3, Command: "cmd-7f3b", Origin: "svc-orders",
+		Reason: "stale version: stock sku-1 is at version 302, the command read 301"}); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // orderSegment uses every feature of format version 2 once: a low watermark
 // naming a prepared transaction of the previous segment, a prepared
 // transaction with row versions, a committed one (the after-commit path),
@@ -149,6 +169,7 @@ func goldens() []golden {
 		{"full", fullSegment, true},
 		{"unsealed", unsealedSegment, true},
 		{"order", orderSegment, true},
+		{"writeback", writebackSegment, true},
 		{"outcome-in-v1", func(t *testing.T) []byte {
 			b := goldenHeader(t, "shop", 1)
 			b, err := format.AppendOutcome(b, format.Outcome{Time: goldenTime, Resolutions: []format.Resolution{
@@ -227,16 +248,17 @@ type goldenHeaderJSON struct {
 }
 
 type goldenFrame struct {
-	Offset    int64          `json:"offset"`
-	Length    int            `json:"payload_length"`
-	CRC       string         `json:"crc32c"`
-	Type      int            `json:"type"`
-	TypeName  string         `json:"type_name"`
-	Tx        *goldenTx      `json:"tx,omitempty"`
-	Seal      *goldenSeal    `json:"seal,omitempty"`
-	Heartbeat *int64         `json:"heartbeat_unix_nano,omitempty"`
-	Outcome   *goldenOutcome `json:"outcome,omitempty"`
-	Payload   string         `json:"payload_hex,omitempty"` // skippable frames
+	Offset    int64            `json:"offset"`
+	Length    int              `json:"payload_length"`
+	CRC       string           `json:"crc32c"`
+	Type      int              `json:"type"`
+	TypeName  string           `json:"type_name"`
+	Tx        *goldenTx        `json:"tx,omitempty"`
+	Seal      *goldenSeal      `json:"seal,omitempty"`
+	Heartbeat *int64           `json:"heartbeat_unix_nano,omitempty"`
+	Outcome   *goldenOutcome   `json:"outcome,omitempty"`
+	Rejection *goldenRejection `json:"rejection,omitempty"`
+	Payload   string           `json:"payload_hex,omitempty"` // skippable frames
 }
 
 type goldenTx struct {
@@ -244,7 +266,15 @@ type goldenTx struct {
 	ID         string         `json:"id"`
 	Origin     string         `json:"origin"`
 	Prepared   bool           `json:"prepared,omitempty"`
+	Command    string         `json:"command,omitempty"`
 	Changes    []goldenChange `json:"changes"`
+}
+
+type goldenRejection struct {
+	Time    int64  `json:"time_unix_nano"`
+	Command string `json:"command"`
+	Origin  string `json:"origin"`
+	Reason  string `json:"reason"`
 }
 
 type goldenOutcome struct {
@@ -341,7 +371,7 @@ func decodeGolden(t *testing.T, data []byte) goldenFile {
 			if err := format.DecodeTx(f.Payload, &tx); err != nil {
 				t.Fatalf("offset %d: %v", rd.Offset(), err)
 			}
-			gt := &goldenTx{CommitTime: tx.CommitTime, ID: tx.ID, Origin: tx.Origin, Prepared: tx.Prepared}
+			gt := &goldenTx{CommitTime: tx.CommitTime, ID: tx.ID, Origin: tx.Origin, Prepared: tx.Prepared, Command: tx.Command}
 			for _, c := range tx.Changes {
 				text := c.Content != format.ContentBinary
 				gc := goldenChange{Table: c.Table, Op: c.Op.String(), Content: c.Content.String(), Version: c.Version}
@@ -362,6 +392,12 @@ func decodeGolden(t *testing.T, data []byte) goldenFile {
 				t.Fatal(err)
 			}
 			gf.Heartbeat = &ts
+		case format.FrameRejection:
+			r, err := format.DecodeRejection(f.Payload)
+			if err != nil {
+				t.Fatalf("offset %d: %v", rd.Offset(), err)
+			}
+			gf.Rejection = &goldenRejection{Time: r.Time, Command: r.Command, Origin: r.Origin, Reason: r.Reason}
 		case format.FrameOutcome:
 			var o format.Outcome
 			if err := format.DecodeOutcome(f.Payload, &o); err != nil {
@@ -586,6 +622,14 @@ func (a *annotator) payload(typ format.FrameType, end int) bool {
 			return false
 		}
 		sub.field(8, "time = %d (unix ns)", u64(d, a.off))
+	case format.FrameRejection:
+		if end-a.off < 9 {
+			return false
+		}
+		sub.field(8, "time = %d (unix ns)", u64(d, a.off))
+		if !sub.bytesField("command id") || !sub.bytesField("origin") || !sub.bytesField("reason") || sub.off != end {
+			return false
+		}
 	case format.FrameOutcome:
 		if end-a.off < 9 {
 			return false
@@ -616,8 +660,13 @@ func (a *annotator) payload(typ format.FrameType, end int) bool {
 			return false
 		}
 		sub.field(8, "commit time = %d (unix ns)", u64(d, a.off))
-		sub.field(1, "tx flags = %d (%s)", d[a.off+8], map[bool]string{true: "prepared", false: "committed"}[d[a.off+8]&1 != 0])
+		txFlags := d[a.off+8]
+		sub.field(1, "tx flags = %d (%s%s)", txFlags, map[bool]string{true: "prepared", false: "committed"}[txFlags&1 != 0],
+			map[bool]string{true: ", command id follows", false: ""}[txFlags&2 != 0])
 		if !sub.bytesField("tx id") || !sub.bytesField("origin") {
+			return false
+		}
+		if txFlags&2 != 0 && !sub.bytesField("command id") {
 			return false
 		}
 		n, ok := sub.varint("change count")

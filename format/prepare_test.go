@@ -302,3 +302,42 @@ func TestCommitRefusesPreparedTx(t *testing.T) {
 		t.Fatalf("Resolve with DecisionUnknown: %v, want ErrInvalid", err)
 	}
 }
+
+func TestRejectAndCommandRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	w := openWriter(t, dir, format.WithSync(format.SyncAlways, 0))
+	p := prepare(t, w, &format.Tx{Origin: "svc-orders", Command: "cmd-1", Changes: []format.Change{
+		{Table: "orders", Op: format.OpInsert, Key: []byte("o-1"), After: []byte(`{}`), Version: 1}}})
+	if err := p.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	rpos, err := w.Reject(format.Rejection{Command: "cmd-2", Origin: "svc-orders", Reason: "stale version"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Reject(format.Rejection{Origin: "svc-orders"}); !errors.Is(err, format.ErrInvalid) {
+		t.Fatalf("rejection without a command id: %v, want ErrInvalid", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	txs, _, all := checkChain(t, dir)
+	if len(txs) != 1 || txs[0].Command != "cmd-1" || txs[0].Origin != "svc-orders" {
+		t.Fatalf("transactions %+v, want one carrying command cmd-1", txs)
+	}
+	// The rejection is a frame of its own at rpos, counted in no seal count
+	// (checkChain checked the counts).
+	rd, f, err := format.OpenReader(all[0].path, rpos.Offset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fr, err := rd.Next()
+	if err != nil || fr.Type != format.FrameRejection {
+		t.Fatalf("frame at %v: %v %v, want a rejection", rpos, fr.Type, err)
+	}
+	r, err := format.DecodeRejection(fr.Payload)
+	if err != nil || r.Command != "cmd-2" || r.Reason != "stale version" {
+		t.Fatalf("rejection %+v, %v", r, err)
+	}
+}

@@ -35,6 +35,10 @@ type Tx struct {
 	// Origin names who caused the change (for write-back without echo),
 	// optional; empty means the legacy itself.
 	Origin string
+	// Command (format version 2) is the id of the write-back command this
+	// transaction carries out, as the service submitted it; empty for the
+	// legacy's own transactions (SPEC.md, "Write-back records").
+	Command string
 	// Prepared (format version 2) marks a transaction appended before the
 	// database's COMMIT, while it still held its locks: whether it
 	// committed is known only once an outcome frame of the same source
@@ -48,8 +52,9 @@ func (tx *Tx) Time() time.Time { return time.Unix(0, tx.CommitTime) }
 
 // Transaction payload layout (see SPEC.md, "Transaction frame"):
 //
-//	| commit time i64 | flags u8 (bit 0: prepared) | id: uvarint len + bytes |
-//	| origin: uvarint len + bytes | change count uvarint | change... |
+//	| commit time i64 | flags u8 (bit 0: prepared, bit 1: command) |
+//	| id: uvarint len + bytes | origin: uvarint len + bytes |
+//	| [command: uvarint len + bytes] | change count uvarint | change... |
 //
 // and each change:
 //
@@ -59,6 +64,8 @@ func (tx *Tx) Time() time.Time { return time.Unix(0, tx.CommitTime) }
 //	| [version: uvarint] |
 const (
 	txPrepared       = 1 << 0
+	txCommand        = 1 << 1
+	txFlags          = txPrepared | txCommand
 	changeHasBefore  = 1 << 0
 	changeHasVersion = 1 << 1
 	// minChangeLen is the smallest encoded change, used to bound the change
@@ -77,6 +84,9 @@ func ValidateTx(tx *Tx) error {
 	}
 	if len(tx.Origin) > MaxIDLen {
 		return fmt.Errorf("%w: origin of %d bytes (max %d)", ErrTooLarge, len(tx.Origin), MaxIDLen)
+	}
+	if len(tx.Command) > MaxIDLen {
+		return fmt.Errorf("%w: command id of %d bytes (max %d)", ErrTooLarge, len(tx.Command), MaxIDLen)
 	}
 	if len(tx.Changes) == 0 {
 		return fmt.Errorf("%w: transaction without changes", ErrInvalid)
@@ -105,6 +115,9 @@ func ValidateTx(tx *Tx) error {
 func TxPayloadLen(tx *Tx) int {
 	n := 8 + 1 + uvarintLen(len(tx.ID)) + len(tx.ID) + uvarintLen(len(tx.Origin)) + len(tx.Origin) +
 		uvarintLen(len(tx.Changes))
+	if tx.Command != "" {
+		n += uvarintLen(len(tx.Command)) + len(tx.Command)
+	}
 	for i := range tx.Changes {
 		c := &tx.Changes[i]
 		n += 3 + uvarintLen(len(c.Table)) + len(c.Table) + uvarintLen(len(c.Key)) + len(c.Key) +
@@ -133,9 +146,15 @@ func AppendTx(dst []byte, tx *Tx) ([]byte, error) {
 	if tx.Prepared {
 		txFlags |= txPrepared
 	}
+	if tx.Command != "" {
+		txFlags |= txCommand
+	}
 	dst = append(dst, txFlags)
 	dst = appendBytes(dst, tx.ID)
 	dst = appendBytes(dst, tx.Origin)
+	if tx.Command != "" {
+		dst = appendBytes(dst, tx.Command)
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(tx.Changes)))
 	for i := range tx.Changes {
 		c := &tx.Changes[i]
@@ -172,12 +191,18 @@ func DecodeTx(payload []byte, tx *Tx) error {
 	d := decoder{b: payload}
 	tx.CommitTime = int64(d.u64())
 	flags := d.byte()
-	if flags&^txPrepared != 0 && d.err == nil {
+	if flags&^txFlags != 0 && d.err == nil {
 		return d.fail("unknown transaction flags %#x", flags)
 	}
 	tx.Prepared = flags&txPrepared != 0
 	tx.ID = d.str(MaxIDLen, tx.ID)
 	tx.Origin = d.str(MaxIDLen, tx.Origin)
+	tx.Command = ""
+	if flags&txCommand != 0 {
+		if tx.Command = d.str(MaxIDLen, tx.Command); tx.Command == "" && d.err == nil {
+			return d.fail("empty command id (leave the flag clear for none)")
+		}
+	}
 	n := d.uvarint()
 	if d.err != nil {
 		return d.err
@@ -251,9 +276,9 @@ func DecodeTx(payload []byte, tx *Tx) error {
 }
 
 // MaxTxHeaderLen bounds the bytes before a transaction's first change:
-// commit time, flags, id, origin and change count. TxChangeCount needs no
+// commit time, flags, id, origin, command and change count. TxChangeCount needs no
 // more of a payload than this.
-const MaxTxHeaderLen = 8 + 1 + 2*(binary.MaxVarintLen64+MaxIDLen) + binary.MaxVarintLen64
+const MaxTxHeaderLen = 8 + 1 + 3*(binary.MaxVarintLen64+MaxIDLen) + binary.MaxVarintLen64
 
 // TxChangeCount returns the change count of a transaction payload of
 // payloadLen bytes from its first bytes, prefix (the whole payload, or at
@@ -266,11 +291,17 @@ func TxChangeCount(prefix []byte, payloadLen int) (int, error) {
 	}
 	d := decoder{b: prefix}
 	d.u64()
-	if flags := d.byte(); flags&^txPrepared != 0 && d.err == nil {
+	flags := d.byte()
+	if flags&^txFlags != 0 && d.err == nil {
 		return 0, d.fail("unknown transaction flags %#x", flags)
 	}
 	d.bytes(MaxIDLen)
 	d.bytes(MaxIDLen)
+	if flags&txCommand != 0 {
+		if len(d.bytes(MaxIDLen)) == 0 && d.err == nil {
+			return 0, d.fail("empty command id (leave the flag clear for none)")
+		}
+	}
 	n := d.uvarint()
 	if d.err != nil {
 		return 0, d.err

@@ -426,21 +426,45 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 	if err != nil {
 		return Position{}, err
 	}
-	if w.opts.sync == SyncAlways {
-		for w.synced < end && w.err == nil {
-			w.cond.Wait()
-		}
-		if w.synced < end {
-			return pos, w.err
-		}
-	}
-	return pos, nil
+	return pos, w.waitSyncedLocked(end)
 }
 
 // appendLocked encodes tx at the end of the pending bytes, rotating if the
 // segment is full, and returns its position and the end of its frame in
 // appended bytes. mu is held.
 func (w *Writer) appendLocked(tx *Tx) (Position, int64, error) {
+	pos, before, err := w.reserveLocked()
+	if err != nil {
+		return Position{}, 0, err
+	}
+	buf, err := AppendTx(w.buf, tx)
+	if err != nil {
+		return Position{}, 0, err
+	}
+	w.buf = buf
+	w.txs++
+	w.chs += uint64(len(tx.Changes))
+	return pos, w.appendedLocked(before), nil
+}
+
+// appendFrameLocked is appendLocked for a frame that is not a transaction
+// (it counts in no seal count).
+func (w *Writer) appendFrameLocked(encode func([]byte) ([]byte, error)) (Position, int64, error) {
+	pos, before, err := w.reserveLocked()
+	if err != nil {
+		return Position{}, 0, err
+	}
+	buf, err := encode(w.buf)
+	if err != nil {
+		return Position{}, 0, err
+	}
+	w.buf = buf
+	return pos, w.appendedLocked(before), nil
+}
+
+// reserveLocked waits until the pending bytes leave room and returns where
+// the next frame goes and the pending length before it. mu is held.
+func (w *Writer) reserveLocked() (Position, int, error) {
 	if err := w.usable(); err != nil {
 		return Position{}, 0, err
 	}
@@ -450,18 +474,16 @@ func (w *Writer) appendLocked(tx *Tx) (Position, int64, error) {
 	if err := w.usable(); err != nil {
 		return Position{}, 0, err
 	}
-	pos := Position{Segment: w.seg, Offset: w.size}
-	before := len(w.buf)
-	buf, err := AppendTx(w.buf, tx)
-	if err != nil {
-		return Position{}, 0, err
-	}
-	w.buf = buf
-	n := int64(len(buf) - before)
+	return Position{Segment: w.seg, Offset: w.size}, len(w.buf), nil
+}
+
+// appendedLocked accounts for the frame appended to buf after before bytes,
+// rotates if the segment is full, wakes the flusher and returns the frame's
+// end in appended bytes. mu is held.
+func (w *Writer) appendedLocked(before int) int64 {
+	n := int64(len(w.buf) - before)
 	w.size += n
 	w.appended += n
-	w.txs++
-	w.chs += uint64(len(tx.Changes))
 	end := w.appended
 	wake := before == 0
 	// Rotate once full. A previous rotation the flusher has not taken up
@@ -481,7 +503,22 @@ func (w *Writer) appendLocked(tx *Tx) (Position, int64, error) {
 		// flush, not one per commit.
 		w.wake()
 	}
-	return pos, end, nil
+	return end
+}
+
+// waitSyncedLocked waits, under SyncAlways, until the bytes up to end are
+// fsynced. mu is held.
+func (w *Writer) waitSyncedLocked(end int64) error {
+	if w.opts.sync != SyncAlways {
+		return nil
+	}
+	for w.synced < end && w.err == nil {
+		w.cond.Wait()
+	}
+	if w.synced < end {
+		return w.err
+	}
+	return nil
 }
 
 func (w *Writer) wake() {

@@ -22,11 +22,12 @@ import (
 // transactions with their offsets, its seal (if any) and the error that
 // ended the read (io.EOF at a clean end).
 type segmentFrames struct {
-	hdr    format.SegmentHeader
-	txs    []format.Tx
-	offs   []int64
-	seal   *format.Seal
-	beats  int
+	path  string
+	hdr   format.SegmentHeader
+	txs   []format.Tx
+	offs  []int64
+	seal  *format.Seal
+	beats int
 	// outcomes lists the resolutions of the segment's outcome frames, in
 	// order.
 	outcomes []format.Resolution
@@ -40,7 +41,7 @@ func readSegment(t *testing.T, path string) segmentFrames {
 		t.Fatalf("opening %s: %v", path, err)
 	}
 	defer f.Close()
-	out := segmentFrames{hdr: rd.Header()}
+	out := segmentFrames{path: path, hdr: rd.Header()}
 	for {
 		fr, err := rd.Next()
 		if err != nil {

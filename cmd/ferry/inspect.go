@@ -392,6 +392,30 @@ func (in *inspector) frame(ref segmentRef, rd *format.Reader, fr format.Frame, r
 			t, _ := format.DecodeHeartbeat(fr.Payload)
 			fmt.Fprintf(in.out, "@%-10d heartbeat %s\n", rd.Offset(), fmtTime(t))
 		}
+	case format.FrameRejection:
+		r, err := format.DecodeRejection(fr.Payload)
+		if err != nil {
+			res.bad = true
+			in.problem(false, (&format.PositionError{Path: ref.path, Segment: ref.segment, Offset: rd.Offset(), Err: err}).Error())
+			return nil
+		}
+		switch {
+		case in.opts.json:
+			in.buf = append(in.buf[:0], `{"rejected":`...)
+			in.buf = appendJSONString(in.buf, r.Command)
+			in.buf = append(in.buf, `,"origin":`...)
+			in.buf = appendJSONString(in.buf, r.Origin)
+			in.buf = append(in.buf, `,"reason":`...)
+			in.buf = appendJSONString(in.buf, r.Reason)
+			in.buf = fmt.Appendf(in.buf, `,"time":"%s","position":{"source":`, fmtTime(r.Time))
+			in.buf = appendJSONString(in.buf, ref.source)
+			in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.segment, rd.Offset())
+			if _, err := in.out.Write(in.buf); err != nil {
+				return err
+			}
+		case human:
+			fmt.Fprintf(in.out, "@%-10d rejection %s, command %q of %q: %s\n", rd.Offset(), fmtTime(r.Time), r.Command, r.Origin, r.Reason)
+		}
 	case format.FrameOutcome:
 		if err := format.DecodeOutcome(fr.Payload, &in.outcome); err != nil {
 			res.bad = true
@@ -471,6 +495,10 @@ func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64,
 		b = append(b, `,"version":`...)
 		b = strconv.AppendUint(b, c.Version, 10)
 	}
+	if tx.Command != "" {
+		b = append(b, `,"command":`...)
+		b = appendJSONString(b, tx.Command)
+	}
 	if tx.Prepared {
 		// Not committed until an outcome line names this position.
 		b = append(b, `,"prepared":true`...)
@@ -539,6 +567,9 @@ func appendTxHuman(b []byte, tx *format.Tx, off int64, size int) []byte {
 	}
 	if tx.Origin != "" {
 		b = fmt.Appendf(b, ", origin %q", tx.Origin)
+	}
+	if tx.Command != "" {
+		b = fmt.Appendf(b, ", command %q", tx.Command)
 	}
 	if tx.Prepared {
 		b = append(b, ", prepared (outcome follows)"...)
