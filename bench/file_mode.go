@@ -27,7 +27,7 @@ import (
 // JetStream into a Pebble store.
 
 const (
-	fileStream = "FERRY"
+	fileStream = wire.DefaultStream
 	fileSource = "legacy"
 )
 

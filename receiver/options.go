@@ -12,6 +12,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// Defaults of the options.
+const (
+	DefaultReadyLag    = 5 * time.Second
+	DefaultKeepChanges = 1_000_000
+	DefaultKeepAge     = 24 * time.Hour
+	DefaultCacheSize   = 64 << 20
+)
+
 type options struct {
 	nc            *nats.Conn
 	dataDir       string
@@ -61,7 +69,7 @@ func WithDataDir(dir string) Option {
 	}
 }
 
-// WithStream sets the stream name (default "FERRY").
+// WithStream sets the stream name (default wire.DefaultStream).
 func WithStream(name string) Option {
 	return func(o *options) error {
 		if name == "" {
@@ -72,7 +80,8 @@ func WithStream(name string) Option {
 	}
 }
 
-// WithSubjectPrefix sets the subject prefix (default "ferry").
+// WithSubjectPrefix sets the subject prefix (default
+// wire.DefaultSubjectPrefix).
 func WithSubjectPrefix(p string) Option {
 	return func(o *options) error {
 		if p == "" {

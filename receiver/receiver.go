@@ -60,8 +60,8 @@ const StoreDir = "store"
 
 // New validates the options and opens the store; Run starts the work.
 func New(opts ...Option) (*Receiver, error) {
-	o := options{stream: "FERRY", prefix: "ferry", readyLag: 5 * time.Second, keepChanges: 1_000_000,
-		keepAge: 24 * time.Hour, cacheSize: 64 << 20, log: slog.New(slog.DiscardHandler)}
+	o := options{stream: wire.DefaultStream, prefix: wire.DefaultSubjectPrefix, readyLag: DefaultReadyLag, keepChanges: DefaultKeepChanges,
+		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err

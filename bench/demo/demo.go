@@ -19,6 +19,7 @@ import (
 	"github.com/ferrysync/ferry/bench/faults/check"
 	"github.com/ferrysync/ferry/bench/workload"
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -159,7 +160,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	fmt.Fprintf(cfg.Out, "Ferry demo: files under %s\n", root)
 	fmt.Fprintf(cfg.Out, "  change files  %s (ferry inspect %s)\n", changes, changes)
-	fmt.Fprintf(cfg.Out, "  JetStream     %s (stream FERRY, store %s)\n", ns.ClientURL(), streamDir)
+	fmt.Fprintf(cfg.Out, "  JetStream     %s (stream %s, store %s)\n", ns.ClientURL(), wire.DefaultStream, streamDir)
 	fmt.Fprintf(cfg.Out, "  receiver      %s (Pebble store), HTTP API on http://%s\n", dataDir, stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "Query the receiver while it runs:\n")
 	fmt.Fprintf(cfg.Out, "  curl -s http://%s/v1/status\n", stages.httpAddr)

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/receiver"
 	"github.com/ferrysync/ferry/receiver/store"
@@ -39,19 +40,19 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	fs.SetOutput(env.Stderr)
 	data := fs.String("data", "", "directory of the receiver's store (required)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "address of the HTTP API (loopback by default; the service runs next to it)")
-	stream := fs.String("stream", "FERRY", "JetStream stream name")
-	prefix := fs.String("subject-prefix", "ferry", "subject prefix: source S is on <prefix>.S")
+	stream := fs.String("stream", wire.DefaultStream, "JetStream stream name")
+	prefix := fs.String("subject-prefix", wire.DefaultSubjectPrefix, "subject prefix: source S is on <prefix>.S")
 	var sources sourceList
 	fs.Var(&sources, "source", "consume only this source (repeatable, or comma separated; default: every source)")
-	readyLag := fs.Duration("ready-lag", 5*time.Second, "/readyz answers 200 once every source lags less than this")
+	readyLag := fs.Duration("ready-lag", receiver.DefaultReadyLag, "/readyz answers 200 once every source lags less than this")
 	webhookURL := fs.String("webhook", "", "push the change log to this URL (POST, JSON batches, retried until 2xx)")
 	webhookTokenFile := fs.String("webhook-token-file", "", "file holding a bearer token sent to the webhook")
 	rebuild := fs.Bool("rebuild", false, "discard the store and rebuild it from the start of the stream")
 	midChain := fs.Bool("start-mid-chain", false, "let a source with nothing applied start wherever the stream's first message of it is (the stream's retention dropped the beginning); default: that is a gap")
 	tokenFile := fs.String("token-file", "", "file holding the bearer token the API requires (or FERRY_API_TOKEN)")
-	keepChanges := fs.Uint64("keep-changes", 1_000_000, "keep at most this many changes in the change log (0: no count bound)")
-	keepAge := fs.Duration("keep-age", 24*time.Hour, "drop changes older than this from the change log (0: no age bound)")
-	cacheMB := fs.Int64("cache-mb", 64, "Pebble block cache, MiB")
+	keepChanges := fs.Uint64("keep-changes", receiver.DefaultKeepChanges, "keep at most this many changes in the change log (0: no count bound)")
+	keepAge := fs.Duration("keep-age", receiver.DefaultKeepAge, "drop changes older than this from the change log (0: no age bound)")
+	cacheMB := fs.Int64("cache-mb", receiver.DefaultCacheSize>>20, "Pebble block cache, MiB")
 	maxTxMB := fs.Int64("max-tx-mb", 64, "largest transaction the receiver holds, MiB: a split frame's span and a transaction's decoding working set (bounds memory whatever the stream carries)")
 	memLimitMB := fs.Int64("memory-limit-mb", 0, "soft memory limit of the process, MiB (default 192 + --cache-mb; GOMEMLIMIT wins)")
 	syncCommits := fs.Bool("sync", false, "fsync every store commit (not needed for exactly-once: see the receiver/store docs)")
@@ -62,7 +63,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	nf := addNATSFlags(fs, "ferry receive")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "Usage: ferry receive --nats URL[,URL...] --data DIR [--http 127.0.0.1:8080] [--stream FERRY] [--source NAME...] [--ready-lag 5s] [--webhook URL] [--rebuild]")
+		fmt.Fprintln(env.Stderr, "Usage: ferry receive --nats URL[,URL...] --data DIR [--http 127.0.0.1:8080] [--stream NAME] [--source NAME...] [--ready-lag 5s] [--webhook URL] [--rebuild]")
 		fmt.Fprintln(env.Stderr, "       ferry receive --data DIR --checkpoint OUTDIR")
 		fmt.Fprintln(env.Stderr, "\nThe sidecar: applies the stream exactly once into a local store and serves it over HTTP")
 		fmt.Fprintln(env.Stderr, "(rows, change log, SSE feed, status, /healthz, /readyz, /metrics). Flags may also come from")

@@ -32,9 +32,9 @@ import (
 
 // Config configures a Consumer.
 type Config struct {
-	// Stream is the JetStream stream name (default "FERRY").
+	// Stream is the JetStream stream name (default wire.DefaultStream).
 	Stream string
-	// SubjectPrefix is the subject prefix (default "ferry"): source S
+	// SubjectPrefix is the subject prefix (default wire.DefaultSubjectPrefix): source S
 	// publishes on <prefix>.<S>.
 	SubjectPrefix string
 	// Sources restricts consumption to these sources (default: all).
@@ -73,10 +73,10 @@ type Consumer struct {
 // decompressor.
 func New(js jetstream.JetStream, st *store.Store, ap *Applier, cfg Config) (*Consumer, error) {
 	if cfg.Stream == "" {
-		cfg.Stream = "FERRY"
+		cfg.Stream = wire.DefaultStream
 	}
 	if cfg.SubjectPrefix == "" {
-		cfg.SubjectPrefix = "ferry"
+		cfg.SubjectPrefix = wire.DefaultSubjectPrefix
 	}
 	if cfg.MaxBatchBytes <= 0 {
 		cfg.MaxBatchBytes = 8 << 20

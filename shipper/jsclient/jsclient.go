@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrysync/ferry/format/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -34,21 +35,29 @@ var (
 	ErrStreamNotFound = errors.New("jsclient: stream not found")
 )
 
+// Defaults of Config.
+const (
+	DefaultDuplicates = 2 * time.Minute
+	DefaultLeaseTTL   = 10 * time.Second
+)
+
 // Config says which stream and lease bucket to use.
 type Config struct {
-	// Stream is the stream name. Default "FERRY".
+	// Stream is the stream name. Default wire.DefaultStream.
 	Stream string
-	// Prefix is the subject prefix: the stream holds Prefix.>. Default "ferry".
+	// Prefix is the subject prefix: the stream holds Prefix.>. Default
+	// wire.DefaultSubjectPrefix.
 	Prefix string
 	// Replicas of the stream and the lease bucket. Default 1.
 	Replicas int
-	// Duplicates is the stream's de-duplication window. Default 2 min.
+	// Duplicates is the stream's de-duplication window. Default
+	// DefaultDuplicates.
 	Duplicates time.Duration
 	// LeaseBucket is the KV bucket of shipper leases. Default
 	// "ferry-ship-leases".
 	LeaseBucket string
 	// LeaseTTL is how long a lease outlives its last renewal, for a new
-	// bucket. Default 10 s.
+	// bucket. Default DefaultLeaseTTL.
 	LeaseTTL time.Duration
 	// MaxPending bounds the client's asynchronous publishes in flight
 	// (the shipper bounds bytes itself, well under this). Default 4096.
@@ -60,22 +69,22 @@ type Config struct {
 
 func (c *Config) defaults() {
 	if c.Stream == "" {
-		c.Stream = "FERRY"
+		c.Stream = wire.DefaultStream
 	}
 	if c.Prefix == "" {
-		c.Prefix = "ferry"
+		c.Prefix = wire.DefaultSubjectPrefix
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
 	}
 	if c.Duplicates <= 0 {
-		c.Duplicates = 2 * time.Minute
+		c.Duplicates = DefaultDuplicates
 	}
 	if c.LeaseBucket == "" {
 		c.LeaseBucket = "ferry-ship-leases"
 	}
 	if c.LeaseTTL <= 0 {
-		c.LeaseTTL = 10 * time.Second
+		c.LeaseTTL = DefaultLeaseTTL
 	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 4096
