@@ -30,9 +30,11 @@ type Message struct {
 // (never from stream sequence numbers), whether the message's frames were
 // already applied (skipped, frame by frame), continue exactly where the
 // source stands (applied), or leave a gap (the source stops). Every frame's
-// CRC is checked and every transaction decoded before anything of the
-// message is applied, so a corrupt message stops its source without any
-// effect on the store.
+// CRC is checked before anything of the message is applied, and every
+// transaction decoded too unless the message is too big to decode at once
+// (applyRange), so a corrupt message stops its source without any effect
+// on the store. What decoding holds is bounded by configuration, never by
+// what a message claims (SetMaxTxBytes).
 type Applier struct {
 	st     *store.Store
 	dec    *wire.Decompressor
@@ -353,17 +355,131 @@ func partKey(b *wire.Batch) wire.Batch {
 	return wire.Batch{Source: b.Source, Segment: b.Segment, From: b.From, To: b.To, Parts: b.Parts}
 }
 
+// changeCost is what decoding and applying one change holds beyond its
+// bytes: its format.Change (112 bytes), its buffered row write and its
+// share of the Pebble batch. A message of 16 MiB of 11-byte changes held
+// 34x its raw size when decoded whole (TestTinyChangesDecodeBounded).
+const changeCost = 200
+
+// decodeChunkCost bounds what the transactions decoded at once may cost
+// (txCost), beyond a single transaction (bounded by maxTx). A shipper's
+// message is at most the server's max_payload raw (1 MiB by default): of
+// ~200-byte changes it costs ~2 MiB and is decoded whole.
+const decodeChunkCost = 16 << 20
+
+// txCost is the working set of decoding and applying a transaction frame of
+// frameLen bytes holding changes changes.
+func txCost(frameLen, changes int) int64 { return int64(frameLen) + int64(changes)*changeCost }
+
 // applyRange checks every frame of raw (the bytes [b.From, b.To) of the
 // segment), then applies those after pos.
+//
+// Decoding is bounded: transactions are decoded a chunk at a time, a chunk
+// costing at most decodeChunkCost (txCost). A message that fits one chunk, the
+// usual case, is checked whole and decoded before anything of it is
+// applied, so a corrupt message has no effect. A bigger one is first
+// checked whole without decoding (every frame's CRC and structure, the
+// change counts, the headers' totals, no transaction over maxTx), then
+// decoded and applied chunk by chunk, committing between chunks with the
+// stream cursor held before the message; a transaction that fails to decode
+// in a later chunk (only a forged frame with a valid CRC can) stops the
+// source after the valid frames before it. A transaction that alone costs
+// more than maxTx stops its source (KindLimit).
 func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw, body []byte) error {
-	a.frames = a.frames[:0]
-	ntx, nframes, nchanges := 0, 0, 0
 	newSeg := b.Segment != pos.Segment
 	sealedAt := int64(-1) // offset of a seal frame already in the range
 	if !newSeg && pos.Sealed {
 		sealedAt = pos.Offset
 	}
-	for i := 0; i < len(raw); {
+	c := a.count(b.Source)
+	applied := false
+	for i, chunk := 0, 0; i < len(raw); chunk++ {
+		next, ntx, nframes, nchanges, ok := a.decodeChunk(seq, b, st, pos, raw, i, &sealedAt)
+		if !ok {
+			break // stopped
+		}
+		whole := chunk == 0 && next == len(raw)
+		if whole {
+			if nframes != b.Frames {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: seq,
+					Err: fmt.Errorf("%w: the range holds %d frames, headers say %d", ErrCorrupt, nframes, b.Frames)})
+				return nil
+			}
+			if len(a.frames) == nframes && nchanges != b.Changes {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: seq,
+					Err: fmt.Errorf("%w: the range holds %d changes, headers say %d", ErrCorrupt, nchanges, b.Changes)})
+				return nil
+			}
+			if body != nil && len(a.frames) == nframes && ntx > 0 && b.Codec != wire.CodecNone {
+				// Applied whole: the change log keeps the body as it came.
+				a.batch.LogBody(b.Source, b.Segment, b.From, len(raw), b.Codec, body)
+			}
+		} else if chunk == 0 && !a.checkRange(seq, b, st, raw) {
+			return nil
+		}
+		c.skipped += nframes - len(a.frames)
+		for j := range a.frames {
+			f := &a.frames[j]
+			var err error
+			if f.typ == format.FrameTx {
+				tx := &a.txs[f.tx]
+				err = a.batch.ApplyTx(b.Source, b.Segment, f.off, f.end, seq, tx, f.raw)
+				c.txs++
+				c.changes += len(tx.Changes)
+			} else {
+				err = a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, f.t, f.typ == format.FrameSeal)
+			}
+			if err != nil {
+				return fmt.Errorf("consume: applying %s frame of %q at %d:%d: %w", f.typ, b.Source, b.Segment, f.off, err)
+			}
+			c.bytes += int(f.end - f.off)
+			applied = true
+		}
+		if whole || next == len(raw) {
+			break
+		}
+		// Between chunks: commit what is applied, the cursor held before
+		// this message so that a restart reads the rest of it again.
+		a.mu.Lock()
+		if st.hold == 0 || seq < st.hold {
+			st.hold = seq
+		}
+		a.mu.Unlock()
+		if err := a.CommitAsync(); err != nil {
+			return err
+		}
+		i = next
+	}
+	if applied {
+		a.clear(b.Source, st)
+	}
+	if cap(a.raw) > maxRetainedRaw {
+		a.raw = nil
+	}
+	if len(a.txs) > maxRetainedTxs {
+		a.txs = nil
+	}
+	a.m.Messages.WithLabelValues(b.Source).Inc()
+	return nil
+}
+
+// What the applier keeps between messages: buffers above these are freed
+// after use rather than held for the next message.
+const (
+	maxRetainedRaw = 16 << 20
+	maxRetainedTxs = 4096
+)
+
+// decodeChunk parses the frames of raw from byte i on, checking each and
+// decoding transactions into a.frames and a.txs until their txCost reaches
+// decodeChunkCost (at least one frame). It returns where it stopped, the
+// transactions it decoded and the frames and changes it passed (skipped
+// frames included), or ok false if it stopped the source.
+func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw []byte, i int, sealedAt *int64) (next, ntx, nframes, nchanges int, ok bool) {
+	a.frames = a.frames[:0]
+	newSeg := b.Segment != pos.Segment
+	var cost int64
+	for i < len(raw) {
 		off := b.From + int64(i)
 		f, n, err := format.ParseFrame(raw[i:])
 		if err != nil {
@@ -371,33 +487,48 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 				err = fmt.Errorf("%w: the message ends inside a frame (%d bytes left)", format.ErrCorrupt, len(raw)-i)
 			}
 			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
-			return nil
+			return
 		}
-		i += n
-		nframes++
 		end := off + int64(n)
 		if !newSeg && end <= pos.Offset {
+			i += n
+			nframes++
 			continue // applied before: skip this frame
 		}
-		if sealedAt >= 0 {
+		if *sealedAt >= 0 {
 			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
 				Err: fmt.Errorf("%w: frame at %d after the segment's seal", ErrCorrupt, off)})
-			return nil
+			return
 		}
 		if !newSeg && off < pos.Offset {
 			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
 				Err: fmt.Errorf("%w: frame [%d, %d) straddles the applied position %d: frame boundaries disagree", ErrCorrupt, off, end, pos.Offset)})
-			return nil
+			return
 		}
-		ref := frameRef{raw: raw[i-n : i], typ: f.Type, off: off, end: end}
+		ref := frameRef{raw: raw[i : i+n], typ: f.Type, off: off, end: end}
 		switch {
 		case f.Type == format.FrameTx:
+			k, err := format.TxChangeCount(f.Payload, len(f.Payload))
+			if err == nil {
+				tc := txCost(n, k)
+				if tc > a.maxTx {
+					a.stop(b.Source, st, limitError(b, off, seq, n, k, a.maxTx))
+					return
+				}
+				if cost+tc > decodeChunkCost && len(a.frames) > 0 {
+					return i, ntx, nframes, nchanges, true // the next chunk starts here
+				}
+				cost += tc
+			}
 			if ntx == len(a.txs) {
 				a.txs = append(a.txs, format.Tx{})
 			}
-			if err := format.DecodeTx(f.Payload, &a.txs[ntx]); err != nil {
+			if err == nil {
+				err = format.DecodeTx(f.Payload, &a.txs[ntx])
+			}
+			if err != nil {
 				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
-				return nil
+				return
 			}
 			ref.tx = ntx
 			ntx++
@@ -406,67 +537,72 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 			t, err := format.DecodeHeartbeat(f.Payload)
 			if err != nil {
 				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
-				return nil
+				return
 			}
 			ref.t = t
 		case f.Type == format.FrameSeal:
 			s, err := format.DecodeSeal(f.Payload)
 			if err != nil {
 				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
-				return nil
+				return
 			}
 			if s.Next != b.Segment+1 {
 				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
 					Err: fmt.Errorf("%w: seal names segment %d next, want %d", ErrCorrupt, s.Next, b.Segment+1)})
-				return nil
+				return
 			}
 			ref.t = s.Time
-			sealedAt = off
+			*sealedAt = off
 		case f.Type.Skippable():
 		default:
 			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
 				Err: fmt.Errorf("%w: unknown frame type %d", ErrCorrupt, f.Type)})
-			return nil
+			return
 		}
+		i += n
+		nframes++
 		a.frames = append(a.frames, ref)
 	}
-	if nframes != b.Frames {
-		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: seq,
-			Err: fmt.Errorf("%w: the range holds %d frames, headers say %d", ErrCorrupt, nframes, b.Frames)})
-		return nil
-	}
-	if len(a.frames) == nframes && nchanges != b.Changes {
-		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: seq,
-			Err: fmt.Errorf("%w: the range holds %d changes, headers say %d", ErrCorrupt, nchanges, b.Changes)})
-		return nil
-	}
-	c := a.count(b.Source)
-	c.skipped += b.Frames - len(a.frames)
-	if body != nil && len(a.frames) == nframes && ntx > 0 && b.Codec != wire.CodecNone {
-		// Applied whole: the change log keeps the body as it came.
-		a.batch.LogBody(b.Source, b.Segment, b.From, len(raw), b.Codec, body)
-	}
-	for i := range a.frames {
-		f := &a.frames[i]
-		var err error
-		if f.typ == format.FrameTx {
-			tx := &a.txs[f.tx]
-			err = a.batch.ApplyTx(b.Source, b.Segment, f.off, f.end, seq, tx, f.raw)
-			c.txs++
-			c.changes += len(tx.Changes)
-		} else {
-			err = a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, f.t, f.typ == format.FrameSeal)
+	return i, ntx, nframes, nchanges, true
+}
+
+// checkRange checks a message too big to decode at once before any of it is
+// applied: every frame's CRC and structure, each transaction's change
+// count (format.TxChangeCount, without decoding the changes) against maxTx,
+// and the totals against the headers. It stops the source and returns false
+// on the first problem.
+func (a *Applier) checkRange(seq uint64, b *wire.Batch, st *sourceState, raw []byte) bool {
+	nframes, nchanges := 0, 0
+	for i := 0; i < len(raw); {
+		off := b.From + int64(i)
+		f, n, err := format.ParseFrame(raw[i:])
+		if err == nil && f.Type == format.FrameTx {
+			var k int
+			if k, err = format.TxChangeCount(f.Payload, len(f.Payload)); err == nil && txCost(n, k) > a.maxTx {
+				a.stop(b.Source, st, limitError(b, off, seq, n, k, a.maxTx))
+				return false
+			}
+			nchanges += k
 		}
 		if err != nil {
-			return fmt.Errorf("consume: applying %s frame of %q at %d:%d: %w", f.typ, b.Source, b.Segment, f.off, err)
+			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+			return false
 		}
-		c.bytes += int(f.end - f.off)
+		i += n
+		nframes++
 	}
-	if len(a.frames) > 0 {
-		a.clear(b.Source, st)
+	if nframes != b.Frames || nchanges != b.Changes {
+		a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: b.From, StreamSeq: seq,
+			Err: fmt.Errorf("%w: the range holds %d frames and %d changes, headers say %d and %d", ErrCorrupt, nframes, nchanges, b.Frames, b.Changes)})
+		return false
 	}
-	a.m.Messages.WithLabelValues(b.Source).Inc()
-	return nil
+	return true
+}
+
+func limitError(b *wire.Batch, off int64, seq uint64, frameLen, changes int, maxTx int64) *SourceError {
+	return &SourceError{Kind: KindLimit, Segment: b.Segment, Offset: off, StreamSeq: seq,
+		Err: fmt.Errorf("%w: a transaction of %d bytes and %d changes would hold ~%d MiB to decode and apply, over the receiver's limit of %d MiB (--max-tx-mb)",
+			ErrLimit, frameLen, changes, txCost(frameLen, changes)>>20, maxTx>>20)}
 }
 
 func (a *Applier) stop(source string, st *sourceState, e *SourceError) {
