@@ -12,8 +12,8 @@ import (
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
-	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/ferrysync/ferry/receiver/consume"
+	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/ferrysync/ferry/receiver/wiretest"
 )
 
