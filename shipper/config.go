@@ -1,7 +1,10 @@
 package shipper
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 
 	"github.com/ferrysync/ferry/format"
 )
@@ -64,4 +67,23 @@ func ParseSources(v any) ([]SourceConfig, error) {
 		out = append(out, sc)
 	}
 	return out, nil
+}
+
+// checkSource checks a source's name and that its segment directory is
+// one. A directory that does not exist is refused rather than created: a
+// mistyped directory would otherwise ship nothing, silently, forever.
+func checkSource(dir, source string) error {
+	if !format.ValidSource(source) {
+		return fmt.Errorf("%w: source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalidOption, source, format.MaxSourceLen)
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: segment directory %s does not exist: check the directory (--dir), or start the legacy's writer first (ferry write and format.OpenWriter create it)", ErrInvalidOption, dir)
+	case err != nil:
+		return fmt.Errorf("%w: segment directory %s: %v", ErrInvalidOption, dir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("%w: segment directory %s is not a directory", ErrInvalidOption, dir)
+	}
+	return nil
 }

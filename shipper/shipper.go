@@ -205,11 +205,8 @@ type Shipper struct {
 // New returns a Shipper of source, whose segments are in dir, publishing to
 // st.
 func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
-	if !format.ValidSource(source) {
-		return nil, fmt.Errorf("%w: source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalidOption, source, format.MaxSourceLen)
-	}
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		return nil, fmt.Errorf("%w: segment directory %s: not a directory (%v)", ErrInvalidOption, dir, err)
+	if err := checkSource(dir, source); err != nil {
+		return nil, err
 	}
 	o := options{
 		codec:            wire.CodecZstd,

@@ -18,7 +18,9 @@ import (
 // stages are the shipper and the receiver, embedded as libraries, and the
 // receiver's HTTP API.
 type stages struct {
-	ship     *shipper.Shipper
+	ship     *shipper.Group // as ferry ship runs it: stream-creation retry included
+	shipStop context.CancelFunc
+	shipDone chan struct{}
 	recv     *receiver.Receiver
 	srv      *http.Server
 	httpAddr string
@@ -69,7 +71,7 @@ func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, da
 			s.stop()
 		}
 	}()
-	ship, err := shipper.NewFromConn(ctx, nc, jsclient.Config{}, changesDir, Source,
+	ship, err := shipper.NewGroup(nc, jsclient.Config{}, []shipper.SourceConfig{{Name: Source, Dir: changesDir}},
 		shipper.WithLogger(cfg.Log.With("component", "shipper")))
 	if err != nil {
 		return nil, fmt.Errorf("demo: starting the shipper: %w", err)
@@ -99,9 +101,12 @@ func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, da
 		defer s.wg.Done()
 		s.fail(recv.Run(ctx))
 	}()
+	shipCtx, shipStop := context.WithCancel(ctx)
+	s.shipStop, s.shipDone = shipStop, make(chan struct{})
 	go func() {
 		defer s.wg.Done()
-		s.fail(ship.Run(ctx))
+		defer close(s.shipDone)
+		s.fail(ship.Run(shipCtx))
 	}()
 	ok = true
 	return s, nil
@@ -109,8 +114,9 @@ func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, da
 
 // stop stops the shipper, the API and the receiver, and waits for them.
 func (s *stages) stop() {
-	if s.ship != nil {
-		s.ship.Stop()
+	if s.shipStop != nil {
+		s.shipStop() // the shipper drains what is in flight
+		<-s.shipDone
 	}
 	if s.srv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -123,7 +129,11 @@ func (s *stages) stop() {
 
 // shipped returns what JetStream acknowledged, and the compressed bytes.
 func (s *stages) shipped() (Stage, int64) {
-	st := s.ship.Stats()
+	ships := s.ship.Shippers()
+	if len(ships) == 0 {
+		return Stage{}, 0 // still creating the stream
+	}
+	st := ships[0].Stats()
 	return Stage{Changes: int64(st.Changes), Bytes: int64(st.RawBytes), LastCommit: st.LastCommit}, int64(st.CompressedBytes)
 }
 

@@ -8,16 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sort"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/shipper"
 	"github.com/ferrysync/ferry/shipper/jsclient"
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -116,23 +112,9 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		opts = append(opts, shipper.WithMaxBatchChanges(*maxChanges))
 	}
 
+	opts = append(opts, shipper.WithLogger(log))
 	if err := shipper.ValidateOptions(opts...); err != nil {
 		return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
-	}
-	health := &shipHealth{failed: map[string]string{}}
-	var srv *http.Server
-	if *metricsAddr != "" {
-		ln, err := net.Listen("tcp", *metricsAddr)
-		if err != nil {
-			return fmt.Errorf("ferry ship: --metrics-addr: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("/healthz", health.serve)
-		srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = srv.Serve(ln) }()
-		defer srv.Close()
-		log.Info("metrics", "addr", ln.Addr().String())
 	}
 
 	// ctx now also ends if NATS refuses the credentials for good: the
@@ -144,115 +126,32 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 	}
 	defer nc.Close()
 	cfg := jsclient.Config{Stream: *stream, Prefix: *prefix, Replicas: *replicas, Duplicates: *dupWindow, LeaseTTL: *leaseTTL}
-	client, err := connectStream(ctx, nc.Conn, cfg, log)
+	group, err := shipper.NewGroup(nc.Conn, cfg, sources, opts...)
 	if err != nil {
-		return err
+		return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
 	}
-	if client == nil {
-		if err := natsconn.Lost(ctx); err != nil {
-			return fmt.Errorf("ferry ship: %w", err)
-		}
-		return nil // stopped while waiting for NATS
-	}
-
-	var ships []*shipper.Shipper
-	for _, sc := range sources {
-		s, err := shipper.New(client, sc.Dir, sc.Name, append(opts, shipper.WithLogger(log))...)
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
-			return &exitError{code: 2, err: fmt.Errorf("ferry ship: source %s: %w", sc.Name, err)}
+			return fmt.Errorf("ferry ship: --metrics-addr: %w", err)
 		}
-		ships = append(ships, s)
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", group.ServeHealth)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		log.Info("metrics", "addr", ln.Addr().String())
 	}
-	health.ready(len(ships))
-	var wg sync.WaitGroup
-	for _, s := range ships {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.Run(ctx); err != nil {
-				log.Error("source stopped; the others go on", "source", s.Source(), "err", err)
-				health.fail(s.Source(), err)
-			}
-		}()
+	err = group.Run(ctx)
+	if lost := natsconn.Lost(ctx); lost != nil {
+		return fmt.Errorf("ferry ship: %w", lost)
 	}
-	wg.Wait()
-	if err := natsconn.Lost(ctx); err != nil {
+	if err != nil {
 		return fmt.Errorf("ferry ship: %w", err)
-	}
-	if failed := health.failures(); len(failed) > 0 {
-		return fmt.Errorf("ferry ship: %d of %d sources stopped on errors: %s", len(failed), len(ships), strings.Join(failed, "; "))
 	}
 	log.Info("stopped: everything in flight was acknowledged")
 	return nil
-}
-
-// connectStream creates or checks the stream, retrying while NATS is
-// unreachable (a shipper outlives outages, also at start). An incompatible
-// stream is an error at once. It returns nil if ctx ends first.
-func connectStream(ctx context.Context, nc *nats.Conn, cfg jsclient.Config, log *slog.Logger) (*jsclient.Client, error) {
-	for wait := 500 * time.Millisecond; ; wait = min(2*wait, 10*time.Second) {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		client, err := jsclient.New(cctx, nc, cfg)
-		cancel()
-		if err == nil {
-			return client, nil
-		}
-		if errors.Is(err, jsclient.ErrIncompatible) {
-			return nil, fmt.Errorf("ferry ship: %w", err)
-		}
-		log.Warn("JetStream not reachable yet; retrying", "err", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
-			return nil, nil
-		case <-time.After(wait):
-		}
-	}
-}
-
-// shipHealth answers /healthz: 200 while every source ships, 503 naming the
-// sources that stopped.
-type shipHealth struct {
-	mu      sync.Mutex
-	sources int
-	failed  map[string]string
-}
-
-func (h *shipHealth) ready(n int) {
-	h.mu.Lock()
-	h.sources = n
-	h.mu.Unlock()
-}
-
-func (h *shipHealth) fail(source string, err error) {
-	h.mu.Lock()
-	h.failed[source] = err.Error()
-	h.mu.Unlock()
-}
-
-func (h *shipHealth) failures() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	var out []string
-	for s, e := range h.failed {
-		out = append(out, s+": "+e)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func (h *shipHealth) serve(w http.ResponseWriter, _ *http.Request) {
-	h.mu.Lock()
-	n := h.sources
-	h.mu.Unlock()
-	failed := h.failures()
-	switch {
-	case n == 0:
-		http.Error(w, "starting: connecting to JetStream", http.StatusServiceUnavailable)
-	case len(failed) > 0:
-		http.Error(w, "stopped sources:\n"+strings.Join(failed, "\n"), http.StatusServiceUnavailable)
-	default:
-		fmt.Fprintf(w, "ok: %d sources shipping\n", n)
-	}
 }
 
 // newLogger builds the command's slog logger.

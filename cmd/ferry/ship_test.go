@@ -186,6 +186,10 @@ func TestShipCommandRefuses(t *testing.T) {
 		{"BadCodec", []string{"ship", "--dir", dir, "--source", "orders", "--codec", "lz4"}, 2, "unknown codec"},
 		{"BadRetention", []string{"ship", "--dir", dir, "--source", "orders", "--retention", "forever"}, 2, "unknown retention"},
 		{"ArchiveWithoutDir", []string{"ship", "--dir", dir, "--source", "orders", "--retention", "archive", "--nats", s.ClientURL()}, 2, "archive directory"},
+		// A directory that does not exist is refused at once (even
+		// with NATS down), saying so.
+		{"MissingDir", []string{"ship", "--dir", filepath.Join(dir, "nope"), "--source", "orders", "--nats", "nats://127.0.0.1:1"}, 2, "does not exist: check the directory (--dir)"},
+		{"PasswordWithoutUser", []string{"ship", "--dir", dir, "--source", "orders", "--nats", s.ClientURL(), "--password", "x"}, 1, "--password without --user"},
 		{"IncompatibleStream", []string{"ship", "--dir", dir, "--source", "orders", "--stream", "MEM", "--nats", s.ClientURL()}, 1, "storage is Memory"},
 	}
 	for _, tc := range cases {
