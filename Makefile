@@ -8,11 +8,18 @@ BIN := bin/ferry
 build:
 	$(GO) build -o $(BIN) ./cmd/ferry
 
-# PostgreSQL (and wal2json) are the stand-in legacy database of the bench suite.
+# PostgreSQL (and wal2json) are the stand-in legacy database of the bench
+# suite; headless Chromium drives the receiver's cockpit page in its test;
+# promtool (Debian's prometheus package) checks the alerting rules.
 deps:
-	@if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/lib/wal2json.so >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql postgresql-15-wal2json >/dev/null; \
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; pkgs=; \
+	if ! command -v pg_ctl >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/lib/wal2json.so >/dev/null 2>&1; then \
+		pkgs="postgresql postgresql-15-wal2json"; \
+	fi; \
+	command -v chromium >/dev/null 2>&1 || pkgs="$$pkgs chromium"; \
+	command -v promtool >/dev/null 2>&1 || pkgs="$$pkgs prometheus"; \
+	if [ -n "$$pkgs" ]; then \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$pkgs >/dev/null; \
 	fi
 	$(GO) mod download
 

@@ -42,6 +42,7 @@ type options struct {
 	maxBatchBytes int
 	midChain      bool
 	maxTxBytes    int64
+	noUI          bool
 }
 
 // Option configures a Receiver. Options validate their arguments.
@@ -249,4 +250,9 @@ func WithMaxTxBytes(n int64) Option {
 		o.maxTxBytes = n
 		return nil
 	}
+}
+
+// WithUI serves the cockpit page at /ui/ (on by default; see receiver/ui).
+func WithUI(on bool) Option {
+	return func(o *options) error { o.noUI = !on; return nil }
 }

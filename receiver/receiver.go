@@ -19,10 +19,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/ferrysync/ferry/receiver/consume"
 	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/ferrysync/ferry/receiver/ui"
 	"github.com/ferrysync/ferry/receiver/webhook"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +50,7 @@ type Receiver struct {
 	h    *api.Handler
 	reg  *prometheus.Registry
 	m    *consume.Metrics
+	hist *ui.History // nil without the cockpit
 
 	closeOnce sync.Once
 	closeErr  error
@@ -136,6 +139,11 @@ func (r *Receiver) build() error {
 	}
 	if r.o.checkpointDir != "" {
 		r.h.Handle("POST /v1/checkpoint", r.serveCheckpoint)
+	}
+	if !r.o.noUI {
+		r.hist = ui.NewHistory(ui.DefaultInterval, ui.DefaultWindow)
+		r.h.Handle("GET /ui/history", ui.HistoryHandler(r.hist))
+		r.h.HandleOpen("GET /ui/", ui.Static("/ui/"))
 	}
 	return nil
 }
@@ -262,7 +270,10 @@ func (r *Receiver) gaugeLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			r.Status() // refreshes the lag gauges
+			st := r.Status() // refreshes the lag gauges
+			if r.hist != nil {
+				r.hist.Record(time.Now(), st)
+			}
 		}
 	}
 }
@@ -332,6 +343,7 @@ func (r *Receiver) Status() Status {
 		switch {
 		case a.Err != nil:
 			s.State, s.Error = "stopped", a.Err.Error()
+			s.ErrorFile, s.ErrorOffset = format.SegmentName(n, a.Err.Segment), a.Err.Offset
 			if reason == "" {
 				reason = fmt.Sprintf("source %s stopped: %s", n, a.Err.Kind)
 			}

@@ -163,6 +163,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	fmt.Fprintf(cfg.Out, "  JetStream     %s (stream %s, store %s)\n", ns.ClientURL(), wire.DefaultStream, streamDir)
 	fmt.Fprintf(cfg.Out, "  receiver      %s (Pebble store), HTTP API on http://%s\n", dataDir, stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "Query the receiver while it runs:\n")
+	fmt.Fprintf(cfg.Out, "  open http://%s/ui/   (the cockpit: gate, lag, charts, errors, rows, live feed)\n", stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "  curl -s http://%s/v1/status\n", stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/tables/orders/rows?limit=3'\n", stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "  curl -s http://%s/v1/tables/customers/rows/1\n", stages.httpAddr)

@@ -58,6 +58,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	syncCommits := fs.Bool("sync", false, "fsync every store commit (not needed for exactly-once: see the receiver/store docs)")
 	checkpointDir := fs.String("checkpoint-dir", "", "enable POST /v1/checkpoint, writing checkpoints under this directory")
 	checkpoint := fs.String("checkpoint", "", "write a checkpoint of the (stopped) store in --data to this directory and exit")
+	uiOn := fs.Bool("ui", true, "serve the cockpit page at /ui/ (--ui=false turns it off)")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060; off by default)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
@@ -110,6 +111,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		receiver.WithMaxTxBytes(*maxTxMB << 20),
 		receiver.WithSync(*syncCommits),
 		receiver.WithListen(*httpAddr),
+		receiver.WithUI(*uiOn),
 		receiver.WithLogger(log),
 	}
 	if len(sources) > 0 {

@@ -126,6 +126,14 @@ func (h *Handler) Handle(pattern string, f http.HandlerFunc) {
 	h.mux.HandleFunc(pattern, h.auth(f))
 }
 
+// HandleOpen registers an endpoint without the token check, for what
+// carries no data: the files of the cockpit's page, which a browser must be
+// able to load before it can send a token (its requests for data then go
+// through the token-checked endpoints).
+func (h *Handler) HandleOpen(pattern string, f http.Handler) {
+	h.mux.Handle(pattern, f)
+}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rest, ok := strings.CutPrefix(r.URL.EscapedPath(), tablesPath); ok {
 		h.tables(w, r, rest)

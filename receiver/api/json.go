@@ -127,6 +127,10 @@ type SourceStatus struct {
 	// "stopped" (see Error).
 	State string `json:"state"`
 	Error string `json:"error,omitempty"`
+	// ErrorFile and ErrorOffset name where in the source's change files the
+	// error is (the segment file's name and the byte offset in it).
+	ErrorFile   string `json:"error_file,omitempty"`
+	ErrorOffset int64  `json:"error_offset,omitempty"`
 	// Applied is where the next frame starts: segment and byte offset.
 	AppliedSegment uint64 `json:"applied_segment"`
 	AppliedOffset  int64  `json:"applied_offset"`
