@@ -6,6 +6,7 @@
 package api
 
 import (
+	"bufio"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -25,8 +26,8 @@ import (
 // Store is what the API reads.
 type Store interface {
 	Get(table string, key []byte) (store.Row, bool, error)
-	Scan(table string, prefix, after []byte, limit int) ([]store.Row, bool, error)
-	Changes(after uint64, limit int) ([]store.Change, error)
+	ScanPage(table string, prefix, after []byte, limit, maxBytes int) ([]store.Row, bool, error)
+	ChangesPage(after uint64, limit, maxBytes int) ([]store.Change, error)
 	ChangeRange() (first, last uint64)
 	Changed() <-chan struct{}
 }
@@ -38,6 +39,18 @@ const (
 	MaxChangePageSize   = 10000
 	sseBatch            = 1000
 	DefaultSSEKeepAlive = 15 * time.Second
+	// MaxPageBytes ends a page of rows or changes (and an SSE read) once
+	// it holds this much (store.RowSize, store.ChangeSize), after at least
+	// one item, whatever the limit: 100 rows of 8 MiB made one 839 MB
+	// response before.
+	MaxPageBytes = 4 << 20
+	// MaxConcurrentPages bounds the pages being read and written at once,
+	// every client together, so that memory is bounded whatever the
+	// clients ask: at most this many times MaxPageBytes plus the change
+	// log entry each is decoding. A request waits up to pageWait for its
+	// turn, then answers 503 busy.
+	MaxConcurrentPages = 8
+	pageWait           = 10 * time.Second
 )
 
 // Config configures the handler.
@@ -65,7 +78,27 @@ type Handler struct {
 	dur *prometheus.HistogramVec
 
 	getRowH, scanRowsH http.HandlerFunc
+	pages              chan struct{} // MaxConcurrentPages tokens
 }
+
+// page takes a page token, waiting up to pageWait; false means the request
+// was answered (busy) or is gone.
+func (h *Handler) page(w http.ResponseWriter, r *http.Request) bool {
+	t := time.NewTimer(pageWait)
+	defer t.Stop()
+	select {
+	case h.pages <- struct{}{}:
+		return true
+	case <-r.Context().Done():
+		return false
+	case <-t.C:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "busy", fmt.Sprintf("%d pages are being served; retry", MaxConcurrentPages))
+		return false
+	}
+}
+
+func (h *Handler) pageDone() { <-h.pages }
 
 // New returns the API handler.
 func New(cfg Config) (*Handler, error) {
@@ -78,7 +111,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.KeepAlive <= 0 {
 		cfg.KeepAlive = DefaultSSEKeepAlive
 	}
-	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger,
+	h := &Handler{cfg: cfg, mux: http.NewServeMux(), log: cfg.Logger, pages: make(chan struct{}, MaxConcurrentPages),
 		dur: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ferry_receiver_http_request_seconds",
 			Help:    "Time to serve an API request (SSE streams excluded), by route.",
 			Buckets: prometheus.ExponentialBuckets(25e-6, 1.5, 24)}, []string{"route"})}
@@ -295,15 +328,16 @@ func (h *Handler) scanRows(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("prefix and after are keys: at most %d bytes", format.MaxKeyLen))
 		return
 	}
-	rows, more, err := h.cfg.Store.Scan(table, prefix, after, limit)
+	if !h.page(w, r) {
+		return
+	}
+	defer h.pageDone()
+	rows, more, err := h.cfg.Store.ScanPage(table, prefix, after, limit, MaxPageBytes)
 	if err != nil {
 		h.internal(w, "scanning rows", err)
 		return
 	}
-	page := rowsPage{Rows: make([]RowJSON, len(rows)), More: more}
-	for i := range rows {
-		page.Rows[i] = Row(&rows[i])
-	}
+	page := rowsPage{More: more}
 	if more {
 		last := rows[len(rows)-1].Key
 		page.Next, _ = keyFields(last)
@@ -313,7 +347,40 @@ func (h *Handler) scanRows(w http.ResponseWriter, r *http.Request) {
 		}
 		page.NextURL = "/v1/tables/" + url.PathEscape(table) + "/rows?" + nq.Encode()
 	}
-	writeJSON(w, http.StatusOK, page)
+	// Encoded a row at a time: the response never exists whole in memory.
+	writeList(w, h.log, page, `"rows":`, len(rows), func(i int) any { return Row(&rows[i]) })
+}
+
+// writeList writes v (a struct whose first JSON field is a list, left nil
+// in v) as JSON with that list's n items (item(i)) encoded and written one
+// at a time after key: the fields after the list come from v. Errors after
+// the header is written can only end the response early.
+func writeList(w http.ResponseWriter, log *slog.Logger, v any, key string, n int, item func(int) any) {
+	rest, err := json.Marshal(v)
+	head := "{" + key + "null"
+	if err != nil || !strings.HasPrefix(string(rest), head) {
+		writeError(w, http.StatusInternalServerError, "internal", fmt.Sprintf("encoding the response: %v", err))
+		return
+	}
+	rest = rest[len(head):]
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString("{" + key + "[")
+	enc := json.NewEncoder(bw)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		if err := enc.Encode(item(i)); err != nil {
+			log.Error("api: encoding a page item", "err", err)
+			return
+		}
+	}
+	bw.WriteString("]")
+	bw.Write(rest)
+	bw.WriteByte('\n')
+	bw.Flush()
 }
 
 type changesPage struct {
@@ -346,7 +413,11 @@ func (h *Handler) changes(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	cs, err := h.cfg.Store.Changes(after, limit)
+	if !h.page(w, r) {
+		return
+	}
+	defer h.pageDone()
+	cs, err := h.cfg.Store.ChangesPage(after, limit, MaxPageBytes)
 	if errors.Is(err, store.ErrTrimmed) {
 		writeError(w, http.StatusGone, "trimmed", err.Error()+"; re-read the rows (GET /v1/tables/{table}/rows) and follow from the first change id")
 		return
@@ -356,14 +427,11 @@ func (h *Handler) changes(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	first, last := h.cfg.Store.ChangeRange()
-	page := changesPage{Changes: make([]ChangeJSON, len(cs)), Next: after, First: first, Last: last}
-	for i := range cs {
-		page.Changes[i] = Change(&cs[i])
-	}
+	page := changesPage{Next: after, First: first, Last: last}
 	if len(cs) > 0 {
 		page.Next = cs[len(cs)-1].ID
 	}
-	writeJSON(w, http.StatusOK, page)
+	writeList(w, h.log, page, `"changes":`, len(cs), func(i int) any { return Change(&cs[i]) })
 }
 
 // stream serves the change log as Server-Sent Events from ?after= or the
@@ -397,28 +465,11 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
 	buf := make([]byte, 0, 4096)
 	for {
 		changed := h.cfg.Store.Changed()
-		cs, err := h.cfg.Store.Changes(after, sseBatch)
-		if err != nil {
-			b, _ := json.Marshal(errorJSON{Error: err.Error(), Code: "trimmed"})
-			fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
-			rc.Flush()
+		sent, ok := h.sseBatch(w, r, &after, &buf)
+		if !ok {
 			return
 		}
-		if len(cs) > 0 {
-			for i := range cs {
-				b, err := json.Marshal(Change(&cs[i]))
-				if err != nil {
-					h.log.Error("api: encoding change", "id", cs[i].ID, "err", err)
-					return
-				}
-				buf = fmt.Appendf(buf[:0], "id: %d\nevent: change\ndata: ", cs[i].ID)
-				buf = append(buf, b...)
-				buf = append(buf, '\n', '\n')
-				if _, err := w.Write(buf); err != nil {
-					return
-				}
-				after = cs[i].ID
-			}
+		if sent {
 			if err := rc.Flush(); err != nil {
 				return
 			}
@@ -437,6 +488,41 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// sseBatch writes the next changes after *after as events, holding a page
+// token while it reads and writes them (waiting for one as long as the
+// client stays). It reports whether it wrote any, and false in ok when the
+// stream must end.
+func (h *Handler) sseBatch(w http.ResponseWriter, r *http.Request, after *uint64, buf *[]byte) (sent, ok bool) {
+	select {
+	case h.pages <- struct{}{}:
+	case <-r.Context().Done():
+		return false, false
+	}
+	defer h.pageDone()
+	cs, err := h.cfg.Store.ChangesPage(*after, sseBatch, MaxPageBytes)
+	if err != nil {
+		b, _ := json.Marshal(errorJSON{Error: err.Error(), Code: "trimmed"})
+		fmt.Fprintf(w, "event: error\ndata: %s\n\n", b)
+		http.NewResponseController(w).Flush()
+		return false, false
+	}
+	for i := range cs {
+		b, err := json.Marshal(Change(&cs[i]))
+		if err != nil {
+			h.log.Error("api: encoding change", "id", cs[i].ID, "err", err)
+			return false, false
+		}
+		*buf = fmt.Appendf((*buf)[:0], "id: %d\nevent: change\ndata: ", cs[i].ID)
+		*buf = append(*buf, b...)
+		*buf = append(*buf, '\n', '\n')
+		if _, err := w.Write(*buf); err != nil {
+			return false, false
+		}
+		*after = cs[i].ID
+	}
+	return len(cs) > 0, true
 }
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {

@@ -1,10 +1,15 @@
 package api_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"runtime/metrics"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,4 +227,130 @@ func TestCursorAtMaxID(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("stream after=2^64-1: %s", resp.Status)
 	}
+}
+
+// peakHeap samples the live heap (as of the last collection) while f runs
+// and returns the highest value seen above the value before.
+func peakHeap(f func()) int64 {
+	runtime.GC()
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	read := func() int64 { metrics.Read(sample); return int64(sample[0].Value.Uint64()) }
+	base := read()
+	var peak atomic.Int64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if v := read(); v > peak.Load() {
+					peak.Store(v)
+				}
+			}
+		}
+	}()
+	f()
+	close(stop)
+	<-done
+	return max(peak.Load(), read()) - base
+}
+
+// Pages of rows and changes end at a byte bound, whatever the limit asks,
+// and following them still reads every row and change exactly once.
+func TestPagesBoundedByBytes(t *testing.T) {
+	const n, size = 10, 2 << 20
+	var changes []format.Change
+	for i := range n {
+		v := append(append([]byte(`"`), bytes.Repeat([]byte{'a' + byte(i)}, size)...), '"')
+		changes = append(changes, format.Change{Table: "t", Op: format.OpInsert, Key: []byte(fmt.Sprintf("k%02d", i)), After: v})
+	}
+	srv, _ := newServer(t, changes)
+	fetch := func(url string) (body []byte) {
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if body, err = io.ReadAll(resp.Body); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+		}
+		return body
+	}
+	t.Run("Rows", func(t *testing.T) {
+		var got []string
+		var pageRows []int
+		url := srv.URL + "/v1/tables/t/rows?limit=100"
+		var biggest int
+		peak := peakHeap(func() {
+			for url != "" {
+				body := fetch(url)
+				biggest = max(biggest, len(body))
+				var page struct {
+					Rows    []api.RowJSON
+					More    bool
+					NextURL string `json:"next_url"`
+				}
+				if err := json.Unmarshal(body, &page); err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range page.Rows {
+					if len(r.Value) != size+2 {
+						t.Fatalf("row %s: %d bytes", r.Key, len(r.Value))
+					}
+					got = append(got, r.Key)
+				}
+				pageRows = append(pageRows, len(page.Rows))
+				url = ""
+				if page.More {
+					url = srv.URL + page.NextURL
+				}
+			}
+		})
+		t.Logf("%d rows of 2 MiB, limit=100: pages of %v rows, largest response %d MiB, live heap peak %.0f MiB above the start",
+			n, pageRows, biggest>>20, float64(peak)/(1<<20))
+		if len(got) != n {
+			t.Fatalf("read %d rows, want %d: %v", len(got), n, got)
+		}
+		for i, k := range got {
+			if k != fmt.Sprintf("k%02d", i) {
+				t.Fatalf("row %d is %s", i, k)
+			}
+		}
+		if biggest > 4<<20+2*size { // api.MaxPageBytes and a row
+			t.Fatalf("a page of %d bytes, over the bound %d plus a row", biggest, api.MaxPageBytes)
+		}
+	})
+	t.Run("Changes", func(t *testing.T) {
+		after, read, pages, biggest := 0.0, 0, 0, 0
+		for {
+			body := fetch(fmt.Sprintf("%s/v1/changes?after=%d&limit=10000", srv.URL, uint64(after)))
+			biggest = max(biggest, len(body))
+			var page struct {
+				Changes []api.ChangeJSON
+				Next    float64
+			}
+			if err := json.Unmarshal(body, &page); err != nil {
+				t.Fatal(err)
+			}
+			if len(page.Changes) == 0 {
+				break
+			}
+			for _, c := range page.Changes {
+				if c.ID != uint64(read+1) || len(c.After) != size+2 {
+					t.Fatalf("change %d: id %d, %d bytes", read+1, c.ID, len(c.After))
+				}
+				read++
+			}
+			pages++
+			after = page.Next
+		}
+		t.Logf("%d changes of 2 MiB, limit=10000: %d pages, largest response %d MiB", n, pages, biggest>>20)
+		if read != n || biggest > 4<<20+2*size {
+			t.Fatalf("read %d changes, largest page %d bytes", read, biggest)
+		}
+	})
 }

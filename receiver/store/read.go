@@ -34,6 +34,24 @@ func (s *Store) Get(table string, key []byte) (Row, bool, error) {
 // whether more follow. The rows come from one consistent snapshot: a
 // transaction is either wholly in it or not at all.
 func (s *Store) Scan(table string, prefix, after []byte, limit int) ([]Row, bool, error) {
+	return s.ScanPage(table, prefix, after, limit, 0)
+}
+
+// PageOverhead is what a row or change counts in a page's byte bound beyond
+// its key and images: its other fields.
+const PageOverhead = 64
+
+// RowSize is what a row counts in a page's byte bound.
+func RowSize(r *Row) int { return len(r.Table) + len(r.Key) + len(r.Value) + PageOverhead }
+
+// ChangeSize is what a change counts in a page's byte bound.
+func ChangeSize(c *Change) int {
+	return len(c.Table) + len(c.Key) + len(c.After) + len(c.Before) + len(c.TxID) + len(c.Origin) + PageOverhead
+}
+
+// ScanPage is Scan with the page also ending once its rows reach maxBytes
+// (RowSize; 0: no byte bound), after at least one row.
+func (s *Store) ScanPage(table string, prefix, after []byte, limit, maxBytes int) ([]Row, bool, error) {
 	tp := appendTablePrefix(nil, table)
 	lower := append(append([]byte(nil), tp...), prefix...)
 	upper := prefixEnd(lower)
@@ -50,8 +68,9 @@ func (s *Store) Scan(table string, prefix, after []byte, limit int) ([]Row, bool
 		ok = it.First()
 	}
 	var rows []Row
+	size := 0
 	for ; ok; ok = it.Next() {
-		if len(rows) == limit {
+		if len(rows) == limit || (maxBytes > 0 && size >= maxBytes) {
 			return rows, true, nil
 		}
 		key := bytes.Clone(it.Key()[len(tp):])
@@ -60,6 +79,7 @@ func (s *Store) Scan(table string, prefix, after []byte, limit int) ([]Row, bool
 			return nil, false, err
 		}
 		rows = append(rows, row)
+		size += RowSize(&row)
 	}
 	if err := it.Error(); err != nil {
 		return nil, false, fmt.Errorf("store: scanning %s: %w", table, err)
@@ -75,6 +95,14 @@ func TrimmedAfter(after, first uint64) bool { return first > 0 && after < first-
 // Changes returns up to limit changes with ids after after, in order. It
 // returns ErrTrimmed if changes after after were already trimmed.
 func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
+	return s.ChangesPage(after, limit, 0)
+}
+
+// ChangesPage is Changes with the page also ending once its changes reach
+// maxBytes (ChangeSize; 0: no byte bound), after at least one change. Besides
+// the page, a read holds the change log entry it is decoding (at most a
+// message's raw size).
+func (s *Store) ChangesPage(after uint64, limit, maxBytes int) ([]Change, error) {
 	first, last := s.ChangeRange()
 	if TrimmedAfter(after, first) {
 		return nil, fmt.Errorf("%w: asked for changes after %d, the log starts at %d", ErrTrimmed, after, first)
@@ -95,7 +123,8 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 	var out []Change
 	lr := logReader{l: s.logs}
 	defer lr.close()
-	for ; ok && len(out) < limit; ok = it.Next() {
+	size := 0
+	for ; ok && len(out) < limit && (maxBytes <= 0 || size < maxBytes); ok = it.Next() {
 		id, _ := changeKeyID(it.Key())
 		v, err := it.ValueAndErr()
 		if err == nil && len(v) > 0 && v[0] == indexVersion {
@@ -112,8 +141,23 @@ func (s *Store) Changes(after uint64, limit int) ([]Change, error) {
 			}
 			return nil, fmt.Errorf("store: reading change log entry %d: %w", id, err)
 		}
+		n := len(out)
 		if out, err = decodeEntry(s.dec, id, v, after, limit, out); err != nil {
 			return nil, err
+		}
+		if maxBytes > 0 {
+			for i := n; i < len(out); i++ {
+				if size >= maxBytes {
+					clear(out[i:])
+					out = out[:i]
+					break
+				}
+				size += ChangeSize(&out[i])
+			}
+			// The changes alias the decoded entry (up to a message's raw
+			// size): copy what the page keeps, so that a page holds its
+			// own bytes only.
+			detach(out[n:])
 		}
 	}
 	if err := it.Error(); err != nil {
@@ -236,4 +280,24 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 		}
 	}
 	return cut - first, nil
+}
+
+// detach copies the images and keys of cs into one buffer of their own.
+func detach(cs []Change) {
+	n := 0
+	for i := range cs {
+		n += len(cs[i].Key) + len(cs[i].After) + len(cs[i].Before)
+	}
+	buf := make([]byte, 0, n)
+	cp := func(b []byte) []byte {
+		if b == nil {
+			return nil
+		}
+		buf = append(buf, b...)
+		return buf[len(buf)-len(b) : len(buf) : len(buf)]
+	}
+	for i := range cs {
+		c := &cs[i]
+		c.Key, c.After, c.Before = cp(c.Key), cp(c.After), cp(c.Before)
+	}
 }

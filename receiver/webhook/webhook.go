@@ -31,7 +31,7 @@ import (
 
 // Store is the part of the store the webhook reads and writes.
 type Store interface {
-	Changes(after uint64, limit int) ([]store.Change, error)
+	ChangesPage(after uint64, limit, maxBytes int) ([]store.Change, error)
 	Changed() <-chan struct{}
 	Webhook() uint64
 	SetWebhook(id uint64) error
@@ -123,7 +123,7 @@ func (w *Webhook) Run(ctx context.Context) error {
 	for {
 		changed := w.st.Changed()
 		after := w.st.Webhook()
-		cs, err := w.st.Changes(after, w.cfg.BatchSize)
+		cs, err := w.st.ChangesPage(after, w.cfg.BatchSize, api.MaxPageBytes)
 		if err == nil && len(cs) > 0 {
 			err = w.deliver(ctx, cs)
 			if err == nil {
