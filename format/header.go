@@ -161,7 +161,10 @@ type SegmentFile struct {
 
 // ListSegments returns the segments in dir, of source only unless source is
 // empty, ordered by source then segment number. Files that are not named
-// like segments are ignored.
+// like segments are ignored; an entry named like a segment that is not a
+// regular file (a directory, FIFO, device or symbolic link) is an error
+// wrapping ErrNotRegular, so that no reader blocks on it or skips it
+// silently.
 func ListSegments(dir, source string) ([]SegmentFile, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -169,12 +172,12 @@ func ListSegments(dir, source string) ([]SegmentFile, error) {
 	}
 	var out []SegmentFile
 	for _, e := range entries {
-		if e.IsDir() {
-			continue
-		}
 		src, seg, ok := ParseSegmentName(e.Name())
 		if !ok || (source != "" && src != source) {
 			continue
+		}
+		if !e.Type().IsRegular() {
+			return nil, notRegular(filepath.Join(dir, e.Name()), e.Type())
 		}
 		out = append(out, SegmentFile{Path: filepath.Join(dir, e.Name()), Source: src, Segment: seg})
 	}

@@ -1,7 +1,7 @@
 package format
 
 import (
-	"encoding/binary"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -20,16 +20,25 @@ import (
 // progress; its caller knows whether the writer has moved on (see SPEC.md,
 // "Readers"). It assumes bytes below the file's size are final, as on local
 // file systems, where a write extends the size only over copied data.
+//
+// Memory: when its input is also an io.ReaderAt that knows its size (an
+// *os.File, a *bytes.Reader), a Reader holds at most one valid frame plus a
+// read chunk: a frame's CRC is checked in pieces before a frame larger than
+// the buffer is buffered, and telling a torn tail from corruption reads the
+// rest of the file in bounded windows (FindFrame). Over a plain io.Reader it
+// has to buffer the rest of the input for that.
 type Reader struct {
 	r      io.Reader
+	ra     io.ReaderAt           // r, when it is one
+	size   func() (int64, error) // the size of ra's data, when known
 	path   string
 	hdr    SegmentHeader
+	walk   *Walker
 	buf    []byte
 	lo, hi int   // unread bytes are buf[lo:hi]
 	off    int64 // file offset of buf[lo]
 	last   int64 // offset of the frame Next returned last
 	raw    []byte
-	seal   *Seal
 	eof    bool // the underlying reader reported EOF on its last read
 	err    error
 }
@@ -40,10 +49,25 @@ const readChunk = 256 << 10
 // positioned at the first frame. path is used in errors only.
 func NewReader(r io.Reader, path string) (*Reader, error) {
 	rd := &Reader{r: r, path: path, buf: make([]byte, readChunk)}
+	if ra, ok := r.(io.ReaderAt); ok {
+		switch v := r.(type) {
+		case interface{ Stat() (os.FileInfo, error) }:
+			rd.ra, rd.size = ra, func() (int64, error) {
+				fi, err := v.Stat()
+				if err != nil {
+					return 0, err
+				}
+				return fi.Size(), nil
+			}
+		case interface{ Size() int64 }:
+			rd.ra, rd.size = ra, func() (int64, error) { return v.Size(), nil }
+		}
+	}
 	for {
 		h, err := ParseHeader(rd.buf[rd.lo:rd.hi])
 		if err == nil {
 			rd.hdr = h
+			rd.walk = NewWalker(h.Segment, h.Version, true)
 			rd.lo += h.Len
 			rd.off = int64(h.Len)
 			return rd, nil
@@ -64,9 +88,9 @@ func NewReader(r io.Reader, path string) (*Reader, error) {
 // offset from, which must be a frame boundary (or 0 for the first frame).
 // The caller closes the returned file.
 func OpenReader(path string, from int64) (*Reader, *os.File, error) {
-	f, err := os.Open(path)
+	f, err := OpenSegment(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("format: opening segment: %w", err)
+		return nil, nil, err
 	}
 	rd, err := NewReader(f, path)
 	if err != nil {
@@ -79,6 +103,7 @@ func OpenReader(path string, from int64) (*Reader, *os.File, error) {
 			return nil, nil, fmt.Errorf("format: seeking %s to %d: %w", path, from, err)
 		}
 		rd.lo, rd.hi, rd.off, rd.eof = 0, 0, from, false
+		rd.walk = NewWalker(rd.hdr.Segment, rd.hdr.Version, false)
 	}
 	return rd, f, nil
 }
@@ -98,12 +123,7 @@ func (r *Reader) End() int64 { return r.off }
 func (r *Reader) Raw() []byte { return r.raw }
 
 // Sealed returns the seal once Next has returned it.
-func (r *Reader) Sealed() (Seal, bool) {
-	if r.seal == nil {
-		return Seal{}, false
-	}
-	return *r.seal, true
-}
+func (r *Reader) Sealed() (Seal, bool) { return r.walk.Sealed() }
 
 // Next returns the next frame. Its payload is valid until the next call. At
 // the end of the data it returns io.EOF, or an error wrapping ErrTornTail if
@@ -115,7 +135,7 @@ func (r *Reader) Next() (Frame, error) {
 	if r.err != nil {
 		return Frame{}, r.err
 	}
-	if r.seal != nil {
+	if _, sealed := r.walk.Sealed(); sealed {
 		if r.hi > r.lo || r.fillNoEOF() {
 			return Frame{}, r.fail(r.off, fmt.Errorf("%w: data after the seal frame", ErrCorrupt))
 		}
@@ -128,22 +148,20 @@ func (r *Reader) Next() (Frame, error) {
 			r.last = r.off
 			r.lo += n
 			r.off += int64(n)
-			switch {
-			case f.Type == FrameSeal:
-				s, err := DecodeSeal(f.Payload)
-				if err != nil {
-					return Frame{}, r.fail(r.last, err)
-				}
-				if s.Next != r.hdr.Segment+1 {
-					return Frame{}, r.fail(r.last, fmt.Errorf("%w: seal of segment %d names segment %d as next, want %d",
-						ErrCorrupt, r.hdr.Segment, s.Next, r.hdr.Segment+1))
-				}
-				r.seal = &s
-			case f.Type.KnownIn(r.hdr.Version):
-			default:
-				return Frame{}, r.fail(r.last, fmt.Errorf("%w: frame type %d unknown in a version %d segment", ErrCorrupt, f.Type, r.hdr.Version))
+			if _, err := r.walk.Check(f); err != nil {
+				return Frame{}, r.fail(r.last, err)
 			}
 			return f, nil
+		}
+		if errors.Is(err, ErrTornTail) && r.ra != nil {
+			if need := FrameLen(r.buf[r.lo:r.hi]); need > len(r.buf) {
+				// Larger than the buffer: check that it is a whole valid
+				// frame before buffering that much of what may be garbage.
+				if cerr := r.checkBig(need); cerr != nil {
+					return r.badFrameAt(cerr, fmt.Sprintf("%d bytes of a frame of %d bytes", r.hi-r.lo, need-FrameHeaderLen))
+				}
+				r.reserve(need)
+			}
 		}
 		if !errors.Is(err, ErrTornTail) {
 			// A frame that does not check out is a torn tail only if no
@@ -184,44 +202,78 @@ func (r *Reader) Next() (Frame, error) {
 // zeros or a partial write follow), corruption otherwise. A torn tail is not
 // sticky (the write may be in progress); corruption is.
 func (r *Reader) badFrame(why error, torn string) (Frame, error) {
+	if r.ra != nil {
+		return r.badFrameAt(why, torn)
+	}
 	for !r.eof {
 		if _, err := r.grow(); err != nil {
 			return Frame{}, err
 		}
 	}
-	switch at := findFrame(r.buf[r.lo:r.hi], 1); {
-	case at > 0:
-		return Frame{}, r.fail(r.off, fmt.Errorf("%w; a valid frame starts at offset %d", why, r.off+int64(at)))
-	case at == scanGaveUp:
-		return Frame{}, r.fail(r.off, fmt.Errorf("%w; too much data follows to prove it a torn tail", why))
-	}
-	return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: fmt.Errorf("%w: %s", ErrTornTail, torn)}
+	at, err := FindFrame(bytes.NewReader(r.buf[r.lo:r.hi]), 1, int64(r.hi-r.lo))
+	return r.classified(why, torn, at+r.off, err)
 }
 
-const scanGaveUp = -2
-
-// findFrame returns the first offset >= from in b where a valid frame starts
-// (plausible length, whole in b, known or skippable type, matching CRC), -1
-// if there is none, or scanGaveUp if proving that took too much work: the
-// CRC work is bounded so that hostile input cannot make the scan quadratic.
-func findFrame(b []byte, from int) int {
-	budget := 64<<20 + 16*len(b)
-	for i := from; i+FrameHeaderLen <= len(b); i++ {
-		n := int(binary.LittleEndian.Uint32(b[i:]))
-		if n > len(b)-i-FrameHeaderLen {
-			continue
-		}
-		if t := FrameType(b[i+8]); !t.KnownIn(Version) || !t.PlausibleLen(n) {
-			continue
-		}
-		if budget -= n + 1; budget < 0 {
-			return scanGaveUp
-		}
-		if Checksum(b[i+8:i+FrameHeaderLen+n]) == binary.LittleEndian.Uint32(b[i+4:]) {
-			return i
-		}
+// badFrameAt is badFrame over an io.ReaderAt: it scans the rest of the file
+// in bounded windows, leaving the buffer as it is.
+func (r *Reader) badFrameAt(why error, torn string) (Frame, error) {
+	end, err := r.size()
+	if err != nil {
+		return Frame{}, r.ioErr(r.off, err)
 	}
-	return -1
+	at, err := FindFrame(r.ra, r.off+1, end)
+	return r.classified(why, torn, at, err)
+}
+
+// checkBig checks that the frame of need bytes at r.off is whole in the file
+// and matches its CRC, reading it in pieces; nil if it does.
+func (r *Reader) checkBig(need int) error {
+	end, err := r.size()
+	if err != nil {
+		return err
+	}
+	if r.off+int64(need) > end {
+		return fmt.Errorf("%w: frame length %d runs past the end of the data (%d bytes left)", ErrCorrupt, need-FrameHeaderLen, end-r.off-FrameHeaderLen)
+	}
+	ok, err := FrameAt(r.ra, r.off, end)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: the frame of %d bytes does not match its CRC", ErrChecksum, need-FrameHeaderLen)
+	}
+	return nil
+}
+
+// reserve makes the buffer hold at least n unread bytes from lo, growing it
+// to exactly what is needed (not by doubling) past its usual size.
+func (r *Reader) reserve(n int) {
+	if len(r.buf)-r.lo >= n {
+		return
+	}
+	nb := make([]byte, n+readChunk)
+	r.hi = copy(nb, r.buf[r.lo:r.hi])
+	r.lo = 0
+	r.buf = nb
+}
+
+func (r *Reader) ioErr(off int64, err error) error {
+	r.err = &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: off, Err: err}
+	return r.err
+}
+
+// classified turns what FindFrame found after the bad bytes at r.off into
+// the Reader's error.
+func (r *Reader) classified(why error, torn string, at int64, err error) (Frame, error) {
+	switch {
+	case errors.Is(err, ErrScanLimit):
+		return Frame{}, r.fail(r.off, fmt.Errorf("%w; %v", why, err))
+	case err != nil:
+		return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: err}
+	case at > r.off:
+		return Frame{}, r.fail(r.off, fmt.Errorf("%w; a valid frame starts at offset %d", why, at))
+	}
+	return Frame{}, &PositionError{Path: r.path, Segment: r.hdr.Segment, Offset: r.off, Err: fmt.Errorf("%w: %s", ErrTornTail, torn)}
 }
 
 func (r *Reader) fail(off int64, err error) error {

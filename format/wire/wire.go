@@ -24,8 +24,10 @@
 //     chain stops the shipper. PrevEnd 0 means no earlier segment was shipped for the
 //     source (the chain starts here).
 //   - A segment that holds no frame at all (a writer crashed right after
-//     creating it) produces no message; the next segment's PrevEnd then
-//     refers to that empty segment, and equals its header length.
+//     creating it, or while writing its header) produces no message; the
+//     next segment's PrevEnd then still refers to the last segment that
+//     held frames, named by PrevSegment (or is 0 if none did: the chain
+//     starts there).
 //   - The same range is always published with the same Nats-Msg-Id
 //     (MsgID), so a retry inside the stream's duplicate window is dropped
 //     by the server. Outside the window, and when a broker lost acknowledged
@@ -68,6 +70,7 @@ const (
 	HdrPart        = "Ferry-Part"
 	HdrParts       = "Ferry-Parts"
 	HdrPrevEnd     = "Ferry-Prev-End"
+	HdrPrevSegment = "Ferry-Prev-Segment"
 	HdrTorn        = "Ferry-Torn"
 	HdrRepair      = "Ferry-Repair"
 )
@@ -148,6 +151,11 @@ type Batch struct {
 	// shipper found the previous segment to end. A receiver moves on to this
 	// segment only from exactly there. -1 otherwise.
 	PrevEnd int64
+	// PrevSegment is the segment PrevEnd refers to when it is not
+	// Segment-1 (0 then): the segments in between held no frame (empty, or
+	// abandoned while their header was written) and produced no message.
+	// Only with PrevEnd > 0.
+	PrevSegment uint64
 	// Torn is the number of torn bytes the shipper found after PrevEnd in
 	// the previous segment (a crashed writer), reported, never shipped.
 	Torn int64
@@ -161,6 +169,34 @@ type Batch struct {
 	// fail on a range that starts beyond their position, because a repair
 	// follows it.
 	Repair uint64
+}
+
+// Whole reports whether the message completes its range: an unsplit
+// message, or the last part of a split frame.
+func (b *Batch) Whole() bool { return b.Parts <= 1 || b.Part == b.Parts-1 }
+
+// End returns the position up to which the source is shipped once this
+// message is stored: the end of its range if it is Whole, else the start of
+// the split frame it is a part of (a frame counts only with its last part).
+func (b *Batch) End() format.Position {
+	if b.Whole() {
+		return format.Position{Segment: b.Segment, Offset: b.To}
+	}
+	return format.Position{Segment: b.Segment, Offset: b.From}
+}
+
+// Prev returns the position PrevEnd names — the segment it refers to and
+// the offset — and whether the message carries one (PrevEnd > 0; PrevEnd 0
+// starts the chain).
+func (b *Batch) Prev() (format.Position, bool) {
+	if b.PrevEnd <= 0 {
+		return format.Position{}, false
+	}
+	seg := b.Segment - 1
+	if b.PrevSegment > 0 {
+		seg = b.PrevSegment
+	}
+	return format.Position{Segment: seg, Offset: b.PrevEnd}, true
 }
 
 // MsgID returns the message's JetStream de-duplication id, derived from its
@@ -198,6 +234,9 @@ func (b *Batch) Header() map[string][]string {
 	}
 	if b.PrevEnd >= 0 {
 		h[HdrPrevEnd] = []string{strconv.FormatInt(b.PrevEnd, 10)}
+	}
+	if b.PrevEnd > 0 && b.PrevSegment > 0 && b.PrevSegment != b.Segment-1 {
+		h[HdrPrevSegment] = []string{strconv.FormatUint(b.PrevSegment, 10)}
 	}
 	if b.Torn > 0 {
 		h[HdrTorn] = []string{strconv.FormatInt(b.Torn, 10)}
@@ -253,6 +292,13 @@ func ParseHeader(h map[string][]string) (Batch, error) {
 	b.Part, b.Parts = int(num(HdrPart, true, 0)), int(num(HdrParts, true, 1))
 	b.PrevEnd = num(HdrPrevEnd, true, -1)
 	b.Torn = num(HdrTorn, true, 0)
+	if p := get(HdrPrevSegment); p != "" {
+		v, perr := strconv.ParseUint(p, 10, 64)
+		if perr != nil || v == 0 || v+1 >= b.Segment || b.PrevEnd <= 0 {
+			bad(HdrPrevSegment, "want a segment before Segment-1, with a positive Ferry-Prev-End")
+		}
+		b.PrevSegment = v
+	}
 	if r := get(HdrRepair); r != "" {
 		v, perr := strconv.ParseUint(r, 10, 64)
 		if perr != nil || v == 0 {
