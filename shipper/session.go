@@ -46,14 +46,15 @@ func (ss *session) fail(err error, b *wire.Batch) {
 }
 
 // startOf returns where a Follower must start to ship b again, so that b
-// comes out with the same PrevEnd: from the end of the previous segment (or
-// the chain's start) if b opens its segment, else from b.From.
+// comes out with the same PrevEnd: from where the previous segment with
+// frames ended (or the chain's start) if b opens its segment, else from
+// b.From.
 func startOf(b *wire.Batch) format.Position {
-	switch {
-	case b.PrevEnd == 0:
+	if prev, ok := b.Prev(); ok {
+		return prev
+	}
+	if b.PrevEnd == 0 {
 		return format.Position{Segment: b.Segment}
-	case b.PrevEnd > 0:
-		return format.Position{Segment: b.Segment - 1, Offset: b.PrevEnd}
 	}
 	return format.Position{Segment: b.Segment, Offset: b.From}
 }
@@ -105,8 +106,8 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64
 				ErrSourceBusy, s.subject, last.Sequence, b.Source))
 		}
 		seq = last.Sequence
-		pos = format.Position{Segment: b.Segment, Offset: b.To}
-		if b.Parts > 1 && b.Part < b.Parts-1 {
+		pos = b.End()
+		if !b.Whole() {
 			// A split frame cut short: re-send it whole (with PrevEnd, if
 			// it opens its segment: every part carries it).
 			pos = startOf(&b)
@@ -436,8 +437,8 @@ func (s *Shipper) sleep(ctx context.Context, d time.Duration) {
 // cut turns span into jobs: one message, or the parts of one big frame.
 func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p *pipeline, ss *session, repair uint64) error {
 	if span.PrevEnd >= 0 && span.Torn > 0 {
-		s.log.Warn("segment abandoned by a crashed writer: torn tail not shipped",
-			"segment", span.Segment-1, "ends_at", span.PrevEnd, "torn_bytes", span.Torn)
+		s.log.Warn("segment abandoned by a crashed writer: its torn tail (or torn header) is not shipped",
+			"before_segment", span.Segment, "prev_end", span.PrevEnd, "torn_bytes", span.Torn)
 		s.met.tornBytes.Add(float64(span.Torn))
 		s.mu.Lock()
 		s.stats.TornBytes += span.Torn
@@ -446,7 +447,7 @@ func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p 
 	b := wire.Batch{
 		Source: s.source, Segment: span.Segment, From: span.From, To: span.To,
 		Frames: span.Frames, Changes: span.Changes, FirstCommit: span.FirstCommit, LastCommit: span.LastCommit,
-		Codec: s.o.codec, Parts: 1, PrevEnd: span.PrevEnd, Torn: span.Torn, Repair: repair,
+		Codec: s.o.codec, Parts: 1, PrevEnd: span.PrevEnd, PrevSegment: span.PrevSegment, Torn: span.Torn, Repair: repair,
 	}
 	if !span.Big {
 		buf, err := s.buffer(ctx, p, ss)

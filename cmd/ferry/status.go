@@ -240,10 +240,8 @@ func shippedStatus(ctx context.Context, nc *nats.Conn, stream, prefix string) (m
 			out[src] = &stagePos{StreamSeq: m.Sequence, Error: fmt.Sprintf("last message of %s (sequence %d): %v", subj, m.Sequence, err)}
 			continue
 		}
-		p := &stagePos{Segment: b.Segment, Offset: b.To, StreamSeq: m.Sequence}
-		if b.Parts > 1 && b.Part < b.Parts-1 {
-			p.Offset = b.From // a split frame is shipped once its last part is
-		}
+		end := b.End() // a split frame is shipped once its last part is
+		p := &stagePos{Segment: end.Segment, Offset: end.Offset, StreamSeq: m.Sequence}
 		if b.LastCommit > 0 {
 			p.LastCommit = time.Unix(0, b.LastCommit).UTC()
 		}

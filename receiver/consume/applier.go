@@ -212,7 +212,7 @@ func (a *Applier) Handle(m Message) error {
 	pos := a.batch.Position(b.Source)
 	// Already applied whole: skip without even decompressing.
 	if b.Segment < pos.Segment || (b.Segment == pos.Segment && b.To <= pos.Offset) {
-		if b.Parts == 1 || b.Part == b.Parts-1 {
+		if b.Whole() {
 			a.count(b.Source).skipped += b.Frames
 		}
 		a.m.Messages.WithLabelValues(b.Source).Inc()
@@ -258,6 +258,14 @@ func (a *Applier) checkContinues(b *wire.Batch, pos store.SourcePosition) error 
 		}
 	case b.PrevEnd < 0:
 		return fmt.Errorf("%w: message at offset %d of segment %d, source applied up to segment %d: the first message of segment %d was not received", ErrGap, b.From, b.Segment, pos.Segment, b.Segment)
+	case b.PrevSegment > 0:
+		// The segments between PrevSegment and Segment held no frame
+		// (empty, or abandoned while their header was written).
+		if b.PrevSegment != pos.Segment || b.PrevEnd != pos.Offset {
+			return fmt.Errorf("%w: segment %d says segment %d ended at %d (the ones between held no frame), source applied up to %d:%d", ErrGap, b.Segment, b.PrevSegment, b.PrevEnd, pos.Segment, pos.Offset)
+		}
+		a.log.Warn("segments skipped as holding no frame (their successor says so)",
+			"source", b.Source, "from_segment", pos.Segment+1, "to_segment", b.Segment-1)
 	case b.Segment == pos.Segment+1:
 		if b.PrevEnd != pos.Offset {
 			return fmt.Errorf("%w: segment %d says segment %d ended at %d, source applied up to %d", ErrGap, b.Segment, pos.Segment, b.PrevEnd, pos.Offset)

@@ -65,10 +65,15 @@ type Span struct {
 	// limit, or the segment is sealed. Callers that linger stop waiting.
 	Full bool
 	// PrevEnd is set (>= 0) on the first span of a segment: where the
-	// previous segment ended (0 if none was followed); -1 otherwise.
+	// previous segment ended (0 if none was followed, or none before this
+	// one held a frame: the chain starts here); -1 otherwise.
 	PrevEnd int64
-	// Torn is the number of bytes after PrevEnd in the previous segment that
-	// did not form a whole frame (a crashed writer's torn tail).
+	// PrevSegment is the segment PrevEnd refers to when PrevEnd > 0: the
+	// last one before Segment that held frames. Segments in between held
+	// none (empty, or abandoned while their header was being written).
+	PrevSegment uint64
+	// Torn is the number of bytes that did not form a whole frame in the
+	// segments after PrevEnd (a crashed writer's torn tail or torn header).
 	Torn int64
 }
 
@@ -111,11 +116,16 @@ type Follower struct {
 	sealNext uint64
 	nextSeen bool // a later segment exists: the current one is abandoned once read to its end
 	prevEnd  int64
+	prevSeg  uint64
 	torn     int64
 	lastList time.Time
 	scratch  []byte
 	crcTable *crc32.Table
-	err      error
+	walk     *format.Walker
+	// endSize is the file's size at the last atEnd; checkedSize the size
+	// at which bytes that do not form a frame were last proven torn.
+	endSize, checkedSize int64
+	err                  error
 }
 
 // Open returns a Follower of source in dir positioned at from: a frame
@@ -197,8 +207,11 @@ func (fl *Follower) fail(off int64, err error) error {
 // the next Fill.
 func (fl *Follower) openSegment(seg uint64, off int64) error {
 	path := filepath.Join(fl.dir, format.SegmentName(fl.source, seg))
-	f, err := os.Open(path)
+	f, err := format.OpenSegment(path)
 	if err != nil {
+		if errors.Is(err, format.ErrNotRegular) {
+			return &format.PositionError{Path: path, Segment: seg, Offset: off, Err: err}
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			return &format.PositionError{Path: path, Segment: seg, Offset: off,
 				Err: fmt.Errorf("%w: %v (was it deleted or moved? the shipper must start from it)", ErrMissing, err)}
@@ -212,7 +225,9 @@ func (fl *Follower) openSegment(seg uint64, off int64) error {
 	fl.size, fl.bufOff, fl.hi, fl.hdrLen = 0, 0, 0, 0
 	fl.pos, fl.scan, fl.full = off, off, false
 	fl.sealed, fl.sealNext, fl.nextSeen = false, 0, false
+	fl.endSize, fl.checkedSize = -1, -1
 	fl.acc = Span{}
+	fl.walk = format.NewWalker(seg, 0, off == 0)
 	return nil
 }
 
@@ -235,6 +250,7 @@ func (fl *Follower) readHeader() (bool, error) {
 			ErrHeader, h.Source, h.Segment))
 	}
 	fl.hdrLen = int64(h.Len)
+	fl.walk = format.NewWalker(fl.seg, h.Version, fl.pos == 0)
 	if fl.pos == 0 {
 		fl.pos, fl.scan = fl.hdrLen, fl.hdrLen
 	} else if fl.pos < fl.hdrLen {
@@ -259,10 +275,14 @@ func (fl *Follower) Fill() (Span, error) {
 				return Span{}, err
 			}
 			if !ok {
-				if err := fl.checkAbandonedHeader(); err != nil {
+				moved, err := fl.abandonedHeader()
+				if err != nil {
 					return Span{}, err
 				}
-				return fl.empty(), nil
+				if !moved {
+					return fl.empty(), nil
+				}
+				continue
 			}
 		}
 		big, err := fl.parse()
@@ -296,9 +316,12 @@ func (fl *Follower) span(big bool) Span {
 	s := fl.acc
 	s.Segment, s.From, s.To, s.Big = fl.seg, fl.pos, fl.scan, big
 	s.Full = fl.full || fl.sealed
-	s.PrevEnd, s.Torn = fl.prevEnd, 0
+	s.PrevEnd, s.PrevSegment, s.Torn = fl.prevEnd, 0, 0
 	if fl.prevEnd >= 0 {
 		s.Torn = fl.torn
+	}
+	if fl.prevEnd > 0 {
+		s.PrevSegment = fl.prevSeg
 	}
 	if !big {
 		s.Raw = fl.buf[fl.pos-fl.bufOff : fl.scan-fl.bufOff]
@@ -313,7 +336,7 @@ func (fl *Follower) Consume(s Span) {
 	}
 	fl.pos = s.To
 	fl.acc, fl.full = Span{}, false
-	fl.prevEnd, fl.torn = -1, 0
+	fl.prevEnd, fl.prevSeg, fl.torn = -1, 0, 0
 	if s.Big {
 		fl.bufOff, fl.hi = fl.pos, 0
 	}
@@ -346,22 +369,21 @@ func (fl *Follower) parse() (bool, error) {
 				}
 				return fl.bigFrame(n)
 			}
-			changes, err := fl.check(f, fl.scan)
+			info, err := fl.check(f, fl.scan)
 			if err != nil {
 				return false, err
 			}
-			if fl.acc.Frames > 0 && (fl.scan+int64(n)-fl.pos > int64(fl.opts.MaxBytes) || fl.acc.Changes+changes > fl.opts.MaxChanges) {
+			if fl.acc.Frames > 0 && (fl.scan+int64(n)-fl.pos > int64(fl.opts.MaxBytes) || fl.acc.Changes+info.Changes > fl.opts.MaxChanges) {
 				fl.full = true
 				return false, nil
 			}
-			fl.add(f, changes)
+			fl.add(f, info)
 			fl.scan += int64(n)
 			continue
 		}
 		if !errors.Is(err, format.ErrTornTail) {
-			// Not a whole valid frame: torn tail or corruption, as
-			// format.Reader classifies it.
-			return false, fl.classify()
+			// Not a whole valid frame: torn tail or corruption.
+			return false, fl.classify(err)
 		}
 		if need := format.FrameLen(b); need > fl.opts.MaxBytes {
 			if fl.acc.Frames > 0 {
@@ -403,34 +425,27 @@ func (fl *Follower) read() (bool, error) {
 	return n > 0, nil
 }
 
-// check validates a whole frame's type and returns its change count.
-func (fl *Follower) check(f format.Frame, off int64) (int, error) {
-	switch {
-	case f.Type == format.FrameTx:
-		c, err := format.TxChangeCount(f.Payload, len(f.Payload))
-		if err != nil {
-			return 0, fl.fail(off, fmt.Errorf("transaction header: %w", err))
-		}
-		return c, nil
-	case f.Type == format.FrameSeal:
-		s, err := format.DecodeSeal(f.Payload)
-		if err != nil {
-			return 0, fl.fail(off, err)
-		}
-		if s.Next != fl.seg+1 {
-			return 0, fl.fail(off, fmt.Errorf("%w: seal of segment %d names segment %d as next, want %d", format.ErrCorrupt, fl.seg, s.Next, fl.seg+1))
-		}
-		fl.sealNext = s.Next
-		return 0, nil
-	case f.Type == format.FrameHeartbeat, f.Type.Skippable():
-		return 0, nil
-	}
-	return 0, fl.fail(off, fmt.Errorf("%w: unknown frame type %d", format.ErrCorrupt, f.Type))
+// check validates a whole frame at off (format.Walker: its type, where it
+// may appear) without counting it; add takes it.
+func (fl *Follower) check(f format.Frame, off int64) (format.FrameInfo, error) {
+	return fl.checkPrefix(f.Type, f.Payload, len(f.Payload), off)
 }
 
-func (fl *Follower) add(f format.Frame, changes int) {
+func (fl *Follower) checkPrefix(t format.FrameType, prefix []byte, n int, off int64) (format.FrameInfo, error) {
+	info, err := fl.walk.CheckPrefix(t, prefix, n)
+	if err != nil {
+		return info, fl.fail(off, err)
+	}
+	return info, nil
+}
+
+func (fl *Follower) add(f format.Frame, info format.FrameInfo) {
+	fl.walk.Add(info)
+	if info.Seal != nil {
+		fl.sealNext = info.Seal.Next
+	}
 	fl.acc.Frames++
-	fl.acc.Changes += changes
+	fl.acc.Changes += info.Changes
 	if t := format.FrameTime(f); t != 0 {
 		if fl.acc.FirstCommit == 0 {
 			fl.acc.FirstCommit = t
@@ -477,49 +492,41 @@ func (fl *Follower) bigFrame(n int) (bool, error) {
 		off += k
 	}
 	if crc != want {
-		return false, fl.classify()
+		return false, fl.classify(fmt.Errorf("%w: frame crc %08x, computed %08x", format.ErrChecksum, want, crc))
 	}
 	f := format.Frame{Type: typ, Payload: head}
-	if typ != format.FrameTx && !typ.Skippable() {
-		return false, fl.fail(fl.scan, fmt.Errorf("%w: %s frame of %d bytes", format.ErrCorrupt, typ, n))
+	info, err := fl.checkPrefix(typ, head, n-format.FrameHeaderLen, fl.scan)
+	if err != nil {
+		return false, err
 	}
-	changes := 0
-	if typ == format.FrameTx {
-		c, err := format.TxChangeCount(head, n-format.FrameHeaderLen)
-		if err != nil {
-			return false, fl.fail(fl.scan, fmt.Errorf("transaction header: %w", err))
-		}
-		changes = c
-	}
-	fl.add(f, changes)
+	fl.add(f, info)
 	fl.scan = end
 	fl.full = true
 	return true, nil
 }
 
-// classify asks format.Reader what the bytes at scan are. A torn tail (a
-// write in progress, or a crashed writer's last frame) is not an error here:
-// atEnd decides once the writer has moved on. Anything else stops the
-// Follower.
-func (fl *Follower) classify() error {
-	rd, f, err := format.OpenReader(fl.path, fl.scan)
+// classify decides what the bytes at scan, which are not a whole valid
+// frame (why), are: corruption if a valid frame starts anywhere after them
+// up to the file's current end, else a torn tail (a write in progress, or a
+// crashed writer's last frame), which is not an error here: atEnd decides
+// once the writer has moved on. The file is scanned in place in bounded
+// windows (format.FindFrame), never buffered.
+func (fl *Follower) classify(why error) error {
+	st, err := fl.f.Stat()
 	if err != nil {
-		return fl.fail(fl.scan, err)
+		return fmt.Errorf("tail: stat %s: %w", fl.path, err)
 	}
-	defer f.Close()
-	_, err = rd.Next()
+	at, err := format.FindFrame(fl.f, fl.scan+1, st.Size())
 	switch {
-	case err == nil, err == io.EOF:
-		return nil // the data changed under us (a write completed): parse again
-	case errors.Is(err, format.ErrTornTail):
-		return nil
+	case errors.Is(err, format.ErrScanLimit):
+		return fl.fail(fl.scan, fmt.Errorf("%w; %v", why, err))
+	case err != nil:
+		return fmt.Errorf("tail: %s: %w", fl.path, err)
+	case at >= 0:
+		return fl.fail(fl.scan, fmt.Errorf("%w; a valid frame starts at offset %d: the damage is in the middle of the segment, not a torn tail", why, at))
 	}
-	var pe *format.PositionError
-	if errors.As(err, &pe) {
-		fl.err = pe
-		return pe
-	}
-	return fl.fail(fl.scan, err)
+	fl.checkedSize = st.Size()
+	return nil
 }
 
 // atEnd is called when no whole frame follows scan. It moves on to the next
@@ -540,10 +547,23 @@ func (fl *Follower) atEnd() (bool, error) {
 		if st.Size() > fl.scan {
 			return false, fl.fail(fl.scan, fmt.Errorf("%w: %d bytes after the seal frame", format.ErrCorrupt, st.Size()-fl.scan))
 		}
-		return fl.moveOn(fl.sealNext, 0)
+		return fl.moveOn(fl.sealNext, 0, false)
 	}
 	if grew {
 		return true, nil // more bytes arrived since we read: parse them first
+	}
+	stable := st.Size() == fl.endSize
+	fl.endSize = st.Size()
+	if rest := st.Size() - fl.scan; rest > 0 && stable && fl.checkedSize != st.Size() {
+		// Bytes that do not form a whole frame, and the file did not grow
+		// since the last look: a writer that crashed in the middle of a
+		// frame, or a corrupt length field with valid frames after it.
+		// The latter must stop the source now, not when a later segment
+		// appears (which may be never).
+		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of the segment that are not a whole frame (the length field says %d)",
+			format.ErrCorrupt, rest, fl.frameLenAt(fl.scan))); err != nil {
+			return false, err
+		}
 	}
 	next := fl.seg + 1
 	if !fl.nextSeen {
@@ -556,28 +576,45 @@ func (fl *Follower) atEnd() (bool, error) {
 		return false, fl.checkGap(next)
 	}
 	// Abandoned by a crashed writer: what did not form a frame is torn.
-	if rest := st.Size() - fl.scan; rest > 0 {
-		if err := fl.classify(); err != nil {
+	if rest := st.Size() - fl.scan; rest > 0 && fl.checkedSize != st.Size() {
+		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of an abandoned segment that are not a whole frame", format.ErrCorrupt, rest)); err != nil {
 			return false, err
 		}
 	}
-	return fl.moveOn(next, st.Size()-fl.scan)
+	return fl.moveOn(next, st.Size()-fl.scan, fl.scan == fl.hdrLen)
+}
+
+// frameLenAt returns the payload length the frame header at off claims, or
+// -1 if the header is not all there.
+func (fl *Follower) frameLenAt(off int64) int64 {
+	var h [format.FrameHeaderLen]byte
+	if _, err := fl.f.ReadAt(h[:], off); err != nil {
+		return -1
+	}
+	return int64(binary.LittleEndian.Uint32(h[:]))
 }
 
 // moveOn opens segment next, recording where the current one ended.
-func (fl *Follower) moveOn(next uint64, torn int64) (bool, error) {
+// frameless says the current segment held no frame at all (empty, or its
+// header torn): the next segment's PrevEnd then still refers to the last
+// segment that held frames (or is 0, the chain's start), so that a receiver
+// continues from what it applied, and the torn bytes add up.
+func (fl *Follower) moveOn(next uint64, torn int64, frameless bool) (bool, error) {
 	path := filepath.Join(fl.dir, format.SegmentName(fl.source, next))
-	if _, err := os.Stat(path); err != nil {
+	if _, err := os.Lstat(path); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return false, fl.checkGap(next)
 		}
 		return false, fmt.Errorf("tail: stat %s: %w", path, err)
 	}
-	end := fl.scan
+	prevEnd, prevSeg, prevTorn := fl.scan, fl.seg, int64(0)
+	if frameless && fl.prevEnd >= 0 {
+		prevEnd, prevSeg, prevTorn = fl.prevEnd, fl.prevSeg, fl.torn
+	}
 	if err := fl.openSegment(next, 0); err != nil {
 		return false, err
 	}
-	fl.prevEnd, fl.torn = end, torn
+	fl.prevEnd, fl.prevSeg, fl.torn = prevEnd, prevSeg, prevTorn+torn
 	return true, nil
 }
 
@@ -604,12 +641,25 @@ func (fl *Follower) checkGap(next uint64) error {
 	return nil
 }
 
-// checkAbandonedHeader fails when a segment whose header never completed has
-// been abandoned: there is no frame to ship and no position to continue from.
-func (fl *Follower) checkAbandonedHeader() error {
-	next := filepath.Join(fl.dir, format.SegmentName(fl.source, fl.seg+1))
-	if _, err := os.Stat(next); err == nil {
-		return fl.fail(0, fmt.Errorf("%w: header incomplete and the writer has moved on to %s; remove the empty file", format.ErrCorrupt, next))
+// abandonedHeader is called while the current segment's header is not
+// complete. While it is the newest segment its writer may be creating it:
+// wait. Once a later segment exists it was abandoned at birth (its writer
+// crashed while writing the header): it holds no frame, its bytes are
+// reported as torn, and the Follower moves on (SPEC.md, "Readers", step 4).
+func (fl *Follower) abandonedHeader() (bool, error) {
+	next := fl.seg + 1
+	if _, err := os.Lstat(filepath.Join(fl.dir, format.SegmentName(fl.source, next))); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, fl.checkGap(next)
+		}
+		return false, fmt.Errorf("tail: stat next segment: %w", err)
 	}
-	return nil
+	if fl.pos > 0 {
+		return false, fl.fail(0, fmt.Errorf("%w: header incomplete although the shipper was positioned at offset %d of the segment; the file changed under it", format.ErrCorrupt, fl.pos))
+	}
+	st, err := fl.f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("tail: stat %s: %w", fl.path, err)
+	}
+	return fl.moveOn(next, st.Size(), true)
 }

@@ -33,7 +33,7 @@ func writeChain(t *testing.T, dir string, txs []int, changes int) []int64 {
 			}
 		}
 		if i < len(txs)-1 {
-			b = format.AppendSeal(b, format.Seal{Next: seg + 1, Time: 5000})
+			b = format.AppendSeal(b, format.Seal{Next: seg + 1, Transactions: uint64(n), Changes: uint64(n * changes), Time: 5000})
 		}
 		if err := os.WriteFile(filepath.Join(dir, format.SegmentName("s", seg)), b, 0o644); err != nil {
 			t.Fatal(err)
@@ -137,7 +137,7 @@ func TestFollowsAppendsAndRotation(t *testing.T) {
 	// The writer appends a frame and a seal, and creates segment 2.
 	f, _ := os.OpenFile(filepath.Join(dir, format.SegmentName("s", 1)), os.O_WRONLY|os.O_APPEND, 0)
 	more, _ := format.AppendTx(nil, &format.Tx{CommitTime: 9, Changes: []format.Change{{Table: "t", Op: format.OpDelete, Key: []byte("k")}}})
-	more = format.AppendSeal(more, format.Seal{Next: 2})
+	more = format.AppendSeal(more, format.Seal{Next: 2, Transactions: 6, Changes: 6})
 	f.Write(more)
 	f.Close()
 	got := drain(t, fl)
