@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -240,4 +239,25 @@ func TestOpenSegmentRefusesOddFiles(t *testing.T) {
 	}
 }
 
-var _ = runtime.GC
+// TestWriterLockFileNeverFollowsLinks: a symbolic link where the lock file
+// belongs is refused; the writer used to rewrite and truncate its target.
+func TestWriterLockFileNeverFollowsLinks(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(t.TempDir(), "precious")
+	if err := os.WriteFile(target, []byte("keep\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(dir, "shop.lock")); err != nil {
+		t.Fatal(err)
+	}
+	w, err := format.OpenWriter(dir, "shop")
+	if err == nil {
+		w.Close()
+	}
+	if !errors.Is(err, format.ErrNotRegular) {
+		t.Fatalf("OpenWriter: %v, want ErrNotRegular", err)
+	}
+	if b, _ := os.ReadFile(target); string(b) != "keep\n" {
+		t.Fatalf("the link's target holds %q", b)
+	}
+}

@@ -304,7 +304,8 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 
 func lockSource(dir, source string) (*os.File, error) {
 	path := filepath.Join(dir, source+".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	// Never through a link: the lock file is rewritten and truncated.
+	f, err := OpenRegular(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("format: opening lock file: %w", err)
 	}

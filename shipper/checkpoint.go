@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -33,12 +34,17 @@ func (c checkpoint) pos() format.Position {
 // loadCheckpoint reads the checkpoint at path; a missing file is no
 // checkpoint (ok false).
 func loadCheckpoint(path string) (checkpoint, bool, error) {
-	data, err := os.ReadFile(path)
+	f, err := format.OpenRegular(path, os.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return checkpoint{}, false, nil
 	}
 	if err != nil {
 		return checkpoint{}, false, fmt.Errorf("shipper: reading checkpoint: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return checkpoint{}, false, fmt.Errorf("shipper: reading checkpoint %s: %w", path, err)
 	}
 	var c checkpoint
 	if err := json.Unmarshal(data, &c); err != nil {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"syscall"
+
+	"github.com/ferrysync/ferry/format"
 )
 
 // instance is this Shipper's identity in its lease, "host:pid:id:boot": id is
@@ -34,7 +36,9 @@ type instance struct {
 // lockInstance opens and flocks the instance file at path, creating its id
 // if it has none. A file locked by another process is ErrSourceBusy.
 func lockInstance(path, source string) (*instance, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	// Never through a link: the file is truncated and rewritten below, so a
+	// link would clobber whatever it points to.
+	f, err := format.OpenRegular(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("shipper: opening instance file: %w", err)
 	}

@@ -371,6 +371,11 @@ func (s *Shipper) Run(ctx context.Context) error {
 		case errors.Is(err, ErrSourceBusy):
 			s.met.error("lease")
 			return err
+		case errors.Is(err, format.ErrNotRegular):
+			// A link or a FIFO where the instance file belongs: someone
+			// put it there; writing through it would clobber its target.
+			s.log.Error("source stopped", "err", err)
+			return err
 		case err != nil:
 			// A read-only directory: ship anyway, without the takeover.
 			s.log.Warn("no instance file: a restart after a crash will wait for the lease to expire", "err", err)

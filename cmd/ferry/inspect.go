@@ -256,7 +256,7 @@ func (in *inspector) info(ref segmentRef, f string, args ...any) {
 func (in *inspector) segment(ref segmentRef, last bool) (segmentEnd, error) {
 	var res segmentEnd
 	in.segments++
-	f, err := os.Open(ref.path)
+	f, err := format.OpenSegment(ref.path)
 	if err != nil {
 		return res, err
 	}

@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/format"
 )
@@ -205,6 +207,34 @@ func TestInspectJSONNonJSONContent(t *testing.T) {
 	} {
 		if !strings.Contains(lines[i], want) {
 			t.Errorf("line %d %s\nlacks %s", i, lines[i], want)
+		}
+	}
+}
+
+// TestInspectRefusesFIFO: a FIFO named like a segment, given as a directory
+// or as a path, is refused at once with an error naming it (inspect used to
+// block in open(2), deaf to SIGTERM).
+func TestInspectRefusesFIFO(t *testing.T) {
+	dir := t.TempDir()
+	fifo := segPath(dir, 1)
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, arg := range []string{dir, fifo} {
+		done := make(chan struct{})
+		var stderr string
+		var code int
+		go func() {
+			defer close(done)
+			_, stderr, code = runFerry(t, nil, "inspect", "--verify", arg)
+		}()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("inspect --verify %s blocked", arg)
+		}
+		if code != 1 || !strings.Contains(stderr, fifo) || !strings.Contains(stderr, "FIFO") {
+			t.Fatalf("inspect --verify %s: exit %d, stderr %q; want exit 1 naming the FIFO", arg, code, stderr)
 		}
 	}
 }

@@ -523,3 +523,50 @@ func TestTornBytesCountedOnce(t *testing.T) {
 		t.Fatalf("torn bytes %d, want %d (7 per segment opened)", got, want)
 	}
 }
+
+// TestFramelessSegmentsSkipped: a segment that held no frame (empty, or
+// abandoned while its header was written) produces no message; the next
+// segment's Ferry-Prev-Segment names the last segment with frames and
+// Prev-End where it ended. The receiver continues from exactly there and
+// nowhere else.
+func TestFramelessSegmentsSkipped(t *testing.T) {
+	txs := genTxs(4, 1, "e")
+	var raws [][]byte
+	for i := range txs {
+		r, err := format.AppendTx(nil, &txs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, r)
+	}
+	hdr := int64(format.HeaderLen(format.Version, "e"))
+	first := synth(t, "e", 1, hdr, 0, raws[0], raws[1])
+	for _, c := range []struct {
+		name    string
+		prevSeg uint64
+		prevEnd int64
+		gap     bool
+	}{
+		{"Continues", 1, first.Batch.To, false},
+		{"WrongPrevEnd", 1, first.Batch.To - 1, true},
+		{"WrongPrevSegment", 2, first.Batch.To, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			next := synth(t, "e", 4, hdr, c.prevEnd, raws[2], raws[3])
+			next.Batch.PrevSegment = c.prevSeg
+			h.handle(first, next)
+			e := h.sourceErr("e")
+			if c.gap {
+				if e == nil || e.Kind != consume.KindGap {
+					t.Fatalf("source error %v, want a gap", e)
+				}
+				return
+			}
+			if e != nil {
+				t.Fatalf("source stopped: %v", e)
+			}
+			h.checkLog("e", txs)
+		})
+	}
+}
