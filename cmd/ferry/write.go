@@ -1,19 +1,15 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/jsonl"
 )
 
 const writeUsage = `Usage: ferry write --dir DIR [--source NAME] [--sync none|interval|always] [--max-segment-size SIZE]
@@ -30,6 +26,8 @@ of SOURCE in DIR, as transactions:
   after        the row after the change, any JSON value (required unless
                op is delete; a delete has none)
   before       the row before the change, any JSON value (optional)
+  version      the row's version after the change, an integer from 1
+               (optional; see format/SPEC.md, "Row versions")
   tx           transaction id, a string or number (optional): consecutive
                lines with the same tx form one transaction; a line without
                tx is a transaction of its own
@@ -95,331 +93,17 @@ func runWrite(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("ferry write: %w", err)
 	}
-	sum, werr := writeLines(ctx, env.Stdin, w)
+	sum, werr := jsonl.Copy(ctx, env.Stdin, w)
+	if werr != nil {
+		werr = fmt.Errorf("ferry write: %w", werr)
+	}
 	cerr := w.Close()
 	if werr == nil && cerr != nil {
 		werr = fmt.Errorf("ferry write: closing the segment: %w", cerr)
 	}
 	fmt.Fprintf(env.Stderr, "ferry write: %d transactions, %d changes written to %s (%s)\n",
-		sum.txs, sum.changes, f.dir, sum.segments(f.source))
+		sum.Txs, sum.Changes, f.dir, sum.Segments(f.source))
 	return werr
-}
-
-// writeSummary counts what ferry write committed.
-type writeSummary struct {
-	txs, changes int
-	first, last  format.Position
-}
-
-func (s *writeSummary) segments(source string) string {
-	switch {
-	case s.txs == 0:
-		return "no segment written"
-	case s.first.Segment == s.last.Segment:
-		return "segment " + format.SegmentName(source, s.first.Segment)
-	}
-	return fmt.Sprintf("segments %s to %s", format.SegmentName(source, s.first.Segment), format.SegmentName(source, s.last.Segment))
-}
-
-// writeLine is one JSON line of ferry write's input.
-type writeLine struct {
-	Table      *string         `json:"table"`
-	Op         *string         `json:"op"`
-	Key        json.RawMessage `json:"key"`
-	After      json.RawMessage `json:"after"`
-	Before     json.RawMessage `json:"before"`
-	Tx         json.RawMessage `json:"tx"`
-	Origin     *string         `json:"origin"`
-	CommitTime json.RawMessage `json:"commit_time"`
-}
-
-// pendingTx is a transaction being collected from consecutive lines.
-type pendingTx struct {
-	tx        format.Tx
-	id        string // the tx field as given; "" for a line without one
-	grouped   bool   // lines with this id are grouped
-	firstLine int
-	lastLine  int
-	timeSet   bool
-	originSet bool
-}
-
-// writeLines reads JSON lines from in and commits their transactions to w.
-// It stops at the first bad line, having committed every transaction before
-// that line's transaction and nothing of it.
-func writeLines(ctx context.Context, in io.Reader, w *format.Writer) (writeSummary, error) {
-	var sum writeSummary
-	stop := interruptReads(ctx, in)
-	defer stop()
-	br := bufio.NewReaderSize(in, 1<<20)
-	var cur *pendingTx
-	flush := func() error {
-		if cur == nil {
-			return nil
-		}
-		tx := &cur.tx
-		if !cur.timeSet {
-			tx.CommitTime = time.Now().UnixNano()
-		}
-		pos, err := w.Commit(tx)
-		if errors.Is(err, format.ErrInvalid) || errors.Is(err, format.ErrTooLarge) {
-			return fmt.Errorf("ferry write: %s (lines %d-%d): %w; nothing of it was written", cur.describe(), cur.firstLine, cur.lastLine, err)
-		}
-		if err != nil {
-			return fmt.Errorf("ferry write: %s (lines %d-%d): %w", cur.describe(), cur.firstLine, cur.lastLine, err)
-		}
-		if sum.txs == 0 {
-			sum.first = pos
-		}
-		sum.last = pos
-		sum.txs++
-		sum.changes += len(tx.Changes)
-		cur = nil
-		return nil
-	}
-	var line []byte
-	for n := 1; ; n++ {
-		var err error
-		line, err = readLine(br, line[:0])
-		if err != nil && !(err == io.EOF && len(line) > 0) {
-			if err == io.EOF {
-				return sum, flush()
-			}
-			if ctx.Err() != nil {
-				return sum, fmt.Errorf("ferry write: interrupted at line %d; %d transactions written, the one being read (if any) was not", n, sum.txs)
-			}
-			return sum, fmt.Errorf("ferry write: reading stdin at line %d: %w", n, err)
-		}
-		if len(bytes.TrimSpace(line)) == 0 {
-			continue
-		}
-		var l writeLine
-		change, id, hasID, err := parseWriteLine(line, &l)
-		sameTx := cur != nil && hasID && cur.grouped && cur.id == id
-		if err == nil {
-			err = format.ValidateTx(&format.Tx{ID: id, Origin: deref(l.Origin), Changes: []format.Change{change}})
-		}
-		if err == nil && sameTx {
-			err = cur.add(change, &l)
-		}
-		if errors.Is(err, errNoTx) && cur != nil {
-			// Which transaction the line belongs to cannot be told: refuse
-			// the one being collected too rather than risk splitting it.
-			return sum, fmt.Errorf("ferry write: line %d: %w; nothing of it nor of %s (from line %d) was written: fix the line and write them again",
-				n, err, cur.describe(), cur.firstLine)
-		}
-		if err != nil {
-			if sameTx {
-				return sum, fmt.Errorf("ferry write: line %d: %w; nothing of transaction %q (from line %d) was written: fix the line and write that transaction again",
-					n, err, id, cur.firstLine)
-			}
-			// The bad line starts a transaction: the one before it is whole.
-			if ferr := flush(); ferr != nil {
-				return sum, ferr
-			}
-			return sum, fmt.Errorf("ferry write: line %d: %w; nothing of its transaction was written: fix the line and write it again", n, err)
-		}
-		if !sameTx {
-			if err := flush(); err != nil {
-				return sum, err
-			}
-			cur = &pendingTx{id: id, grouped: hasID, firstLine: n}
-			cur.tx.ID = id
-			if err := cur.add(change, &l); err != nil {
-				return sum, fmt.Errorf("ferry write: line %d: %w; nothing of its transaction was written: fix the line and write it again", n, err)
-			}
-		}
-		cur.lastLine = n
-	}
-}
-
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}
-
-func (p *pendingTx) describe() string {
-	if p.grouped {
-		return fmt.Sprintf("transaction %q", p.id)
-	}
-	return "the transaction"
-}
-
-// add appends a change to the transaction, checking that origin and commit
-// time agree with its earlier lines.
-func (p *pendingTx) add(c format.Change, l *writeLine) error {
-	if l.Origin != nil {
-		if p.originSet && *l.Origin != p.tx.Origin {
-			return fmt.Errorf("origin %q differs from %q on the transaction's earlier lines", *l.Origin, p.tx.Origin)
-		}
-		if !p.originSet && len(p.tx.Changes) > 0 && *l.Origin != "" {
-			return fmt.Errorf("origin %q on a later line of a transaction whose first line has none", *l.Origin)
-		}
-		p.tx.Origin, p.originSet = *l.Origin, true
-	}
-	if len(l.CommitTime) > 0 && string(l.CommitTime) != "null" {
-		t, err := parseCommitTime(l.CommitTime)
-		if err != nil {
-			return err
-		}
-		if p.timeSet && t != p.tx.CommitTime {
-			return fmt.Errorf("commit_time %s differs from the transaction's earlier lines", l.CommitTime)
-		}
-		p.tx.CommitTime, p.timeSet = t, true
-	}
-	p.tx.Changes = append(p.tx.Changes, c)
-	return nil
-}
-
-// parseWriteLine decodes one line into a change and its tx id.
-func parseWriteLine(line []byte, l *writeLine) (c format.Change, id string, hasID bool, err error) {
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.DisallowUnknownFields()
-	dec.UseNumber()
-	if err := dec.Decode(l); err != nil {
-		// Still find the line's transaction if the JSON allows it, so that
-		// the error refuses the right one.
-		var txOnly struct{ Tx json.RawMessage }
-		if json.Unmarshal(line, &txOnly) == nil {
-			if len(txOnly.Tx) > 0 && string(txOnly.Tx) != "null" {
-				id, terr := scalarText(txOnly.Tx)
-				return c, id, terr == nil, fmt.Errorf("not a JSON object of a change: %v", err)
-			}
-			return c, "", false, fmt.Errorf("not a JSON object of a change: %v", err)
-		}
-		return c, "", false, fmt.Errorf("%w: %v", errNoTx, err)
-	}
-	if dec.More() {
-		return c, "", false, errors.New("more than one JSON value on the line")
-	}
-	if len(l.Tx) > 0 && string(l.Tx) != "null" {
-		if id, err = scalarText(l.Tx); err != nil {
-			return c, "", false, fmt.Errorf("tx: %v", err)
-		}
-		hasID = true
-	}
-	if l.Table == nil || *l.Table == "" {
-		return c, id, hasID, errors.New(`missing "table"`)
-	}
-	c.Table = *l.Table
-	if l.Op == nil {
-		return c, id, hasID, errors.New(`missing "op" (insert, update, upsert or delete)`)
-	}
-	if c.Op, err = format.ParseOp(*l.Op); err != nil {
-		return c, id, hasID, err
-	}
-	if len(l.Key) == 0 || string(l.Key) == "null" {
-		return c, id, hasID, errors.New(`missing "key"`)
-	}
-	key, err := scalarText(l.Key)
-	if err != nil {
-		return c, id, hasID, fmt.Errorf("key: %v", err)
-	}
-	if key == "" {
-		return c, id, hasID, errors.New("empty key")
-	}
-	c.Key = []byte(key)
-	c.Content = format.ContentJSON
-	hasAfter := len(l.After) > 0 && string(l.After) != "null"
-	switch {
-	case c.Op == format.OpDelete && hasAfter:
-		return c, id, hasID, errors.New(`a delete has no "after" image (put the deleted row in "before")`)
-	case c.Op != format.OpDelete && !hasAfter:
-		return c, id, hasID, fmt.Errorf(`missing "after": an %s needs the row after the change`, c.Op)
-	}
-	if hasAfter {
-		c.After = compactJSON(l.After)
-	}
-	if len(l.Before) > 0 && string(l.Before) != "null" {
-		c.Before = compactJSON(l.Before)
-	}
-	return c, id, hasID, nil
-}
-
-// errNoTx marks a line too malformed to tell its transaction.
-var errNoTx = errors.New("not JSON")
-
-// scalarText returns a JSON string's text or a JSON number's literal.
-func scalarText(raw json.RawMessage) (string, error) {
-	switch raw[0] {
-	case '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", err
-		}
-		return s, nil
-	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-		return string(raw), nil
-	}
-	return "", fmt.Errorf("want a string or a number, got %s", raw)
-}
-
-func compactJSON(raw json.RawMessage) []byte {
-	var b bytes.Buffer
-	if err := json.Compact(&b, raw); err != nil {
-		return append([]byte(nil), raw...) // already validated by the decoder
-	}
-	return b.Bytes()
-}
-
-func parseCommitTime(raw json.RawMessage) (int64, error) {
-	if raw[0] == '"' {
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return 0, err
-		}
-		t, err := time.Parse(time.RFC3339Nano, s)
-		if err != nil {
-			return 0, fmt.Errorf("commit_time %q: want RFC 3339 like 2026-01-02T15:04:05.123Z or Unix nanoseconds", s)
-		}
-		return t.UnixNano(), nil
-	}
-	v, err := strconv.ParseInt(string(raw), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("commit_time %s: want RFC 3339 text or an integer of Unix nanoseconds", raw)
-	}
-	return v, nil
-}
-
-// readLine appends the next line of br (without its newline) to buf.
-func readLine(br *bufio.Reader, buf []byte) ([]byte, error) {
-	for {
-		chunk, err := br.ReadSlice('\n')
-		buf = append(buf, chunk...)
-		if err == bufio.ErrBufferFull {
-			continue
-		}
-		if n := len(buf); n > 0 && buf[n-1] == '\n' {
-			buf = buf[:n-1]
-			if n := len(buf); n > 0 && buf[n-1] == '\r' {
-				buf = buf[:n-1]
-			}
-		}
-		return buf, err
-	}
-}
-
-// interruptReads makes a blocked read of in return once ctx is done, when in
-// supports read deadlines (pipes and most terminals do). The returned stop
-// ends the watcher and waits for it.
-func interruptReads(ctx context.Context, in io.Reader) (stop func()) {
-	d, ok := in.(interface{ SetReadDeadline(time.Time) error })
-	if !ok {
-		return func() {}
-	}
-	done := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		select {
-		case <-ctx.Done():
-			_ = d.SetReadDeadline(time.Now())
-		case <-done:
-		}
-	}()
-	return func() { close(done); <-exited }
 }
 
 // parseSize parses a byte size: a number with an optional KiB, MiB or GiB

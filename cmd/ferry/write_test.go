@@ -59,6 +59,7 @@ type outputLine struct {
 	Tx         string          `json:"tx"`
 	Origin     string          `json:"origin"`
 	CommitTime string          `json:"commit_time"`
+	Version    uint64          `json:"version"`
 	Position   struct {
 		Source  string `json:"source"`
 		Segment uint64 `json:"segment"`
@@ -248,7 +249,7 @@ func TestWriteKeysAndTransactions(t *testing.T) {
 {"table":"a","op":"upsert","key":-4.50,"after":[1, 2 ,3]}
 
 {"table":"a","op":"upsert","key":"x","after":"s","tx":7}
-{"table":"b","op":"update","key":"y","after":true,"before":false,"tx":7}
+{"table":"b","op":"update","key":"y","after":true,"before":false,"tx":7,"version":12}
 {"table":"a","op":"delete","key":"z","commit_time":"2026-01-01T00:00:00Z"}
 `
 	_, stderr, code := runFerry(t, strings.NewReader(input), "write", "--dir", dir, "--source", "shop")
@@ -262,6 +263,9 @@ func TestWriteKeysAndTransactions(t *testing.T) {
 		if got[i].Key != w.key || string(got[i].After) != w.after || got[i].Tx != w.tx {
 			t.Fatalf("change %d: key %q after %s tx %q; want %q %s %q", i, got[i].Key, got[i].After, got[i].Tx, w.key, w.after, w.tx)
 		}
+	}
+	if got[3].Version != 12 || got[2].Version != 0 {
+		t.Fatalf("versions %d and %d, want 12 on the change that gave one and none elsewhere", got[3].Version, got[2].Version)
 	}
 	if got[2].Position.Offset != got[3].Position.Offset || got[4].CommitTime != "2026-01-01T00:00:00Z" {
 		t.Fatalf("tx 7 split over frames or commit time lost: %+v", got)
