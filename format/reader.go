@@ -2,6 +2,7 @@ package format
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -185,15 +186,30 @@ func (r *Reader) Next() (Frame, error) {
 			// The frame's declared length runs past the end of the data: a
 			// torn or in-progress write, unless a valid frame follows (then
 			// the length field itself is corrupt).
-			n := FrameLen(r.buf[r.lo:r.hi])
-			return r.badFrame(fmt.Errorf("%w: frame length %d runs past the end of the data (%d bytes left)",
-				ErrCorrupt, n-FrameHeaderLen, r.hi-r.lo-FrameHeaderLen),
-				fmt.Sprintf("%d bytes of a frame of %d", r.hi-r.lo, n))
+			what, cause := partialFrame(r.buf[r.lo:r.hi])
+			return r.badFrame(fmt.Errorf("%w: %s", ErrCorrupt, cause), what)
 		}
 		if _, ferr := r.grow(); ferr != nil {
 			return Frame{}, ferr
 		}
 	}
+}
+
+// partialFrame describes bytes that end the data before their frame does:
+// what they are (for a torn tail) and, if a valid frame follows them, why
+// they are corrupt instead.
+func partialFrame(b []byte) (what, cause string) {
+	if len(b) < FrameHeaderLen {
+		return fmt.Sprintf("%d bytes of a frame's %d-byte header", len(b), FrameHeaderLen),
+			fmt.Sprintf("%d bytes, less than a frame header (%d bytes)", len(b), FrameHeaderLen)
+	}
+	n := FrameLen(b)
+	if n < 0 {
+		return fmt.Sprintf("a frame header declaring %d bytes, more than a frame may hold (%d)", binary.LittleEndian.Uint32(b), MaxFrameLen),
+			fmt.Sprintf("frame length %d exceeds the maximum %d", binary.LittleEndian.Uint32(b), MaxFrameLen)
+	}
+	return fmt.Sprintf("%d bytes of a frame of %d bytes", len(b), n),
+		fmt.Sprintf("frame length %d runs past the end of the data (%d bytes left)", n-FrameHeaderLen, len(b)-FrameHeaderLen)
 }
 
 // badFrame classifies the bytes at r.lo, which do not form a valid frame

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ferrysync/ferry/format"
@@ -83,6 +84,14 @@ func TestReaderTornTailAtEveryCut(t *testing.T) {
 	for cut := last + 1; cut < len(data); cut++ {
 		got, err := readFrames(t, data[:cut])
 		wantPosErr(t, err, format.ErrTornTail, last)
+		// The message says what the bytes are, never a negative length
+		// ("4 bytes of a frame of -1").
+		if msg := err.Error(); strings.Contains(msg, "-1") || strings.Contains(msg, "of -") {
+			t.Fatalf("cut %d: %q", cut, msg)
+		}
+		if cut-last < format.FrameHeaderLen && !strings.Contains(err.Error(), "header") {
+			t.Fatalf("cut %d inside the frame header: %q, want it to say so", cut, err)
+		}
 		if len(got) != 4 {
 			t.Fatalf("cut %d: read %d frames before the torn tail, want 4", cut, len(got))
 		}
