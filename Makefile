@@ -24,9 +24,9 @@ deps:
 	$(GO) mod download
 
 # The whole suite, with the fault suite at its full sizes (~3 minutes of the
-# run); a plain `go test ./...` runs the fault suite's fast subset.
-test:
-	$(GO) vet ./...
+# run), after gofmt and go vet (lint); a plain `go test ./...` runs the fault
+# suite's fast subset.
+test: lint
 	FERRY_FAULTS=full $(GO) test -count=1 -timeout 30m ./...
 
 test-faults:
