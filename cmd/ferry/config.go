@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
+	"sort"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -15,8 +17,9 @@ import (
 // then from the YAML config file's top-level keys named like the flags.
 // Precedence: flags > environment > config file > defaults. It returns the
 // whole decoded file (nil without one) for keys that are not flags, such as
-// a shipper's list of sources.
-func applyConfig(fs *flag.FlagSet, env *Env, configPath string) (map[string]any, error) {
+// a shipper's list of sources; a key that is neither a flag nor one of
+// extra is refused (a mistyped key would otherwise be ignored silently).
+func applyConfig(fs *flag.FlagSet, env *Env, configPath string, extra ...string) (map[string]any, error) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var file map[string]any
@@ -27,6 +30,9 @@ func applyConfig(fs *flag.FlagSet, env *Env, configPath string) (map[string]any,
 		}
 		if err := yaml.Unmarshal(data, &file); err != nil {
 			return nil, fmt.Errorf("config file %s: %w", configPath, err)
+		}
+		if err := checkKeys(fs, file, configPath, extra); err != nil {
+			return nil, err
 		}
 	}
 	var err error
@@ -61,11 +67,35 @@ func applyConfig(fs *flag.FlagSet, env *Env, configPath string) (map[string]any,
 	return file, err
 }
 
+// checkKeys refuses the keys of a config file that are neither flags of fs
+// nor in extra, suggesting the flag meant.
+func checkKeys(fs *flag.FlagSet, file map[string]any, path string, extra []string) error {
+	var unknown []string
+	for k := range file {
+		if fs.Lookup(k) == nil && !slices.Contains(extra, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	sort.Strings(unknown)
+	k := unknown[0]
+	hint := ""
+	if guess := strings.ToLower(strings.ReplaceAll(k, "_", "-")); fs.Lookup(guess) != nil {
+		hint = fmt.Sprintf(" (did you mean %q? keys are named like the flags)", guess)
+	} else {
+		hint = " (keys are named like the flags: see " + fs.Name() + " -h)"
+	}
+	return fmt.Errorf("config file %s: unknown key %q%s", path, k, hint)
+}
+
 // parseFlags parses a subcommand's arguments, then fills the flags they left
 // unset from FERRY_* variables and the config file (--config, or
 // FERRY_CONFIG), as applyConfig says. ok is false when -h printed the usage.
-// Positional arguments are refused unless positional is set.
-func parseFlags(fs *flag.FlagSet, env *Env, args []string, positional bool) (file map[string]any, ok bool, err error) {
+// Positional arguments are refused unless positional is set. extra names
+// the config file's keys that are not flags but the command reads.
+func parseFlags(fs *flag.FlagSet, env *Env, args []string, positional bool, extra ...string) (file map[string]any, ok bool, err error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, false, nil
@@ -84,7 +114,7 @@ func parseFlags(fs *flag.FlagSet, env *Env, args []string, positional bool) (fil
 			f.Value.Set(path) // so that the command can name the file in its errors
 		}
 	}
-	file, err = applyConfig(fs, env, path)
+	file, err = applyConfig(fs, env, path, extra...)
 	if err != nil {
 		return nil, false, &exitError{code: 2, err: fmt.Errorf("%s: %w", fs.Name(), err)}
 	}

@@ -6,7 +6,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestApplyConfigPrecedence(t *testing.T) {
@@ -34,7 +36,7 @@ func TestApplyConfigPrecedence(t *testing.T) {
 				t.Fatal(err)
 			}
 			env := &Env{Getenv: func(k string) string { return tt.env[k] }}
-			file, err := applyConfig(fs, env, cfg)
+			file, err := applyConfig(fs, env, cfg, "extra")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -45,6 +47,29 @@ func TestApplyConfigPrecedence(t *testing.T) {
 				t.Errorf("got nats=%q stream=%q source=%q, want %q %q %q", *nats, *stream, *srcs, tt.nats, tt.stream, tt.srcs)
 			}
 		})
+	}
+}
+
+// TestApplyConfigUnknownKey: a key that is no flag is refused, naming the
+// flag it resembles (ready_lag for ready-lag), not ignored.
+func TestApplyConfigUnknownKey(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ yaml, want string }{
+		{"ready_lag: 3s\n", `unknown key "ready_lag" (did you mean "ready-lag"?`},
+		{"Ready-Lag: 3s\n", `did you mean "ready-lag"?`},
+		{"colour: red\n", `unknown key "colour" (keys are named like the flags: see test -h)`},
+	} {
+		path := filepath.Join(dir, "c.yaml")
+		os.WriteFile(path, []byte(tc.yaml), 0o644)
+		fs := flag.NewFlagSet("test", flag.ContinueOnError)
+		lag := fs.Duration("ready-lag", 5*time.Second, "")
+		_, err := applyConfig(fs, &Env{Getenv: func(string) string { return "" }}, path)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%q: err %v, want one naming the file and saying %q", tc.yaml, err, tc.want)
+		}
+		if *lag != 5*time.Second {
+			t.Errorf("%q: ready-lag = %v, want the default kept", tc.yaml, *lag)
+		}
 	}
 }
 

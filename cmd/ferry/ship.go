@@ -57,7 +57,7 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprintln(env.Stderr, "the same way, with a non-zero exit.")
 		fs.PrintDefaults()
 	}
-	file, ok, err := parseFlags(fs, env, args, false)
+	file, ok, err := parseFlags(fs, env, args, false, "sources")
 	if !ok {
 		return err
 	}
