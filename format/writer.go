@@ -342,12 +342,10 @@ func (w *Writer) createSegment(seg uint64, created time.Time, lw Position) (*os.
 		return nil, fmt.Errorf("format: creating segment: %w", err)
 	}
 	if _, err := f.Write(hdr); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("format: writing segment header to %s: %w", path, err)
+		return nil, w.abandonSegment(f, path, fmt.Errorf("format: writing segment header to %s: %w", path, err))
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("format: syncing %s: %w", path, err)
+		return nil, w.abandonSegment(f, path, fmt.Errorf("format: syncing %s: %w", path, err))
 	}
 	if err := syncDir(w.dir); err != nil {
 		f.Close()
@@ -361,6 +359,21 @@ func (w *Writer) createSegment(seg uint64, created time.Time, lw Position) (*os.
 		return nil, err
 	}
 	return f, nil
+}
+
+// abandonSegment removes a segment whose header could not be written or
+// synced (a full disk, an I/O error) and returns err: nothing was ever in it,
+// and left behind it would hold a torn header that the next writer's
+// segment follows. Removed, the next attempt creates the same number again.
+// If the removal fails too, readers move past the torn header (SPEC.md,
+// "Readers", step 4).
+func (w *Writer) abandonSegment(f *os.File, path string, err error) error {
+	f.Close()
+	if rerr := os.Remove(path); rerr != nil {
+		return fmt.Errorf("%w (and removing the unfinished segment failed: %v)", err, rerr)
+	}
+	_ = syncDir(w.dir) // best effort: a resurrected empty file is handled too
+	return err
 }
 
 // readLastSegment reads the number of the last segment created from the

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"strconv"
@@ -100,6 +101,13 @@ func runWrite(ctx context.Context, env *Env, args []string) error {
 	cerr := w.Close()
 	if werr == nil && cerr != nil {
 		werr = fmt.Errorf("ferry write: closing the segment: %w", cerr)
+	}
+	if cerr != nil && !errors.Is(cerr, format.ErrClosed) && policy != format.SyncAlways {
+		// Commit returned before the disk had the frames: none of what it
+		// accepted is known to be on disk now that writing failed.
+		fmt.Fprintf(env.Stderr, "ferry write: %d transactions, %d changes accepted, but writing them failed (%v): under --sync %s none of them is confirmed on disk; free space or fix the disk, check what arrived with ferry inspect --json %s, and write the rest again\n",
+			sum.Txs, sum.Changes, cerr, policy, f.dir)
+		return werr
 	}
 	fmt.Fprintf(env.Stderr, "ferry write: %d transactions, %d changes written to %s (%s)\n",
 		sum.Txs, sum.Changes, f.dir, sum.Segments(f.source))
