@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"syscall"
 )
 
@@ -78,6 +80,10 @@ func run(ctx context.Context, env *Env, args []string) error {
 		}
 		return nil
 	}
+	if args[0] == "--version" || args[0] == "-version" || args[0] == "version" {
+		fmt.Fprintln(env.Stdout, version())
+		return nil
+	}
 	for _, c := range commands() {
 		if c.name == args[0] {
 			return c.run(ctx, env, args[1:])
@@ -93,5 +99,33 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun 'ferry <command> -h' for a command's flags.")
+	fmt.Fprintln(w, "\nRun 'ferry <command> -h' for a command's flags, 'ferry --version' for the version.")
+}
+
+// version says which build this is: the module version (a tag, or
+// "(devel)" for a build from a work tree), the VCS revision and time when
+// the build recorded them, and the Go version.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "ferry (no build information) " + runtime.Version()
+	}
+	v := "ferry " + bi.Main.Version
+	var rev, at, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.time":
+			at = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = ", modified"
+			}
+		}
+	}
+	if rev != "" {
+		v += fmt.Sprintf(" (%.12s %s%s)", rev, at, dirty)
+	}
+	return v + " " + bi.GoVersion
 }

@@ -60,7 +60,8 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	checkpoint := fs.String("checkpoint", "", "write a checkpoint of the (stopped) store in --data to this directory and exit")
 	uiOn := fs.Bool("ui", true, "serve the cockpit page at /ui/ (--ui=false turns it off)")
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060; off by default)")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
 	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	nf := addNATSFlags(fs, "ferry receive")
 	fs.Usage = func() {
@@ -76,11 +77,10 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	if _, ok, err := parseFlags(fs, env, args, false); !ok {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return &exitError{code: 2, err: fmt.Errorf("ferry receive: --log-level %q: want debug, info, warn or error", *logLevel)}
+	log, err := newLogger(env, *logLevel, *logFormat)
+	if err != nil {
+		return &exitError{code: 2, err: fmt.Errorf("ferry receive: %w", err)}
 	}
-	log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: level}))
 	if *data == "" {
 		return &exitError{code: 2, err: errors.New("ferry receive: --data DIR is required (where the store lives)")}
 	}

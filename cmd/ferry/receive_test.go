@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -283,4 +286,64 @@ func TestReceiveCheckpointAction(t *testing.T) {
 	if cs, err := st.Changes(0, 10); err != nil || len(cs) != 1 || string(cs[0].Key) != "k" {
 		t.Fatalf("checkpoint change log: %+v, %v", cs, err)
 	}
+}
+
+// TestReceiveLogFormat: --log-format json makes every log line of the
+// receiver a JSON object, as ship's does; a bad format is a usage error.
+func TestReceiveLogFormat(t *testing.T) {
+	s := startJetStream(t)
+	var stderr syncBuffer
+	env := &Env{Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: &stderr, Getenv: func(string) string { return "" }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, env, []string{"receive", "--data", t.TempDir(), "--http", "127.0.0.1:0", "--nats", s.ClientURL(), "--log-format", "json"})
+	}()
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(stderr.String(), "ferry receive starting"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no start line logged:\n%s", stderr.String())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil || m["msg"] == nil {
+			t.Errorf("log line %q is not a JSON log record (%v)", line, err)
+		}
+	}
+	if _, err := runCmd(t, "receive", "--data", t.TempDir(), "--log-format", "xml"); err == nil || !strings.Contains(err.Error(), `--log-format "xml": want text or json`) {
+		t.Errorf("--log-format xml: %v", err)
+	}
+}
+
+// TestVersion: ferry --version names the build.
+func TestVersion(t *testing.T) {
+	for _, arg := range []string{"--version", "version"} {
+		out, err := runCmd(t, arg)
+		if err != nil || !strings.HasPrefix(out, "ferry ") || !strings.Contains(out, runtime.Version()) {
+			t.Errorf("ferry %s: %q, %v; want \"ferry <version> ... %s\"", arg, out, err, runtime.Version())
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a command's logger and a test
+// reading it at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
