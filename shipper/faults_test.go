@@ -151,6 +151,19 @@ func TestSourceStopsLoudly(t *testing.T) {
 			},
 		},
 		{
+			// A length field in the middle of the newest segment that
+			// runs past the end of the file, valid frames after it: it
+			// used to look like a write in progress, waited on silently.
+			name: "CorruptLengthInLiveSegment",
+			segs: []seg{{num: 1, txs: 50, mangle: func(b []byte, offs []int64) {
+				b[offs[corruptTx]+2] = 0x10 // the length becomes ~1 MiB more
+			}}},
+			want: format.ErrCorrupt, file: format.SegmentName("orders", 1),
+			ackedTo: func(offs [][]int64, _ []int64) format.Position {
+				return format.Position{Segment: 1, Offset: offs[0][corruptTx]}
+			},
+		},
+		{
 			name: "GapInChain",
 			segs: []seg{{num: 1, txs: 5, seal: true}, {num: 3, txs: 5}},
 			want: tail.ErrGap, file: format.SegmentName("orders", 3),

@@ -174,7 +174,18 @@ func (g *Group) Health() (ok bool, text string) {
 	case len(failed) > 0:
 		return false, "stopped sources:\n" + strings.Join(failed, "\n")
 	}
-	return true, fmt.Sprintf("ok: %d sources shipping", n)
+	text = fmt.Sprintf("ok: %d sources shipping", n)
+	g.mu.Lock()
+	ships := g.ships
+	g.mu.Unlock()
+	for _, sh := range ships {
+		// Shipping, but waiting at a partial frame for a while: say so
+		// (not a failure: a writer that restarts moves the source on).
+		if st := sh.Stats(); st.PartialBytes > 0 {
+			text += fmt.Sprintf("\n%s: waiting at a partial frame of %d bytes at %s (a writer that crashed and has not restarted?)", sh.Source(), st.PartialBytes, st.Partial)
+		}
+	}
+	return true, text
 }
 
 // ServeHealth answers a health probe (/healthz): 200 while every source

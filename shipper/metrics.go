@@ -21,6 +21,7 @@ type Metrics struct {
 	shippedSegment  *prometheus.GaugeVec
 	shippedOffset   *prometheus.GaugeVec
 	tornBytes       *prometheus.CounterVec
+	partialBytes    *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them on reg (if not nil).
@@ -54,11 +55,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Offset of the acknowledged position in its segment."}, src),
 		tornBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_ship_torn_bytes_total",
 			Help: "Torn bytes found at the end of segments abandoned by a crashed writer (not shipped)."}, src),
+		partialBytes: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ferry_ship_partial_frame_bytes",
+			Help: "Bytes of a partial frame the shipper has been waiting at for longer than a few polls at the end of the newest segment (a writer in the middle of a write, or one that crashed and has not restarted); 0 otherwise."}, src),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.records, m.frames, m.rawBytes, m.compressedBytes, m.batches,
 			m.publishLatency, m.backlogBytes, m.backlogSegments, m.lagSeconds, m.errors, m.shippedSegment,
-			m.shippedOffset, m.tornBytes} {
+			m.shippedOffset, m.tornBytes, m.partialBytes} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}
@@ -83,6 +86,7 @@ type sourceMetrics struct {
 	shippedSegment  prometheus.Gauge
 	shippedOffset   prometheus.Gauge
 	tornBytes       prometheus.Counter
+	partialBytes    prometheus.Gauge
 }
 
 func (m *Metrics) forSource(source string) *sourceMetrics {
@@ -100,6 +104,7 @@ func (m *Metrics) forSource(source string) *sourceMetrics {
 		shippedSegment:  m.shippedSegment.WithLabelValues(source),
 		shippedOffset:   m.shippedOffset.WithLabelValues(source),
 		tornBytes:       m.tornBytes.WithLabelValues(source),
+		partialBytes:    m.partialBytes.WithLabelValues(source),
 	}
 }
 

@@ -307,6 +307,8 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	}()
 
 	shipped := false
+	stuck := &partialWait{}
+	defer stuck.clear(s)
 	var lastCut time.Time
 	nextUpkeep := time.Now()
 	nextStreamCheck := time.Now().Add(s.o.streamCheck)
@@ -339,6 +341,7 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			break
 		}
 		if span.Len() == 0 {
+			stuck.check(s, fl)
 			// Idle: publishes would notice a lost stream, so check
 			// for one now and then while there are none.
 			if now := time.Now(); !now.Before(nextStreamCheck) {
@@ -741,3 +744,53 @@ func (s *Shipper) upkeep(fl *tail.Follower, now time.Time) {
 		}
 	}
 }
+
+// partialWait watches the Follower waiting at a partial frame at the end of
+// the newest segment. That is normal for a moment (a write in progress) and
+// for good when the writer crashed and has not started again (its next start
+// moves on): after a few polls the wait is logged once, shown in Stats and
+// in ferry_ship_partial_frame_bytes, so that it is never silent.
+type partialWait struct {
+	at    format.Position
+	since time.Time
+	told  bool
+}
+
+func (w *partialWait) check(s *Shipper, fl *tail.Follower) {
+	at, n := fl.Partial()
+	if n == 0 {
+		w.clear(s)
+		return
+	}
+	now := time.Now()
+	if at != w.at || w.since.IsZero() {
+		w.clear(s)
+		w.at, w.since = at, now
+		return
+	}
+	if w.told || now.Sub(w.since) < partialWaitReport(s.o.poll) {
+		return
+	}
+	w.told = true
+	s.log.Warn("waiting at a partial frame at the end of the newest segment: a writer in the middle of a write, or one that crashed and has not started again (a new writer's next segment moves the shipper on; nothing after these bytes is shipped until then)",
+		"segment", at.Segment, "offset", at.Offset, "bytes", n, "waiting", now.Sub(w.since).Round(time.Second), "file", fl.Path())
+	s.met.partialBytes.Set(float64(n))
+	s.mu.Lock()
+	s.stats.Partial, s.stats.PartialBytes = at, n
+	s.mu.Unlock()
+}
+
+func (w *partialWait) clear(s *Shipper) {
+	if w.told {
+		s.log.Info("the partial frame is gone: shipping on", "segment", w.at.Segment, "offset", w.at.Offset)
+		s.met.partialBytes.Set(0)
+		s.mu.Lock()
+		s.stats.Partial, s.stats.PartialBytes = format.Position{}, 0
+		s.mu.Unlock()
+	}
+	*w = partialWait{}
+}
+
+// partialWaitReport is how long a wait at a partial frame lasts before it is
+// reported: a write in progress takes milliseconds.
+func partialWaitReport(poll time.Duration) time.Duration { return max(5*poll, 2*time.Second) }

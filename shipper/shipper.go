@@ -164,9 +164,14 @@ type Stats struct {
 	Batches         uint64
 	// Repairs counts holes found in the stream; Behind counts times the
 	// stream's tail was found behind what had been acknowledged.
-	Repairs         uint64
-	Behind          uint64
-	TornBytes       int64
+	Repairs   uint64
+	Behind    uint64
+	TornBytes int64
+	// Partial and PartialBytes: a partial frame at the end of the newest
+	// segment the Shipper has waited at for more than a few polls (a
+	// writer that crashed and has not restarted, or a very slow write).
+	Partial         format.Position
+	PartialBytes    int64
 	BacklogBytes    int64
 	BacklogSegments int
 	Sessions        uint64

@@ -128,6 +128,17 @@ type Follower struct {
 	err                  error
 }
 
+// Partial returns the bytes at the end of the current segment that were
+// last found not to form a whole frame, and where they start; 0 if none.
+// A Follower waits at them (a write in progress, or a writer that crashed
+// and has not started again); callers report a wait that lasts.
+func (fl *Follower) Partial() (format.Position, int64) {
+	if fl.checkedSize <= fl.scan || fl.err != nil {
+		return format.Position{}, 0
+	}
+	return format.Position{Segment: fl.seg, Offset: fl.scan}, fl.checkedSize - fl.scan
+}
+
 // Open returns a Follower of source in dir positioned at from: a frame
 // boundary of segment from.Segment, or from.Offset 0 for the segment's first
 // frame with no earlier segment shipped (the first span then has PrevEnd 0).
