@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -18,6 +19,9 @@ const (
 	DefaultKeepChanges = 1_000_000
 	DefaultKeepAge     = 24 * time.Hour
 	DefaultCacheSize   = 64 << 20
+	// DefaultTombstoneRetention is how long a delete's tombstone is kept
+	// (WithTombstoneRetention).
+	DefaultTombstoneRetention = store.DefaultTombstoneRetention
 )
 
 type options struct {
@@ -43,6 +47,7 @@ type options struct {
 	midChain      bool
 	maxTxBytes    int64
 	noUI          bool
+	tombRetention time.Duration
 }
 
 // Option configures a Receiver. Options validate their arguments.
@@ -255,4 +260,19 @@ func WithMaxTxBytes(n int64) Option {
 // WithUI serves the cockpit page at /ui/ (on by default; see receiver/ui).
 func WithUI(on bool) Option {
 	return func(o *options) error { o.noUI = !on; return nil }
+}
+
+// WithTombstoneRetention sets how long a delete's tombstone is kept (default
+// DefaultTombstoneRetention): while it is, a change older than the delete
+// (by row version, or by position from the same source) cannot bring the
+// row back; one that arrives later than that does.
+func WithTombstoneRetention(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("receiver: tombstone retention %v must be positive", d)
+		}
+		o.tombRetention = d
+		return nil
+	}
+
 }

@@ -64,7 +64,7 @@ const StoreDir = "store"
 // New validates the options and opens the store; Run starts the work.
 func New(opts ...Option) (*Receiver, error) {
 	o := options{stream: wire.DefaultStream, prefix: wire.DefaultSubjectPrefix, readyLag: DefaultReadyLag, keepChanges: DefaultKeepChanges,
-		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, log: slog.New(slog.DiscardHandler)}
+		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, tombRetention: DefaultTombstoneRetention, log: slog.New(slog.DiscardHandler)}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -84,7 +84,8 @@ func New(opts ...Option) (*Receiver, error) {
 	if err := os.MkdirAll(o.dataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("receiver: creating data directory: %w", err)
 	}
-	sopts := []store.Option{store.WithCacheSize(o.cacheSize), store.WithSync(o.sync), store.WithLogger(o.log)}
+	sopts := []store.Option{store.WithCacheSize(o.cacheSize), store.WithSync(o.sync), store.WithLogger(o.log),
+		store.WithTombstoneRetention(o.tombRetention)}
 	if o.rebuild {
 		// The store discards itself once it holds its lock: never under a
 		// running receiver.
@@ -284,6 +285,8 @@ func (r *Receiver) Status() Status {
 	first, last := r.st.ChangeRange()
 	st := Status{Stream: r.o.stream, Consuming: r.cons.Running(), CaughtUp: r.cons.CaughtUp(),
 		StreamSeq: r.st.Cursor().Seq, MessagesPending: r.cons.Pending(), FirstChangeID: first, LastChangeID: last}
+	g := r.st.GuardStats()
+	st.StaleChangesSkipped, st.UnversionedCrossSourceWrites, st.Tombstones = g.Stale, g.UnversionedCrossSource, g.Tombstones
 	if err := r.cons.LastError(); err != nil && !st.Consuming {
 		st.Error = err.Error()
 	}

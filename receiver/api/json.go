@@ -30,8 +30,10 @@ type RowJSON struct {
 	Encoding    string          `json:"encoding"`
 	Value       json.RawMessage `json:"value"`
 	Version     VersionJSON     `json:"version"`
-	CommitTime  time.Time       `json:"commit_time"`
-	ChangeID    uint64          `json:"change_id"`
+	// RowVersion is the legacy's row version (omitted when it supplied none).
+	RowVersion uint64    `json:"row_version,omitempty"`
+	CommitTime time.Time `json:"commit_time"`
+	ChangeID   uint64    `json:"change_id"`
 }
 
 // ChangeJSON is a change log entry as the API, the SSE feed and the webhook
@@ -47,6 +49,7 @@ type ChangeJSON struct {
 	After       json.RawMessage `json:"after,omitempty"`
 	Before      json.RawMessage `json:"before,omitempty"`
 	Version     VersionJSON     `json:"version"`
+	RowVersion  uint64          `json:"row_version,omitempty"`
 	CommitTime  time.Time       `json:"commit_time"`
 	AppliedAt   time.Time       `json:"applied_at"`
 	TxID        string          `json:"tx_id,omitempty"`
@@ -77,7 +80,7 @@ func version(v store.Version) VersionJSON {
 // Row converts a stored row.
 func Row(r *store.Row) RowJSON {
 	out := RowJSON{Table: r.Table, Op: r.Op.String(), ContentType: r.Content.MIME(), Version: version(r.Version),
-		CommitTime: time.Unix(0, r.CommitTime).UTC(), ChangeID: r.ChangeID}
+		RowVersion: r.RowVersion, CommitTime: time.Unix(0, r.CommitTime).UTC(), ChangeID: r.ChangeID}
 	out.Key, out.KeyBase64 = keyFields(r.Key)
 	out.Value, out.Encoding = image(r.Content, r.Value)
 	return out
@@ -86,7 +89,7 @@ func Row(r *store.Row) RowJSON {
 // Change converts a change log entry.
 func Change(c *store.Change) ChangeJSON {
 	out := ChangeJSON{ID: c.ID, Table: c.Table, Op: c.Op.String(), ContentType: c.Content.MIME(), Version: version(c.Version),
-		CommitTime: time.Unix(0, c.CommitTime).UTC(), AppliedAt: time.Unix(0, c.AppliedAt).UTC(), TxID: c.TxID, Origin: c.Origin}
+		RowVersion: c.RowVersion, CommitTime: time.Unix(0, c.CommitTime).UTC(), AppliedAt: time.Unix(0, c.AppliedAt).UTC(), TxID: c.TxID, Origin: c.Origin}
 	out.Key, out.KeyBase64 = keyFields(c.Key)
 	if c.Op != format.OpDelete || len(c.After) > 0 {
 		out.After, out.Encoding = image(c.Content, c.After)
@@ -106,18 +109,26 @@ func Change(c *store.Change) ChangeJSON {
 
 // Status is the receiver's status as /v1/status serves it.
 type Status struct {
-	Stream          string         `json:"stream"`
-	Consuming       bool           `json:"consuming"`
-	CaughtUp        bool           `json:"caught_up"`
-	Ready           bool           `json:"ready"`
-	NotReadyReason  string         `json:"not_ready_reason,omitempty"`
-	StreamSeq       uint64         `json:"stream_seq"`
-	MessagesPending int64          `json:"messages_pending"`
-	FirstChangeID   uint64         `json:"first_change_id"`
-	LastChangeID    uint64         `json:"last_change_id"`
-	WebhookChangeID *uint64        `json:"webhook_change_id,omitempty"`
-	Error           string         `json:"error,omitempty"`
-	Sources         []SourceStatus `json:"sources"`
+	Stream          string  `json:"stream"`
+	Consuming       bool    `json:"consuming"`
+	CaughtUp        bool    `json:"caught_up"`
+	Ready           bool    `json:"ready"`
+	NotReadyReason  string  `json:"not_ready_reason,omitempty"`
+	StreamSeq       uint64  `json:"stream_seq"`
+	MessagesPending int64   `json:"messages_pending"`
+	FirstChangeID   uint64  `json:"first_change_id"`
+	LastChangeID    uint64  `json:"last_change_id"`
+	WebhookChangeID *uint64 `json:"webhook_change_id,omitempty"`
+	Error           string  `json:"error,omitempty"`
+	// Row guard (receiver/README.md, "Merge rule"): changes skipped as not
+	// newer than the stored row; changes applied over another source's
+	// write without a row version on both sides (their result depends on
+	// arrival order: the legacy should supply versions); tombstones held.
+	// Counted since the receiver started, but tombstones.
+	StaleChangesSkipped          uint64         `json:"stale_changes_skipped"`
+	UnversionedCrossSourceWrites uint64         `json:"unversioned_cross_source_writes"`
+	Tombstones                   int64          `json:"tombstones"`
+	Sources                      []SourceStatus `json:"sources"`
 }
 
 // SourceStatus is one source's status.

@@ -47,6 +47,16 @@ type Batch struct {
 	done   chan error  // its result
 	err    error       // a failed commit: the batch refuses everything after it
 
+	// The row guard (guard.go): sources that have written rows (more
+	// than one: every change is checked), the scratch key and source of a
+	// lookup, and the rate limit of the cross-source warning.
+	writers     map[string]bool
+	keyBuf      []byte
+	srcBuf      []byte
+	crossWarned time.Time
+	crossQuiet  int
+	purged      time.Time // last look for expired tombstones
+
 	// OnCommit, if set, is called (on the commit goroutine) with the time
 	// each commit took.
 	OnCommit func(time.Duration)
@@ -65,6 +75,22 @@ type commitWork struct {
 	rowBuf []byte
 	rows   []rowOp
 	rowTmp []rowOp // scratch for sortRows
+
+	// index maps a row key to its last write in rows, built once the row
+	// guard needs a lookup in this work (indexed) and kept up to date
+	// from then on.
+	index   map[string]int32
+	indexed bool
+
+	// Tombstone index entries to delete (purged tombstones), concatenated.
+	purge     []byte
+	purgeEnds []int
+
+	// Row guard counts, published when the commit is applied: changes
+	// skipped as stale, cross-source writes without versions, tombstones
+	// written.
+	stale, cross, tombs int
+	now                 int64 // the commit's time (tombstones are indexed by it)
 
 	// Change log entries (see changelog.go), the last one still filling;
 	// compressed by the commit goroutine.
@@ -106,7 +132,13 @@ func (s *Store) NewBatch() *Batch {
 	s.mu.Lock()
 	next := s.lastChange + 1
 	s.mu.Unlock()
-	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}}
+	writers := map[string]bool{}
+	for src, p := range s.Positions() {
+		if p.Transactions > 0 {
+			writers[src] = true
+		}
+	}
+	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, writers: writers}
 }
 
 // Position returns a source's position including what this batch applied
@@ -161,33 +193,78 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 	if err != nil {
 		return err
 	}
-	if err := b.logFrame(source, seg, off, len(tx.Changes), frame); err != nil {
+	n, err := b.applyChanges(source, seg, off, tx, frame, false)
+	if err != nil {
 		return err
 	}
+	if tx.CommitTime > p.LastCommit {
+		p.LastCommit = tx.CommitTime
+	}
+	p.Transactions++
+	p.Changes += uint64(n)
+	b.pos[source] = *p
+	b.txs++
+	b.bytes += end - off
+	return nil
+}
+
+// applyChanges writes the changes of tx, whose frame is at off in segment
+// seg of source, that pass the row guard, and logs the frame with them
+// (the others are marked skipped in the log). late says the transaction
+// is applied after frames that follow it (a prepared transaction at its
+// outcome): every change is then checked. It returns how many it applied.
+func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx, frame []byte, late bool) (int, error) {
+	if err := b.logFrame(source, seg, off, late, frame); err != nil {
+		return 0, err
+	}
+	if len(tx.Changes) > 0 && !b.writers[source] {
+		b.writers[source] = true
+	}
+	check := late || len(b.writers) > 1
 	v := Version{Source: source, Segment: seg, Offset: off}
 	w := b.w
+	e := &w.entries[len(w.entries)-1]
+	frameIdx := int32(len(e.offsets) - 1)
+	applied := 0
 	for i := range tx.Changes {
 		c := &tx.Changes[i]
 		v.Index = i
+		if check || c.Version != 0 {
+			b.keyBuf = appendRowKey(b.keyBuf[:0], c.Table, c.Key)
+			m, err := b.current(b.keyBuf)
+			if err != nil {
+				return 0, err
+			}
+			switch judge(c, &v, &m) {
+			case skipStale:
+				w.stale++
+				e.skips = append(e.skips, skipRef{frame: frameIdx, index: int32(i)})
+				continue
+			case applyCross:
+				w.cross++
+				b.warnCross(c, source, &m)
+			}
+		}
 		id := b.next
 		b.next++
 		start := len(w.rowBuf)
 		w.rowBuf = appendRowKey(w.rowBuf, c.Table, c.Key)
-		op := rowOp{koff: int32(start), kend: int32(len(w.rowBuf)), vend: -1, seq: int32(len(w.rows))}
-		if c.Op != format.OpDelete {
-			w.rowBuf = appendRow(w.rowBuf, c, &v, tx.CommitTime, id)
-			op.vend = int32(len(w.rowBuf))
-		}
-		w.rows = append(w.rows, op)
+		kend := len(w.rowBuf)
+		w.rowBuf = appendRow(w.rowBuf, c, &v, tx.CommitTime, id)
+		w.addRow(rowOp{koff: int32(start), kend: int32(kend), vend: int32(len(w.rowBuf)), seq: int32(len(w.rows))})
+		applied++
 	}
-	p.LastCommit = tx.CommitTime
-	p.Transactions++
-	p.Changes += uint64(len(tx.Changes))
-	b.pos[source] = *p
-	b.changes += len(tx.Changes)
-	b.txs++
-	b.bytes += end - off
-	return nil
+	e.changes += applied
+	b.changes += applied
+	return applied, nil
+}
+
+// addRow buffers a row write.
+func (w *commitWork) addRow(r rowOp) {
+	if w.indexed {
+		w.index[string(w.rowBuf[r.koff:r.kend])] = int32(len(w.rows))
+	}
+	w.rows = append(w.rows, r)
 }
 
 // pendingBody is a message announced by LogBody.
@@ -220,14 +297,25 @@ func (w *commitWork) newEntry() *logEntry {
 		w.entries = append(w.entries, logEntry{})
 	}
 	e := &w.entries[len(w.entries)-1]
-	*e = logEntry{offsets: e.offsets[:0], raw: e.raw[:0], body: e.body[:0]}
+	*e = logEntry{offsets: e.offsets[:0], raw: e.raw[:0], body: e.body[:0], skips: e.skips[:0]}
 	return e
 }
 
 // logFrame adds a frame to the change log entry being filled, starting a
-// new entry if the frame cannot join it.
-func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, frame []byte) error {
+// new entry if the frame cannot join it; its changes are counted by the
+// caller. A frame applied late (a prepared transaction at its outcome) is
+// logged on its own, as raw bytes.
+func (b *Batch) logFrame(source string, seg uint64, off int64, late bool, frame []byte) error {
 	w := b.w
+	if late {
+		b.body.open = false // the message's next frames start a new entry
+		e := w.newEntry()
+		e.first, e.source, e.segment = b.next, source, seg
+		e.offsets = append(e.offsets, off)
+		e.raw = append(e.raw, frame...)
+		w.entryOK = false
+		return nil
+	}
 	if p := &b.body; p.ok && p.source == source && p.seg == seg && off >= p.from && off < p.from+int64(p.rawLen) {
 		if !p.open {
 			e := w.newEntry()
@@ -238,7 +326,6 @@ func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, fram
 		}
 		e := &w.entries[len(w.entries)-1]
 		e.offsets = append(e.offsets, off)
-		e.changes += changes
 		return nil
 	}
 	var e *logEntry
@@ -255,7 +342,6 @@ func (b *Batch) logFrame(source string, seg uint64, off int64, changes int, fram
 	}
 	e.offsets = append(e.offsets, off)
 	e.raw = append(e.raw, frame...)
-	e.changes += changes
 	return nil
 }
 
@@ -332,12 +418,27 @@ func (w *commitWork) writeRows() error {
 			err = w.b.Delete(key(r), nil)
 		} else {
 			err = w.b.Set(key(r), buf[r.kend:r.vend], nil)
+			if err == nil && format.Op(buf[r.kend+1]) == format.OpDelete {
+				err = w.indexTomb(key(r), buf[r.kend:r.vend])
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("store: writing row: %w", err)
 		}
 	}
 	return nil
+}
+
+// indexTomb indexes a tombstone by the commit's time, for its purge.
+func (w *commitWork) indexTomb(key, rec []byte) error {
+	m, err := parseRowMeta(rec)
+	if err != nil {
+		return err
+	}
+	w.key = appendTombKey(w.key[:0], w.now, key)
+	w.val = leAppend(w.val[:0], m.id)
+	w.tombs++
+	return w.b.Set(w.key, w.val, nil)
 }
 
 // sortRows sorts rows, which are in seq order, by key and then seq: a stable
@@ -424,10 +525,11 @@ func (b *Batch) CommitAsync() error {
 	// has arrived by now, so it is never before the change's own commit
 	// time (the batch's start was, for changes that arrived later), and
 	// --keep-age trims by it.
-	now := time.Now().UnixNano()
+	now := time.Now()
 	for i := range w.entries {
-		w.entries[i].applied = now
+		w.entries[i].applied = now.UnixNano()
 	}
+	w.now = now.UnixNano()
 	// Build the Pebble batch here, while the commit in flight (if any)
 	// applies the previous one: the commit goroutine is left with
 	// Pebble's memtable inserts alone, the longest stage.
@@ -457,6 +559,12 @@ func (b *Batch) CommitAsync() error {
 	clear(b.dirty)
 	b.cursorOK = false
 	b.changes, b.txs, b.bytes = 0, 0, 0
+	// The new work is empty: expired tombstones are purged at its start,
+	// so that every later write of the batch comes after the purge.
+	if err := b.purgeTombstones(now); err != nil {
+		b.err = err
+		return err
+	}
 	return nil
 }
 
@@ -482,6 +590,12 @@ func (w *commitWork) prepare(s *Store) error {
 	}
 	if err := w.writeRows(); err != nil {
 		return err
+	}
+	for i, start := 0, 0; i < len(w.purgeEnds); i++ {
+		if err := w.b.Delete(w.purge[start:w.purgeEnds[i]], nil); err != nil {
+			return fmt.Errorf("store: purging a tombstone: %w", err)
+		}
+		start = w.purgeEnds[i]
 	}
 	for i := range w.positions {
 		p := &w.positions[i]
@@ -516,6 +630,9 @@ func (w *commitWork) apply(s *Store) error {
 		return fmt.Errorf("store: committing %d changes: %w", w.changes, err)
 	}
 	s.committed()
+	s.stale.Add(uint64(w.stale))
+	s.cross.Add(uint64(w.cross))
+	s.tombstones.Add(int64(w.tombs - len(w.purgeEnds)))
 	s.mu.Lock()
 	for i := range w.positions {
 		s.positions[w.positions[i].Source] = w.positions[i]
@@ -576,6 +693,12 @@ func (w *commitWork) writeLog(s *Store) error {
 
 func (w *commitWork) reset() {
 	w.rowBuf, w.rows = w.rowBuf[:0], w.rows[:0]
+	if w.indexed {
+		clear(w.index)
+		w.indexed = false
+	}
+	w.purge, w.purgeEnds = w.purge[:0], w.purgeEnds[:0]
+	w.stale, w.cross, w.tombs = 0, 0, 0
 	w.entries, w.entryOK = w.entries[:0], false
 	w.b.Reset()
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/ferrysync/ferry/format"
@@ -28,12 +29,26 @@ import (
 //
 //	| version u8 | changes u32 | applied i64 | source (uvarint len + bytes) |
 //	| segment u64 | frames uvarint | frame offsets (uvarint deltas from 0) |
-//	version 1: | s2 block of the concatenated frames |
-//	version 2: | body's first offset u64 | codec u8 | raw length uvarint |
+//	versions 3 and 4 only: | skipped count uvarint |
+//	           | skipped x ( frame uvarint delta | change index uvarint ) |
+//	version 1 and 3: | s2 block of the concatenated frames |
+//	version 2 and 4: | body's first offset u64 | codec u8 | raw length uvarint |
 //	           | the message body (wire codec) |
+//
+// Versions 3 and 4 are 1 and 2 with the changes of their frames that the
+// row guard skipped (guard.go): those are not in the log (a stale change
+// is not a state transition) and take no change id. Frames are counted
+// from 0 in the entry, deltas from the previous skipped change's frame.
 const maxEntryRaw = 1 << 20
 
-const entryBody = 2 // version of the body form
+const (
+	entryBody      = 2 // version of the body form
+	entryRawSkips  = 3 // the raw form with skipped changes
+	entryBodySkips = 4 // the body form with skipped changes
+)
+
+// skipRef names a change of an entry's frame that the row guard skipped.
+type skipRef struct{ frame, index int32 }
 
 type logEntry struct {
 	first   uint64 // first change id
@@ -43,6 +58,7 @@ type logEntry struct {
 	segment uint64
 	offsets []int64
 	raw     []byte // concatenated frames, uncompressed (version 1)
+	skips   []skipRef
 
 	// The body form (version 2).
 	hasBody bool
@@ -54,8 +70,13 @@ type logEntry struct {
 
 func appendEntry(dst []byte, e *logEntry) []byte {
 	v := byte(recordVersion)
-	if e.hasBody {
+	switch {
+	case e.hasBody && len(e.skips) > 0:
+		v = entryBodySkips
+	case e.hasBody:
 		v = entryBody
+	case len(e.skips) > 0:
+		v = entryRawSkips
 	}
 	dst = append(dst, v)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(e.changes))
@@ -67,6 +88,15 @@ func appendEntry(dst []byte, e *logEntry) []byte {
 	for _, o := range e.offsets {
 		dst = binary.AppendUvarint(dst, uint64(o-prev))
 		prev = o
+	}
+	if len(e.skips) > 0 {
+		dst = binary.AppendUvarint(dst, uint64(len(e.skips)))
+		pf := int32(0)
+		for _, k := range e.skips {
+			dst = binary.AppendUvarint(dst, uint64(k.frame-pf))
+			dst = binary.AppendUvarint(dst, uint64(k.index))
+			pf = k.frame
+		}
 	}
 	if e.hasBody {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(e.from))
@@ -86,10 +116,10 @@ func appendEntry(dst []byte, e *logEntry) []byte {
 func entryHeader(first uint64, b []byte) (logEntry, []byte, error) {
 	r := reader{b: b}
 	v := r.u8()
-	if v != recordVersion && v != entryBody && r.err == nil {
+	if (v < recordVersion || v > entryBodySkips) && r.err == nil {
 		return logEntry{}, nil, fmt.Errorf("store: change log entry %d: unknown record version %d", first, v)
 	}
-	e := logEntry{first: first, hasBody: v == entryBody}
+	e := logEntry{first: first, hasBody: v == entryBody || v == entryBodySkips}
 	e.changes = int(r.u32())
 	e.applied = int64(r.u64())
 	e.source = string(r.bytes())
@@ -112,6 +142,22 @@ func entryHeader(first uint64, b []byte) (logEntry, []byte, error) {
 				prev += int64(d)
 				e.offsets = append(e.offsets, prev)
 			}
+		}
+	}
+	if (v == entryRawSkips || v == entryBodySkips) && r.err == nil {
+		n := r.uvarint()
+		if n == 0 || n > uint64(len(r.b)-r.off)/2 {
+			r.fail("bad skipped count")
+		}
+		frame := uint64(0)
+		for i := uint64(0); i < n && r.err == nil; i++ {
+			frame += r.uvarint()
+			idx := r.uvarint()
+			if frame >= uint64(len(e.offsets)) || idx > math.MaxInt32 {
+				r.fail("bad skipped change")
+				break
+			}
+			e.skips = append(e.skips, skipRef{frame: int32(frame), index: int32(idx)})
 		}
 	}
 	if e.hasBody {
@@ -155,7 +201,18 @@ func decodeEntry(dec *wire.Decompressor, first uint64, b []byte, after uint64, l
 	id := first
 	var tx format.Tx
 	pos := 0
-	for _, off := range e.offsets {
+	skips := e.skips
+	for fi, off := range e.offsets {
+		// The changes of this frame the row guard skipped.
+		var fs []skipRef
+		for len(skips) > 0 && skips[0].frame < int32(fi) {
+			skips = skips[1:]
+		}
+		k := 0
+		for k < len(skips) && skips[k].frame == int32(fi) {
+			k++
+		}
+		fs, skips = skips[:k], skips[k:]
 		if e.hasBody {
 			// The body holds every frame of its range: find each by offset.
 			pos = int(off - e.from)
@@ -171,21 +228,25 @@ func decodeEntry(dec *wire.Decompressor, first uint64, b []byte, after uint64, l
 			return out, fmt.Errorf("store: change log entry %d: frame at %s:%d:%d: %w", first, e.source, e.segment, off, err)
 		}
 		pos += n
-		if k, err := format.TxChangeCount(f.Payload, len(f.Payload)); err == nil && id+uint64(k) <= after+1 {
-			id += uint64(k) // all before the cursor: count them, skip decoding
+		if k, err := format.TxChangeCount(f.Payload, len(f.Payload)); err == nil && k >= len(fs) && id+uint64(k-len(fs)) <= after+1 {
+			id += uint64(k - len(fs)) // all before the cursor: count them, skip decoding
 			continue
 		}
 		if err := format.DecodeTx(f.Payload, &tx); err != nil {
 			return out, fmt.Errorf("store: change log entry %d: frame at %s:%d:%d: %w", first, e.source, e.segment, off, err)
 		}
 		for i := range tx.Changes {
+			if len(fs) > 0 && fs[0].index == int32(i) {
+				fs = fs[1:]
+				continue // skipped by the row guard: not in the log
+			}
 			if id > after {
 				if len(out) >= limit {
 					return out, nil
 				}
 				c := &tx.Changes[i]
 				ch := Change{ID: id, Table: c.Table, Key: c.Key, Op: c.Op, Content: c.Content, After: c.After, Before: c.Before,
-					Version: Version{Source: e.source, Segment: e.segment, Offset: off, Index: i}, CommitTime: tx.CommitTime,
+					Version: Version{Source: e.source, Segment: e.segment, Offset: off, Index: i}, RowVersion: c.Version, CommitTime: tx.CommitTime,
 					AppliedAt: e.applied, TxID: tx.ID, Origin: tx.Origin}
 				out = append(out, ch)
 			}

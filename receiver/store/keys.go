@@ -11,6 +11,8 @@ import (
 //	'p' + source                    a source's applied position (posRecord)
 //	'r' + uvarint(len(table)) + table + key   the current row (rowRecord)
 //	'c' + first change id (u64 big endian)    a change log entry's index record (logfile.go)
+//	't' + written at (u64 big endian) + row key   a tombstone's index entry (tombstone.go)
+//	'q' + uvarint(len(source)) + source + segment (u64 BE) + offset (u64 BE)   a parked prepared transaction (parked.go)
 //
 // Rows of one table are contiguous and ordered by key bytes, so a prefix scan
 // of a table is one iterator; change ids are big endian so the log iterates
@@ -20,6 +22,8 @@ const (
 	prefixPos    = 'p'
 	prefixRow    = 'r'
 	prefixChange = 'c'
+	prefixTomb   = 't'
+	prefixPark   = 'q'
 )
 
 var (

@@ -22,10 +22,13 @@ var (
 	descLogFiles    = prometheus.NewDesc("ferry_receiver_changelog_files", "Change log files on disk.", nil, nil)
 	descHits        = prometheus.NewDesc("ferry_receiver_pebble_block_cache_hits_total", "Pebble block cache hits.", nil, nil)
 	descMisses      = prometheus.NewDesc("ferry_receiver_pebble_block_cache_misses_total", "Pebble block cache misses.", nil, nil)
+	descStale       = prometheus.NewDesc("ferry_receiver_stale_changes_skipped_total", "Changes not applied because the store holds a newer write of the row (row guard).", nil, nil)
+	descCross       = prometheus.NewDesc("ferry_receiver_unversioned_cross_source_writes_total", "Changes applied over another source's write of the row without row versions on both sides: the row depends on arrival order.", nil, nil)
+	descTombs       = prometheus.NewDesc("ferry_receiver_tombstones", "Deletes' tombstones held (until --tombstone-retention).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses} {
+	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descTombs} {
 		ch <- d
 	}
 }
@@ -44,4 +47,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descLogFiles, prometheus.GaugeValue, float64(files))
 	ch <- prometheus.MustNewConstMetric(descHits, prometheus.CounterValue, float64(m.BlockCache.Hits))
 	ch <- prometheus.MustNewConstMetric(descMisses, prometheus.CounterValue, float64(m.BlockCache.Misses))
+	g := c.s.GuardStats()
+	ch <- prometheus.MustNewConstMetric(descStale, prometheus.CounterValue, float64(g.Stale))
+	ch <- prometheus.MustNewConstMetric(descCross, prometheus.CounterValue, float64(g.UnversionedCrossSource))
+	ch <- prometheus.MustNewConstMetric(descTombs, prometheus.GaugeValue, float64(g.Tombstones))
 }

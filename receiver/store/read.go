@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/ferrysync/ferry/format"
 )
 
 // ErrTrimmed means a change log cursor older than what the log still keeps.
 var ErrTrimmed = errors.New("store: changes trimmed from the log")
 
 // Get returns the current row of (table, key); ok is false when there is
-// none (never written, or deleted).
+// none (never written, or deleted: a tombstone is never returned).
 func (s *Store) Get(table string, key []byte) (Row, bool, error) {
 	k := appendRowKey(make([]byte, 0, 16+len(table)+len(key)), table, key)
 	v, closer, err := s.db.Get(k)
@@ -26,13 +27,19 @@ func (s *Store) Get(table string, key []byte) (Row, bool, error) {
 	}
 	defer closer.Close()
 	row, err := decodeRow(table, append([]byte(nil), key...), bytes.Clone(v))
-	return row, err == nil, err
+	if err != nil {
+		return Row{}, false, err
+	}
+	if row.Op == format.OpDelete {
+		return Row{}, false, nil // a tombstone
+	}
+	return row, true, nil
 }
 
 // Scan returns up to limit rows of table whose key starts with prefix and
 // comes strictly after after (nil: from the start), in key order, and
-// whether more follow. The rows come from one consistent snapshot: a
-// transaction is either wholly in it or not at all.
+// whether more follow; tombstones are skipped. The rows come from one
+// consistent snapshot: a transaction is either wholly in it or not at all.
 func (s *Store) Scan(table string, prefix, after []byte, limit int) ([]Row, bool, error) {
 	return s.ScanPage(table, prefix, after, limit, 0)
 }
@@ -70,6 +77,9 @@ func (s *Store) ScanPage(table string, prefix, after []byte, limit, maxBytes int
 	var rows []Row
 	size := 0
 	for ; ok; ok = it.Next() {
+		if v := it.Value(); len(v) > 1 && format.Op(v[1]) == format.OpDelete {
+			continue // a tombstone
+		}
 		if len(rows) == limit || (maxBytes > 0 && size >= maxBytes) {
 			return rows, true, nil
 		}

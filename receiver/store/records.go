@@ -28,8 +28,11 @@ type Row struct {
 	Op      format.Op
 	Content format.ContentType
 	// Value is the after image of the last change.
-	Value      []byte
-	Version    Version
+	Value   []byte
+	Version Version
+	// RowVersion is the legacy's version of the row after the last change
+	// (format.Change.Version), 0 if it supplied none.
+	RowVersion uint64
 	CommitTime int64 // Unix ns, from the legacy's transaction
 	ChangeID   uint64
 }
@@ -47,8 +50,9 @@ type Change struct {
 	// Before is nil when the writer did not record it.
 	Before     []byte
 	Version    Version
-	CommitTime int64 // Unix ns
-	AppliedAt  int64 // Unix ns, when this receiver applied it
+	RowVersion uint64 // the legacy's row version (format.Change.Version), 0 if none
+	CommitTime int64  // Unix ns
+	AppliedAt  int64  // Unix ns, when this receiver applied it
 	TxID       string
 	Origin     string
 }
@@ -144,15 +148,24 @@ func decodeCursor(b []byte) (StreamCursor, error) {
 	return c, nil
 }
 
-// Row record, version 2 (version 1, still read, had fixed-width fields):
+// Row record, version 3 (versions 1 and 2, still read, had no row version;
+// version 1 had fixed-width fields):
 //
-//	| version u8 = 2 | op u8 | content u8 | segment uvarint | offset uvarint |
-//	| index uvarint | commit i64 | change id uvarint |
+//	| version u8 = 3 | op u8 | content u8 | segment uvarint | offset uvarint |
+//	| index uvarint | commit i64 | change id uvarint | row version uvarint |
 //	| source (uvarint len + bytes) | value (rest) |
 //
 // Every row is inserted into the memtable, flushed and compacted: the
 // varints make its metadata ~20 bytes shorter, ~7% of a 200-byte change.
-const rowVersion = 2
+//
+// A delete leaves a tombstone: a row record with op OpDelete and no value,
+// which reads never show (Get, Scan) and which the row guard compares
+// against like any row, until the tombstone retention purges it
+// (tombstone.go).
+const (
+	rowVersion2 = 2
+	rowVersion  = 3
+)
 
 func appendRow(dst []byte, c *format.Change, v *Version, commit int64, id uint64) []byte {
 	ct := c.Content
@@ -165,31 +178,38 @@ func appendRow(dst []byte, c *format.Change, v *Version, commit int64, id uint64
 	dst = binary.AppendUvarint(dst, uint64(v.Index))
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(commit))
 	dst = binary.AppendUvarint(dst, id)
+	dst = binary.AppendUvarint(dst, c.Version)
 	dst = appendString(dst, v.Source)
+	if c.Op == format.OpDelete {
+		return dst
+	}
 	return append(dst, c.After...)
 }
 
 func decodeRow(table string, key, b []byte) (Row, error) {
 	r := reader{b: b}
 	v := r.u8()
-	if v != recordVersion && v != rowVersion && r.err == nil {
+	if v != recordVersion && v != rowVersion2 && v != rowVersion && r.err == nil {
 		return Row{}, fmt.Errorf("store: row %s/%q: unknown record version %d", table, key, v)
 	}
 	row := Row{Table: table, Key: key}
 	row.Op = format.Op(r.u8())
 	row.Content = format.ContentType(r.u8())
-	if v == rowVersion {
-		row.Version.Segment = r.uvarint()
-		row.Version.Offset = int64(r.uvarint())
-		row.Version.Index = int(r.uvarint())
-		row.CommitTime = int64(r.u64())
-		row.ChangeID = r.uvarint()
-	} else {
+	if v == recordVersion {
 		row.Version.Segment = r.u64()
 		row.Version.Offset = int64(r.u64())
 		row.Version.Index = int(r.u32())
 		row.CommitTime = int64(r.u64())
 		row.ChangeID = r.u64()
+	} else {
+		row.Version.Segment = r.uvarint()
+		row.Version.Offset = int64(r.uvarint())
+		row.Version.Index = int(r.uvarint())
+		row.CommitTime = int64(r.u64())
+		row.ChangeID = r.uvarint()
+		if v == rowVersion {
+			row.RowVersion = r.uvarint()
+		}
 	}
 	row.Version.Source = string(r.bytes())
 	row.Value = r.rest()

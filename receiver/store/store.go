@@ -67,6 +67,8 @@ type options struct {
 	fs           vfs.FS
 	log          *slog.Logger
 	discard      bool
+
+	tombRetention time.Duration
 }
 
 // Option configures a Store.
@@ -192,13 +194,20 @@ type Store struct {
 	flushDone chan struct{}
 	closeOnce sync.Once
 
+	tombRetention time.Duration
+	// Row guard counters (GuardStats), since open but for tombstones
+	// (counted from the index at open).
+	stale, cross atomic.Uint64
+	tombstones   atomic.Int64
+
 	stallStart atomic.Int64 // Unix ns of the write stall under way (0: none)
 	stalled    atomic.Int64 // ns of write stalls so far
 }
 
 // Open opens (creating if needed) the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
-	o := options{cacheSize: 64 << 20, memTableSize: 64 << 20, flushEvery: 5 * time.Second, logFileSize: 64 << 20, log: slog.New(slog.DiscardHandler)}
+	o := options{cacheSize: 64 << 20, memTableSize: 64 << 20, flushEvery: 5 * time.Second, logFileSize: 64 << 20, log: slog.New(slog.DiscardHandler),
+		tombRetention: DefaultTombstoneRetention}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -242,7 +251,8 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	po.Levels[1].Compression = func() *sstable.CompressionProfile { return sstable.SnappyCompression }
 	// Write stalls (a full memtable waiting for its flush) are timed: a
 	// receiver that falls behind because Pebble cannot keep up shows it.
-	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{})}
+	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{}),
+		tombRetention: o.tombRetention}
 	po.EventListener = &pebble.EventListener{
 		// A flush is what makes commits durable without a WAL: the change
 		// log they index must be on disk first (logfile.go). Pebble calls
@@ -390,6 +400,9 @@ func (s *Store) load() error {
 		if s.cursor, err = decodeCursor(v); err != nil {
 			return err
 		}
+	}
+	if err := s.countTombstones(); err != nil {
+		return err
 	}
 	s.firstChange = s.lastChange + 1
 	it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixChange}, UpperBound: []byte{prefixChange + 1}})
