@@ -13,6 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// ErrInvalidOption wraps every option validation error.
+var ErrInvalidOption = errors.New("receiver: invalid option")
+
 // Defaults of the options.
 const (
 	DefaultReadyLag    = 5 * time.Second
@@ -57,7 +60,7 @@ type Option func(*options) error
 func WithNATS(nc *nats.Conn) Option {
 	return func(o *options) error {
 		if nc == nil {
-			return errors.New("receiver: nil NATS connection")
+			return fmt.Errorf("%w: nil NATS connection", ErrInvalidOption)
 		}
 		o.nc = nc
 		return nil
@@ -68,7 +71,7 @@ func WithNATS(nc *nats.Conn) Option {
 func WithDataDir(dir string) Option {
 	return func(o *options) error {
 		if dir == "" {
-			return errors.New("receiver: empty data directory")
+			return fmt.Errorf("%w: empty data directory", ErrInvalidOption)
 		}
 		o.dataDir = dir
 		return nil
@@ -79,7 +82,7 @@ func WithDataDir(dir string) Option {
 func WithStream(name string) Option {
 	return func(o *options) error {
 		if name == "" {
-			return errors.New("receiver: empty stream name")
+			return fmt.Errorf("%w: empty stream name", ErrInvalidOption)
 		}
 		o.stream = name
 		return nil
@@ -91,7 +94,7 @@ func WithStream(name string) Option {
 func WithSubjectPrefix(p string) Option {
 	return func(o *options) error {
 		if p == "" {
-			return errors.New("receiver: empty subject prefix")
+			return fmt.Errorf("%w: empty subject prefix", ErrInvalidOption)
 		}
 		o.prefix = p
 		return nil
@@ -104,7 +107,7 @@ func WithSources(sources ...string) Option {
 	return func(o *options) error {
 		for _, s := range sources {
 			if !format.ValidSource(s) {
-				return fmt.Errorf("receiver: invalid source name %q (want 1-%d of [A-Za-z0-9_-])", s, format.MaxSourceLen)
+				return fmt.Errorf("%w: invalid source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalidOption, s, format.MaxSourceLen)
 			}
 		}
 		o.sources = append(o.sources, sources...)
@@ -116,7 +119,7 @@ func WithSources(sources ...string) Option {
 func WithReadyLag(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
-			return fmt.Errorf("receiver: ready lag %v must be positive", d)
+			return fmt.Errorf("%w: ready lag %v must be positive", ErrInvalidOption, d)
 		}
 		o.readyLag = d
 		return nil
@@ -129,7 +132,7 @@ func WithWebhook(rawURL, token string) Option {
 	return func(o *options) error {
 		u, err := url.Parse(rawURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("receiver: webhook URL %q: want http(s)://host/path", rawURL)
+			return fmt.Errorf("%w: webhook URL %q: want http(s)://host/path", ErrInvalidOption, rawURL)
 		}
 		o.webhook, o.webhookToken = rawURL, token
 		return nil
@@ -153,10 +156,10 @@ func WithToken(token string) Option {
 func WithChangeLogRetention(count uint64, age time.Duration) Option {
 	return func(o *options) error {
 		if age < 0 {
-			return fmt.Errorf("receiver: negative change log age %v", age)
+			return fmt.Errorf("%w: negative change log age %v", ErrInvalidOption, age)
 		}
 		if count == 0 && age == 0 {
-			return errors.New("receiver: change log retention needs a count or an age")
+			return fmt.Errorf("%w: change log retention needs a count or an age", ErrInvalidOption)
 		}
 		o.keepChanges, o.keepAge = count, age
 		return nil
@@ -167,7 +170,7 @@ func WithChangeLogRetention(count uint64, age time.Duration) Option {
 func WithCacheSize(n int64) Option {
 	return func(o *options) error {
 		if n < 1<<20 {
-			return fmt.Errorf("receiver: cache size %d below 1 MiB", n)
+			return fmt.Errorf("%w: cache size %d below 1 MiB", ErrInvalidOption, n)
 		}
 		o.cacheSize = n
 		return nil
@@ -184,7 +187,7 @@ func WithSync(sync bool) Option {
 func WithRegistry(reg *prometheus.Registry) Option {
 	return func(o *options) error {
 		if reg == nil {
-			return errors.New("receiver: nil registry")
+			return fmt.Errorf("%w: nil registry", ErrInvalidOption)
 		}
 		o.registry = reg
 		return nil
@@ -195,7 +198,7 @@ func WithRegistry(reg *prometheus.Registry) Option {
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return errors.New("receiver: nil logger")
+			return fmt.Errorf("%w: nil logger", ErrInvalidOption)
 		}
 		o.log = l
 		return nil
@@ -206,7 +209,7 @@ func WithLogger(l *slog.Logger) Option {
 func WithListen(addr string) Option {
 	return func(o *options) error {
 		if addr == "" {
-			return errors.New("receiver: empty listen address")
+			return fmt.Errorf("%w: empty listen address", ErrInvalidOption)
 		}
 		o.listen = addr
 		return nil
@@ -218,7 +221,7 @@ func WithListen(addr string) Option {
 func WithCheckpointDir(dir string) Option {
 	return func(o *options) error {
 		if dir == "" {
-			return errors.New("receiver: empty checkpoint directory")
+			return fmt.Errorf("%w: empty checkpoint directory", ErrInvalidOption)
 		}
 		o.checkpointDir = dir
 		return nil
@@ -229,7 +232,7 @@ func WithCheckpointDir(dir string) Option {
 func WithMaxBatchBytes(n int) Option {
 	return func(o *options) error {
 		if n < 64<<10 || n > 1<<30 {
-			return fmt.Errorf("receiver: max batch bytes %d outside 64 KiB..1 GiB", n)
+			return fmt.Errorf("%w: max batch bytes %d outside 64 KiB..1 GiB", ErrInvalidOption, n)
 		}
 		o.maxBatchBytes = n
 		return nil
@@ -250,7 +253,7 @@ func WithStartMidChain(on bool) Option {
 func WithMaxTxBytes(n int64) Option {
 	return func(o *options) error {
 		if n < 1<<20 || n > 1<<30 {
-			return fmt.Errorf("receiver: max transaction bytes %d outside 1 MiB..1 GiB", n)
+			return fmt.Errorf("%w: max transaction bytes %d outside 1 MiB..1 GiB", ErrInvalidOption, n)
 		}
 		o.maxTxBytes = n
 		return nil

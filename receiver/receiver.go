@@ -8,7 +8,7 @@ package receiver
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -71,10 +71,10 @@ func New(opts ...Option) (*Receiver, error) {
 		}
 	}
 	if o.nc == nil {
-		return nil, errors.New("receiver: a NATS connection is required (WithNATS)")
+		return nil, fmt.Errorf("%w: a NATS connection is required (WithNATS)", ErrInvalidOption)
 	}
 	if o.dataDir == "" {
-		return nil, errors.New("receiver: a data directory is required (WithDataDir)")
+		return nil, fmt.Errorf("%w: a data directory is required (WithDataDir)", ErrInvalidOption)
 	}
 	if o.registry == nil {
 		o.registry = prometheus.NewRegistry()
@@ -271,7 +271,8 @@ func (r *Receiver) gaugeLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			st := r.Status() // refreshes the lag gauges
+			st := r.Status()
+			r.setGauges(st)
 			if r.hist != nil {
 				r.hist.Record(time.Now(), st)
 			}
@@ -279,7 +280,18 @@ func (r *Receiver) gaugeLoop(ctx context.Context) error {
 	}
 }
 
-// Status returns the receiver's status; it also refreshes the lag gauges.
+// setGauges refreshes the metrics computed from the status: once a second
+// from gaugeLoop, so that reading the status (GET /v1/status, /readyz)
+// changes nothing.
+func (r *Receiver) setGauges(st Status) {
+	for i := range st.Sources {
+		if s := &st.Sources[i]; s.AliveAt != nil {
+			r.m.Lag.WithLabelValues(s.Source).Set(s.LagSeconds)
+		}
+	}
+}
+
+// Status returns the receiver's status. It has no side effects.
 func (r *Receiver) Status() Status {
 	now := time.Now()
 	first, last := r.st.ChangeRange()
@@ -341,7 +353,6 @@ func (r *Receiver) Status() Status {
 			t := time.Unix(0, p.AliveAt).UTC()
 			s.AliveAt = &t
 			s.LagSeconds = max(now.Sub(t).Seconds(), 0)
-			r.m.Lag.WithLabelValues(n).Set(s.LagSeconds)
 		}
 		switch {
 		case a.Err != nil:
@@ -386,17 +397,23 @@ func (r *Receiver) Checkpoint(dir string) error { return r.st.Checkpoint(dir) }
 
 func (r *Receiver) serveCheckpoint(w http.ResponseWriter, req *http.Request) {
 	dir := filepath.Join(r.o.checkpointDir, "checkpoint-"+time.Now().UTC().Format("20060102T150405.000000000Z"))
+	// JSON is built by encoding/json: Go's %q is not JSON's quoting (it
+	// writes \x.. and \U........ escapes JSON does not have).
+	reply := func(status int, v any) {
+		b, _ := json.Marshal(v)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		w.Write(append(b, '\n'))
+	}
 	if err := os.MkdirAll(r.o.checkpointDir, 0o755); err != nil {
-		http.Error(w, `{"error":"creating checkpoint directory","code":"internal"}`, http.StatusInternalServerError)
+		r.log.Error("checkpoint failed", "dir", r.o.checkpointDir, "err", err)
+		reply(http.StatusInternalServerError, map[string]string{"error": "creating the checkpoint directory: " + err.Error(), "code": "internal"})
 		return
 	}
 	if err := r.Checkpoint(dir); err != nil {
 		r.log.Error("checkpoint failed", "dir", dir, "err", err)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusInternalServerError)
-		fmt.Fprintf(w, "{\"error\":%q,\"code\":\"internal\"}\n", err.Error())
+		reply(http.StatusInternalServerError, map[string]string{"error": err.Error(), "code": "internal"})
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, "{\"checkpoint\":%q,\"store_dir_name\":%q}\n", dir, StoreDir)
+	reply(http.StatusOK, map[string]string{"checkpoint": dir, "store_dir_name": StoreDir})
 }

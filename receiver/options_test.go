@@ -1,0 +1,132 @@
+package receiver_test
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/receiver/store"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestOptionsInvalid: every refused option wraps ErrInvalidOption, as the
+// shipper's do, so that a program embedding the receiver can tell a
+// configuration error from a run-time one.
+func TestOptionsInvalid(t *testing.T) {
+	for name, opt := range map[string]receiver.Option{
+		"NilNATS":        receiver.WithNATS(nil),
+		"EmptyDataDir":   receiver.WithDataDir(""),
+		"EmptyStream":    receiver.WithStream(""),
+		"EmptyPrefix":    receiver.WithSubjectPrefix(""),
+		"BadSource":      receiver.WithSources("a.b"),
+		"ZeroReadyLag":   receiver.WithReadyLag(0),
+		"BadWebhook":     receiver.WithWebhook("ftp://x", ""),
+		"NoRetention":    receiver.WithChangeLogRetention(0, 0),
+		"TinyCache":      receiver.WithCacheSize(1),
+		"NilRegistry":    receiver.WithRegistry(nil),
+		"NilLogger":      receiver.WithLogger(nil),
+		"EmptyListen":    receiver.WithListen(""),
+		"EmptyCkptDir":   receiver.WithCheckpointDir(""),
+		"TinyBatchBytes": receiver.WithMaxBatchBytes(1),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := receiver.New(opt); !errors.Is(err, receiver.ErrInvalidOption) {
+				t.Fatalf("New: %v, want ErrInvalidOption", err)
+			}
+		})
+	}
+	if _, err := receiver.New(); !errors.Is(err, receiver.ErrInvalidOption) {
+		t.Fatalf("New without NATS: %v, want ErrInvalidOption", err)
+	}
+}
+
+// TestStatusHasNoSideEffects: reading the status (what GET /v1/status and
+// /readyz do) leaves the metrics alone; the receiver's own loop refreshes
+// the lag gauge.
+func TestStatusHasNoSideEffects(t *testing.T) {
+	e := newEnv(t)
+	data := t.TempDir()
+	st, err := store.Open(filepath.Join(data, receiver.StoreDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := st.NewBatch()
+	tx := format.Tx{CommitTime: time.Now().Add(-time.Hour).UnixNano(), Changes: []format.Change{{Table: "t", Op: format.OpInsert, Key: []byte("k"), After: []byte(`{}`)}}}
+	frame, _ := format.AppendTx(nil, &tx)
+	if err := b.ApplyTx("s", 1, 38, 38+int64(len(frame)), 7, &tx, frame); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	st.Close()
+
+	reg := prometheus.NewRegistry()
+	r, err := receiver.New(receiver.WithNATS(e.nc), receiver.WithDataDir(data), receiver.WithRegistry(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	status := r.Status()
+	if len(status.Sources) != 1 || status.Sources[0].AliveAt == nil || status.Sources[0].LagSeconds < 3000 {
+		t.Fatalf("status %+v, want source s an hour behind", status.Sources)
+	}
+	if n := lagSamples(t, reg); n != 0 {
+		t.Fatalf("Status() set %d lag gauge(s); reading the status must not change metrics", n)
+	}
+}
+
+func lagSamples(t *testing.T, reg *prometheus.Registry) int {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "ferry_receiver_lag_seconds" {
+			return len(mf.GetMetric())
+		}
+	}
+	return 0
+}
+
+// TestLagGaugeRefreshed: a running receiver's loop keeps the lag gauge.
+func TestLagGaugeRefreshed(t *testing.T) {
+	e := newEnv(t)
+	msgs := writeMsgs(t, "g", genTxs(5, 1, "t", "g"), 0, 4096)
+	e.publish(msgs...)
+	reg := prometheus.NewRegistry()
+	run := e.start(t.TempDir(), receiver.WithRegistry(reg))
+	run.waitApplied(t, "g", msgs[len(msgs)-1])
+	waitFor(t, "the lag gauge of source g", 60*time.Second, func() bool { return lagSamples(t, reg) == 1 })
+}
+
+// TestCheckpointResponseIsJSON: the checkpoint action's answer is JSON
+// whatever the path holds (it was built with Go's %q, whose \x7f escape is
+// not JSON).
+func TestCheckpointResponseIsJSON(t *testing.T) {
+	e := newEnv(t)
+	ckdir := filepath.Join(t.TempDir(), "odd\x7fname")
+	run := e.start(t.TempDir(), receiver.WithCheckpointDir(ckdir))
+	resp, err := http.Post(run.http.URL+"/v1/checkpoint", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Checkpoint   string `json:"checkpoint"`
+		StoreDirName string `json:"store_dir_name"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		t.Fatalf("checkpoint answer is not JSON: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK || filepath.Dir(got.Checkpoint) != ckdir || got.StoreDirName != receiver.StoreDir {
+		t.Fatalf("checkpoint answer %d %+v, want a checkpoint under %q", resp.StatusCode, got, ckdir)
+	}
+}
