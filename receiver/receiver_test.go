@@ -290,12 +290,18 @@ func TestApplyAndReadBack(t *testing.T) {
 	})
 	getJSON(t, base+"/healthz", 200, nil)
 
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// The lag gauge is refreshed once a second by the receiver's loop
+	// (reading the status does not set it).
+	var metrics []byte
+	waitFor(t, "the lag gauge", 60*time.Second, func() bool {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			return false
+		}
+		metrics, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(metrics), `ferry_receiver_lag_seconds{source="shop"}`)
+	})
 	for _, want := range []string{`ferry_receiver_applied_changes_total{source="shop"} 302`,
 		`ferry_receiver_applied_transactions_total{source="shop"} 101`, "ferry_receiver_apply_seconds_count",
 		`ferry_receiver_lag_seconds{source="shop"}`, "ferry_receiver_pebble_compactions_in_progress", "ferry_receiver_changelog_files 1",
