@@ -13,7 +13,7 @@ import (
 
 // checkpoint is the local record of the acknowledged position. It is a hint
 // only: the stream's last message is the truth. It lets a restarted shipper
-// notice a stream that lost acknowledged messages (DESIGN guarantee 6), and
+// notice a stream that lost acknowledged messages (README.md, guarantee 6: "A broker's ack is not durability"), and
 // resume the repair of a hole a stop or crash interrupted.
 type checkpoint struct {
 	Stream  string `json:"stream"`

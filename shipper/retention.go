@@ -54,7 +54,7 @@ func ParseRetention(s string) (Retention, error) {
 // source, and MinAge has passed since the shipper saw it fully acknowledged:
 // the age counts from the acknowledgement, not from the file's mtime, so that
 // a broker that acknowledges before it fsyncs can lose a message and the file
-// is still there to re-ship it (DESIGN guarantee 6).
+// is still there to re-ship it (README.md, guarantee 6: "A broker's ack is not durability").
 type retainer struct {
 	policy     Retention
 	minAge     time.Duration

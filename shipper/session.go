@@ -71,7 +71,7 @@ func (ss *session) state() (error, *format.Position, bool) {
 func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64, uint64, bool, error) {
 	last, err := s.st.LastMsg(ctx, s.subject)
 	if errors.Is(err, jsclient.ErrStreamNotFound) {
-		// DESIGN guarantee 6: the files are the safety net. Make the
+		// Guarantee 6 (README.md, "A broker's ack is not durability"): the files are the safety net. Make the
 		// stream again and re-ship what it lost from them.
 		s.met.error("stream_lost")
 		s.log.Error("the stream is gone (deleted, or the server lost its store): re-creating it with the same configuration and re-shipping from the change files",

@@ -18,7 +18,7 @@
 //     restarts after any error or reconnection) from the position recorded
 //     in the stream's last message for its subject, not from a local file.
 //     The local checkpoint is a hint used to notice a stream that lost
-//     acknowledged messages (DESIGN guarantee 6): then the Shipper logs it
+//     acknowledged messages (README.md, guarantee 6: "A broker's ack is not durability"): then the Shipper logs it
 //     loudly, counts it (errors{kind="stream_behind"}) and re-ships from the
 //     stream's real tail. Retention therefore keeps shipped segments for a
 //     minimum age counted from their acknowledgement. A stream that

@@ -21,7 +21,7 @@ import (
 // (deleted through the API, or the server's whole store wiped, lease bucket
 // included) while the legacy keeps writing: the shipper re-creates the
 // stream and re-ships everything from the change files, every frame once
-// and in order, without a restart (DESIGN guarantee 6).
+// and in order, without a restart (README.md, guarantee 6: "A broker's ack is not durability").
 func TestStreamLostWhileRunning(t *testing.T) {
 	cases := []struct {
 		name string

@@ -556,7 +556,7 @@ func TestFaultSlowReceiver(t *testing.T) {
 
 // TestFaultStreamLoss wipes the nats-server's store while the legacy writes
 // (a broker that acknowledged messages and lost them all, stream and lease
-// bucket included: harsher than DESIGN guarantee 6's power cut, which loses
+// bucket included: harsher than the power cut of guarantee 6 (README.md, "A broker's ack is not durability"), which loses
 // the tail only). The shipper keeps running: it finds the stream gone,
 // re-creates it and re-ships from the change files; the receiver, whose
 // stream's sequences restart, skips what it had applied, by source position.

@@ -12,7 +12,8 @@ import (
 	"github.com/ferrysync/ferry/bench"
 )
 
-// Goals Ferry is measured against (shared/DESIGN.md).
+// Goals Ferry is measured against (bench/README.md and bench/results/README.md
+// say how each is met).
 const (
 	GoalOverheadPct = 5.0     // file mode costs the legacy at most this % of its tx/s
 	GoalBytesRatio  = 1.0 / 3 // file mode writes at most this share of cdc-table's bytes per change
