@@ -130,6 +130,9 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 	if err != nil {
 		return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
 	}
+	if err := reg.Register(group.Collector()); err != nil {
+		return fmt.Errorf("ferry ship: registering metrics: %w", err)
+	}
 	if *metricsAddr != "" {
 		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
