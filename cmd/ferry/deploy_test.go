@@ -210,7 +210,19 @@ func TestDeployRulesAndDashboard(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	shipNames, shipText := scrape(t, "http://"+shipMetrics+"/metrics")
-	recvNames, _ := scrape(t, "http://"+recvHTTP+"/metrics")
+	// The lag gauges are set by the receiver's once-a-second loop: wait for
+	// its first pass after shop was applied.
+	var recvNames map[string]bool
+	for start := time.Now(); ; time.Sleep(50 * time.Millisecond) {
+		var text string
+		recvNames, text = scrape(t, "http://"+recvHTTP+"/metrics")
+		if strings.Contains(text, `ferry_receiver_lag_seconds{source="shop"}`) {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("the receiver never reported the lag of source shop:\n%s", text)
+		}
+	}
 	// The shipper's scrape-time gauges say what happened.
 	for _, want := range []string{`ferry_ship_source_stopped{source="broken"} 1`, `ferry_ship_source_stopped{source="shop"} 0`,
 		`ferry_ship_errors_total{kind="corruption",source="broken"} 1`} {
