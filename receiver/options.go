@@ -51,6 +51,14 @@ type options struct {
 	maxTxBytes    int64
 	noUI          bool
 	tombRetention time.Duration
+
+	// Write-back (commands.go).
+	origin         string
+	cmdTables      map[string]string
+	cmdStream      string
+	cmdPrefix      string
+	cmdMaxImage    int
+	excludeOrigins []string
 }
 
 // Option configures a Receiver. Options validate their arguments.

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/command"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/ferrysync/ferry/receiver/consume"
@@ -64,7 +65,8 @@ const StoreDir = "store"
 // New validates the options and opens the store; Run starts the work.
 func New(opts ...Option) (*Receiver, error) {
 	o := options{stream: wire.DefaultStream, prefix: wire.DefaultSubjectPrefix, readyLag: DefaultReadyLag, keepChanges: DefaultKeepChanges,
-		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, tombRetention: DefaultTombstoneRetention, log: slog.New(slog.DiscardHandler)}
+		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, tombRetention: DefaultTombstoneRetention, log: slog.New(slog.DiscardHandler),
+		cmdStream: command.DefaultStream, cmdPrefix: command.DefaultPrefix}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -128,15 +130,23 @@ func (r *Receiver) build() error {
 		return err
 	}
 	if r.o.webhook != "" {
-		r.hook, err = webhook.New(r.st, webhook.Config{URL: r.o.webhook, Token: r.o.webhookToken, Logger: r.log, Registerer: r.reg})
+		r.hook, err = webhook.New(r.st, webhook.Config{URL: r.o.webhook, Token: r.o.webhookToken, Logger: r.log, Registerer: r.reg,
+			ExcludeOrigins: r.o.excludeOrigins})
 		if err != nil {
 			return err
 		}
 	}
 	r.h, err = api.New(api.Config{Store: r.st, Status: r.Status, Token: r.o.token, Logger: r.log, Registerer: r.reg,
-		Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{})})
+		Metrics: promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}), ExcludeOrigins: r.o.excludeOrigins})
 	if err != nil {
 		return err
+	}
+	if r.o.origin != "" {
+		err = r.h.EnableCommands(api.CommandConfig{Store: r.st, Origin: r.o.origin, Tables: r.o.cmdTables, MaxImage: r.o.cmdMaxImage,
+			Publisher: &publisher{js: js, stream: r.o.cmdStream, prefix: r.o.cmdPrefix}})
+		if err != nil {
+			return err
+		}
 	}
 	if r.o.checkpointDir != "" {
 		r.h.Handle("POST /v1/checkpoint", r.serveCheckpoint)

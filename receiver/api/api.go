@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -68,6 +69,9 @@ type Config struct {
 	KeepAlive time.Duration
 	// Registerer receives the request duration histogram (nil: none).
 	Registerer prometheus.Registerer
+	// ExcludeOrigins leaves changes of these origins out of the SSE feed
+	// (a service's own write-backs: no echo); ids still advance past them.
+	ExcludeOrigins []string
 }
 
 // Handler is the receiver's HTTP API.
@@ -509,6 +513,10 @@ func (h *Handler) sseBatch(w http.ResponseWriter, r *http.Request, after *uint64
 		return false, false
 	}
 	for i := range cs {
+		if o := cs[i].Origin; o != "" && slices.Contains(h.cfg.ExcludeOrigins, o) {
+			*after = cs[i].ID // a service's own write-back: no echo
+			continue
+		}
 		b, err := json.Marshal(Change(&cs[i]))
 		if err != nil {
 			h.log.Error("api: encoding change", "id", cs[i].ID, "err", err)

@@ -54,6 +54,7 @@ type ChangeJSON struct {
 	AppliedAt   time.Time       `json:"applied_at"`
 	TxID        string          `json:"tx_id,omitempty"`
 	Origin      string          `json:"origin,omitempty"`
+	Command     string          `json:"command,omitempty"`
 }
 
 func keyFields(k []byte) (string, string) {
@@ -89,7 +90,7 @@ func Row(r *store.Row) RowJSON {
 // Change converts a change log entry.
 func Change(c *store.Change) ChangeJSON {
 	out := ChangeJSON{ID: c.ID, Table: c.Table, Op: c.Op.String(), ContentType: c.Content.MIME(), Version: version(c.Version),
-		RowVersion: c.RowVersion, CommitTime: time.Unix(0, c.CommitTime).UTC(), AppliedAt: time.Unix(0, c.AppliedAt).UTC(), TxID: c.TxID, Origin: c.Origin}
+		RowVersion: c.RowVersion, CommitTime: time.Unix(0, c.CommitTime).UTC(), AppliedAt: time.Unix(0, c.AppliedAt).UTC(), TxID: c.TxID, Origin: c.Origin, Command: c.Command}
 	out.Key, out.KeyBase64 = keyFields(c.Key)
 	if c.Op != format.OpDelete || len(c.After) > 0 {
 		out.After, out.Encoding = image(c.Content, c.After)

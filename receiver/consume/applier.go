@@ -45,6 +45,7 @@ type Applier struct {
 	batch   *store.Batch
 	raw     []byte
 	txs     []format.Tx
+	rejs    []format.Rejection // rejection frames of the chunk (write-back)
 	frames  []frameRef
 	lastSeq uint64
 	created int64
@@ -94,7 +95,7 @@ type frameRef struct {
 	raw      []byte
 	typ      format.FrameType
 	off, end int64
-	tx       int // index into txs for FrameTx
+	tx       int // index into txs for FrameTx, into rejs for FrameRejection
 	t        int64
 }
 
@@ -434,6 +435,8 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 				err = a.batch.ApplyTx(b.Source, b.Segment, f.off, f.end, seq, tx, f.raw)
 				c.txs++
 				c.changes += len(tx.Changes)
+			} else if f.typ == format.FrameRejection {
+				err = a.batch.Reject(b.Source, b.Segment, f.off, f.end, seq, &a.rejs[f.tx])
 			} else {
 				err = a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, f.t, f.typ == format.FrameSeal)
 			}
@@ -485,6 +488,7 @@ const (
 // frames included), or ok false if it stopped the source.
 func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw []byte, i int, sealedAt *int64) (next, ntx, nframes, nchanges int, ok bool) {
 	a.frames = a.frames[:0]
+	a.rejs = a.rejs[:0]
 	newSeg := b.Segment != pos.Segment
 	var cost int64
 	for i < len(raw) {
@@ -561,6 +565,14 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 			}
 			ref.t = s.Time
 			*sealedAt = off
+		case f.Type == format.FrameRejection:
+			r, err := format.DecodeRejection(f.Payload)
+			if err != nil {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+				return
+			}
+			ref.tx = len(a.rejs)
+			a.rejs = append(a.rejs, r)
 		case f.Type.Skippable():
 		default:
 			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,

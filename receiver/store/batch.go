@@ -105,6 +105,10 @@ type commitWork struct {
 	cursor    StreamCursor
 	cursorOK  bool
 	key, val  []byte
+
+	// Write-back command outcomes (commands.go), and their ids.
+	cmds []cmdRecord
+	seen map[string]struct{}
 }
 
 // maxRetainedBatch bounds the Pebble batch buffer kept between commits: above
@@ -256,6 +260,17 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 	}
 	e.changes += applied
 	b.changes += applied
+	if tx.Command != "" {
+		// The legacy carried the command out (here, or at the prepared
+		// transaction's outcome): its outcome goes in the same batch.
+		first := uint64(0)
+		if applied > 0 {
+			first = b.next - uint64(applied)
+		}
+		if err := b.commandApplied(source, seg, off, first, tx); err != nil {
+			return 0, err
+		}
+	}
 	return applied, nil
 }
 
@@ -381,7 +396,7 @@ func (b *Batch) Size() int {
 }
 
 // Empty reports whether the batch holds nothing to commit.
-func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK }
+func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK && len(b.w.cmds) == 0 }
 
 // writeRows writes the buffered row writes to the Pebble batch sorted by
 // key, the last write of each key only.
@@ -591,6 +606,9 @@ func (w *commitWork) prepare(s *Store) error {
 	if err := w.writeRows(); err != nil {
 		return err
 	}
+	if err := w.writeCommands(); err != nil {
+		return err
+	}
 	for i, start := 0, 0; i < len(w.purgeEnds); i++ {
 		if err := w.b.Delete(w.purge[start:w.purgeEnds[i]], nil); err != nil {
 			return fmt.Errorf("store: purging a tombstone: %w", err)
@@ -700,6 +718,8 @@ func (w *commitWork) reset() {
 	w.purge, w.purgeEnds = w.purge[:0], w.purgeEnds[:0]
 	w.stale, w.cross, w.tombs = 0, 0, 0
 	w.entries, w.entryOK = w.entries[:0], false
+	w.cmds = w.cmds[:0]
+	clear(w.seen)
 	w.b.Reset()
 }
 

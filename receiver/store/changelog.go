@@ -247,7 +247,7 @@ func decodeEntry(dec *wire.Decompressor, first uint64, b []byte, after uint64, l
 				c := &tx.Changes[i]
 				ch := Change{ID: id, Table: c.Table, Key: c.Key, Op: c.Op, Content: c.Content, After: c.After, Before: c.Before,
 					Version: Version{Source: e.source, Segment: e.segment, Offset: off, Index: i}, RowVersion: c.Version, CommitTime: tx.CommitTime,
-					AppliedAt: e.applied, TxID: tx.ID, Origin: tx.Origin}
+					AppliedAt: e.applied, TxID: tx.ID, Origin: tx.Origin, Command: tx.Command}
 				out = append(out, ch)
 			}
 			id++

@@ -13,6 +13,7 @@ import (
 //	'c' + first change id (u64 big endian)    a change log entry's index record (logfile.go)
 //	't' + written at (u64 big endian) + row key   a tombstone's index entry (tombstone.go)
 //	'q' + uvarint(len(source)) + source + segment (u64 BE) + offset (u64 BE)   a parked prepared transaction (parked.go)
+//	'k' + 's'|'o' + command id      a write-back command's submitted and outcome records (commands.go)
 //
 // Rows of one table are contiguous and ordered by key bytes, so a prefix scan
 // of a table is one iterator; change ids are big endian so the log iterates

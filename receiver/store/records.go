@@ -55,6 +55,8 @@ type Change struct {
 	AppliedAt  int64  // Unix ns, when this receiver applied it
 	TxID       string
 	Origin     string
+	// Command is the write-back command the transaction carried out, if any.
+	Command string
 }
 
 // SourcePosition is how far a source has been applied.

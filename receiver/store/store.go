@@ -200,6 +200,9 @@ type Store struct {
 	stale, cross atomic.Uint64
 	tombstones   atomic.Int64
 
+	cmdMu       sync.Mutex    // command submissions, one check-and-set at a time
+	dupOutcomes atomic.Uint64 // second outcomes of a command (commands.go)
+
 	stallStart atomic.Int64 // Unix ns of the write stall under way (0: none)
 	stalled    atomic.Int64 // ns of write stalls so far
 }

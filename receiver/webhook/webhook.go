@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -53,6 +54,9 @@ type Config struct {
 	Logger  *slog.Logger
 	// Registerer receives the webhook's metrics (nil: none).
 	Registerer prometheus.Registerer
+	// ExcludeOrigins leaves out changes of these origins (a service's own
+	// write-backs: no echo); the cursor still moves past them.
+	ExcludeOrigins []string
 }
 
 // Webhook delivers changes.
@@ -173,9 +177,14 @@ type body struct {
 }
 
 func (w *Webhook) deliver(ctx context.Context, cs []store.Change) error {
-	b := body{Changes: make([]api.ChangeJSON, len(cs))}
+	b := body{Changes: make([]api.ChangeJSON, 0, len(cs))}
 	for i := range cs {
-		b.Changes[i] = api.Change(&cs[i])
+		if !slices.Contains(w.cfg.ExcludeOrigins, cs[i].Origin) || cs[i].Origin == "" {
+			b.Changes = append(b.Changes, api.Change(&cs[i]))
+		}
+	}
+	if len(b.Changes) == 0 {
+		return nil // all of the service's own: nothing to deliver
 	}
 	payload, err := json.Marshal(b)
 	if err != nil {

@@ -1,0 +1,82 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/ferrysync/ferry/format/command"
+)
+
+// Handler carries out the commands of one inbox file, in order, for a Go
+// legacy. It must be idempotent by command id (SPEC.md, "Write-back
+// records"): record the id in the same database transaction as the write,
+// and treat an id already recorded as done. It returns once every command
+// has its record in the change files (Writer.Prepare + Commit, or
+// Writer.Reject). An error makes Consume offer the same file again.
+type Handler func(ctx context.Context, cmds []command.Command) error
+
+// ConsumeConfig configures Consume.
+type ConsumeConfig struct {
+	// Poll is how often the inbox is listed for new files (default 5 ms;
+	// the agent removes files, so a listing is short).
+	Poll time.Duration
+	// RetryAfter is the wait after a Handler error (default 1 s).
+	RetryAfter time.Duration
+}
+
+// Consume hands the inbox files of dir to h in name order (delivery order)
+// until ctx is done. Files are offered once per process: the agent removes
+// a file once every outcome is in the change files, and a restarted legacy
+// is offered every file still there again (its id records make the repeats
+// no-ops).
+func Consume(ctx context.Context, dir string, cfg ConsumeConfig, h Handler) error {
+	if cfg.Poll <= 0 {
+		cfg.Poll = 5 * time.Millisecond
+	}
+	if cfg.RetryAfter <= 0 {
+		cfg.RetryAfter = time.Second
+	}
+	var last uint64 // the last file handled (sequence); files are never renamed
+	started := false
+	for {
+		files, err := List(dir)
+		if err != nil {
+			return err
+		}
+		progressed := false
+		for _, f := range files {
+			if started && f.Seq <= last {
+				continue
+			}
+			cmds, err := ReadFile(f.Path)
+			if errors.Is(err, os.ErrNotExist) {
+				continue // done and removed meanwhile
+			}
+			if err != nil {
+				return err
+			}
+			if err := h(ctx, cmds); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(cfg.RetryAfter):
+				}
+				break // list again: offer this file again
+			}
+			last, started, progressed = f.Seq, true, true
+		}
+		if progressed {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(cfg.Poll):
+		}
+	}
+}

@@ -1,0 +1,189 @@
+package inbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/ferrysync/ferry/format"
+)
+
+// scanner reads a source's change files for command outcomes: a committed
+// transaction carrying a command id, a prepared one once an outcome frame
+// says it committed, a rejection frame. It remembers where it stopped and
+// the prepared command frames still waiting for their outcome, in a state
+// file, so that after a restart it reads on from there.
+type scanner struct {
+	dir, source string
+	statePath   string
+
+	st    scanState
+	dirty bool
+	tx    format.Tx
+	out   format.Outcome
+}
+
+type scanState struct {
+	Segment  uint64            `json:"segment"` // 0: from the first segment present
+	Offset   int64             `json:"offset"`  // next frame (0: the segment's first)
+	Prepared []preparedCommand `json:"prepared,omitempty"`
+	prepared map[format.Position]string
+}
+
+type preparedCommand struct {
+	Segment uint64 `json:"segment"`
+	Offset  int64  `json:"offset"`
+	Command string `json:"command"`
+}
+
+const stateFile = ".agent-state.json"
+
+func newScanner(changeDir, source, inboxDir string) (*scanner, error) {
+	s := &scanner{dir: changeDir, source: source, statePath: filepath.Join(inboxDir, stateFile)}
+	s.st.prepared = map[format.Position]string{}
+	b, err := os.ReadFile(s.statePath)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inbox: reading %s: %w", s.statePath, err)
+	}
+	if err := json.Unmarshal(b, &s.st); err != nil {
+		return nil, fmt.Errorf("inbox: %s is damaged (%v): remove it and the agent re-reads the change files from their first segment", s.statePath, err)
+	}
+	s.st.prepared = map[format.Position]string{}
+	for _, p := range s.st.Prepared {
+		s.st.prepared[format.Position{Segment: p.Segment, Offset: p.Offset}] = p.Command
+	}
+	return s, nil
+}
+
+// save writes the state file if it changed (temporary file, fsync, rename,
+// directory fsync).
+func (s *scanner) save() error {
+	if !s.dirty {
+		return nil
+	}
+	s.st.Prepared = s.st.Prepared[:0]
+	for p, c := range s.st.prepared {
+		s.st.Prepared = append(s.st.Prepared, preparedCommand{Segment: p.Segment, Offset: p.Offset, Command: c})
+	}
+	b, err := json.Marshal(&s.st)
+	if err != nil {
+		return err
+	}
+	tmp := s.statePath + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("inbox: writing state: %w", err)
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.statePath)
+	}
+	if err != nil {
+		return fmt.Errorf("inbox: writing state: %w", err)
+	}
+	s.dirty = false
+	return syncDir(filepath.Dir(s.statePath))
+}
+
+// scan reads the change files from where it stopped to their end and calls
+// done with the id of every command whose outcome it finds (an id may come
+// more than once: a legacy may record a duplicate). A corrupt segment is an
+// error: outcomes behind it cannot be read.
+func (s *scanner) scan(done func(id string)) error {
+	segs, err := format.ListSegments(s.dir, s.source)
+	if err != nil {
+		return err
+	}
+	for i, sf := range segs {
+		if sf.Segment < s.st.Segment {
+			continue
+		}
+		if sf.Segment > s.st.Segment {
+			// The first segment present, or the next one: start at its
+			// first frame.
+			s.st.Segment, s.st.Offset, s.dirty = sf.Segment, 0, true
+		}
+		last := i == len(segs)-1
+		sealed, err := s.scanSegment(sf, done)
+		if err != nil {
+			return err
+		}
+		if !sealed && last {
+			return nil // the segment being written: read on next time
+		}
+		// Sealed, or abandoned by a writer that crashed (a newer segment
+		// exists): the next segment follows.
+	}
+	return nil
+}
+
+func (s *scanner) scanSegment(sf format.SegmentFile, done func(string)) (sealed bool, err error) {
+	rd, f, err := format.OpenReader(sf.Path, s.st.Offset)
+	if err != nil {
+		return false, fmt.Errorf("inbox: reading outcomes: %w", err)
+	}
+	defer f.Close()
+	for {
+		fr, err := rd.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, format.ErrTornTail) {
+				_, sealed := rd.Sealed()
+				return sealed, nil
+			}
+			return false, fmt.Errorf("inbox: reading outcomes in %s: %w", sf.Path, err)
+		}
+		pos := format.Position{Segment: sf.Segment, Offset: rd.Offset()}
+		switch fr.Type {
+		case format.FrameTx:
+			if err := format.DecodeTx(fr.Payload, &s.tx); err != nil {
+				return false, fmt.Errorf("inbox: %s at %d: %w", sf.Path, pos.Offset, err)
+			}
+			if s.tx.Command != "" {
+				if s.tx.Prepared {
+					s.st.prepared[pos] = s.tx.Command
+				} else {
+					done(s.tx.Command)
+				}
+			}
+		case format.FrameOutcome:
+			if err := format.DecodeOutcome(fr.Payload, &s.out); err != nil {
+				return false, fmt.Errorf("inbox: %s at %d: %w", sf.Path, pos.Offset, err)
+			}
+			for _, r := range s.out.Resolutions {
+				id, ok := s.st.prepared[r.Prepared]
+				if !ok {
+					continue // not a command, or resolved before
+				}
+				delete(s.st.prepared, r.Prepared)
+				if r.Decision == format.DecisionCommitted {
+					done(id)
+				}
+				// Aborted: the legacy did not carry it out; the command
+				// stays in the inbox and is offered again.
+			}
+		case format.FrameRejection:
+			r, err := format.DecodeRejection(fr.Payload)
+			if err != nil {
+				return false, fmt.Errorf("inbox: %s at %d: %w", sf.Path, pos.Offset, err)
+			}
+			done(r.Command)
+		}
+		s.st.Offset, s.dirty = rd.End(), true
+	}
+}
+
+// position returns where the scanner stands, for status.
+func (s *scanner) position() format.Position {
+	return format.Position{Segment: s.st.Segment, Offset: s.st.Offset}
+}
