@@ -1,0 +1,335 @@
+// Package writeback is the PostgreSQL stand-in legacy's side of write-back,
+// and the reference for legacy teams (SPEC.md, "Write-back records" and
+// "Write-back commands"): an Applier carries out the commands of an inbox
+// file in one database transaction, each with its version check, records
+// every command id in a table of the same transaction (so a command
+// delivered twice is carried out once), appends the resulting frames with
+// format.Writer.Prepare (origin and command id) before COMMIT and records
+// their outcomes after it; a command it refuses (a stale version, a row that
+// does not exist) gets a rejection frame with the reason.
+//
+// Its tables have one shape: key text primary key, value jsonb, version
+// bigint, the version drawn from one sequence (SPEC.md, "Row versions").
+package writeback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/command"
+	"github.com/jackc/pgx/v5"
+)
+
+// Schema objects shared by every table.
+const (
+	// CommandsTable records every command id the legacy carried out or
+	// refused, in the same transaction as the write.
+	CommandsTable = "ferry_commands"
+	// VersionSequence numbers every write of every row.
+	VersionSequence = "ferry_row_version"
+)
+
+var identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// CreateSchema creates the commands table, the version sequence and the
+// given tables if missing.
+func CreateSchema(ctx context.Context, conn *pgx.Conn, tables ...string) error {
+	stmts := []string{
+		`CREATE SEQUENCE IF NOT EXISTS ` + VersionSequence,
+		`CREATE TABLE IF NOT EXISTS ` + CommandsTable + ` (id text PRIMARY KEY, origin text NOT NULL,
+			outcome text NOT NULL, reason text, at timestamptz NOT NULL DEFAULT now())`,
+	}
+	for _, t := range tables {
+		if !identRE.MatchString(t) {
+			return fmt.Errorf("writeback: table name %q: want a lower-case SQL identifier", t)
+		}
+		stmts = append(stmts, `CREATE TABLE IF NOT EXISTS `+t+` (key text PRIMARY KEY, value jsonb NOT NULL, version bigint NOT NULL)`)
+	}
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return fmt.Errorf("writeback: creating schema (%s): %w", strings.Fields(s)[2], err)
+		}
+	}
+	return nil
+}
+
+// Applier carries out commands on one connection, appending the results
+// to w. It is not safe for concurrent use: one Applier per inbox, so the
+// commands of a row are carried out in their order.
+type Applier struct {
+	// AfterCommit appends committed frames after COMMIT (the version 1
+	// protocol, Writer.Commit) instead of prepared frames before it. Only
+	// for receivers that do not read prepared frames yet: a crash between
+	// COMMIT and the append loses the command's record, so it never gets
+	// an outcome. The default, prepared frames, has no such window.
+	AfterCommit bool
+
+	conn   *pgx.Conn
+	w      *format.Writer
+	tables map[string]bool
+	now    func() time.Time
+}
+
+// NewApplier returns an Applier for the given tables (created by
+// CreateSchema). w should be opened with Resolver(conn's database), so
+// that a crash between COMMIT and the outcome is resolved at restart.
+func NewApplier(conn *pgx.Conn, w *format.Writer, tables ...string) *Applier {
+	a := &Applier{conn: conn, w: w, tables: map[string]bool{}, now: time.Now}
+	for _, t := range tables {
+		a.tables[t] = true
+	}
+	return a
+}
+
+// result is what the database said of one command.
+type result struct {
+	prevOutcome, prevReason *string // a record from an earlier delivery
+	version                 *int64  // the row's new version: carried out
+	reason                  *string // refused, and why
+}
+
+// statement returns the one statement that carries out c, or refuses it,
+// and records its id, unless an earlier delivery did: its columns are the
+// earlier record's outcome and reason, the new version, and this
+// delivery's reason for a refusal.
+func statement(c *command.Command) (string, []any) {
+	t := c.Table // checked against the applier's tables
+	prev := `prev AS (SELECT outcome, reason FROM ` + CommandsTable + ` WHERE id = $1),
+		cur AS (SELECT version FROM ` + t + ` WHERE key = $2)`
+	var write string
+	args := []any{c.ID, c.Key}
+	switch {
+	case c.Op == command.OpInsert:
+		write = `INSERT INTO ` + t + ` (key, value, version) SELECT $2, $3::jsonb, nextval('` + VersionSequence + `')
+			WHERE NOT EXISTS (SELECT 1 FROM prev) ON CONFLICT (key) DO NOTHING RETURNING version`
+		args = append(args, string(c.After))
+	case c.Op == command.OpUpsert && c.Version == 0:
+		write = `INSERT INTO ` + t + ` (key, value, version) SELECT $2, $3::jsonb, nextval('` + VersionSequence + `')
+			WHERE NOT EXISTS (SELECT 1 FROM prev)
+			ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version RETURNING version`
+		args = append(args, string(c.After))
+	case c.Op == command.OpDelete:
+		write = `DELETE FROM ` + t + ` WHERE key = $2 AND version = $3 AND NOT EXISTS (SELECT 1 FROM prev)
+			RETURNING nextval('` + VersionSequence + `') AS version`
+		args = append(args, int64(c.Version))
+	default: // update, or upsert at a version
+		write = `UPDATE ` + t + ` SET value = $4::jsonb, version = nextval('` + VersionSequence + `')
+			WHERE key = $2 AND version = $3 AND NOT EXISTS (SELECT 1 FROM prev) RETURNING version`
+		args = append(args, int64(c.Version), string(c.After))
+	}
+	// The reason is worked out from the row as this statement's snapshot
+	// saw it (cur) and the version the command read.
+	reason := `CASE WHEN EXISTS (SELECT 1 FROM w) THEN NULL
+		WHEN NOT EXISTS (SELECT 1 FROM cur) THEN 'row does not exist (deleted, or never inserted)'`
+	if c.Op == command.OpInsert {
+		reason += ` ELSE 'row exists at version ' || (SELECT version FROM cur)`
+	} else {
+		reason += ` ELSE 'stale version: row at ' || (SELECT version FROM cur) || ', command read ' || ` + fmt.Sprint(c.Version)
+	}
+	reason += ` END`
+	args = append(args, c.Origin)
+	o := fmt.Sprintf("$%d", len(args))
+	sql := `WITH ` + prev + `, w AS (` + write + `),
+		rec AS (INSERT INTO ` + CommandsTable + ` (id, origin, outcome, reason)
+			SELECT $1, ` + o + `, CASE WHEN EXISTS (SELECT 1 FROM w) THEN 'applied' ELSE 'rejected' END, ` + reason + `
+			WHERE NOT EXISTS (SELECT 1 FROM prev) RETURNING reason)
+		SELECT (SELECT outcome FROM prev), (SELECT reason FROM prev), (SELECT version FROM w), (SELECT reason FROM rec)`
+	return sql, args
+}
+
+// Handle carries out the commands of one inbox file (inbox.Handler): one
+// database transaction for all of them, one prepared frame per command
+// carried out, appended before COMMIT, their outcomes after it, then a
+// rejection frame per command refused. It returns once every command has
+// its record in the change files, durable per the writer's sync policy.
+func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
+	ours := cmds[:0:0]
+	for i := range cmds {
+		if a.tables[cmds[i].Table] {
+			ours = append(ours, cmds[i])
+			continue
+		}
+		// Not one of ours: refused, so that it still gets an outcome
+		// (receivers send only the tables they were configured with: the
+		// two sides' configurations disagree).
+		if _, err := a.w.Reject(format.Rejection{Time: a.now().UnixNano(), Command: cmds[i].ID, Origin: cmds[i].Origin,
+			Reason: fmt.Sprintf("table %q is not written back by this legacy", cmds[i].Table)}); err != nil {
+			return err
+		}
+	}
+	cmds = ours
+	if len(cmds) == 0 {
+		return nil
+	}
+	tx, err := a.conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("writeback: begin: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) // a no-op once committed
+	b := &pgx.Batch{}
+	var xid string
+	b.Queue(`SELECT pg_current_xact_id()::text`).QueryRow(func(r pgx.Row) error { return r.Scan(&xid) })
+	res := make([]result, len(cmds))
+	for i := range cmds {
+		sql, args := statement(&cmds[i])
+		r := &res[i]
+		b.Queue(sql, args...).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&r.prevOutcome, &r.prevReason, &r.version, &r.reason)
+		})
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("writeback: carrying out %d commands (first %s): %w", len(cmds), cmds[0].ID, err)
+	}
+	// Append while the transaction holds its row locks (SPEC.md, "Commit
+	// order"): a later write of the same rows commits after this frame.
+	commit := a.now().UnixNano()
+	var prepared []*format.Prepared
+	var later []format.Tx // AfterCommit
+	var rejects []format.Rejection
+	for i := range cmds {
+		c, r := &cmds[i], &res[i]
+		switch {
+		case r.prevOutcome != nil && *r.prevOutcome == "rejected":
+			// Refused at an earlier delivery whose rejection frame may not
+			// have been written: write it again (receivers keep the first).
+			rejects = append(rejects, format.Rejection{Command: c.ID, Origin: c.Origin, Reason: deref(r.prevReason)})
+		case r.prevOutcome != nil:
+			// Carried out at an earlier delivery: its frame is in the files
+			// (or in doubt, resolved from the database at the writer's start).
+		case r.version != nil:
+			ch := format.Change{Table: c.Table, Key: []byte(c.Key), Op: opOf(c.Op), Version: uint64(*r.version)}
+			if c.Op != command.OpDelete {
+				ch.After = c.After
+			}
+			ftx := format.Tx{CommitTime: commit, ID: "pg:" + xid, Origin: c.Origin, Command: c.ID, Changes: []format.Change{ch}}
+			if a.AfterCommit {
+				later = append(later, ftx)
+				continue
+			}
+			p, err := a.w.Prepare(&ftx)
+			if err != nil {
+				return fmt.Errorf("writeback: appending command %s: %w", c.ID, err)
+			}
+			prepared = append(prepared, p)
+		default:
+			rejects = append(rejects, format.Rejection{Command: c.ID, Origin: c.Origin, Reason: deref(r.reason)})
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		// The connection may have broken during COMMIT: ask the database.
+		d, rerr := a.resolve(context.WithoutCancel(ctx), xid)
+		switch {
+		case rerr != nil || d == format.DecisionUnknown:
+			return fmt.Errorf("writeback: commit of %d commands: %w (left in doubt)", len(cmds), err)
+		case d == format.DecisionAborted:
+			for _, p := range prepared {
+				p.Abort()
+			}
+			return fmt.Errorf("writeback: commit of %d commands: %w", len(cmds), err)
+		}
+	}
+	var errs []error
+	for _, p := range prepared {
+		errs = append(errs, p.Commit())
+	}
+	for i := range later {
+		_, err := a.w.Commit(&later[i])
+		errs = append(errs, err)
+	}
+	now := a.now().UnixNano()
+	for i := range rejects {
+		rejects[i].Time = now
+		_, err := a.w.Reject(rejects[i])
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Applier) resolve(ctx context.Context, xid string) (format.Decision, error) {
+	return Resolve(ctx, a.conn, "pg:"+xid)
+}
+
+// Resolve answers whether the PostgreSQL transaction named by a frame's
+// tx id ("pg:<xid>") committed (SPEC.md, "In-doubt transactions"): the
+// writer's resolver.
+func Resolve(ctx context.Context, conn *pgx.Conn, id string) (format.Decision, error) {
+	xid, ok := strings.CutPrefix(id, "pg:")
+	if !ok {
+		return format.DecisionUnknown, fmt.Errorf("writeback: transaction id %q was not written by this applier", id)
+	}
+	var status *string
+	if err := conn.QueryRow(ctx, `SELECT pg_xact_status($1::xid8)`, xid).Scan(&status); err != nil {
+		return format.DecisionUnknown, err
+	}
+	switch deref(status) {
+	case "committed":
+		return format.DecisionCommitted, nil
+	case "aborted":
+		return format.DecisionAborted, nil
+	}
+	return format.DecisionUnknown, nil
+}
+
+func opOf(op string) format.Op {
+	switch op {
+	case command.OpInsert:
+		return format.OpInsert
+	case command.OpDelete:
+		return format.OpDelete
+	case command.OpUpsert:
+		return format.OpUpsert
+	}
+	return format.OpUpdate
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// Write is the legacy's own write of a row (no command): an upsert with a
+// new version, appended with the order contract like any other.
+func (a *Applier) Write(ctx context.Context, table, key string, value []byte) (uint64, error) {
+	if !a.tables[table] {
+		return 0, fmt.Errorf("writeback: table %q is not one of the applier's", table)
+	}
+	tx, err := a.conn.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var xid string
+	var version int64
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
+		return 0, err
+	}
+	err = tx.QueryRow(ctx, `INSERT INTO `+table+` (key, value, version) VALUES ($1, $2::jsonb, nextval('`+VersionSequence+`'))
+		ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version RETURNING version`, key, string(value)).Scan(&version)
+	if err != nil {
+		return 0, fmt.Errorf("writeback: writing %s/%s: %w", table, key, err)
+	}
+	ftx := format.Tx{CommitTime: a.now().UnixNano(), ID: "pg:" + xid,
+		Changes: []format.Change{{Table: table, Key: []byte(key), Op: format.OpUpsert, After: value, Version: uint64(version)}}}
+	if a.AfterCommit {
+		if err := tx.Commit(ctx); err != nil {
+			return 0, err
+		}
+		_, err := a.w.Commit(&ftx)
+		return uint64(version), err
+	}
+	p, err := a.w.Prepare(&ftx)
+	if err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, err // in doubt: the writer's resolver settles it
+	}
+	return uint64(version), p.Commit()
+}

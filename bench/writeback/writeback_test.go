@@ -1,0 +1,212 @@
+package writeback_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ferrysync/ferry/receiver/api"
+)
+
+// TestWriteBack runs the circular path end to end: services submit
+// commands to their receivers, the agent delivers them to the inbox, the
+// PostgreSQL applier carries them out or refuses them and records the
+// outcome in the change files, which come back to every receiver.
+func TestWriteBack(t *testing.T) {
+	rg := newRig(t, true, "svc-a", "svc-b")
+	a, b := rg.svcs["svc-a"], rg.svcs["svc-b"]
+	ctx := context.Background()
+	for i := range 10 {
+		if _, err := rg.ap.Write(ctx, table, fmt.Sprintf("k%d", i), []byte(fmt.Sprintf(`{"balance":%d}`, i*100))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rg.equalToDB(t)
+
+	t.Run("AppliedAndReadYourWrites", func(t *testing.T) {
+		v := rg.version(t, "k1")
+		code, out := a.submit(t, api.CommandRequest{ID: "a-1", Table: table, Key: "k1", Op: "update", After: json.RawMessage(`{"balance": 150}`), Version: v})
+		if code != http.StatusAccepted || out["id"] != "a-1" {
+			t.Fatalf("POST: %d %v", code, out)
+		}
+		c := a.wait(t, "a-1")
+		if c.State != "applied" || c.Version <= v || c.Source != source || c.Segment == 0 {
+			t.Fatalf("outcome %+v, want applied at a version above %d", c, v)
+		}
+		// Read-your-writes: once applied, this receiver's row shows it.
+		row, ok, err := a.r.Store().Get(table, []byte("k1"))
+		if err != nil || !ok || canon(t, row.Value) != `{"balance":150}` {
+			t.Fatalf("row k1 after applied: %q %v %v", row.Value, ok, err)
+		}
+		// The same id again is the same command: not carried out twice.
+		code, out = a.submit(t, api.CommandRequest{ID: "a-1", Table: table, Key: "k1", Op: "update", After: json.RawMessage(`{"balance": 150}`), Version: v})
+		if code != http.StatusAccepted || out["state"] != "applied" {
+			t.Fatalf("resubmission: %d %v", code, out)
+		}
+		if got := rg.version(t, "k1"); got != c.Version {
+			t.Fatalf("row k1 at version %d after a resubmission, want %d", got, c.Version)
+		}
+		// The same id for another command is refused.
+		code, out = a.submit(t, api.CommandRequest{ID: "a-1", Table: table, Key: "k2", Op: "update", After: json.RawMessage(`{}`), Version: v})
+		if code != http.StatusConflict {
+			t.Fatalf("same id, other command: %d %v", code, out)
+		}
+		// The other service's receiver knows the outcome too.
+		if c := b.wait(t, "a-1"); c.State != "applied" {
+			t.Fatalf("svc-b sees a-1 as %+v", c)
+		}
+	})
+
+	t.Run("ConcurrentWritersOneWins", func(t *testing.T) {
+		v := rg.version(t, "k2")
+		var wg sync.WaitGroup
+		for i, s := range []*service{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				code, out := s.submit(t, api.CommandRequest{ID: fmt.Sprintf("race-%d", i), Table: table, Key: "k2", Op: "update",
+					After: json.RawMessage(fmt.Sprintf(`{"balance":%d}`, 1000+i)), Version: v})
+				if code != http.StatusAccepted {
+					t.Errorf("POST: %d %v", code, out)
+				}
+			}()
+		}
+		wg.Wait()
+		c0, c1 := a.wait(t, "race-0"), b.wait(t, "race-1")
+		win, lose := c0, c1
+		if c1.State == "applied" {
+			win, lose = c1, c0
+		}
+		if win.State != "applied" || lose.State != "rejected" {
+			t.Fatalf("outcomes %s and %s, want one applied and one rejected", c0.State, c1.State)
+		}
+		if want := fmt.Sprintf("stale version: row at %d, command read %d", win.Version, v); lose.Reason != want {
+			t.Fatalf("rejection reason %q, want %q", lose.Reason, want)
+		}
+		rg.equalToDB(t)
+	})
+
+	t.Run("DeletedRowNotResurrected", func(t *testing.T) {
+		v := rg.version(t, "k3")
+		if code, out := a.submit(t, api.CommandRequest{ID: "del-3", Table: table, Key: "k3", Op: "delete", Version: v}); code != http.StatusAccepted {
+			t.Fatalf("POST: %d %v", code, out)
+		}
+		if c := a.wait(t, "del-3"); c.State != "applied" {
+			t.Fatalf("delete: %+v", c)
+		}
+		b.submit(t, api.CommandRequest{ID: "upd-3", Table: table, Key: "k3", Op: "update", After: json.RawMessage(`{"balance":1}`), Version: v})
+		c := b.wait(t, "upd-3")
+		if c.State != "rejected" || !strings.Contains(c.Reason, "does not exist") {
+			t.Fatalf("update of a deleted row: %+v", c)
+		}
+		if _, ok := rg.dbRows(t)["k3"]; ok {
+			t.Fatal("k3 is back in the database")
+		}
+		rg.equalToDB(t)
+	})
+
+	t.Run("HotRows", func(t *testing.T) {
+		// 8 writers on 3 rows, each reading the version from the database
+		// and writing it back: every command ends applied or rejected,
+		// once, and the receivers end equal to the database.
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		ids := map[string]*service{}
+		for w := range 8 {
+			s := a
+			if w%2 == 1 {
+				s = b
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 25 {
+					key := fmt.Sprintf("k%d", 4+(w+i)%3)
+					id := fmt.Sprintf("hot-%d-%d", w, i)
+					code, out := s.submit(t, api.CommandRequest{ID: id, Table: table, Key: key, Op: "update",
+						After: json.RawMessage(fmt.Sprintf(`{"balance":%d,"by":"%s"}`, i, id)), Version: rg.version(t, key)})
+					if code != http.StatusAccepted {
+						t.Errorf("POST %s: %d %v", id, code, out)
+						return
+					}
+					mu.Lock()
+					ids[id] = s
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		applied := 0
+		states := map[string]string{}
+		for id, s := range ids {
+			c := s.wait(t, id)
+			if c.State == "applied" {
+				applied++
+			}
+			states[id] = c.State
+		}
+		db := rg.commandsInDB(t)
+		for id, st := range states {
+			if db[id] != st {
+				t.Errorf("command %s: receiver says %s, database %q", id, st, db[id])
+			}
+		}
+		if applied == 0 {
+			t.Fatal("no hot-row command applied")
+		}
+		rg.equalToDB(t)
+		t.Logf("%d of %d hot-row commands applied", applied, len(ids))
+	})
+
+	t.Run("BadInput", func(t *testing.T) {
+		before := rg.commandsInStream(t)
+		big := `{"x":"` + strings.Repeat("a", 70<<10) + `"}`
+		for _, tc := range []struct {
+			name string
+			body string
+			code int
+			err  string
+		}{
+			{"UnknownTable", `{"id":"bad-1","table":"nope","key":"k","op":"update","after":{},"version":1}`, 400, "unknown_table"},
+			{"MalformedID", `{"id":"../x","table":"accounts","key":"k","op":"update","after":{},"version":1}`, 400, "invalid_id"},
+			{"EmptyID", `{"table":"accounts","key":"k","op":"update","after":{},"version":1}`, 400, "invalid_id"},
+			{"OversizedImage", `{"id":"bad-2","table":"accounts","key":"k","op":"update","after":` + big + `,"version":1}`, 413, "too_large"},
+			{"UpdateWithoutVersion", `{"id":"bad-3","table":"accounts","key":"k","op":"update","after":{}}`, 400, "invalid_command"},
+			{"BadOp", `{"id":"bad-4","table":"accounts","key":"k","op":"merge","after":{}}`, 400, "invalid_command"},
+			{"NotJSON", `{"id":`, 400, "bad_request"},
+			{"UnknownField", `{"id":"bad-5","table":"accounts","key":"k","op":"insert","after":{},"extra":1}`, 400, "bad_request"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				code, out := a.post(t, []byte(tc.body))
+				if code != tc.code || out["code"] != tc.err {
+					t.Fatalf("%d %v, want %d %s", code, out, tc.code, tc.err)
+				}
+			})
+		}
+		if after := rg.commandsInStream(t); after != before {
+			t.Fatalf("bad input reached the commands stream: %d messages, %d before", after, before)
+		}
+	})
+
+	t.Run("NoEcho", func(t *testing.T) {
+		// svc-a's feed leaves out svc-a's own write-backs and carries
+		// svc-b's; every change carries its origin and command.
+		evs := readSSE(t, a.url, "svc-a")
+		sawB := false
+		for _, e := range evs {
+			if e.Origin == "svc-a" {
+				t.Fatalf("svc-a's feed echoes its own change %+v", e)
+			}
+			if e.Origin == "svc-b" {
+				sawB = sawB || e.Command != ""
+			}
+		}
+		if !sawB {
+			t.Fatalf("svc-a's feed has no change of svc-b: %d events", len(evs))
+		}
+	})
+}
