@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	fcommand "github.com/ferrysync/ferry/format/command"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/receiver"
@@ -63,6 +64,11 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	pprofAddr := fs.String("pprof", "", "serve Go's net/http/pprof on this address (e.g. 127.0.0.1:6060; off by default)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
+	origin := fs.String("origin", "", "write-back: this service's name; enables POST /v1/commands (with --command-table)")
+	var cmdTables, exclude sourceList
+	fs.Var(&cmdTables, "command-table", "write-back: TABLE=SOURCE, a table the service may write and the legacy source that masters it (repeatable, or comma separated)")
+	maxCmd := fs.Int("max-command-bytes", fcommand.DefaultMaxImage, "write-back: largest after image a command may carry")
+	fs.Var(&exclude, "exclude-origin", "leave this origin's changes out of the SSE feed and the webhook: a service's own write-backs (repeatable; no echo)")
 	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	nf := addNATSFlags(fs, "ferry receive")
 	fs.Usage = func() {
@@ -118,6 +124,20 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	}
 	if len(sources) > 0 {
 		opts = append(opts, receiver.WithSources(sources...))
+	}
+	if *origin != "" || len(cmdTables) > 0 {
+		tables := map[string]string{}
+		for _, tv := range cmdTables {
+			t, src, ok := strings.Cut(tv, "=")
+			if !ok {
+				return &exitError{code: 2, err: fmt.Errorf("ferry receive: --command-table %q: want TABLE=SOURCE", tv)}
+			}
+			tables[t] = src
+		}
+		opts = append(opts, receiver.WithCommands(*origin, tables), receiver.WithMaxCommandImage(*maxCmd))
+	}
+	if len(exclude) > 0 {
+		opts = append(opts, receiver.WithExcludeOrigins(exclude...))
 	}
 	if *webhookURL != "" {
 		wt := ""

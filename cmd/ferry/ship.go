@@ -13,7 +13,10 @@ import (
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/shipper"
+	"github.com/ferrysync/ferry/shipper/inbox"
 	"github.com/ferrysync/ferry/shipper/jsclient"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -46,6 +49,8 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		metricsAddr = fs.String("metrics-addr", "", "serve Prometheus /metrics and /healthz on this address (e.g. 127.0.0.1:9464)")
 		logLevel    = fs.String("log-level", "info", "log level: debug, info, warn or error")
 		logFormat   = fs.String("log-format", "text", "log format: text or json")
+		inboxDir    = fs.String("inbox", "", "write-back: deliver the source's commands as files in this directory (one source only; SPEC.md, Write-back commands)")
+		inboxURL    = fs.String("inbox-endpoint", "", "write-back: also POST every inbox file to this URL of the legacy (with --inbox)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: ferry ship --dir DIR --source NAME --nats URL[,URL...] [flags]")
@@ -146,6 +151,13 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		defer srv.Close()
 		log.Info("metrics", "addr", ln.Addr().String())
 	}
+	if *inboxDir != "" {
+		stop, err := startInbox(ctx, nc.Conn, sources, *inboxDir, *inboxURL, log)
+		if err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
+		}
+		defer stop()
+	}
 	err = group.Run(ctx)
 	if lost := natsconn.Lost(ctx); lost != nil {
 		return fmt.Errorf("ferry ship: %w", lost)
@@ -171,4 +183,29 @@ func newLogger(env *Env, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(env.Stderr, o)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// startInbox runs the write-back agent of the one source beside the
+// shipper; stop ends it and waits.
+func startInbox(ctx context.Context, nc *nats.Conn, sources []shipper.SourceConfig, dir, endpoint string, log *slog.Logger) (stop func(), err error) {
+	if len(sources) != 1 {
+		return nil, fmt.Errorf("--inbox takes one source, %d given", len(sources))
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ag, err := inbox.New(js, inbox.Config{Source: sources[0].Name, ChangeDir: sources[0].Dir, Dir: dir, Endpoint: endpoint, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := ag.Run(ctx); err != nil {
+			log.Error("write-back agent stopped", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done }, nil
 }
