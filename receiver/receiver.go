@@ -59,6 +59,11 @@ type Receiver struct {
 	runErr    error
 }
 
+// MaxStatusSources bounds the sources Status lists (sources that applied
+// something or were asked for first): the stream may carry any number of
+// subjects, and 10,000 garbage ones made /v1/status 5 MB.
+const MaxStatusSources = 100
+
 // StoreDir is the store's directory inside the data directory.
 const StoreDir = "store"
 
@@ -362,8 +367,8 @@ func (r *Receiver) Status() Status {
 		if p.AliveAt > 0 {
 			t := time.Unix(0, p.AliveAt).UTC()
 			s.AliveAt = &t
-			s.LagSeconds = max(now.Sub(t).Seconds(), 0)
 		}
+		s.LagSeconds = a.LagSeconds(now, p)
 		switch {
 		case a.Err != nil:
 			s.State, s.Error = "stopped", a.Err.Error()
@@ -383,7 +388,22 @@ func (r *Receiver) Status() Status {
 		}
 		st.Sources = append(st.Sources, s)
 	}
-	sort.Slice(st.Sources, func(i, j int) bool { return st.Sources[i].Source < st.Sources[j].Source })
+	// Sources that applied something or were asked for first, then the
+	// others (never applied: waiting, or garbage on the stream's subjects),
+	// by name; at most MaxStatusSources are listed.
+	known := func(s *SourceStatus) bool { return s.AppliedSegment > 0 || contains(r.o.sources, s.Source) }
+	sort.Slice(st.Sources, func(i, j int) bool {
+		a, b := &st.Sources[i], &st.Sources[j]
+		if ka, kb := known(a), known(b); ka != kb {
+			return ka
+		}
+		return a.Source < b.Source
+	})
+	st.SourcesTotal = len(st.Sources)
+	if len(st.Sources) > MaxStatusSources {
+		st.SourcesOmitted = len(st.Sources) - MaxStatusSources
+		st.Sources = st.Sources[:MaxStatusSources]
+	}
 	st.Ready, st.NotReadyReason = reason == "", reason
 	if st.Sources == nil {
 		st.Sources = []SourceStatus{}

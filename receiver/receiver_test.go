@@ -875,3 +875,98 @@ func TestRebuildRefusedWhileRunning(t *testing.T) {
 		t.Fatalf("rebuilt store differs from the original")
 	}
 }
+
+// Lag is the age of the oldest change not yet applied: a source whose last
+// write was long ago but is fully applied does not lag (and the receiver
+// stays ready); a source stopped before a message lags by that message's
+// age.
+func TestLagIsAgeOfOldestUnapplied(t *testing.T) {
+	e := newEnv(t)
+	txs := genTxs(12, 2, "t", "idle")
+	hourAgo := time.Now().Add(-time.Hour).UnixNano()
+	for i := range txs {
+		txs[i].CommitTime = hourAgo + int64(i)
+	}
+	msgs := writeMsgs(t, "idle", txs, 0, 1024)
+	if len(msgs) < 4 {
+		t.Fatalf("only %d messages", len(msgs))
+	}
+	e.publish(msgs[:len(msgs)-2]...)
+	run := e.start(t.TempDir(), receiver.WithReadyLag(2*time.Second))
+	run.waitApplied(t, "idle", msgs[len(msgs)-3])
+	// Everything in the stream is applied: ready, lag 0, an hour after
+	// the last commit.
+	waitFor(t, "ready with an idle, fully applied source", 30*time.Second, func() bool {
+		resp, err := http.Get(run.http.URL + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	var st api.Status
+	getJSON(t, run.http.URL+"/v1/status", 200, &st)
+	if len(st.Sources) != 1 || st.Sources[0].LagSeconds != 0 || st.Sources[0].AliveAt == nil || time.Since(*st.Sources[0].AliveAt) < 50*time.Minute {
+		t.Fatalf("status of an idle applied source: %+v", st.Sources)
+	}
+	// The last message arrives without the one before it: the source stops
+	// there, and lags by the age of what it cannot apply.
+	e.publish(msgs[len(msgs)-1])
+	waitFor(t, "the source stopped and lagging by the unapplied message's age", 30*time.Second, func() bool {
+		var st api.Status
+		getJSON(t, run.http.URL+"/v1/status", 200, &st)
+		return len(st.Sources) == 1 && st.Sources[0].State == "stopped" && st.Sources[0].LagSeconds > 3000 && !st.Ready
+	})
+}
+
+// Garbage on the stream's subjects costs a bounded amount: /v1/status lists
+// at most MaxStatusSources (real sources first), /metrics has no label per
+// garbage name, and tail polling makes a bounded number of requests.
+func TestGarbageSubjectsBounded(t *testing.T) {
+	e := newEnv(t)
+	msgs := writeMsgs(t, "shop", genTxs(20, 2, "t", "shop"), 0, 2048)
+	e.publish(msgs[:len(msgs)/2]...)
+	ctx := context.Background()
+	const garbage = 300
+	for i := range garbage {
+		if _, err := e.pub.PublishRaw(ctx, fmt.Sprintf("g%04d", i), map[string][]string{"X": {"y"}}, []byte("garbage")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.publish(msgs[len(msgs)/2:]...)
+	run := e.start(t.TempDir())
+	run.waitApplied(t, "shop", msgs[len(msgs)-1])
+	var st api.Status
+	waitFor(t, "every garbage subject seen", 30*time.Second, func() bool {
+		getJSON(t, run.http.URL+"/v1/status", 200, &st)
+		return st.SourcesTotal == garbage+1
+	})
+	if len(st.Sources) != receiver.MaxStatusSources || st.SourcesOmitted != garbage+1-receiver.MaxStatusSources || st.Sources[0].Source != "shop" {
+		t.Fatalf("status lists %d sources (omitted %d), first %q", len(st.Sources), st.SourcesOmitted, st.Sources[0].Source)
+	}
+	resp, err := http.Get(run.http.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsText, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if n := strings.Count(string(metricsText), `source="g0`); n > 0 {
+		t.Fatalf("/metrics has %d series labelled with garbage sources", n)
+	}
+	// Tail polling (every 2 s) asks about at most 64 sources per round:
+	// count the message get requests the receiver makes.
+	var gets atomic.Int64
+	for _, subj := range []string{"$JS.API.DIRECT.GET.>", "$JS.API.STREAM.MSG.GET.>"} {
+		sub, err := e.nc.Subscribe(subj, func(*nats.Msg) { gets.Add(1) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sub.Unsubscribe() })
+	}
+	e.nc.Flush()
+	time.Sleep(4500 * time.Millisecond) // two poll rounds or three
+	if n := gets.Load(); n > 3*(64+8) || n == 0 {
+		t.Fatalf("%d message get requests in 4.5 s with %d garbage subjects", n, garbage)
+	}
+	t.Logf("%d message get requests in 4.5 s with %d garbage subjects", gets.Load(), garbage)
+}

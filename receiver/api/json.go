@@ -130,6 +130,11 @@ type Status struct {
 	UnversionedCrossSourceWrites uint64         `json:"unversioned_cross_source_writes"`
 	Tombstones                   int64          `json:"tombstones"`
 	Sources                      []SourceStatus `json:"sources"`
+	// SourcesTotal counts every source known; SourcesOmitted those not
+	// listed in Sources (at most 100 are: those that applied something or
+	// were asked for with --source first).
+	SourcesTotal   int `json:"sources_total"`
+	SourcesOmitted int `json:"sources_omitted,omitempty"`
 }
 
 // SourceStatus is one source's status.
@@ -167,7 +172,10 @@ type SourceStatus struct {
 	// AliveAt the time of the last applied frame (heartbeats included).
 	LastCommitTime *time.Time `json:"last_commit_time,omitempty"`
 	AliveAt        *time.Time `json:"alive_at,omitempty"`
-	// LagSeconds is now - AliveAt: how stale this receiver's copy may be.
+	// LagSeconds is how old the oldest change of the source not yet
+	// applied is, as far as the stream shows: 0 when everything the stream
+	// holds of the source is applied, however long ago it last wrote
+	// (consume.SourceStatus.LagSeconds).
 	LagSeconds   float64 `json:"lag_seconds"`
 	Transactions uint64  `json:"transactions"`
 	Changes      uint64  `json:"changes"`

@@ -59,6 +59,9 @@ type Applier struct {
 	// first message in the stream is (SetStartMidChain).
 	midChain bool
 
+	// curCommit is the first commit time of the message being handled.
+	curCommit int64
+
 	// maxTx bounds one transaction (SetMaxTxBytes); joined counts the
 	// bytes held by split frames being joined, every source together,
 	// bounded by 2*maxTx.
@@ -105,8 +108,20 @@ type sourceState struct {
 	lastSeq uint64 // last stream seq seen for the source
 	tailSeq uint64 // stream seq of the source's last message in the stream (polled)
 	tail    format.Position
-	shipped format.Position
-	torn    int64
+	// nextSeq and nextCommit: the first message in the stream after the
+	// applied one and its first commit time (polled while behind).
+	nextSeq    uint64
+	nextCommit int64
+	// handled is the end of the last frame handed to the batch (committed
+	// or about to be), handledSeq its message, handledAt its time.
+	handled    format.Position
+	handledSeq uint64
+	handledAt  int64
+	// stopCommit is the first commit time of the message that stopped the
+	// source (0: unknown).
+	stopCommit int64
+	shipped    format.Position
+	torn       int64
 	// tornSeg is the last segment whose torn bytes were counted: a message
 	// is re-read after restarts and re-ships, its Torn counted once.
 	tornSeg uint64
@@ -184,6 +199,10 @@ func (a *Applier) Handle(m Message) error {
 		a.lastSeq = m.StreamSeq
 	}
 	b, err := wire.ParseHeader(m.Header)
+	a.curCommit = b.FirstCommit
+	if a.curCommit == 0 {
+		a.curCommit = b.LastCommit
+	}
 	subjSource, _ := strings.CutPrefix(m.Subject, a.prefix)
 	if err == nil && b.Source != subjSource {
 		err = fmt.Errorf("%w: source %q on subject %q", wire.ErrHeader, b.Source, m.Subject)
@@ -216,7 +235,7 @@ func (a *Applier) Handle(m Message) error {
 		if b.Whole() {
 			a.count(b.Source).skipped += b.Frames
 		}
-		a.m.Messages.WithLabelValues(b.Source).Inc()
+		a.m.Messages.WithLabelValues(a.label(b.Source)).Inc()
 		return nil
 	}
 	if b.Parts > 1 && b.Part > 0 && st.joinValid && st.joinKey == partKey(&b) {
@@ -446,6 +465,12 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 			c.bytes += int(f.end - f.off)
 			applied = true
 		}
+		if len(a.frames) > 0 {
+			p := a.batch.Position(b.Source)
+			a.mu.Lock()
+			st.handled, st.handledSeq, st.handledAt = p.Position(), seq, p.AliveAt
+			a.mu.Unlock()
+		}
 		if whole || next == len(raw) {
 			break
 		}
@@ -470,7 +495,7 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 	if len(a.txs) > maxRetainedTxs {
 		a.txs = nil
 	}
-	a.m.Messages.WithLabelValues(b.Source).Inc()
+	a.m.Messages.WithLabelValues(a.label(b.Source)).Inc()
 	return nil
 }
 
@@ -632,21 +657,37 @@ func (a *Applier) stop(source string, st *sourceState, e *SourceError) {
 	first := st.err == nil
 	if first {
 		st.err = e
+		st.stopCommit = a.curCommit
 		if st.hold == 0 || e.StreamSeq < st.hold {
 			st.hold = e.StreamSeq
 		}
 	}
 	a.mu.Unlock()
+	label := a.label(source)
 	if !first {
-		a.m.Blocked.WithLabelValues(source).Inc()
+		a.m.Blocked.WithLabelValues(label).Inc()
 		return
 	}
-	a.m.Errors.WithLabelValues(source, e.Kind).Inc()
-	{
+	a.m.Errors.WithLabelValues(label, e.Kind).Inc()
+	if label == source {
 		a.m.Stopped.WithLabelValues(source).Set(1)
 		a.log.Error("source stopped", "source", source, "kind", e.Kind, "segment", e.Segment, "offset", e.Offset,
 			"stream_seq", e.StreamSeq, "err", e)
 	}
+}
+
+// UnknownSource is the metrics label of sources with nothing applied: the
+// stream may carry any number of subjects, so a label per name would let
+// garbage grow /metrics without bound. /v1/status names them (bounded).
+const UnknownSource = "_unapplied"
+
+// label returns the metrics label for source: its name once it has
+// applied something, else UnknownSource.
+func (a *Applier) label(source string) string {
+	if a.batch.Position(source).Segment == 0 {
+		return UnknownSource
+	}
+	return source
 }
 
 // clear marks a source healthy again after it applied frames.
@@ -713,8 +754,10 @@ func (a *Applier) CommitAsync() error {
 }
 
 // SetTail records where a source's last message in the stream ends and its
-// stream sequence (polled by the consumer), for lag in bytes and messages.
-func (a *Applier) SetTail(source string, seq uint64, end format.Position) {
+// stream sequence, and the first message after the applied one (nextSeq 0:
+// none or not known) with its first commit time (polled by the consumer),
+// for lag in bytes, messages and seconds.
+func (a *Applier) SetTail(source string, seq uint64, end format.Position, nextSeq uint64, nextCommit int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := a.sources[source]
@@ -723,6 +766,7 @@ func (a *Applier) SetTail(source string, seq uint64, end format.Position) {
 		a.sources[source] = s
 	}
 	s.tailSeq, s.tail = seq, end
+	s.nextSeq, s.nextCommit = nextSeq, nextCommit
 }
 
 // SourceStatus is what the applier knows of a source beyond its position.
@@ -735,6 +779,52 @@ type SourceStatus struct {
 	// polled (0: not known).
 	TailSeq uint64
 	Tail    format.Position
+	// NextSeq and NextCommit: the first message of the source in the
+	// stream after the one last applied, and its first commit time, as
+	// last polled while the source was behind (0: not known).
+	NextSeq    uint64
+	NextCommit int64
+	// Handled is the end of the last frame handed to the store (committed
+	// or being committed), HandledSeq its message, HandledAt its time.
+	Handled    format.Position
+	HandledSeq uint64
+	HandledAt  int64
+	// StopCommit is the first commit time of the message that stopped the
+	// source (0: unknown).
+	StopCommit int64
+}
+
+// LagSeconds is how old, at now, the oldest change of the source not yet
+// applied is, as far as the stream shows it (what the shipper has seen of
+// the files), given the source's committed position p: 0 when everything
+// the stream holds of it is applied, however long ago its last write was.
+// Behind, it is the first unapplied message's first commit time when known
+// (the one that stopped the source, or the next one polled), else the time
+// of the last applied frame (an upper bound: what follows is newer).
+func (s *SourceStatus) LagSeconds(now time.Time, p store.SourcePosition) float64 {
+	end, done := s.Shipped, p.Position()
+	if end.Less(s.Tail) {
+		end = s.Tail
+	}
+	seq, at := p.StreamSeq, p.AliveAt
+	if done.Less(s.Handled) {
+		done, seq, at = s.Handled, s.HandledSeq, s.HandledAt
+	}
+	var t int64
+	switch {
+	case !done.Less(end):
+		return 0
+	case s.Err != nil && s.StopCommit > 0:
+		t = s.StopCommit
+	case s.NextSeq > seq && s.NextCommit > 0:
+		t = s.NextCommit
+	default:
+		t = at
+	}
+	if t == 0 {
+		return 0
+	}
+	return max(now.Sub(time.Unix(0, t)).Seconds(), 0)
 }
 
 // Status returns per-source status. Safe for concurrent use.
@@ -743,7 +833,8 @@ func (a *Applier) Status() map[string]SourceStatus {
 	defer a.mu.Unlock()
 	out := make(map[string]SourceStatus, len(a.sources))
 	for name, s := range a.sources {
-		out[name] = SourceStatus{Err: s.err, LastSeq: s.lastSeq, Shipped: s.shipped, TornBytes: s.torn, TailSeq: s.tailSeq, Tail: s.tail}
+		out[name] = SourceStatus{Err: s.err, LastSeq: s.lastSeq, Shipped: s.shipped, TornBytes: s.torn, TailSeq: s.tailSeq, Tail: s.tail,
+			NextSeq: s.nextSeq, NextCommit: s.nextCommit, Handled: s.handled, HandledSeq: s.handledSeq, HandledAt: s.handledAt, StopCommit: s.stopCommit}
 	}
 	return out
 }

@@ -235,6 +235,16 @@ func (c *Consumer) runOnce(ctx context.Context) error {
 		wg.Wait()
 	}()
 
+	// Tails are polled beside the loop, never on it: one request per
+	// source would delay applying by as many round trips.
+	tctx, tcancel := context.WithCancel(ctx)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c.tailLoop(tctx, stream)
+	}()
+	defer tcancel() // runs before the wait above
+
 	check := time.NewTicker(c.cfg.CheckInterval)
 	defer check.Stop()
 	for {
@@ -328,7 +338,6 @@ func (c *Consumer) checkStream(ctx context.Context, stream jetstream.Stream) err
 		c.log.Debug("stream info failed", "err", err)
 		return nil
 	}
-	c.pollTails(ictx, stream)
 	created := info.Created.UnixNano()
 	if created != c.ap.created || info.State.LastSeq < c.ap.lastSeq {
 		if err := c.ap.Commit(); err != nil {
@@ -342,34 +351,103 @@ func (c *Consumer) checkStream(ctx context.Context, stream jetstream.Stream) err
 	return nil
 }
 
-// pollTails reads each known source's last message in the stream (its
-// headers say where it ends), so that status can say how far behind the
-// receiver is in bytes even while it is not reading.
-func (c *Consumer) pollTails(ctx context.Context, stream jetstream.Stream) {
-	names := map[string]bool{}
-	for _, s := range c.cfg.Sources {
-		names[s] = true
+// maxTailPolls bounds the sources whose tail is polled per CheckInterval:
+// the stream may carry any number of subjects (10,000 garbage ones made one
+// request each per poll), so the cost of polling is bounded, and sources
+// beyond it are polled in turn over the following intervals.
+const maxTailPolls = 64
+
+// tailLoop polls sources' tails every CheckInterval until ctx ends.
+func (c *Consumer) tailLoop(ctx context.Context, stream jetstream.Stream) {
+	t := time.NewTicker(c.cfg.CheckInterval)
+	defer t.Stop()
+	var next int // round-robin position in the sorted source list
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		next = c.pollTails(ctx, stream, next)
 	}
-	for s := range c.ap.Status() {
-		names[s] = true
+}
+
+// pollTails reads the last message in the stream of up to maxTailPolls
+// sources (its headers say where it ends), so that status can say how far
+// behind the receiver is even while it is not reading. Sources named by
+// --source and sources with something applied come first, every time;
+// others (never applied: waiting, or garbage) share what is left, in turn
+// from next. It returns where the next poll continues.
+func (c *Consumer) pollTails(ctx context.Context, stream jetstream.Stream, next int) int {
+	known := map[string]bool{}
+	for _, s := range c.cfg.Sources {
+		known[s] = true
 	}
 	for s := range c.st.Positions() {
-		names[s] = true
-	}
-	for s := range names {
-		if len(c.cfg.Sources) > 0 && !slices.Contains(c.cfg.Sources, s) {
-			continue
+		if len(c.cfg.Sources) == 0 || slices.Contains(c.cfg.Sources, s) {
+			known[s] = true
 		}
-		m, err := stream.GetLastMsgForSubject(ctx, c.cfg.SubjectPrefix+"."+s)
+	}
+	var first, others []string
+	for s := range known {
+		first = append(first, s)
+	}
+	if len(c.cfg.Sources) == 0 {
+		for s := range c.ap.Status() {
+			if !known[s] {
+				others = append(others, s)
+			}
+		}
+	}
+	slices.Sort(first)
+	slices.Sort(others)
+	if len(first) > maxTailPolls {
+		// More applied sources than a poll covers: take them in turn too.
+		others = append(first, others...)
+		first = nil
+	}
+	todo := first
+	if n := min(maxTailPolls-len(first), len(others)); n > 0 {
+		next %= len(others)
+		for i := 0; i < n; i++ {
+			todo = append(todo, others[(next+i)%len(others)])
+		}
+		next += n
+	}
+	for _, s := range todo {
+		if ctx.Err() != nil {
+			return next
+		}
+		subj := c.cfg.SubjectPrefix + "." + s
+		gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		m, err := stream.GetLastMsgForSubject(gctx, subj)
+		var b wire.Batch
+		if err == nil {
+			b, err = wire.ParseHeader(m.Header)
+		}
 		if err != nil {
+			cancel()
 			continue // no message for it (yet), or a hiccup: keep the last value
 		}
-		b, err := wire.ParseHeader(m.Header)
-		if err != nil {
-			continue
+		end := format.Position{Segment: b.Segment, Offset: b.To}
+		// Behind: the first message after the applied one says how old
+		// the oldest unapplied change is.
+		var nextSeq uint64
+		var nextCommit int64
+		if p := c.st.Position(s); p.Position().Less(end) && m.Sequence > p.StreamSeq {
+			if nm, err := stream.GetMsg(gctx, p.StreamSeq+1, jetstream.WithGetMsgSubject(subj)); err == nil {
+				if nb, err := wire.ParseHeader(nm.Header); err == nil {
+					nextSeq, nextCommit = nm.Sequence, nb.FirstCommit
+					if nextCommit == 0 {
+						nextCommit = nb.LastCommit
+					}
+				}
+			}
 		}
-		c.ap.SetTail(s, m.Sequence, format.Position{Segment: b.Segment, Offset: b.To})
+		cancel()
+		c.ap.SetTail(s, m.Sequence, end, nextSeq, nextCommit)
 	}
+	return next
 }
 
 func (c *Consumer) rescan(created int64) store.StreamCursor {
