@@ -314,6 +314,15 @@ func (r *Receiver) Status() Status {
 		StreamSeq: r.st.Cursor().Seq, MessagesPending: r.cons.Pending(), FirstChangeID: first, LastChangeID: last}
 	g := r.st.GuardStats()
 	st.StaleChangesSkipped, st.UnversionedCrossSourceWrites, st.Tombstones = g.Stale, g.UnversionedCrossSource, g.Tombstones
+	st.UnmatchedOutcomes = r.st.OutcomeStats().Unmatched
+	parked, err := r.st.ParkedStats()
+	if err != nil && st.Error == "" {
+		st.Error = err.Error()
+	}
+	st.ParkedTransactions = parked.Count
+	if !parked.Oldest.IsZero() {
+		st.ParkedOldestAgeSeconds = max(now.Sub(parked.Oldest).Seconds(), 0)
+	}
 	if err := r.cons.LastError(); err != nil && !st.Consuming {
 		st.Error = err.Error()
 	}
@@ -347,7 +356,7 @@ func (r *Receiver) Status() Status {
 		p, a := pos[n], aps[n]
 		s := SourceStatus{Source: n, State: "ok", AppliedSegment: p.Segment, AppliedOffset: p.Offset,
 			ShippedSegment: a.Shipped.Segment, ShippedOffset: a.Shipped.Offset, StreamSeq: p.StreamSeq,
-			Transactions: p.Transactions, Changes: p.Changes, TornBytes: a.TornBytes}
+			Transactions: p.Transactions, Changes: p.Changes, TornBytes: a.TornBytes, Parked: parked.BySource[n]}
 		s.TailSegment, s.TailOffset, s.TailStreamSeq = a.Tail.Segment, a.Tail.Offset, a.TailSeq
 		end := a.Shipped
 		if end.Less(a.Tail) {

@@ -126,10 +126,16 @@ type Status struct {
 	// write without a row version on both sides (their result depends on
 	// arrival order: the legacy should supply versions); tombstones held.
 	// Counted since the receiver started, but tombstones.
-	StaleChangesSkipped          uint64         `json:"stale_changes_skipped"`
-	UnversionedCrossSourceWrites uint64         `json:"unversioned_cross_source_writes"`
-	Tombstones                   int64          `json:"tombstones"`
-	Sources                      []SourceStatus `json:"sources"`
+	StaleChangesSkipped          uint64 `json:"stale_changes_skipped"`
+	UnversionedCrossSourceWrites uint64 `json:"unversioned_cross_source_writes"`
+	Tombstones                   int64  `json:"tombstones"`
+	// Prepared transactions parked until their outcome frame arrives
+	// (receiver/README.md, "Prepared transactions"): how many, how long the
+	// oldest has waited, and outcome resolutions that named nothing parked.
+	ParkedTransactions     int64          `json:"parked_transactions"`
+	ParkedOldestAgeSeconds float64        `json:"parked_oldest_age_seconds"`
+	UnmatchedOutcomes      uint64         `json:"unmatched_outcomes"`
+	Sources                []SourceStatus `json:"sources"`
 	// SourcesTotal counts every source known; SourcesOmitted those not
 	// listed in Sources (at most 100 are: those that applied something or
 	// were asked for with --source first).
@@ -179,5 +185,8 @@ type SourceStatus struct {
 	LagSeconds   float64 `json:"lag_seconds"`
 	Transactions uint64  `json:"transactions"`
 	Changes      uint64  `json:"changes"`
-	TornBytes    int64   `json:"torn_bytes,omitempty"`
+	// Parked counts the source's prepared transactions awaiting their
+	// outcome.
+	Parked    int64 `json:"parked,omitempty"`
+	TornBytes int64 `json:"torn_bytes,omitempty"`
 }

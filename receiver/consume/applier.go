@@ -46,6 +46,7 @@ type Applier struct {
 	raw     []byte
 	txs     []format.Tx
 	rejs    []format.Rejection // rejection frames of the chunk (write-back)
+	outs    []format.Outcome   // outcome frames of the chunk
 	frames  []frameRef
 	lastSeq uint64
 	created int64
@@ -98,7 +99,7 @@ type frameRef struct {
 	raw      []byte
 	typ      format.FrameType
 	off, end int64
-	tx       int // index into txs for FrameTx, into rejs for FrameRejection
+	tx       int // index into txs for FrameTx, rejs for FrameRejection, outs for FrameOutcome
 	t        int64
 }
 
@@ -449,14 +450,20 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 		for j := range a.frames {
 			f := &a.frames[j]
 			var err error
-			if f.typ == format.FrameTx {
+			switch {
+			case f.typ == format.FrameTx && a.txs[f.tx].Prepared:
+				// Not applied until an outcome frame says it committed.
+				err = a.batch.ParkTx(b.Source, b.Segment, f.off, f.end, seq, &a.txs[f.tx], f.raw)
+			case f.typ == format.FrameTx:
 				tx := &a.txs[f.tx]
 				err = a.batch.ApplyTx(b.Source, b.Segment, f.off, f.end, seq, tx, f.raw)
 				c.txs++
 				c.changes += len(tx.Changes)
-			} else if f.typ == format.FrameRejection {
+			case f.typ == format.FrameRejection:
 				err = a.batch.Reject(b.Source, b.Segment, f.off, f.end, seq, &a.rejs[f.tx])
-			} else {
+			case f.typ == format.FrameOutcome:
+				err = a.applyOutcome(seq, b, st, f, c)
+			default:
 				err = a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, f.t, f.typ == format.FrameSeal)
 			}
 			if err != nil {
@@ -495,8 +502,43 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 	if len(a.txs) > maxRetainedTxs {
 		a.txs = nil
 	}
+	if len(a.outs) > 0 && cap(a.outs[0].Resolutions) > maxRetainedTxs {
+		a.outs = nil
+	}
 	a.m.Messages.WithLabelValues(a.label(b.Source)).Inc()
 	return nil
+}
+
+// applyOutcome carries out an outcome frame's resolutions, then moves the
+// source past it. Each committed resolution applies a parked transaction,
+// so a long outcome frame may add a lot to the batch: it is committed
+// between resolutions once it holds decodeChunkCost, with the cursor held
+// before the message. A restart then re-reads the outcome, and the
+// resolutions already carried out find nothing parked (the park went in the
+// same commit as what it applied) and are ignored.
+func (a *Applier) applyOutcome(seq uint64, b *wire.Batch, st *sourceState, f *frameRef, c *counts) error {
+	o := &a.outs[f.tx]
+	for i, r := range o.Resolutions {
+		n, found, err := a.batch.Resolve(b.Source, r)
+		if err != nil {
+			return err
+		}
+		if found && r.Decision == format.DecisionCommitted {
+			c.txs++
+			c.changes += n
+		}
+		if i+1 < len(o.Resolutions) && a.batch.Size() >= decodeChunkCost {
+			a.mu.Lock()
+			if st.hold == 0 || seq < st.hold {
+				st.hold = seq
+			}
+			a.mu.Unlock()
+			if err := a.CommitAsync(); err != nil {
+				return err
+			}
+		}
+	}
+	return a.batch.Advance(b.Source, b.Segment, f.off, f.end, seq, o.Time, false)
 }
 
 // What the applier keeps between messages: buffers above these are freed
@@ -516,6 +558,7 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 	a.rejs = a.rejs[:0]
 	newSeg := b.Segment != pos.Segment
 	var cost int64
+	nout := 0
 	for i < len(raw) {
 		off := b.From + int64(i)
 		f, n, err := format.ParseFrame(raw[i:])
@@ -570,6 +613,22 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 			ref.tx = ntx
 			ntx++
 			nchanges += len(a.txs[ref.tx].Changes)
+		case f.Type == format.FrameOutcome:
+			// A resolution takes 3 bytes or more and ~24 decoded.
+			if oc := int64(n) * 8; oc > a.maxTx {
+				a.stop(b.Source, st, &SourceError{Kind: KindLimit, Segment: b.Segment, Offset: off, StreamSeq: seq,
+					Err: fmt.Errorf("%w: an outcome frame of %d bytes would hold ~%d MiB decoded, over the receiver's limit of %d MiB (--max-tx-mb)", ErrLimit, n, oc>>20, a.maxTx>>20)})
+				return
+			}
+			if nout == len(a.outs) {
+				a.outs = append(a.outs, format.Outcome{})
+			}
+			if err := format.DecodeOutcome(f.Payload, &a.outs[nout]); err != nil {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+				return
+			}
+			ref.tx, ref.t = nout, a.outs[nout].Time
+			nout++
 		case f.Type == format.FrameHeartbeat:
 			t, err := format.DecodeHeartbeat(f.Payload)
 			if err != nil {
@@ -748,8 +807,8 @@ func (a *Applier) CommitAsync() error {
 		if n.skipped > 0 {
 			a.m.Skipped.WithLabelValues(src).Add(float64(n.skipped))
 		}
+		*n = counts{} // zeroed, not dropped: a message being applied still counts into it
 	}
-	clear(a.counts)
 	return nil
 }
 

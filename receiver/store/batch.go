@@ -57,6 +57,15 @@ type Batch struct {
 	crossQuiet  int
 	purged      time.Time // last look for expired tombstones
 
+	// Parked transactions (parked.go): parks and resolutions not yet in
+	// Pebble, by park key, tagged with the generation of the work that
+	// writes them (gen: the work being filled; flyingGen: the one in
+	// flight); the transaction being resolved.
+	pending   map[string]pendingPark
+	gen       uint64
+	flyingGen uint64
+	parkTx    format.Tx
+
 	// OnCommit, if set, is called (on the commit goroutine) with the time
 	// each commit took.
 	OnCommit func(time.Duration)
@@ -91,6 +100,13 @@ type commitWork struct {
 	// written.
 	stale, cross, tombs int
 	now                 int64 // the commit's time (tombstones are indexed by it)
+
+	// Parked transactions written and removed, the change of each
+	// source's parked count, and the outcome counts (parked.go).
+	parks                            []kv
+	unparks                          [][]byte
+	parkCount                        map[string]int64
+	unmatched, aborted, committedOut int
 
 	// Change log entries (see changelog.go), the last one still filling;
 	// compressed by the commit goroutine.
@@ -567,6 +583,8 @@ func (b *Batch) CommitAsync() error {
 		done <- err
 	}()
 	b.flying, b.done = w, done
+	b.flyingGen = b.gen
+	b.gen++
 	if b.spare == nil {
 		b.spare = b.s.newWork()
 	}
@@ -589,6 +607,9 @@ func (b *Batch) Wait() error {
 		return b.err
 	}
 	err := <-b.done
+	if err == nil {
+		b.landed(b.flyingGen)
+	}
 	b.flying.reset()
 	b.spare, b.flying, b.done = b.flying, nil, nil
 	if err != nil && b.err == nil {
@@ -614,6 +635,18 @@ func (w *commitWork) prepare(s *Store) error {
 			return fmt.Errorf("store: purging a tombstone: %w", err)
 		}
 		start = w.purgeEnds[i]
+	}
+	// Parks before resolutions: a transaction parked and resolved in the
+	// same commit ends up gone.
+	for _, p := range w.parks {
+		if err := w.b.Set(p.k, p.v, nil); err != nil {
+			return fmt.Errorf("store: parking a prepared transaction: %w", err)
+		}
+	}
+	for _, k := range w.unparks {
+		if err := w.b.Delete(k, nil); err != nil {
+			return fmt.Errorf("store: removing a parked transaction: %w", err)
+		}
 	}
 	for i := range w.positions {
 		p := &w.positions[i]
@@ -651,7 +684,13 @@ func (w *commitWork) apply(s *Store) error {
 	s.stale.Add(uint64(w.stale))
 	s.cross.Add(uint64(w.cross))
 	s.tombstones.Add(int64(w.tombs - len(w.purgeEnds)))
+	s.outCommitted.Add(uint64(w.committedOut))
+	s.outAborted.Add(uint64(w.aborted))
+	s.outUnmatched.Add(uint64(w.unmatched))
 	s.mu.Lock()
+	for src, d := range w.parkCount {
+		s.parked[src] += d
+	}
 	for i := range w.positions {
 		s.positions[w.positions[i].Source] = w.positions[i]
 	}
@@ -717,6 +756,10 @@ func (w *commitWork) reset() {
 	}
 	w.purge, w.purgeEnds = w.purge[:0], w.purgeEnds[:0]
 	w.stale, w.cross, w.tombs = 0, 0, 0
+	clear(w.parks) // drop the references to the frames
+	w.parks, w.unparks = w.parks[:0], w.unparks[:0]
+	clear(w.parkCount)
+	w.unmatched, w.aborted, w.committedOut = 0, 0, 0
 	w.entries, w.entryOK = w.entries[:0], false
 	w.cmds = w.cmds[:0]
 	clear(w.seen)
@@ -727,6 +770,7 @@ func (w *commitWork) reset() {
 func (b *Batch) Discard() {
 	b.Wait()
 	b.w.reset()
+	clear(b.pending)
 	b.body = pendingBody{}
 	clear(b.pos)
 	clear(b.dirty)

@@ -1,6 +1,10 @@
 package store
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Collector returns a Prometheus collector of Pebble's state (compactions in
 // progress and their debt, L0 files, memtables, disk use, block cache hits)
@@ -25,10 +29,13 @@ var (
 	descStale       = prometheus.NewDesc("ferry_receiver_stale_changes_skipped_total", "Changes not applied because the store holds a newer write of the row (row guard).", nil, nil)
 	descCross       = prometheus.NewDesc("ferry_receiver_unversioned_cross_source_writes_total", "Changes applied over another source's write of the row without row versions on both sides: the row depends on arrival order.", nil, nil)
 	descTombs       = prometheus.NewDesc("ferry_receiver_tombstones", "Deletes' tombstones held (until --tombstone-retention).", nil, nil)
+	descParked      = prometheus.NewDesc("ferry_receiver_parked_transactions", "Prepared transactions parked: their outcome frame not received yet.", []string{"source"}, nil)
+	descParkedAge   = prometheus.NewDesc("ferry_receiver_parked_oldest_age_seconds", "How long the longest-parked prepared transaction has waited for its outcome (0: none parked).", nil, nil)
+	descOutcomes    = prometheus.NewDesc("ferry_receiver_outcome_resolutions_total", "Resolutions of outcome frames: committed (applied), aborted (dropped), unmatched (nothing parked at that position: ignored).", []string{"decision"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descTombs} {
+	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descTombs, descParked, descParkedAge, descOutcomes} {
 		ch <- d
 	}
 }
@@ -51,4 +58,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStale, prometheus.CounterValue, float64(g.Stale))
 	ch <- prometheus.MustNewConstMetric(descCross, prometheus.CounterValue, float64(g.UnversionedCrossSource))
 	ch <- prometheus.MustNewConstMetric(descTombs, prometheus.GaugeValue, float64(g.Tombstones))
+	if ps, err := c.s.ParkedStats(); err == nil {
+		for src, n := range ps.BySource {
+			ch <- prometheus.MustNewConstMetric(descParked, prometheus.GaugeValue, float64(n), src)
+		}
+		age := 0.0
+		if !ps.Oldest.IsZero() {
+			age = max(time.Since(ps.Oldest).Seconds(), 0)
+		}
+		ch <- prometheus.MustNewConstMetric(descParkedAge, prometheus.GaugeValue, age)
+	}
+	oc := c.s.OutcomeStats()
+	ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(oc.Committed), "committed")
+	ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(oc.Aborted), "aborted")
+	ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(oc.Unmatched), "unmatched")
 }

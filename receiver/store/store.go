@@ -203,6 +203,11 @@ type Store struct {
 	cmdMu       sync.Mutex    // command submissions, one check-and-set at a time
 	dupOutcomes atomic.Uint64 // second outcomes of a command (commands.go)
 
+	// Outcome counters (OutcomeStats); parked transactions per source,
+	// under mu (counted from Pebble at open).
+	outCommitted, outAborted, outUnmatched atomic.Uint64
+	parked                                 map[string]int64
+
 	stallStart atomic.Int64 // Unix ns of the write stall under way (0: none)
 	stalled    atomic.Int64 // ns of write stalls so far
 }
@@ -255,7 +260,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// Write stalls (a full memtable waiting for its flush) are timed: a
 	// receiver that falls behind because Pebble cannot keep up shows it.
 	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{}),
-		tombRetention: o.tombRetention}
+		tombRetention: o.tombRetention, parked: map[string]int64{}}
 	po.EventListener = &pebble.EventListener{
 		// A flush is what makes commits durable without a WAL: the change
 		// log they index must be on disk first (logfile.go). Pebble calls
@@ -405,6 +410,9 @@ func (s *Store) load() error {
 		}
 	}
 	if err := s.countTombstones(); err != nil {
+		return err
+	}
+	if err := s.countParked(); err != nil {
 		return err
 	}
 	s.firstChange = s.lastChange + 1
