@@ -34,6 +34,28 @@ func txs(n int, table, tag string, commit time.Time) []format.Tx {
 	return out
 }
 
+// stockErrorOffset is the offset the receiver's status names for stock's
+// error.
+func stockErrorOffset(t *testing.T, r *receiver.Receiver) int64 {
+	t.Helper()
+	for _, s := range r.Status().Sources {
+		if s.Source == "stock" && s.ErrorFile != "" {
+			return s.ErrorOffset
+		}
+	}
+	t.Fatal("stock has no error in the receiver's status")
+	return 0
+}
+
+// commas formats n as the page does (1,234,567).
+func commas(n int64) string {
+	s := fmt.Sprint(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
+
 // chromium finds Debian's chromium (make deps installs it).
 func chromium(t *testing.T) string {
 	t.Helper()
@@ -103,32 +125,29 @@ func TestCockpitInChromium(t *testing.T) {
 	}
 
 	// Each source: 40 transactions committed two hours ago, then 40 fresh
-	// ones. Published in phases: the old ones (the receiver lags two hours:
-	// not ready), the fresh ones (ready), then stock's last message corrupt.
+	// ones. Published in phases: everything of shop, and stock with a hole
+	// (a lost message): stock stops at the gap and lags two hours behind
+	// what the stream holds (gate red); the re-shipped range (gate green);
+	// then stock's last message, corrupt.
 	old, fresh := time.Now().Add(-2*time.Hour), time.Now()
 	msgs := map[string][]wiretest.Msg{}
-	var oldMsgs, freshMsgs []wiretest.Msg
 	for _, src := range []string{"shop", "stock"} {
 		dir := t.TempDir()
 		wiretest.WriteSegments(t, dir, src, append(txs(40, "orders", src+"-old-", old), txs(40, "orders", src+"-new-", fresh)...), 0)
 		msgs[src] = wiretest.Messages(t, dir, src, 1024)
-		for _, m := range msgs[src] {
-			if m.Batch.LastCommit < fresh.Add(-time.Hour).UnixNano() {
-				oldMsgs = append(oldMsgs, m)
-			} else {
-				freshMsgs = append(freshMsgs, m)
-			}
-		}
 	}
 	stock := msgs["stock"]
-	bad := stock[len(stock)-1]
-	freshMsgs = freshMsgs[:len(freshMsgs)-1] // stock's last message is last: it comes corrupt
-	if len(oldMsgs) < 2 || len(freshMsgs) < 2 {
-		t.Fatalf("cut into %d old and %d fresh messages; want several of each", len(oldMsgs), len(freshMsgs))
+	const hole = 2
+	if len(stock) < 8 || stock[hole+1].Batch.LastCommit > fresh.Add(-time.Hour).UnixNano() {
+		t.Fatalf("stock cut into %d messages, message %d committed at %d; want several, the first ones old", len(stock), hole+1, stock[hole+1].Batch.LastCommit)
 	}
-	publish(oldMsgs...)
+	bad := stock[len(stock)-1]
+	publish(msgs["shop"]...)
+	publish(stock[:hole]...)
+	publish(stock[hole+1 : len(stock)-1]...)
 
-	r, err := receiver.New(receiver.WithNATS(nc), receiver.WithDataDir(t.TempDir()), receiver.WithReadyLag(30*time.Second))
+	r, err := receiver.New(receiver.WithNATS(nc), receiver.WithDataDir(t.TempDir()), receiver.WithReadyLag(30*time.Second),
+		receiver.WithSources("shop", "stock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,29 +218,35 @@ func TestCockpitInChromium(t *testing.T) {
 		return p
 	}
 
-	// Phase 1: the old changes (committed ~2 h ago) are applied: nothing
-	// of either source is waiting to be applied, so neither lags however
-	// old its last write is, and the gate is green.
-	ps := waitPage("both sources applied, not lagging, gate green", func(ps pageState) bool {
-		return ps.Gate == "ready" && len(ps.Sources) == 2 && ps.LagSeconds["shop"] == "0 ms" && ps.LagSeconds["stock"] == "0 ms"
+	// Phase 1: shop is applied and does not lag (nothing of it waits in the
+	// stream, however old its last write); stock stopped at the gap and
+	// lags by the age of the first message it cannot apply: the gate is red.
+	ps := waitPage("stock lagging two hours, gate red", func(ps pageState) bool {
+		return ps.Gate == "not-ready" && len(ps.Sources) == 2 && ps.LagSeconds["shop"] == "0 ms" &&
+			strings.HasSuffix(ps.LagSeconds["stock"], " h") && strings.Contains(ps.Reason, "stock")
 	})
-	if !strings.HasPrefix(ps.Verdict, "READY") || ps.Sources["shop"] != "ok" || ps.Conn != "live" {
+	if ps.Verdict != "NOT READY" || ps.Sources["shop"] != "ok" || ps.Conn != "live" || !strings.Contains(ps.Errors["stock"], "gap") {
 		t.Fatalf("phase 1: %+v", ps)
 	}
 	if ps.Loads != "none" || ps.Commands != "none" {
 		t.Fatalf("loads %q, commands %q: want none (the status has no such fields yet)", ps.Loads, ps.Commands)
 	}
-	shot("1-applied.png")
+	shot("1-lagging.png")
 
-	// Phase 2: fresh changes: the gate stays green.
-	publish(freshMsgs...)
+	// Phase 2: the lost range is re-shipped (new message ids, as a
+	// shipper's repair): stock catches up and the gate turns green.
+	repair := append([]wiretest.Msg(nil), stock[hole:len(stock)-1]...)
+	for i := range repair {
+		repair[i].Batch.Repair = 1
+	}
+	publish(repair...)
 	ps = waitPage("the gate green", func(ps pageState) bool { return ps.Gate == "ready" })
 	for _, src := range []string{"shop", "stock"} {
-		if l := ps.LagSeconds[src]; l == "" || l == "—" || strings.HasSuffix(l, " h") {
-			t.Fatalf("%s lag on the ready page: %q", src, l)
+		if l := ps.LagSeconds[src]; l == "" || l == "—" || strings.HasSuffix(l, " h") || ps.Sources[src] != "ok" {
+			t.Fatalf("%s on the ready page: %s, lag %q", src, ps.Sources[src], l)
 		}
 	}
-	if !strings.HasPrefix(ps.Verdict, "READY") || ps.Reason != "" {
+	if !strings.HasPrefix(ps.Verdict, "READY") || ps.Reason != "" || ps.Errors["stock"] != "" {
 		t.Fatalf("phase 2: %+v", ps)
 	}
 	shot("2-ready.png")
@@ -234,13 +259,17 @@ func TestCockpitInChromium(t *testing.T) {
 	file := format.SegmentName("stock", bad.Batch.Segment)
 	ps = waitPage("stock stopped with its error", func(ps pageState) bool {
 		return ps.Gate == "not-ready" && ps.Sources["stock"] == "stopped" && strings.Contains(ps.Errors["stock"], file) &&
-			len(ps.ErrorRows) > 0
+			len(ps.ErrorRows) > 1 && strings.Contains(ps.ErrorRows[0], "corrupt")
 	})
 	if !strings.Contains(ps.Reason, "stock stopped") || !strings.Contains(ps.Errors["stock"], "corrupt") || ps.Errors["shop"] != "" {
 		t.Fatalf("phase 3: %+v", ps)
 	}
-	if !strings.Contains(ps.ErrorRows[0], file) || !strings.Contains(ps.ErrorRows[0], "stock") {
-		t.Fatalf("recent errors: %q; want stock's in %s", ps.ErrorRows, file)
+	// Newest first: the corrupt message now (its offset), the gap of
+	// phase 1 below it, kept after it cleared.
+	if !strings.Contains(ps.ErrorRows[0], file) || !strings.Contains(ps.ErrorRows[0], "(now)") ||
+		!strings.Contains(ps.ErrorRows[0], commas(stockErrorOffset(t, r))) || !strings.Contains(ps.ErrorRows[0], "corrupt") ||
+		!strings.Contains(ps.ErrorRows[1], "gap") || strings.Contains(ps.ErrorRows[1], "(now)") {
+		t.Fatalf("recent errors: %q; want stock's corrupt message in %s, then the cleared gap", ps.ErrorRows, file)
 	}
 	// The history behind the charts has samples by now (one every 2 s).
 	waitPage("chart samples", func(ps pageState) bool { return ps.Samples["shop"] >= 2 })

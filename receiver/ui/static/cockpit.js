@@ -345,13 +345,24 @@ function drawChart(canvas, source, root) {
 
 function renderErrors() {
   const box = $("errors");
-  if (historyErrors.length === 0) {
+  // The status is fresher than the history (recorded once a second): an
+  // error it reports that the history does not list yet goes on top.
+  const list = historyErrors.slice();
+  const cur = lastStatus ? (lastStatus.sources || []).filter((s) => s.error) : [];
+  if (lastStatus && lastStatus.error) cur.push({ source: "", error: lastStatus.error });
+  for (const s of cur.reverse()) {
+    if (!list.some((e) => (e.source || "") === (s.source || "") && e.error === s.error)) {
+      list.unshift({ source: s.source, error: s.error, file: s.error_file, offset: s.error_file ? s.error_offset : null,
+        last_seen: new Date().toISOString(), active: true });
+    }
+  }
+  if (list.length === 0) {
     box.replaceChildren("none");
     box.className = "none";
     return;
   }
   const head = el("tr", {}, ...["last seen", "source", "file", "offset", "error"].map((c) => el("th", { text: c })));
-  const rows = historyErrors.map((e) => el("tr", { class: e.active ? "active" : null },
+  const rows = list.map((e) => el("tr", { class: e.active ? "active" : null },
     el("td", { class: "nowrap", text: fmtTime(e.last_seen) + (e.active ? " (now)" : "") }),
     el("td", { class: "nowrap", text: e.source || "receiver" }),
     el("td", { class: "file nowrap", text: e.file || "—" }),
