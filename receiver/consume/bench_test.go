@@ -28,8 +28,8 @@ type benchData struct {
 }
 
 var (
-	benchOnce sync.Once
-	benchSet  benchData
+	benchMu   sync.Mutex
+	benchSets = map[bool]*benchData{} // by versioned
 )
 
 // BenchTxs returns n transactions of per ~200-byte changes.
@@ -50,8 +50,17 @@ func benchTxs(n, per int) []format.Tx {
 	return txs
 }
 
-func loadBench(b *testing.B) benchData {
-	benchOnce.Do(func() {
+// loadBench builds the stream once per kind: versioned gives every change
+// a row version (so the row guard reads every row).
+func loadBench(b *testing.B, versioned bool) benchData {
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if d := benchSets[versioned]; d != nil {
+		return *d
+	}
+	benchSet := &benchData{}
+	benchSets[versioned] = benchSet
+	{
 		dir := b.TempDir()
 		// FERRY_BENCH_CHANGES sets the number of changes (default 500k).
 		n := 500_000
@@ -59,6 +68,13 @@ func loadBench(b *testing.B) benchData {
 			n = v
 		}
 		txs := benchTxs(n/4, 4)
+		if versioned {
+			for i := range txs {
+				for j := range txs[i].Changes {
+					txs[i].Changes[j].Version = uint64(i*4 + j + 1)
+				}
+			}
+		}
 		wiretest.WriteSegments(b, dir, "bench", txs, 0)
 		msgs := wiretest.Messages(b, dir, "bench", 256<<10)
 		pub := &wiretest.Publisher{Prefix: "ferry", Codec: wire.CodecZstd}
@@ -72,15 +88,22 @@ func loadBench(b *testing.B) benchData {
 			benchSet.changes += m.Batch.Changes
 			benchSet.raw += int64(len(m.Raw))
 		}
-	})
-	return benchSet
+	}
+	return *benchSet
 }
 
 // BenchmarkApply measures the applier and the store without NATS: decompress,
 // verify, decode and commit 500k changes into Pebble on disk (NoSync, 8 MiB
 // batches), a fresh store per iteration.
-func BenchmarkApply(b *testing.B) {
-	d := loadBench(b)
+func BenchmarkApply(b *testing.B) { benchApply(b, false) }
+
+// BenchmarkApplyVersioned is BenchmarkApply with a row version on every
+// change: the row guard reads the stored row of each (the cost of the
+// merge rule; two sources writing one store pay the same).
+func BenchmarkApplyVersioned(b *testing.B) { benchApply(b, true) }
+
+func benchApply(b *testing.B, versioned bool) {
+	d := loadBench(b, versioned)
 	dec, _ := wire.NewDecompressor()
 	defer dec.Close()
 	b.SetBytes(d.raw)
