@@ -49,6 +49,7 @@ type Applier struct {
 	outs    []format.Outcome   // outcome frames of the chunk
 	frames  []frameRef
 	lastSeq uint64
+	lastID  string // MessageID of the message at lastSeq ("" if not known)
 	created int64
 	counts  map[string]*counts
 	handed  store.StreamCursor // the cursor of the last commit started
@@ -146,6 +147,7 @@ func NewApplier(st *store.Store, dec *wire.Decompressor, m *Metrics, log *slog.L
 	cur := st.Cursor()
 	a := &Applier{st: st, dec: dec, m: m, log: log, prefix: prefix + ".", batch: st.NewBatch(),
 		sources: map[string]*sourceState{}, counts: map[string]*counts{}, lastSeq: cur.Seq, created: cur.Created, handed: cur,
+		lastID: cur.CheckID,
 		maxTx: DefaultMaxTxBytes}
 	a.batch.OnCommit = func(d time.Duration) { m.CommitTime.Observe(d.Seconds()) }
 	return a
@@ -166,7 +168,10 @@ func (a *Applier) Reset(c store.StreamCursor) {
 	}
 	a.mu.Unlock()
 	a.joined = 0
-	a.lastSeq, a.created = c.Seq, c.Created
+	a.lastSeq, a.created, a.lastID = c.Seq, c.Created, ""
+	if c.CheckSeq == c.Seq {
+		a.lastID = c.CheckID
+	}
 }
 
 // Pending returns the size of the uncommitted batch, in bytes and changes.
@@ -197,7 +202,7 @@ func (a *Applier) count(name string) *counts {
 // then stop and restart from the store.
 func (a *Applier) Handle(m Message) error {
 	if m.StreamSeq > a.lastSeq {
-		a.lastSeq = m.StreamSeq
+		a.lastSeq, a.lastID = m.StreamSeq, MessageID(m.Subject, m.Header)
 	}
 	b, err := wire.ParseHeader(m.Header)
 	a.curCommit = b.FirstCommit
@@ -773,7 +778,26 @@ func (a *Applier) cursor() store.StreamCursor {
 		}
 	}
 	a.mu.Unlock()
-	return store.StreamCursor{Seq: seq, Created: a.created}
+	c := store.StreamCursor{Seq: seq, Created: a.created}
+	if a.lastID != "" {
+		c.CheckSeq, c.CheckID = a.lastSeq, a.lastID
+	}
+	return c
+}
+
+// LastHandled returns the stream sequence and MessageID of the last message
+// handled ("" if not known), for checking that the stream still holds it.
+func (a *Applier) LastHandled() (uint64, string) { return a.lastSeq, a.lastID }
+
+// MessageID identifies a stream message beyond its sequence number: its
+// subject and Nats-Msg-Id (which the shipper derives from the message's
+// source position).
+func MessageID(subject string, h map[string][]string) string {
+	id := ""
+	if v := h[wire.HdrMsgID]; len(v) > 0 {
+		id = v[0]
+	}
+	return subject + " " + id
 }
 
 // Commit commits the open batch with the stream cursor and waits until it,

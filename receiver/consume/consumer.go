@@ -180,6 +180,10 @@ func (c *Consumer) runOnce(ctx context.Context) error {
 		c.log.Warn("stream's last sequence is behind the receiver's cursor (broker lost data?); rescanning from the start",
 			"stream", c.cfg.Stream, "cursor_seq", cur.Seq, "stream_last_seq", info.State.LastSeq)
 		cur = c.rescan(created)
+	case cur.CheckSeq > 0 && cur.CheckSeq <= info.State.LastSeq && !c.holds(ctx, stream, cur.CheckSeq, cur.CheckID):
+		c.log.Warn("the stream holds another message at the sequence this receiver last handled (a broker restored from an older image and refilled past it?); rescanning from the start (applied positions skip what is already applied)",
+			"stream", c.cfg.Stream, "seq", cur.CheckSeq, "was", cur.CheckID)
+		cur = c.rescan(created)
 	case cur.Created == 0:
 		cur.Created = created
 		c.ap.Reset(cur)
@@ -339,7 +343,8 @@ func (c *Consumer) checkStream(ctx context.Context, stream jetstream.Stream) err
 		return nil
 	}
 	created := info.Created.UnixNano()
-	if created != c.ap.created || info.State.LastSeq < c.ap.lastSeq {
+	seq, id := c.ap.LastHandled()
+	if created != c.ap.created || info.State.LastSeq < c.ap.lastSeq || (id != "" && seq > 0 && !c.holds(ictx, stream, seq, id)) {
 		if err := c.ap.Commit(); err != nil {
 			return &storeError{err}
 		}
@@ -448,6 +453,22 @@ func (c *Consumer) pollTails(ctx context.Context, stream jetstream.Stream, next 
 		c.ap.SetTail(s, m.Sequence, end, nextSeq, nextCommit)
 	}
 	return next
+}
+
+// holds reports whether the stream still holds the message id at seq. A
+// message gone (retention, a purge) or a failed lookup counts as held:
+// only a different message at seq proves the stream is not the one read.
+func (c *Consumer) holds(ctx context.Context, stream jetstream.Stream, seq uint64, id string) bool {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := stream.GetMsg(gctx, seq)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			c.log.Debug("checking the message at the cursor", "seq", seq, "err", err)
+		}
+		return true
+	}
+	return MessageID(m.Subject, m.Header) == id
 }
 
 func (c *Consumer) rescan(created int64) store.StreamCursor {

@@ -94,6 +94,13 @@ type StreamCursor struct {
 	// Created identifies the stream incarnation (its creation time, Unix ns):
 	// a recreated stream restarts its sequences.
 	Created int64
+	// CheckSeq and CheckID name the last message handled (its stream
+	// sequence; its subject and message id): a sequence number alone does
+	// not identify a message across a broker restored from an older image
+	// and refilled, so a receiver resuming checks that the stream still
+	// holds this message at CheckSeq (0: nothing to check).
+	CheckSeq uint64
+	CheckID  string
 }
 
 func encodePos(dst []byte, p *SourcePosition) []byte {
@@ -134,16 +141,28 @@ func decodePos(source string, b []byte) (SourcePosition, error) {
 	return p, nil
 }
 
+// Stream cursor record: | version u8 | seq u64 | created i64 | and, when
+// known, | check seq u64 | check id (uvarint len + bytes) | (records
+// without the check are still read).
 func encodeCursor(c StreamCursor) []byte {
 	b := []byte{recordVersion}
 	b = binary.LittleEndian.AppendUint64(b, c.Seq)
-	return binary.LittleEndian.AppendUint64(b, uint64(c.Created))
+	b = binary.LittleEndian.AppendUint64(b, uint64(c.Created))
+	if c.CheckSeq == 0 {
+		return b
+	}
+	b = binary.LittleEndian.AppendUint64(b, c.CheckSeq)
+	return appendString(b, c.CheckID)
 }
 
 func decodeCursor(b []byte) (StreamCursor, error) {
 	r := reader{b: b}
 	r.u8()
 	c := StreamCursor{Seq: r.u64(), Created: int64(r.u64())}
+	if r.err == nil && r.off < len(r.b) {
+		c.CheckSeq = r.u64()
+		c.CheckID = string(r.bytes())
+	}
 	if r.err != nil {
 		return StreamCursor{}, fmt.Errorf("store: stream cursor: %w", r.err)
 	}
