@@ -148,7 +148,7 @@ func NewApplier(st *store.Store, dec *wire.Decompressor, m *Metrics, log *slog.L
 	a := &Applier{st: st, dec: dec, m: m, log: log, prefix: prefix + ".", batch: st.NewBatch(),
 		sources: map[string]*sourceState{}, counts: map[string]*counts{}, lastSeq: cur.Seq, created: cur.Created, handed: cur,
 		lastID: cur.CheckID,
-		maxTx: DefaultMaxTxBytes}
+		maxTx:  DefaultMaxTxBytes}
 	a.batch.OnCommit = func(d time.Duration) { m.CommitTime.Observe(d.Seconds()) }
 	return a
 }
