@@ -66,10 +66,12 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	receiverURL := fs.String("receiver", "", "base URL of a receiver's HTTP API, e.g. http://127.0.0.1:8080 (http:// may be left out)")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for NATS and the receiver")
+	watch := fs.Bool("watch", false, "redraw the figures every --interval until Ctrl-C (for hosts without a browser; the receiver's /ui/ shows them too)")
+	interval := fs.Duration("interval", 2*time.Second, "time between readings with --watch")
 	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	nf := addNATSFlags(fs, "ferry status")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "Usage: ferry status [--dir DIR] [--nats URL --stream NAME] [--receiver http://HOST:PORT] [--json]")
+		fmt.Fprintln(env.Stderr, "Usage: ferry status [--dir DIR] [--nats URL --stream NAME] [--receiver http://HOST:PORT] [--json | --watch [--interval 2s]]")
 		fmt.Fprintln(env.Stderr, "\nShows how far each stage (on disk, shipped, applied) got in every source and how far behind it is.")
 		fmt.Fprintln(env.Stderr, "Without --dir, --nats or --receiver it reads the stream at --nats's default. A receiver that")
 		fmt.Fprintln(env.Stderr, "requires a token gets it from FERRY_RECEIVER_TOKEN.")
@@ -88,9 +90,45 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 		// usage line shows.
 		natsSet = true
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
+	if *watch && *asJSON {
+		return &exitError{code: 2, err: errors.New("ferry status: --watch and --json do not go together")}
+	}
+	if *watch && *interval < 100*time.Millisecond {
+		return &exitError{code: 2, err: fmt.Errorf("ferry status: --interval %v: want at least 100ms", *interval)}
+	}
+	var client *api.Client
+	if *receiverURL != "" {
+		var err error
+		if client, err = api.NewClient(*receiverURL, env.Getenv("FERRY_RECEIVER_TOKEN"), nil); err != nil {
+			return &exitError{code: 2, err: fmt.Errorf("ferry status: --receiver: %w", err)}
+		}
+	}
+	read := func(ctx context.Context) ([]*sourceStatus, *api.Status, error) {
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		return readStatus(ctx, client, natsSet, nf, *stream, *prefix, *dir)
+	}
+	if *watch {
+		return watchStatus(ctx, env.Stdout, read, *interval, isTerminal(env.Stdout))
+	}
+	out, _, err := read(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"sources": out})
+	}
+	printStatus(env.Stdout, out)
+	return nil
+}
 
+// readStatus reads every stage asked for: the receiver's applied positions
+// (and its status, returned for the gate) when client is set, the stream's
+// when readNATS, the change files' when dir is set.
+func readStatus(ctx context.Context, client *api.Client, readNATS bool, nf *natsconn.Config, stream, prefix, dir string) ([]*sourceStatus, *api.Status, error) {
+	var rs *api.Status
 	st := map[string]*sourceStatus{}
 	get := func(src string) *sourceStatus {
 		if st[src] == nil {
@@ -100,37 +138,34 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	}
 	// Read the stages downstream first: each later reading is then at
 	// least as far as the one before it, so lags are never negative.
-	if *receiverURL != "" {
-		client, err := api.NewClient(*receiverURL, env.Getenv("FERRY_RECEIVER_TOKEN"), nil)
+	if client != nil {
+		applied, status, err := appliedStatus(ctx, client)
 		if err != nil {
-			return &exitError{code: 2, err: fmt.Errorf("ferry status: --receiver: %w", err)}
+			return nil, nil, err
 		}
-		applied, err := appliedStatus(ctx, client)
-		if err != nil {
-			return err
-		}
+		rs = &status
 		for src, p := range applied {
 			get(src).Applied = p
 		}
 	}
-	if natsSet {
+	if readNATS {
 		nc, err := natsconn.DialOnce(*nf, 0)
 		if err != nil {
-			return fmt.Errorf("ferry status: %w", err)
+			return nil, rs, fmt.Errorf("ferry status: %w", err)
 		}
-		shipped, err := shippedStatus(ctx, nc, *stream, *prefix)
+		shipped, err := shippedStatus(ctx, nc, stream, prefix)
 		nc.Close()
 		if err != nil {
-			return err
+			return nil, rs, err
 		}
 		for src, p := range shipped {
 			get(src).Shipped = p
 		}
 	}
-	if *dir != "" {
-		disk, err := diskStatus(*dir)
+	if dir != "" {
+		disk, err := diskStatus(dir)
 		if err != nil {
-			return err
+			return nil, rs, err
 		}
 		for src, p := range disk {
 			get(src).OnDisk = p
@@ -138,17 +173,11 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	}
 	out := make([]*sourceStatus, 0, len(st))
 	for _, s := range st {
-		s.computeLags(*dir)
+		s.computeLags(dir)
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Source < out[j].Source })
-	if *asJSON {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"sources": out})
-	}
-	printStatus(env.Stdout, out)
-	return nil
+	return out, rs, nil
 }
 
 // diskStatus returns, per source in dir, the end of its last whole frame and
@@ -319,10 +348,10 @@ func countBetween(dir, source string, from, to format.Position) (records, bytes 
 
 // appliedStatus reads a receiver's applied positions through its API's
 // client (the status document is the receiver's own type, api.Status).
-func appliedStatus(ctx context.Context, c *api.Client) (map[string]*stagePos, error) {
+func appliedStatus(ctx context.Context, c *api.Client) (map[string]*stagePos, api.Status, error) {
 	rs, err := c.Status(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("ferry status: %w (check --receiver and that ferry receive runs)", err)
+		return nil, rs, fmt.Errorf("ferry status: %w (check --receiver and that ferry receive runs)", err)
 	}
 	out := map[string]*stagePos{}
 	for _, s := range rs.Sources {
@@ -335,7 +364,7 @@ func appliedStatus(ctx context.Context, c *api.Client) (map[string]*stagePos, er
 		}
 		out[s.Source] = p
 	}
-	return out, nil
+	return out, rs, nil
 }
 
 func printStatus(w io.Writer, out []*sourceStatus) {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -173,6 +175,55 @@ func TestStatus(t *testing.T) {
 			if !strings.Contains(table, want) {
 				t.Errorf("table lacks %q:\n%s", want, table)
 			}
+		}
+
+		// --watch redraws the same figures with the receiver's gate, and
+		// the rate of a stage that moves: the legacy writes more meanwhile.
+		var buf syncBuffer
+		wctx, wstop := context.WithCancel(ctx)
+		wdone := make(chan error, 1)
+		go func() {
+			env := &Env{Stdin: strings.NewReader(""), Stdout: &buf, Stderr: io.Discard, Getenv: func(string) string { return "" }}
+			wdone <- run(wctx, env, []string{"status", "--watch", "--interval", "200ms", "--dir", dir, "--nats", s.ClientURL(), "--receiver", api.URL})
+		}()
+		waitOut := func(what string, cond func(string) bool) string {
+			t.Helper()
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				if out := buf.String(); cond(out) {
+					return out
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("ferry status --watch never showed %s:\n%s", what, buf.String())
+				}
+			}
+		}
+		waitOut("a first frame", func(o string) bool { return strings.Contains(o, "applied") })
+		for i := 10; i < 15; i++ {
+			if _, err := w.Commit(&format.Tx{CommitTime: time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC).UnixNano(), Changes: []format.Change{
+				{Table: "orders", Op: format.OpUpsert, Key: []byte(fmt.Sprint(i)), After: []byte(`{"n":1}`)}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := w.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		watched := waitOut("the on-disk stage moving", func(o string) bool {
+			return regexp.MustCompile(`shop +on disk +1:\d+ +00:00:1\d\.000 .*B/s`).MatchString(o)
+		})
+		wstop()
+		if err := <-wdone; err != nil {
+			t.Fatalf("ferry status --watch: %v", err)
+		}
+		if n := strings.Count(watched, "ferry status  "); n < 2 {
+			t.Errorf("%d frames, want several:\n%s", n, watched)
+		}
+		for _, want := range []string{"every 200ms (Ctrl-C to stop)", "gate: ", fmt.Sprintf("1:%d", pos[6].Offset)} {
+			if !strings.Contains(watched, want) {
+				t.Errorf("--watch output lacks %q:\n%s", want, watched)
+			}
+		}
+		if strings.Contains(watched, "\x1b[") {
+			t.Errorf("--watch drew ANSI codes into a pipe")
 		}
 	})
 
