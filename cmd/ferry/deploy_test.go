@@ -151,10 +151,12 @@ func TestDeployRulesAndDashboard(t *testing.T) {
 		return wiretest.Messages(t, dir, source, 1024)
 	}
 	evil, dup := msgsOf("evil"), msgsOf("dup")
-	if len(evil) < 2 || len(dup) < 1 {
+	if len(evil) < 3 || len(dup) < 1 {
 		t.Fatalf("%d messages for evil, %d for dup", len(evil), len(dup))
 	}
-	bad := evil[0]
+	// evil applies its first message (a source with nothing applied shares
+	// the metrics label _unapplied), then stops on its second.
+	bad := evil[1]
 	bad.Raw = append([]byte(nil), bad.Raw...)
 	bad.Raw[len(bad.Raw)-2] ^= 0x40
 	again := dup[0]
@@ -176,7 +178,7 @@ func TestDeployRulesAndDashboard(t *testing.T) {
 				// corrupt message, so it tells when dup's were handled.
 				pub := &wiretest.Publisher{JS: js, Prefix: "ferry", Codec: wire.CodecZstd}
 				if lastSeq, err = pub.Publish(pctx, dup[0], again); err == nil {
-					_, err = pub.Publish(pctx, bad, evil[1])
+					_, err = pub.Publish(pctx, evil[0], bad, evil[2])
 				}
 				pcancel()
 				published = err == nil
