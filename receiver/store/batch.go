@@ -47,10 +47,11 @@ type Batch struct {
 	done   chan error  // its result
 	err    error       // a failed commit: the batch refuses everything after it
 
-	// The row guard (guard.go): sources that have written rows (more
-	// than one: every change is checked), the scratch key and source of a
-	// lookup, and the rate limit of the cross-source warning.
-	writers     map[string]bool
+	// The row guard (guard.go): the sources that have written each table
+	// (more than one: its every change is checked; tableWriters), the
+	// scratch key and source of a lookup, and the rate limit of the
+	// cross-source warning.
+	tables      map[string][]string
 	keyBuf      []byte
 	srcBuf      []byte
 	crossWarned time.Time
@@ -98,8 +99,9 @@ type commitWork struct {
 	// Row guard counts, published when the commit is applied: changes
 	// skipped as stale, cross-source writes without versions, tombstones
 	// written.
-	stale, cross, tombs int
-	now                 int64 // the commit's time (tombstones are indexed by it)
+	stale, cross, tombs, reads int
+	tablePairs                 [][2]string // (table, source) pairs written for the first time
+	now                        int64       // the commit's time (tombstones are indexed by it)
 
 	// Parked transactions written and removed, the change of each
 	// source's parked count, and the outcome counts (parked.go).
@@ -152,13 +154,7 @@ func (s *Store) NewBatch() *Batch {
 	s.mu.Lock()
 	next := s.lastChange + 1
 	s.mu.Unlock()
-	writers := map[string]bool{}
-	for src, p := range s.Positions() {
-		if p.Transactions > 0 {
-			writers[src] = true
-		}
-	}
-	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, writers: writers}
+	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, tables: s.tableWriters()}
 }
 
 // Position returns a source's position including what this batch applied
@@ -237,10 +233,8 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 	if err := b.logFrame(source, seg, off, late, frame); err != nil {
 		return 0, err
 	}
-	if len(tx.Changes) > 0 && !b.writers[source] {
-		b.writers[source] = true
-	}
-	check := late || len(b.writers) > 1
+	var table string
+	multi := false
 	v := Version{Source: source, Segment: seg, Offset: off}
 	w := b.w
 	e := &w.entries[len(w.entries)-1]
@@ -249,7 +243,11 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 	for i := range tx.Changes {
 		c := &tx.Changes[i]
 		v.Index = i
-		if check || c.Version != 0 {
+		if i == 0 || c.Table != table {
+			table, multi = c.Table, b.tableWriter(c.Table, source)
+		}
+		if late || multi || c.Version != 0 {
+			w.reads++
 			b.keyBuf = appendRowKey(b.keyBuf[:0], c.Table, c.Key)
 			m, err := b.current(b.keyBuf)
 			if err != nil {
@@ -636,6 +634,11 @@ func (w *commitWork) prepare(s *Store) error {
 		}
 		start = w.purgeEnds[i]
 	}
+	for _, p := range w.tablePairs {
+		if err := w.b.Set(tableWriterKey(p[0], p[1]), nil, nil); err != nil {
+			return fmt.Errorf("store: recording a table's writer: %w", err)
+		}
+	}
 	// Parks before resolutions: a transaction parked and resolved in the
 	// same commit ends up gone.
 	for _, p := range w.parks {
@@ -683,11 +686,15 @@ func (w *commitWork) apply(s *Store) error {
 	s.committed()
 	s.stale.Add(uint64(w.stale))
 	s.cross.Add(uint64(w.cross))
+	s.reads.Add(uint64(w.reads))
 	s.tombstones.Add(int64(w.tombs - len(w.purgeEnds)))
 	s.outCommitted.Add(uint64(w.committedOut))
 	s.outAborted.Add(uint64(w.aborted))
 	s.outUnmatched.Add(uint64(w.unmatched))
 	s.mu.Lock()
+	for _, p := range w.tablePairs {
+		s.tables[p[0]] = append(s.tables[p[0]], p[1])
+	}
 	for src, d := range w.parkCount {
 		s.parked[src] += d
 	}
@@ -755,7 +762,8 @@ func (w *commitWork) reset() {
 		w.indexed = false
 	}
 	w.purge, w.purgeEnds = w.purge[:0], w.purgeEnds[:0]
-	w.stale, w.cross, w.tombs = 0, 0, 0
+	w.stale, w.cross, w.tombs, w.reads = 0, 0, 0, 0
+	w.tablePairs = w.tablePairs[:0]
 	clear(w.parks) // drop the references to the frames
 	w.parks, w.unparks = w.parks[:0], w.unparks[:0]
 	clear(w.parkCount)
@@ -771,6 +779,7 @@ func (b *Batch) Discard() {
 	b.Wait()
 	b.w.reset()
 	clear(b.pending)
+	b.tables = b.s.tableWriters() // what this batch added is gone
 	b.body = pendingBody{}
 	clear(b.pos)
 	clear(b.dirty)

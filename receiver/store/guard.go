@@ -27,8 +27,9 @@ import (
 // only when the answer can differ from "apply": for a versioned change, for
 // a prepared transaction applied at its outcome (a later transaction of the
 // source may have been applied first), and once more than one source has
-// written to the store. Otherwise, frames of one source come in position
-// order and every change is newer than what it replaces (blind writes).
+// written to the change's table. Otherwise, frames of one source come in
+// position order and every change is newer than what it replaces (blind
+// writes).
 
 // rowMeta is what the guard needs of a stored row.
 type rowMeta struct {
@@ -216,11 +217,13 @@ type GuardStats struct {
 	// Tombstones is the tombstones held (written, not yet purged; one
 	// overwritten by a later write counts until its retention ends).
 	Tombstones int64
+	// Reads is the stored rows the guard read (the changes it checked).
+	Reads uint64
 }
 
 // GuardStats returns the row guard's counters.
 func (s *Store) GuardStats() GuardStats {
-	return GuardStats{Stale: s.stale.Load(), UnversionedCrossSource: s.cross.Load(), Tombstones: s.tombstones.Load()}
+	return GuardStats{Stale: s.stale.Load(), UnversionedCrossSource: s.cross.Load(), Tombstones: s.tombstones.Load(), Reads: s.reads.Load()}
 }
 
 func leU64b(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }

@@ -235,3 +235,63 @@ func TestTombstoneRetention(t *testing.T) {
 		})
 	}
 }
+
+// TestGuardReadsOnlySharedTables: two sources writing different tables
+// without versions keep the blind writes (the guard reads no row); once
+// both write one table its changes are checked, and so after a reopen.
+func TestGuardReadsOnlySharedTables(t *testing.T) {
+	fs := vfs.NewMem()
+	st := open(t, fs)
+	b := st.NewBatch()
+	ch := newChain(t, b)
+	put := func(src, table, key string) {
+		t.Helper()
+		tx := &format.Tx{CommitTime: time.Now().UnixNano(), Changes: []format.Change{{Table: table, Op: format.OpUpsert, Key: []byte(key), After: []byte(`1`)}}}
+		frame, err := format.AppendTx(nil, tx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		off := ch.off[src]
+		if off == 0 {
+			off = 45
+		}
+		ch.seq++
+		if err := b.ApplyTx(src, 1, off, off+int64(len(frame)), ch.seq, tx, frame); err != nil {
+			t.Fatal(err)
+		}
+		ch.off[src] = off + int64(len(frame))
+	}
+	commit := func() {
+		t.Helper()
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		put("shop", "orders", fmt.Sprint(i))
+		put("stock", "items", fmt.Sprint(i))
+	}
+	commit()
+	if g := st.GuardStats(); g.Reads != 0 {
+		t.Fatalf("%d guard reads for sources writing different tables", g.Reads)
+	}
+	put("stock", "orders", "x")
+	put("shop", "orders", "y")
+	put("shop", "items-only-stock-wrote", "z") // a new table: one writer
+	commit()
+	if g := st.GuardStats(); g.Reads != 2 {
+		t.Fatalf("%d guard reads, want 2 (the changes of the shared table)", g.Reads)
+	}
+	b.Close()
+	st.Close()
+	st = open(t, fs)
+	defer st.Close()
+	b = st.NewBatch()
+	defer b.Close()
+	put("shop", "orders", "w")
+	put("shop", "items-only-stock-wrote", "v")
+	commit()
+	if g := st.GuardStats(); g.Reads != 1 {
+		t.Fatalf("after reopen: %d guard reads, want 1 (orders is shared)", g.Reads)
+	}
+}

@@ -12,6 +12,7 @@ import (
 //	'r' + uvarint(len(table)) + table + key   the current row (rowRecord)
 //	'c' + first change id (u64 big endian)    a change log entry's index record (logfile.go)
 //	't' + written at (u64 big endian) + row key   a tombstone's index entry (tombstone.go)
+//	'w' + uvarint(len(table)) + table + source   a source has written the table (tables.go)
 //	'q' + uvarint(len(source)) + source + segment (u64 BE) + offset (u64 BE)   a parked prepared transaction (parked.go)
 //	'k' + 's'|'o' + command id      a write-back command's submitted and outcome records (commands.go)
 //
@@ -25,12 +26,14 @@ const (
 	prefixChange = 'c'
 	prefixTomb   = 't'
 	prefixPark   = 'q'
+	prefixWriter = 'w'
 )
 
 var (
 	keyLastChange = []byte("mchange")
 	keyStream     = []byte("mstream")
 	keyWebhook    = []byte("mwebhook")
+	keyWriters    = []byte("mtablewriters") // the 'w' records cover every table's writers
 )
 
 const recordVersion = 1
