@@ -28,6 +28,7 @@ var (
 	descMisses      = prometheus.NewDesc("ferry_receiver_pebble_block_cache_misses_total", "Pebble block cache misses.", nil, nil)
 	descStale       = prometheus.NewDesc("ferry_receiver_stale_changes_skipped_total", "Changes not applied because the store holds a newer write of the row (row guard).", nil, nil)
 	descCross       = prometheus.NewDesc("ferry_receiver_unversioned_cross_source_writes_total", "Changes applied over another source's write of the row without row versions on both sides: the row depends on arrival order.", nil, nil)
+	descReads       = prometheus.NewDesc("ferry_receiver_row_guard_reads_total", "Stored rows the row guard read to compare a change against (versioned changes, late prepared applies, tables two sources write).", nil, nil)
 	descTombs       = prometheus.NewDesc("ferry_receiver_tombstones", "Deletes' tombstones held (until --tombstone-retention).", nil, nil)
 	descParked      = prometheus.NewDesc("ferry_receiver_parked_transactions", "Prepared transactions parked: their outcome frame not received yet.", []string{"source"}, nil)
 	descParkedAge   = prometheus.NewDesc("ferry_receiver_parked_oldest_age_seconds", "How long the longest-parked prepared transaction has waited for its outcome (0: none parked).", nil, nil)
@@ -35,7 +36,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descTombs, descParked, descParkedAge, descOutcomes} {
+	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descReads, descTombs, descParked, descParkedAge, descOutcomes} {
 		ch <- d
 	}
 }
@@ -57,6 +58,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g := c.s.GuardStats()
 	ch <- prometheus.MustNewConstMetric(descStale, prometheus.CounterValue, float64(g.Stale))
 	ch <- prometheus.MustNewConstMetric(descCross, prometheus.CounterValue, float64(g.UnversionedCrossSource))
+	ch <- prometheus.MustNewConstMetric(descReads, prometheus.CounterValue, float64(g.Reads))
 	ch <- prometheus.MustNewConstMetric(descTombs, prometheus.GaugeValue, float64(g.Tombstones))
 	if ps, err := c.s.ParkedStats(); err == nil {
 		for src, n := range ps.BySource {
