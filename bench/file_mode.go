@@ -148,29 +148,39 @@ type fileMode struct {
 }
 
 func newFileMode(cfg Config, br *broker, dbURL string, proto WriterProtocol) (*fileMode, error) {
-	dir, err := os.MkdirTemp("", "ferry-bench-files-")
-	if err != nil {
-		return nil, fmt.Errorf("bench: creating the change-file directory: %w", err)
-	}
 	codec, err := wire.ParseCodec(cfg.Codec)
 	if err != nil {
 		return nil, err
 	}
-	m := &fileMode{wl: cfg.Workload, proto: proto, codec: codec, dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver")}
+	m, err := newFilePipeline(br, codec)
+	if err != nil {
+		return nil, err
+	}
+	m.wl, m.proto = cfg.Workload, proto
+	if m.w, err = format.OpenWriter(m.dir, fileSource, format.WithSync(cfg.writerSync(), 100*time.Millisecond),
+		format.WithResolver(pgResolver(dbURL, cfg.DrainTimeout))); err != nil {
+		m.close()
+		return nil, fmt.Errorf("bench: opening the change-file writer: %w", err)
+	}
+	return m, nil
+}
+
+// newFilePipeline returns a file mode without a writer: its directories
+// (change files, receiver) and NATS connections.
+func newFilePipeline(br *broker, codec wire.Codec) (*fileMode, error) {
+	dir, err := os.MkdirTemp("", "ferry-bench-files-")
+	if err != nil {
+		return nil, fmt.Errorf("bench: creating the change-file directory: %w", err)
+	}
+	m := &fileMode{codec: codec, dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver")}
 	m.runCtx, m.cancel = context.WithCancel(context.Background())
-	fail := func(err error) (*fileMode, error) {
+	if m.shipNC, err = br.connect("ferry-bench-shipper"); err != nil {
 		m.close()
 		return nil, err
 	}
-	if m.w, err = format.OpenWriter(m.dir, fileSource, format.WithSync(cfg.writerSync(), 100*time.Millisecond),
-		format.WithResolver(pgResolver(dbURL, cfg.DrainTimeout))); err != nil {
-		return fail(fmt.Errorf("bench: opening the change-file writer: %w", err))
-	}
-	if m.shipNC, err = br.connect("ferry-bench-shipper"); err != nil {
-		return fail(err)
-	}
 	if m.recvNC, err = br.connect("ferry-bench-receiver"); err != nil {
-		return fail(err)
+		m.close()
+		return nil, err
 	}
 	return m, nil
 }
@@ -199,7 +209,7 @@ func pgResolver(url string, wait time.Duration) format.Resolver {
 		defer conn.Close(context.Background())
 		for {
 			var status *string
-			if err := conn.QueryRow(ctx, "SELECT pg_xact_status($1::text::xid8)", txid).Scan(&status); err != nil {
+			if err := conn.QueryRow(ctx, "SELECT pg_xact_status($1::bigint::text::xid8)", txid).Scan(&status); err != nil {
 				return format.DecisionUnknown, fmt.Errorf("bench: resolving the in-doubt transaction %d at %v: %w", txid, pos, err)
 			}
 			switch {
@@ -224,11 +234,21 @@ func pgResolver(url string, wait time.Duration) format.Resolver {
 // to 100 rows, so that the receiver's rows can be compared with the
 // database's.
 func (m *fileMode) setup(ctx context.Context, conn *pgx.Conn) error {
+	n, err := writeInitial(m.w, m.wl, m.proto.Versions)
+	m.initial = n
+	return err
+}
+
+// writeInitial writes every stream's initial rows to w as committed insert
+// transactions of up to 100 rows, with their row versions if versions, and
+// returns how many changes it wrote.
+func writeInitial(w *format.Writer, wl workload.Config, versions bool) (int64, error) {
 	var tx format.Tx
-	for i := 0; i < m.wl.Streams; i++ {
-		s, err := workload.NewStream(m.wl, i)
+	var n int64
+	for i := 0; i < wl.Streams; i++ {
+		s, err := workload.NewStream(wl, i)
 		if err != nil {
-			return err
+			return n, err
 		}
 		for _, tr := range s.Initial() {
 			for j := 0; j < len(tr.Rows); j += 100 {
@@ -238,19 +258,19 @@ func (m *fileMode) setup(ctx context.Context, conn *pgx.Conn) error {
 					c := workload.Change{Table: tr.Table, Op: format.OpInsert, After: row}
 					fc := format.Change{Table: tr.Table.Name, Op: format.OpInsert, Content: format.ContentJSON,
 						Key: row.AppendKey(nil, tr.Table), After: row.AppendJSON(nil, tr.Table)}
-					if rev, ok := c.Rev(); ok && m.proto.Versions {
+					if rev, ok := c.Rev(); ok && versions {
 						fc.Version = uint64(rev)
 					}
 					tx.Changes = append(tx.Changes, fc)
 				}
-				if _, err := m.w.Commit(&tx); err != nil {
-					return fmt.Errorf("bench: writing the initial rows to the change files: %w", err)
+				if _, err := w.Commit(&tx); err != nil {
+					return n, fmt.Errorf("bench: writing the initial rows to the change files: %w", err)
 				}
-				m.initial += int64(len(tx.Changes))
+				n += int64(len(tx.Changes))
 			}
 		}
 	}
-	return nil
+	return n, nil
 }
 
 func (m *fileMode) fail(err error) {
@@ -322,8 +342,10 @@ func (m *fileMode) stopReceiver() {
 // everything in the change files: every frame up to the files' end,
 // outcomes included.
 func (m *fileMode) settle(ctx context.Context, timeout time.Duration) error {
-	if err := m.w.Sync(); err != nil { // writes the outcomes recorded so far
-		return fmt.Errorf("bench: syncing the change files: %w", err)
+	if m.w != nil {
+		if err := m.w.Sync(); err != nil { // writes the outcomes recorded so far
+			return fmt.Errorf("bench: syncing the change files: %w", err)
+		}
 	}
 	segs, err := format.ListSegments(m.dir, fileSource)
 	if err != nil || len(segs) == 0 {

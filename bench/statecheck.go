@@ -54,11 +54,17 @@ func keyOrder(t *workload.Table) string {
 	return "(" + strings.Join(parts, " || '/' || ") + `) COLLATE "C"`
 }
 
+// rowScanner pages through a table's rows in key order:
+// *store.Store, or filesTruth.
+type rowScanner interface {
+	Scan(table string, prefix, after []byte, limit int) ([]store.Row, bool, error)
+}
+
 // compareState compares every row of the workload's tables in the database
 // of conn with the receiver's store, merging the two in key order: each
 // row's change-file key and JSON image (as the legacy writes them) must be
 // in the store, byte for byte, and the store must hold nothing else.
-func compareState(ctx context.Context, conn *pgx.Conn, st *store.Store) (StateCheck, error) {
+func compareState(ctx context.Context, conn *pgx.Conn, st rowScanner) (StateCheck, error) {
 	c := StateCheck{Checks: 1}
 	diff := func(format string, args ...any) {
 		c.Differ++
@@ -130,7 +136,7 @@ func compareState(ctx context.Context, conn *pgx.Conn, st *store.Store) (StateCh
 
 // storeRows pages through one table of a store in key order.
 type storeRows struct {
-	st    *store.Store
+	st    rowScanner
 	table string
 	page  []store.Row
 	more  bool
