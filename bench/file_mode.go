@@ -357,10 +357,20 @@ func (m *fileMode) settle(ctx context.Context, timeout time.Duration) error {
 		return fmt.Errorf("bench: reading the change files' end: %w", err)
 	}
 	end := format.Position{Segment: last.Segment, Offset: fi.Size()}
-	return waitFor(ctx, timeout, "the receiver applying the change files up to "+end.String(), func() (bool, error) {
+	var at format.Position
+	err = waitFor(ctx, timeout, "the receiver applying the change files up to "+end.String(), func() (bool, error) {
 		p := m.rcv.Positions()[fileSource]
-		return !(format.Position{Segment: p.Segment, Offset: p.Offset}).Less(end), m.failed()
+		at = format.Position{Segment: p.Segment, Offset: p.Offset}
+		return !at.Less(end), m.failed()
 	})
+	if err != nil {
+		var states []string
+		for _, st := range m.rcv.Status().Sources {
+			states = append(states, st.Source+" "+st.State+" "+st.Error)
+		}
+		return fmt.Errorf("%w; it applied up to %v (sources: %s)", err, at, strings.Join(states, "; "))
+	}
+	return nil
 }
 
 // receiving says whether a receiver runs.
