@@ -145,6 +145,12 @@ type Config struct {
 	// DefaultWriterProtocols): each runs as a mode of its own, the first
 	// named "file", the others "file-" + the protocol.
 	WriterProtocol string
+	// Sources is the number of app servers of the file mode, each with its
+	// own change-file writer, source and shipper, writing the same tables
+	// (worker i writes with app server i % Sources); default 1. Without
+	// row versions (+versions) their writes to the hot rows reach the
+	// receiver in an undefined order.
+	Sources int
 	// HotRows is the number of hot stock rows every worker updates
 	// (workload.Config.HotRows; default DefaultHotRows, -1 for none), HotPct the share
 	// of transactions that update one (default 50).
@@ -236,6 +242,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("bench: phase duration %v below 100ms", c.PhaseDuration)
 	case c.Rounds < 1 || c.PhaseDuration/time.Duration(c.Rounds) < 100*time.Millisecond:
 		return fmt.Errorf("bench: %d rounds of a %v phase: want slices of at least 100ms", c.Rounds, c.PhaseDuration)
+	case c.Sources < 0 || c.Sources > 64:
+		return fmt.Errorf("bench: %d app server sources (want 1-64)", c.Sources)
 	case c.LatencyRate < 0:
 		return fmt.Errorf("bench: negative latency rate %v", c.LatencyRate)
 	case c.PollInterval < time.Millisecond || c.CleanupInterval < time.Millisecond:

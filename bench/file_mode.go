@@ -128,10 +128,12 @@ type fileMode struct {
 	initial      int64 // changes of the initial load in the files
 	codec        wire.Codec
 	dir, recvDir string
-	w            *format.Writer
+	// One writer (and shipper) per app server, source sources[i].
+	sources []string
+	ws      []*format.Writer
 	shipNC       *nats.Conn
 	recvNC       *nats.Conn
-	shp          *shipper.Shipper
+	shps         []*shipper.Shipper
 	rcv          *receiver.Receiver
 
 	runCtx context.Context // of the shipper and receiver; cancel stops them
@@ -157,10 +159,16 @@ func newFileMode(cfg Config, br *broker, dbURL string, proto WriterProtocol) (*f
 		return nil, err
 	}
 	m.wl, m.proto = cfg.Workload, proto
-	if m.w, err = format.OpenWriter(m.dir, fileSource, format.WithSync(cfg.writerSync(), 100*time.Millisecond),
-		format.WithResolver(pgResolver(dbURL, cfg.DrainTimeout))); err != nil {
-		m.close()
-		return nil, fmt.Errorf("bench: opening the change-file writer: %w", err)
+	m.sources = nil
+	for i := 0; i < max(1, cfg.Sources); i++ {
+		src := sourceName(i)
+		w, err := format.OpenWriter(m.dir, src, format.WithSync(cfg.writerSync(), 100*time.Millisecond),
+			format.WithResolver(pgResolver(dbURL, cfg.DrainTimeout)))
+		if err != nil {
+			m.close()
+			return nil, fmt.Errorf("bench: opening the change-file writer of source %s: %w", src, err)
+		}
+		m.ws, m.sources = append(m.ws, w), append(m.sources, src)
 	}
 	return m, nil
 }
@@ -172,7 +180,7 @@ func newFilePipeline(br *broker, codec wire.Codec) (*fileMode, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: creating the change-file directory: %w", err)
 	}
-	m := &fileMode{codec: codec, dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver")}
+	m := &fileMode{codec: codec, dir: filepath.Join(dir, "changes"), recvDir: filepath.Join(dir, "receiver"), sources: []string{fileSource}}
 	m.runCtx, m.cancel = context.WithCancel(context.Background())
 	if m.shipNC, err = br.connect("ferry-bench-shipper"); err != nil {
 		m.close()
@@ -185,9 +193,22 @@ func newFilePipeline(br *broker, codec wire.Codec) (*fileMode, error) {
 	return m, nil
 }
 
-// Commit and Prepare write tx to the change files (the legacy's sink).
-func (m *fileMode) Commit(tx *format.Tx) (format.Position, error)   { return m.w.Commit(tx) }
-func (m *fileMode) Prepare(tx *format.Tx) (*format.Prepared, error) { return m.w.Prepare(tx) }
+// sourceName names the change-file source of app server i.
+func sourceName(i int) string {
+	if i == 0 {
+		return fileSource
+	}
+	return fileSource + "-" + strconv.Itoa(i+1)
+}
+
+// sinks returns the writers, one per app server: the legacy's sinks.
+func (m *fileMode) sinks() []changeSink {
+	out := make([]changeSink, len(m.ws))
+	for i, w := range m.ws {
+		out[i] = w
+	}
+	return out
+}
 
 // pgResolver resolves a crashed legacy's in-doubt transactions by asking
 // PostgreSQL: Tx.ID holds the transaction's txid_current(), and
@@ -234,7 +255,7 @@ func pgResolver(url string, wait time.Duration) format.Resolver {
 // to 100 rows, so that the receiver's rows can be compared with the
 // database's.
 func (m *fileMode) setup(ctx context.Context, conn *pgx.Conn) error {
-	n, err := writeInitial(m.w, m.wl, m.proto.Versions)
+	n, err := writeInitial(m.ws[0], m.wl, m.proto.Versions)
 	m.initial = n
 	return err
 }
@@ -288,18 +309,20 @@ func (m *fileMode) failed() error {
 }
 
 func (m *fileMode) start(ctx context.Context) error {
-	shp, err := shipper.NewFromConn(ctx, m.shipNC, jsclient.Config{Stream: fileStream}, m.dir, fileSource, shipper.WithCodec(m.codec))
-	if err != nil {
-		return fmt.Errorf("bench: creating the shipper: %w", err)
-	}
-	m.shp = shp
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		if err := shp.Run(m.runCtx); err != nil {
-			m.fail(fmt.Errorf("bench: shipper: %w", err))
+	for _, src := range m.sources {
+		shp, err := shipper.NewFromConn(ctx, m.shipNC, jsclient.Config{Stream: fileStream}, m.dir, src, shipper.WithCodec(m.codec))
+		if err != nil {
+			return fmt.Errorf("bench: creating the shipper of source %s: %w", src, err)
 		}
-	}()
+		m.shps = append(m.shps, shp)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			if err := shp.Run(m.runCtx); err != nil {
+				m.fail(fmt.Errorf("bench: shipper of source %s: %w", src, err))
+			}
+		}()
+	}
 	return nil
 }
 
@@ -342,14 +365,23 @@ func (m *fileMode) stopReceiver() {
 // everything in the change files: every frame up to the files' end,
 // outcomes included.
 func (m *fileMode) settle(ctx context.Context, timeout time.Duration) error {
-	if m.w != nil {
-		if err := m.w.Sync(); err != nil { // writes the outcomes recorded so far
+	for _, w := range m.ws {
+		if err := w.Sync(); err != nil { // writes the outcomes recorded so far
 			return fmt.Errorf("bench: syncing the change files: %w", err)
 		}
 	}
-	segs, err := format.ListSegments(m.dir, fileSource)
+	for _, src := range m.sources {
+		if err := m.settleSource(ctx, timeout, src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *fileMode) settleSource(ctx context.Context, timeout time.Duration, src string) error {
+	segs, err := format.ListSegments(m.dir, src)
 	if err != nil || len(segs) == 0 {
-		return fmt.Errorf("bench: listing the change files: %v", err)
+		return fmt.Errorf("bench: listing the change files of source %s: %v", src, err)
 	}
 	last := segs[len(segs)-1]
 	fi, err := os.Stat(last.Path)
@@ -358,10 +390,22 @@ func (m *fileMode) settle(ctx context.Context, timeout time.Duration) error {
 	}
 	end := format.Position{Segment: last.Segment, Offset: fi.Size()}
 	var at format.Position
-	err = waitFor(ctx, timeout, "the receiver applying the change files up to "+end.String(), func() (bool, error) {
-		p := m.rcv.Positions()[fileSource]
+	var checked time.Time
+	err = waitFor(ctx, timeout, "the receiver applying the change files of source "+src+" up to "+end.String(), func() (bool, error) {
+		p := m.rcv.Positions()[src]
 		at = format.Position{Segment: p.Segment, Offset: p.Offset}
-		return !at.Less(end), m.failed()
+		if !at.Less(end) {
+			return true, nil
+		}
+		if time.Since(checked) > 250*time.Millisecond { // a stopped source never gets there
+			checked = time.Now()
+			for _, st := range m.rcv.Status().Sources {
+				if st.State == "stopped" {
+					return false, fmt.Errorf("bench: the receiver stopped source %s: %s", st.Source, st.Error)
+				}
+			}
+		}
+		return false, m.failed()
 	})
 	if err != nil {
 		var states []string
@@ -377,10 +421,11 @@ func (m *fileMode) settle(ctx context.Context, timeout time.Duration) error {
 func (m *fileMode) receiving() bool { return m.rcvDone != nil }
 
 func (m *fileMode) shippedChanges() int64 {
-	if m.shp == nil {
-		return 0
+	var n int64
+	for _, shp := range m.shps {
+		n += int64(shp.Stats().Changes)
 	}
-	return int64(m.shp.Stats().Changes)
+	return n
 }
 
 // appliedChanges returns the changes applied to the store (by every
@@ -389,7 +434,11 @@ func (m *fileMode) appliedChanges() int64 {
 	if m.rcv == nil {
 		return m.applied
 	}
-	return int64(m.rcv.Positions()[fileSource].Changes)
+	var n int64
+	for _, src := range m.sources {
+		n += int64(m.rcv.Positions()[src].Changes)
+	}
+	return n
 }
 
 // watchApplied reports to lat when each transaction becomes readable in the
@@ -458,8 +507,8 @@ func (m *fileMode) fileBytes() int64 {
 // stop stops the shipper and the receiver.
 func (m *fileMode) stop() {
 	m.stopReceiver()
-	if m.shp != nil {
-		m.shp.Stop()
+	for _, shp := range m.shps {
+		shp.Stop()
 	}
 	m.cancel()
 	m.wg.Wait()
@@ -467,8 +516,8 @@ func (m *fileMode) stop() {
 
 func (m *fileMode) close() {
 	m.stop()
-	if m.w != nil {
-		m.w.Close()
+	for _, w := range m.ws {
+		w.Close()
 	}
 	for _, nc := range []*nats.Conn{m.shipNC, m.recvNC} {
 		if nc != nil {

@@ -49,7 +49,9 @@ const (
 type legacy struct {
 	streams []*workload.Stream
 	conns   []*pgx.Conn
-	sink    changeSink // nil unless file mode
+	// sinks are the app servers' writers (file mode): worker i writes
+	// with sinks[i % len(sinks)].
+	sinks []changeSink
 	proto   WriterProtocol
 	before  bool // write before images to the change files
 
@@ -60,8 +62,8 @@ type legacy struct {
 	txs, changes atomic.Int64
 }
 
-func openLegacy(ctx context.Context, url string, wl workload.Config, sink changeSink, proto WriterProtocol, before bool) (*legacy, error) {
-	l := &legacy{sink: sink, proto: proto, before: before}
+func openLegacy(ctx context.Context, url string, wl workload.Config, sinks []changeSink, proto WriterProtocol, before bool) (*legacy, error) {
+	l := &legacy{sinks: sinks, proto: proto, before: before}
 	for i := 0; i < wl.Streams; i++ {
 		s, err := workload.NewStream(wl, i)
 		if err != nil {
@@ -145,7 +147,11 @@ func (l *legacy) worker(ctx context.Context, i int, rate float64, onCommit commi
 // transact runs tx in the database and, in file mode, writes it to the
 // change files by the writer protocol.
 func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, stmts []workload.Statement, ftx *format.Tx, worker int, n int64, onCommit commitFunc) error {
-	ptx, txid, err := execTx(ctx, conn, tx, stmts, l.sink != nil)
+	var sink changeSink
+	if len(l.sinks) > 0 {
+		sink = l.sinks[worker%len(l.sinks)]
+	}
+	ptx, txid, err := execTx(ctx, conn, tx, stmts, sink != nil)
 	if err != nil {
 		return err
 	}
@@ -168,7 +174,7 @@ func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, 
 		}
 	}
 	switch {
-	case l.sink == nil:
+	case sink == nil:
 		if err := ptx.Commit(ctx); err != nil {
 			return err
 		}
@@ -179,7 +185,7 @@ func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, 
 		}
 		committed()
 		toFile(time.Now().UnixNano())
-		if _, err := l.sink.Commit(ftx); err != nil {
+		if _, err := sink.Commit(ftx); err != nil {
 			return fmt.Errorf("writing it to the change files: %w", err)
 		}
 	default:
@@ -188,7 +194,7 @@ func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, 
 		// append, after this one. The writer's fsync runs while the
 		// database commits.
 		toFile(time.Now().UnixNano())
-		p, err := l.sink.Prepare(ftx)
+		p, err := sink.Prepare(ftx)
 		if err != nil {
 			ptx.Rollback(ctx)
 			return fmt.Errorf("appending it to the change files: %w", err)

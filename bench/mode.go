@@ -272,7 +272,7 @@ func (r *modeRun) open(ctx context.Context, srv *pgServer, admin *pgx.Conn, base
 		}
 		r.defers(r.nc.Close)
 	}
-	var sink changeSink
+	var sinks []changeSink
 	switch r.mode {
 	case ModeCDCTable:
 		r.cp = &cdcTable{url: url, poll: r.cfg.PollInterval, cleanEvy: r.cfg.CleanupInterval, nc: r.nc}
@@ -292,7 +292,7 @@ func (r *modeRun) open(ctx context.Context, srv *pgServer, admin *pgx.Conn, base
 		}
 		r.defers(r.fm.close)
 		r.meter.fileSize = r.fm.fileBytes
-		sink, r.cp = r.fm, r.fm
+		sinks, r.cp = r.fm.sinks(), r.fm
 	}
 	if r.mode == ModeCDCTable || r.mode == ModeCDCLog {
 		if err := createCDCStream(ctx, r.nc); err != nil {
@@ -308,7 +308,7 @@ func (r *modeRun) open(ctx context.Context, srv *pgServer, admin *pgx.Conn, base
 		}
 		r.defers(r.cp.stop)
 	}
-	if r.lg, err = openLegacy(ctx, url, r.cfg.Workload, sink, r.proto, r.cfg.FileBefore); err != nil {
+	if r.lg, err = openLegacy(ctx, url, r.cfg.Workload, sinks, r.proto, r.cfg.FileBefore); err != nil {
 		return err
 	}
 	r.defers(r.lg.close)

@@ -68,7 +68,7 @@ func (c crashChild) run(ctx context.Context) error {
 	}
 	defer w.Close()
 	fmt.Printf("OPEN in-doubt %d\n", len(w.InDoubt()))
-	l, err := openLegacy(ctx, c.URL, c.Workload, w, WriterProtocol{Order: OrderPrepared, Versions: true}, false)
+	l, err := openLegacy(ctx, c.URL, c.Workload, []changeSink{w}, WriterProtocol{Order: OrderPrepared, Versions: true}, false)
 	if err != nil {
 		return err
 	}
@@ -395,11 +395,11 @@ func xactStatus(t *testing.T, ctx context.Context, conn *pgx.Conn, txid string) 
 	return format.DecisionUnknown
 }
 
-// readFrames calls fn with every frame of the source's segments in dir, in
-// order, and its position.
-func readFrames(t *testing.T, dir string, fn func(pos format.Position, fr format.Frame)) {
+// readFrames calls fn with every frame of every source's segments in dir,
+// in order (source by source), its source and its position.
+func readFrames(t *testing.T, dir string, fn func(src string, pos format.Position, fr format.Frame)) {
 	t.Helper()
-	segs, err := format.ListSegments(dir, fileSource)
+	segs, err := format.ListSegments(dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +419,7 @@ func readFrames(t *testing.T, dir string, fn func(pos format.Position, fr format
 			if err != nil {
 				t.Fatal(err)
 			}
-			fn(format.Position{Segment: sf.Segment, Offset: rd.Offset()}, fr)
+			fn(sf.Source, format.Position{Segment: sf.Segment, Offset: rd.Offset()}, fr)
 		}
 		f.Close()
 	}
@@ -432,7 +432,7 @@ func unresolved(t *testing.T, dir string) map[format.Position]string {
 	out := map[format.Position]string{}
 	var tx format.Tx
 	var o format.Outcome
-	readFrames(t, dir, func(pos format.Position, fr format.Frame) {
+	readFrames(t, dir, func(_ string, pos format.Position, fr format.Frame) {
 		switch fr.Type {
 		case format.FrameTx:
 			if err := format.DecodeTx(fr.Payload, &tx); err != nil {
@@ -459,7 +459,7 @@ func outcomeOf(t *testing.T, dir string, pos format.Position) format.Decision {
 	t.Helper()
 	d := format.DecisionUnknown
 	var o format.Outcome
-	readFrames(t, dir, func(_ format.Position, fr format.Frame) {
+	readFrames(t, dir, func(_ string, _ format.Position, fr format.Frame) {
 		if fr.Type != format.FrameOutcome {
 			return
 		}
@@ -485,14 +485,21 @@ type filesTruth map[string]map[string]truthRow
 type truthRow struct {
 	value   []byte // nil: deleted
 	version uint64
+	source  string
 	pos     [3]int64 // segment, offset, index
+}
+
+// framePos is a frame's identity: its source and position.
+type framePos struct {
+	src string
+	pos format.Position
 }
 
 func readTruth(t *testing.T, dir string) filesTruth {
 	t.Helper()
 	truth := filesTruth{}
-	parked := map[format.Position]format.Tx{}
-	apply := func(pos format.Position, tx *format.Tx) {
+	parked := map[framePos]format.Tx{}
+	apply := func(src string, pos format.Position, tx *format.Tx) {
 		for i, c := range tx.Changes {
 			rows := truth[c.Table]
 			if rows == nil {
@@ -502,14 +509,16 @@ func readTruth(t *testing.T, dir string) filesTruth {
 			at := [3]int64{int64(pos.Segment), pos.Offset, int64(i)}
 			if cur, ok := rows[string(c.Key)]; ok {
 				newer := c.Version > cur.version
-				if c.Version == 0 || cur.version == 0 {
+				if (c.Version == 0 || cur.version == 0) && src == cur.source {
 					newer = at[0] > cur.pos[0] || at[0] == cur.pos[0] && (at[1] > cur.pos[1] || at[1] == cur.pos[1] && at[2] > cur.pos[2])
+				} else if c.Version == 0 || cur.version == 0 {
+					newer = true // another source, no versions: arrival order
 				}
 				if !newer {
 					continue
 				}
 			}
-			r := truthRow{version: c.Version, pos: at}
+			r := truthRow{version: c.Version, source: src, pos: at}
 			if c.Op != format.OpDelete {
 				r.value = bytes.Clone(c.After)
 			}
@@ -518,7 +527,7 @@ func readTruth(t *testing.T, dir string) filesTruth {
 	}
 	var tx format.Tx
 	var o format.Outcome
-	readFrames(t, dir, func(pos format.Position, fr format.Frame) {
+	readFrames(t, dir, func(src string, pos format.Position, fr format.Frame) {
 		switch fr.Type {
 		case format.FrameTx:
 			if err := format.DecodeTx(fr.Payload, &tx); err != nil {
@@ -531,22 +540,23 @@ func readTruth(t *testing.T, dir string) filesTruth {
 					ch.Key, ch.After = bytes.Clone(ch.Key), bytes.Clone(ch.After)
 					c.Changes = append(c.Changes, ch)
 				}
-				parked[pos] = c
+				parked[framePos{src, pos}] = c
 				return
 			}
-			apply(pos, &tx)
+			apply(src, pos, &tx)
 		case format.FrameOutcome:
 			if err := format.DecodeOutcome(fr.Payload, &o); err != nil {
 				t.Fatal(err)
 			}
 			for _, r := range o.Resolutions {
-				p, ok := parked[r.Prepared]
+				fp := framePos{src, r.Prepared}
+				p, ok := parked[fp]
 				if !ok {
 					continue
 				}
-				delete(parked, r.Prepared)
+				delete(parked, fp)
 				if r.Decision == format.DecisionCommitted {
-					apply(r.Prepared, &p)
+					apply(src, r.Prepared, &p)
 				}
 			}
 		}
@@ -617,8 +627,18 @@ func TestContendedRows(t *testing.T) {
 	defer cancel()
 	c := startTestCluster(t, ctx)
 	admin := connect(t, ctx, c.URL("postgres"))
-	for i, proto := range []WriterProtocol{{Order: OrderPrepared}, {Order: OrderAfterCommit}} {
-		t.Run(proto.String(), func(t *testing.T) {
+	for i, tc := range []struct {
+		proto   WriterProtocol
+		sources int
+	}{
+		{WriterProtocol{Order: OrderPrepared}, 1},
+		{WriterProtocol{Order: OrderAfterCommit}, 1},
+		// Two app servers writing the same rows: their frames meet only
+		// at the receiver, and row versions order them there.
+		{WriterProtocol{Order: OrderPrepared, Versions: true}, 2},
+	} {
+		proto := tc.proto
+		t.Run(fmt.Sprintf("%s/sources=%d", proto, tc.sources), func(t *testing.T) {
 			db := fmt.Sprintf("contended_%d", i)
 			if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
 				t.Fatal(err)
@@ -639,14 +659,20 @@ func TestContendedRows(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(m.close)
-			w, err := format.OpenWriter(m.dir, fileSource, format.WithSync(format.SyncAlways, 0))
-			if err != nil {
+			var ws []*format.Writer
+			var sinks []changeSink
+			m.sources = nil
+			for s := 0; s < tc.sources; s++ {
+				w, err := format.OpenWriter(m.dir, sourceName(s), format.WithSync(format.SyncAlways, 0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				ws, sinks, m.sources = append(ws, w), append(sinks, w), append(m.sources, sourceName(s))
+			}
+			if _, err := writeInitial(ws[0], wl, proto.Versions); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := writeInitial(w, wl, proto.Versions); err != nil {
-				t.Fatal(err)
-			}
-			l, err := openLegacy(ctx, url, wl, w, proto, false)
+			l, err := openLegacy(ctx, url, wl, sinks, proto, false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -678,8 +704,10 @@ func TestContendedRows(t *testing.T) {
 					}
 				}
 			}
-			if err := w.Close(); err != nil {
-				t.Fatal(err)
+			for _, w := range ws {
+				if err := w.Close(); err != nil {
+					t.Fatal(err)
+				}
 			}
 			fc, err := compareState(ctx, conn, readTruth(t, m.dir))
 			if err != nil {
