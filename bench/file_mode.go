@@ -131,10 +131,10 @@ type fileMode struct {
 	// One writer (and shipper) per app server, source sources[i].
 	sources []string
 	ws      []*format.Writer
-	shipNC       *nats.Conn
-	recvNC       *nats.Conn
-	shps         []*shipper.Shipper
-	rcv          *receiver.Receiver
+	shipNC  *nats.Conn
+	recvNC  *nats.Conn
+	shps    []*shipper.Shipper
+	rcv     *receiver.Receiver
 
 	runCtx context.Context // of the shipper and receiver; cancel stops them
 	cancel context.CancelFunc

@@ -51,9 +51,9 @@ type legacy struct {
 	conns   []*pgx.Conn
 	// sinks are the app servers' writers (file mode): worker i writes
 	// with sinks[i % len(sinks)].
-	sinks []changeSink
-	proto   WriterProtocol
-	before  bool // write before images to the change files
+	sinks  []changeSink
+	proto  WriterProtocol
+	before bool // write before images to the change files
 
 	// hook, set by tests only, is called at each crashPoint of every
 	// prepared transaction (n counts the worker's transactions from 1).
