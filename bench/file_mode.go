@@ -255,15 +255,17 @@ func pgResolver(url string, wait time.Duration) format.Resolver {
 // to 100 rows, so that the receiver's rows can be compared with the
 // database's.
 func (m *fileMode) setup(ctx context.Context, conn *pgx.Conn) error {
-	n, err := writeInitial(m.ws[0], m.wl, m.proto.Versions)
+	n, err := writeInitial(m.ws, m.wl, m.proto.Versions)
 	m.initial = n
 	return err
 }
 
-// writeInitial writes every stream's initial rows to w as committed insert
+// writeInitial writes every stream's initial rows as committed insert
 // transactions of up to 100 rows, with their row versions if versions, and
-// returns how many changes it wrote.
-func writeInitial(w *format.Writer, wl workload.Config, versions bool) (int64, error) {
+// returns how many changes it wrote. Stream i's rows go to ws[i % len(ws)],
+// the app server its worker writes with: a row without a version is then
+// only ever written by one source, whose order decides.
+func writeInitial(ws []*format.Writer, wl workload.Config, versions bool) (int64, error) {
 	var tx format.Tx
 	var n int64
 	for i := 0; i < wl.Streams; i++ {
@@ -284,7 +286,7 @@ func writeInitial(w *format.Writer, wl workload.Config, versions bool) (int64, e
 					}
 					tx.Changes = append(tx.Changes, fc)
 				}
-				if _, err := w.Commit(&tx); err != nil {
+				if _, err := ws[i%len(ws)].Commit(&tx); err != nil {
 					return n, fmt.Errorf("bench: writing the initial rows to the change files: %w", err)
 				}
 				n += int64(len(tx.Changes))

@@ -252,7 +252,7 @@ func TestCrashOutcomes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := writeInitial(w, wl, true); err != nil {
+			if _, err := writeInitial([]*format.Writer{w}, wl, true); err != nil {
 				t.Fatal(err)
 			}
 			if err := w.Close(); err != nil {
@@ -669,7 +669,7 @@ func TestContendedRows(t *testing.T) {
 				}
 				ws, sinks, m.sources = append(ws, w), append(sinks, w), append(m.sources, sourceName(s))
 			}
-			if _, err := writeInitial(ws[0], wl, proto.Versions); err != nil {
+			if _, err := writeInitial(ws, wl, proto.Versions); err != nil {
 				t.Fatal(err)
 			}
 			l, err := openLegacy(ctx, url, wl, sinks, proto, false)
