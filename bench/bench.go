@@ -252,10 +252,8 @@ func (c Config) validate() error {
 	return nil
 }
 
-// DefaultHotRows is the number of hot stock rows of a run. (0 while the
-// default writer protocol is after-commit, whose frames of hot rows can
-// diverge, which would fail every run now and then.)
-const DefaultHotRows = 0
+// DefaultHotRows is the number of hot stock rows of a run.
+const DefaultHotRows = 20
 
 // modeSpec is one mode of a run as it is named in the results.
 type modeSpec struct {

@@ -64,9 +64,7 @@ func (p WriterProtocol) String() string {
 }
 
 // DefaultWriterProtocols is the file mode's protocol unless configured.
-// (after-commit until the receiver applies prepared frames by their
-// outcomes.)
-const DefaultWriterProtocols = "after-commit"
+const DefaultWriterProtocols = "prepared+versions"
 
 // ParseWriterProtocols parses a comma-separated list of writer protocols.
 func ParseWriterProtocols(s string) ([]WriterProtocol, error) {
