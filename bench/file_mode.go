@@ -417,6 +417,19 @@ func (m *fileMode) settleSource(ctx context.Context, timeout time.Duration, src 
 	return nil
 }
 
+// receiverCaughtUp says whether the receiver has applied every source up to
+// what JetStream acknowledged of it.
+func (m *fileMode) receiverCaughtUp() bool {
+	pos := m.rcv.Positions()
+	for i, shp := range m.shps {
+		p := pos[m.sources[i]]
+		if (format.Position{Segment: p.Segment, Offset: p.Offset}).Less(shp.Stats().Acked) {
+			return false
+		}
+	}
+	return true
+}
+
 // receiving says whether a receiver runs.
 func (m *fileMode) receiving() bool { return m.rcvDone != nil }
 

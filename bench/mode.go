@@ -394,9 +394,10 @@ func (r *modeRun) drain(ctx context.Context) {
 		if err := r.fm.startReceiver(ctx); err != nil {
 			return time.Time{}, err
 		}
-		return time.Time{}, waitFor(ctx, r.cfg.DrainTimeout, r.name+" apply", func() (bool, error) {
-			return r.fm.appliedChanges() >= backlog, r.fm.failed()
-		})
+		// Up to the files' end, outcomes included: a change count
+		// cannot tell, as the row guard skips a change older than the
+		// row it would overwrite.
+		return time.Time{}, r.fm.settle(ctx, r.cfg.DrainTimeout)
 	})
 	if err != nil {
 		r.fail(err)
@@ -425,7 +426,7 @@ func (r *modeRun) caughtUp(ctx context.Context, what string) error {
 	return waitFor(ctx, r.cfg.DrainTimeout, r.name+" "+what, func() (bool, error) {
 		ok := r.cp.shippedChanges() >= want
 		if r.fm != nil && r.fm.receiving() {
-			ok = ok && r.fm.appliedChanges() >= want
+			ok = ok && r.fm.receiverCaughtUp()
 		}
 		return ok, r.failed()
 	})
@@ -520,9 +521,11 @@ func (r *modeRun) shipping(ctx context.Context, base *modeRun) {
 		r.fail(fmt.Errorf("bench: %s shipped %d changes, the legacy committed %d: lost or doubled", r.name, got, want))
 		return
 	}
+	// (What the receiver holds, the state check compared; it applies
+	// fewer changes than committed when it skips older ones.)
 	if r.fm != nil {
-		if got, want := r.fm.appliedChanges(), r.committed(); got != want {
-			r.fail(fmt.Errorf("bench: the receiver applied %d changes, the legacy committed %d: lost or doubled", got, want))
+		if got, want := r.fm.appliedChanges(), r.committed(); got > want {
+			r.fail(fmt.Errorf("bench: the receiver applied %d changes, the legacy committed %d: doubled", got, want))
 			return
 		}
 	}
