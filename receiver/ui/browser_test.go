@@ -68,6 +68,21 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// browser starts headless Chromium with a fresh profile; it is stopped at
+// the end of the test.
+func browser(t *testing.T, exe string) context.Context {
+	t.Helper()
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
+		chromedp.WindowSize(1280, 1000))...)
+	bctx, bcancel := chromedp.NewContext(actx)
+	// Generous: the machine may be saturated; conditions are waited on.
+	bctx, tcancel := context.WithTimeout(bctx, 3*time.Minute)
+	t.Cleanup(func() { tcancel(); bcancel(); acancel() })
+	return bctx
+}
+
 // pageState is what the test reads off the rendered page (the DOM, not the
 // API): what a person looking at it would see.
 type pageState struct {
@@ -165,16 +180,7 @@ func TestCockpitInChromium(t *testing.T) {
 	})
 
 	shots := t.TempDir()
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
-		chromedp.WindowSize(1280, 1000))...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	// Generous: the machine may be saturated; conditions are waited on.
-	bctx, tcancel := context.WithTimeout(bctx, 3*time.Minute)
-	defer tcancel()
+	bctx := browser(t, exe)
 
 	if err := chromedp.Do(bctx, chromedp.Navigate(web.URL+"/ui/"), chromedp.WaitVisible(chromedp.CSS("#gate"))); err != nil {
 		t.Fatalf("loading %s/ui/ in Chromium: %v", web.URL, err)
@@ -361,5 +367,59 @@ func TestCockpitOffAndToken(t *testing.T) {
 				t.Errorf("GET /ui/history with the token: %d, want %d", got, tc.authd)
 			}
 		})
+	}
+}
+
+// TestCockpitTokenInChromium: with an API token the page loads, asks for
+// the token (its data requests are refused without it), and with
+// /ui/#token=… shows the receiver's figures and drops the token from the
+// address bar.
+func TestCockpitTokenInChromium(t *testing.T) {
+	exe := chromium(t)
+	srv := wiretest.StartServer(t)
+	nc, js := srv.Connect(t)
+	wiretest.CreateStream(t, js, "FERRY", "ferry")
+	r, err := receiver.New(receiver.WithNATS(nc), receiver.WithDataDir(t.TempDir()), receiver.WithToken("s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	web := httptest.NewServer(r.Handler())
+	t.Cleanup(func() {
+		web.CloseClientConnections()
+		web.Close()
+		cancel()
+		<-done
+	})
+	bctx := browser(t, exe)
+	state := `JSON.stringify({login: !document.querySelector("#login").hidden, conn: document.querySelector("#conn").dataset.state,
+		stream: document.querySelector("#stream").textContent, hash: location.hash})`
+	wait := func(what, cond string) string {
+		t.Helper()
+		if err := chromedp.Do(bctx, chromedp.Poll[chromedp.Void](cond, chromedp.WithPollingTimeout(90*time.Second))); err != nil {
+			s, _ := chromedp.Run(bctx, chromedp.Evaluate[string](state))
+			t.Fatalf("the page never showed %s: %v; it shows %s", what, err, s)
+		}
+		s, err := chromedp.Run(bctx, chromedp.Evaluate[string](state))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if err := chromedp.Do(bctx, chromedp.Navigate(web.URL+"/ui/")); err != nil {
+		t.Fatal(err)
+	}
+	s := wait("the token form", `!document.querySelector("#login").hidden && document.querySelector("#conn").dataset.state === "error"`)
+	if strings.Contains(s, "FERRY") {
+		t.Fatalf("without the token the page shows data: %s", s)
+	}
+	if err := chromedp.Do(bctx, chromedp.Navigate(web.URL+"/ui/#token=s3cret"), chromedp.Reload()); err != nil {
+		t.Fatal(err)
+	}
+	s = wait("the receiver's figures", `document.querySelector("#conn").dataset.state === "live" && document.querySelector("#stream").textContent.includes("FERRY")`)
+	if strings.Contains(s, "s3cret") {
+		t.Fatalf("the token stays in the address bar: %s", s)
 	}
 }
