@@ -4,7 +4,7 @@
 // files (bench/workload), the shipper and a receiver with its HTTP API. It
 // shows live figures while the legacy writes, then waits for the receiver to
 // apply everything and verifies, key by key and change by change, that the
-// receiver holds exactly what the change files say (bench/faults/check).
+// receiver holds exactly what the change files say (bench/check).
 package demo
 
 import (
@@ -16,7 +16,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/ferrysync/ferry/bench/faults/check"
+	"github.com/ferrysync/ferry/bench/check"
 	"github.com/ferrysync/ferry/bench/workload"
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"

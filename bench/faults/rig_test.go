@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrysync/ferry/bench/check"
 	"github.com/ferrysync/ferry/bench/faults"
-	"github.com/ferrysync/ferry/bench/faults/check"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )

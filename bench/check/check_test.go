@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferrysync/ferry/bench/faults/check"
+	"github.com/ferrysync/ferry/bench/check"
 	"github.com/ferrysync/ferry/format"
 )
 

@@ -5,18 +5,20 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/ferrysync/ferry/receiver/api"
 )
 
 // HTTPReceiver reads a running receiver through its HTTP API (GET
-// /v1/tables/{table}/rows, /v1/changes, /v1/status). It implements Receiver.
+// /v1/tables/{table}/rows, /v1/changes, /v1/status), with the API's own
+// client. It implements Receiver.
 type HTTPReceiver struct {
-	base   string
-	client *http.Client
+	c   *api.Client
+	err error // a base that is not a URL, returned by every call
 	// PageSize is the limit asked for per page (default 1000).
 	PageSize int
 }
@@ -24,36 +26,18 @@ type HTTPReceiver struct {
 var _ Receiver = (*HTTPReceiver)(nil)
 
 // NewHTTPReceiver returns a client of the receiver at base
-// ("http://127.0.0.1:8080").
+// ("http://127.0.0.1:8080"). A base that is not a URL is the error of
+// every call.
 func NewHTTPReceiver(base string) *HTTPReceiver {
-	return &HTTPReceiver{base: base, client: &http.Client{Timeout: 30 * time.Second}, PageSize: 1000}
+	c, err := api.NewClient(base, "", &http.Client{Timeout: 30 * time.Second})
+	return &HTTPReceiver{c: c, err: err, PageSize: 1000}
 }
 
 func (h *HTTPReceiver) get(ctx context.Context, path string, q url.Values, out any) error {
-	u := h.base + path
-	if len(q) > 0 {
-		u += "?" + q.Encode()
+	if h.err != nil {
+		return h.err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := h.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("reading %s: %w", u, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s: %.300s", u, resp.Status, body)
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return fmt.Errorf("GET %s: decoding %.100s: %w", u, body, err)
-	}
-	return nil
+	return h.c.Get(ctx, path, q, out)
 }
 
 // apiVersion is a change's identity as the API serves it.
@@ -164,29 +148,28 @@ func (h *HTTPReceiver) ScanChanges(ctx context.Context, fn func(ChangeID) error)
 
 // Applied is how far a receiver applied one source, from GET /v1/status.
 type Applied struct {
-	State      string     `json:"state"`
-	Error      string     `json:"error"`
-	Segment    uint64     `json:"applied_segment"`
-	Offset     int64      `json:"applied_offset"`
-	Changes    uint64     `json:"changes"`
-	LastCommit *time.Time `json:"last_commit_time"`
-	TornBytes  int64      `json:"torn_bytes"`
+	State      string
+	Error      string
+	Segment    uint64
+	Offset     int64
+	Changes    uint64
+	LastCommit *time.Time
+	TornBytes  int64
 }
 
 // Status returns the receiver's applied position per source.
 func (h *HTTPReceiver) Status(ctx context.Context) (map[string]Applied, error) {
-	var st struct {
-		Sources []struct {
-			Source string `json:"source"`
-			Applied
-		} `json:"sources"`
+	if h.err != nil {
+		return nil, h.err
 	}
-	if err := h.get(ctx, "/v1/status", nil, &st); err != nil {
+	st, err := h.c.Status(ctx)
+	if err != nil {
 		return nil, err
 	}
 	out := make(map[string]Applied, len(st.Sources))
 	for _, s := range st.Sources {
-		out[s.Source] = s.Applied
+		out[s.Source] = Applied{State: s.State, Error: s.Error, Segment: s.AppliedSegment, Offset: s.AppliedOffset,
+			Changes: s.Changes, LastCommit: s.LastCommitTime, TornBytes: s.TornBytes}
 	}
 	return out, nil
 }
