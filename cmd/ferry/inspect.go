@@ -69,17 +69,18 @@ func runInspect(ctx context.Context, env *Env, args []string) error {
 		fmt.Fprint(env.Stderr, inspectUsage)
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	paths, err := parseInterspersed(fs, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return &exitError{code: 2, err: errUsageShown}
 	}
-	if fs.NArg() == 0 {
+	if len(paths) == 0 {
 		fs.Usage()
 		return &exitError{code: 2, err: errors.New("ferry inspect: no PATH given (a segment file or a directory)")}
 	}
-	groups, err := collectSegments(fs.Args())
+	groups, err := collectSegments(paths)
 	if err != nil {
 		return fmt.Errorf("ferry inspect: %w", err)
 	}
@@ -107,6 +108,26 @@ func runInspect(ctx context.Context, env *Env, args []string) error {
 		return &exitError{code: inspectExitTorn, err: fmt.Errorf("ferry inspect: %d torn tail(s), first: %s", in.torn, in.first)}
 	}
 	return nil
+}
+
+// parseInterspersed parses args with flags before, between and after the
+// positional arguments (ferry inspect DIR --verify), which flag.Parse alone
+// takes as paths; after "--" everything is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
 }
 
 // segmentRef is a segment file to inspect; named is false for a file whose

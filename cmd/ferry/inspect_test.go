@@ -60,6 +60,14 @@ func TestInspectTornTail(t *testing.T) {
 	if !strings.Contains(out, "TORN") || !strings.Contains(out, "after 9 transactions") {
 		t.Fatalf("verify report %q, want TORN after 9 transactions", out)
 	}
+	// Flags after the path mean the same (they were taken as paths).
+	if out2, _, code2 := runFerry(t, nil, "inspect", dir, "--verify"); code2 != inspectExitTorn || out2 != out {
+		t.Fatalf("inspect DIR --verify: exit %d, stdout %q; want exit %d and the report of inspect --verify DIR", code2, out2, inspectExitTorn)
+	}
+	// After "--" a path that looks like a flag is a path.
+	if _, stderr, code2 := runFerry(t, nil, "inspect", "--verify", "--", "--json"); code2 != 1 || !strings.Contains(stderr, "--json") {
+		t.Fatalf("inspect --verify -- --json: exit %d, stderr %q; want 1 naming the missing path --json", code2, stderr)
+	}
 	// The dump still shows the 9 whole transactions.
 	out, _, code = runFerry(t, nil, "inspect", "--json", dir)
 	if n := len(decodeOutput(t, out)); code != inspectExitTorn || n != 9 {
