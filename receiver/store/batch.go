@@ -52,6 +52,7 @@ type Batch struct {
 	// scratch key and source of a lookup, and the rate limit of the
 	// cross-source warning.
 	tables      map[string][]string
+	tver        map[string]tableVer // each table's highest version (tables.go)
 	keyBuf      []byte
 	srcBuf      []byte
 	crossWarned time.Time
@@ -101,7 +102,8 @@ type commitWork struct {
 	// written.
 	stale, cross, tombs, reads int
 	tablePairs                 [][2]string // (table, source) pairs written for the first time
-	now                        int64       // the commit's time (tombstones are indexed by it)
+	tverDirty                  map[string]tableVer
+	now                        int64 // the commit's time (tombstones are indexed by it)
 
 	// Parked transactions written and removed, the change of each
 	// source's parked count, and the outcome counts (parked.go).
@@ -154,7 +156,7 @@ func (s *Store) NewBatch() *Batch {
 	s.mu.Lock()
 	next := s.lastChange + 1
 	s.mu.Unlock()
-	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, tables: s.tableWriters()}
+	return &Batch{s: s, w: s.newWork(), next: next, pos: map[string]SourcePosition{}, dirty: map[string]bool{}, tables: s.tableWriters(), tver: s.tableVersions()}
 }
 
 // Position returns a source's position including what this batch applied
@@ -234,6 +236,7 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 		return 0, err
 	}
 	var table string
+	var tv tableVer
 	multi := false
 	v := Version{Source: source, Segment: seg, Offset: off}
 	w := b.w
@@ -245,8 +248,9 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 		v.Index = i
 		if i == 0 || c.Table != table {
 			table, multi = c.Table, b.tableWriter(c.Table, source)
+			tv = b.tver[table]
 		}
-		if late || multi || c.Version != 0 {
+		if (late || multi || c.Version != 0) && !b.aboveTable(tv, c.Version) {
 			w.reads++
 			b.keyBuf = appendRowKey(b.keyBuf[:0], c.Table, c.Key)
 			m, err := b.current(b.keyBuf)
@@ -270,6 +274,7 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 		kend := len(w.rowBuf)
 		w.rowBuf = appendRow(w.rowBuf, c, &v, tx.CommitTime, id)
 		w.addRow(rowOp{koff: int32(start), kend: int32(kend), vend: int32(len(w.rowBuf)), seq: int32(len(w.rows))})
+		b.noteTableVer(table, &tv, c.Version)
 		applied++
 	}
 	e.changes += applied
@@ -639,6 +644,16 @@ func (w *commitWork) prepare(s *Store) error {
 			return fmt.Errorf("store: recording a table's writer: %w", err)
 		}
 	}
+	for t, v := range w.tverDirty {
+		var flags byte
+		if v.unversioned {
+			flags = 1
+		}
+		w.val = append(binary.LittleEndian.AppendUint64(w.val[:0], v.max), flags)
+		if err := w.b.Set(tableVerKey(t), w.val, nil); err != nil {
+			return fmt.Errorf("store: recording a table's highest version: %w", err)
+		}
+	}
 	// Parks before resolutions: a transaction parked and resolved in the
 	// same commit ends up gone.
 	for _, p := range w.parks {
@@ -694,6 +709,9 @@ func (w *commitWork) apply(s *Store) error {
 	s.mu.Lock()
 	for _, p := range w.tablePairs {
 		s.tables[p[0]] = append(s.tables[p[0]], p[1])
+	}
+	for t, v := range w.tverDirty {
+		s.tver[t] = v
 	}
 	for src, d := range w.parkCount {
 		s.parked[src] += d
@@ -764,6 +782,7 @@ func (w *commitWork) reset() {
 	w.purge, w.purgeEnds = w.purge[:0], w.purgeEnds[:0]
 	w.stale, w.cross, w.tombs, w.reads = 0, 0, 0, 0
 	w.tablePairs = w.tablePairs[:0]
+	clear(w.tverDirty)
 	clear(w.parks) // drop the references to the frames
 	w.parks, w.unparks = w.parks[:0], w.unparks[:0]
 	clear(w.parkCount)
@@ -780,6 +799,7 @@ func (b *Batch) Discard() {
 	b.w.reset()
 	clear(b.pending)
 	b.tables = b.s.tableWriters() // what this batch added is gone
+	b.tver = b.s.tableVersions()
 	b.body = pendingBody{}
 	clear(b.pos)
 	clear(b.dirty)

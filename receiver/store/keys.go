@@ -13,6 +13,7 @@ import (
 //	'c' + first change id (u64 big endian)    a change log entry's index record (logfile.go)
 //	't' + written at (u64 big endian) + row key   a tombstone's index entry (tombstone.go)
 //	'w' + uvarint(len(table)) + table + source   a source has written the table (tables.go)
+//	'v' + table                     a table's highest row version (tables.go)
 //	'q' + uvarint(len(source)) + source + segment (u64 BE) + offset (u64 BE)   a parked prepared transaction (parked.go)
 //	'k' + 's'|'o' + command id      a write-back command's submitted and outcome records (commands.go)
 //
@@ -20,13 +21,14 @@ import (
 // of a table is one iterator; change ids are big endian so the log iterates
 // in apply order. The first byte of every value is a record version.
 const (
-	prefixMeta   = 'm'
-	prefixPos    = 'p'
-	prefixRow    = 'r'
-	prefixChange = 'c'
-	prefixTomb   = 't'
-	prefixPark   = 'q'
-	prefixWriter = 'w'
+	prefixMeta     = 'm'
+	prefixPos      = 'p'
+	prefixRow      = 'r'
+	prefixChange   = 'c'
+	prefixTomb     = 't'
+	prefixPark     = 'q'
+	prefixWriter   = 'w'
+	prefixTableVer = 'v'
 )
 
 var (

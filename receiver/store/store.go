@@ -214,6 +214,7 @@ type Store struct {
 	tables      map[string][]string
 	seedWriters []string
 	reads       atomic.Uint64 // row guard lookups
+	tver        map[string]tableVer
 
 	stallStart atomic.Int64 // Unix ns of the write stall under way (0: none)
 	stalled    atomic.Int64 // ns of write stalls so far
@@ -267,7 +268,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// Write stalls (a full memtable waiting for its flush) are timed: a
 	// receiver that falls behind because Pebble cannot keep up shows it.
 	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{}),
-		tombRetention: o.tombRetention, parked: map[string]int64{}, tables: map[string][]string{}}
+		tombRetention: o.tombRetention, parked: map[string]int64{}, tables: map[string][]string{}, tver: map[string]tableVer{}}
 	po.EventListener = &pebble.EventListener{
 		// A flush is what makes commits durable without a WAL: the change
 		// log they index must be on disk first (logfile.go). Pebble calls
@@ -423,6 +424,9 @@ func (s *Store) load() error {
 		return err
 	}
 	if err := s.loadTableWriters(); err != nil {
+		return err
+	}
+	if err := s.loadTableVersions(); err != nil {
 		return err
 	}
 	s.firstChange = s.lastChange + 1

@@ -100,3 +100,75 @@ func (b *Batch) tableWriter(table, source string) bool {
 	}
 	return len(srcs) > 1
 }
+
+// Table versions. Legacy row versions usually increase across a whole table
+// (a PostgreSQL sequence, SQL Server rowversion, Oracle's SCN): a change
+// whose version is above every version the table ever held is newer than
+// its row, whatever the row is, so the guard need not read it. The store
+// keeps, per table, the highest version applied and whether any change
+// without a version was applied (then the rule needs the row):
+//
+//	'v' + table  ->  | highest version u64 LE | flags u8 (bit 0: unversioned seen) |
+//
+// Only a store whose table records are complete (not seeded, above) uses
+// them: an older one may hold rows these records never saw.
+
+type tableVer struct {
+	max         uint64
+	unversioned bool
+}
+
+func tableVerKey(table string) []byte { return append([]byte{prefixTableVer}, table...) }
+
+func (s *Store) loadTableVersions() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixTableVer}, UpperBound: []byte{prefixTableVer + 1}})
+	if err != nil {
+		return fmt.Errorf("store: reading table versions: %w", err)
+	}
+	for it.First(); it.Valid(); it.Next() {
+		v := it.Value()
+		if len(v) != 9 {
+			it.Close()
+			return fmt.Errorf("store: corrupt table version record %q", it.Key())
+		}
+		s.tver[string(it.Key()[1:])] = tableVer{max: binary.LittleEndian.Uint64(v), unversioned: v[8]&1 != 0}
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("store: reading table versions: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) tableVersions() map[string]tableVer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := make(map[string]tableVer, len(s.tver))
+	for t, v := range s.tver {
+		m[t] = v
+	}
+	return m
+}
+
+// aboveTable reports whether version v is above every version table ever
+// held, with no unversioned change in it: the change is then newer than
+// its row without reading it.
+func (b *Batch) aboveTable(tv tableVer, v uint64) bool {
+	return v != 0 && len(b.s.seedWriters) == 0 && !tv.unversioned && v > tv.max
+}
+
+// noteTableVer records an applied change's version in its table's record.
+func (b *Batch) noteTableVer(table string, tv *tableVer, v uint64) {
+	switch {
+	case v == 0 && !tv.unversioned:
+		tv.unversioned = true
+	case v > tv.max:
+		tv.max = v
+	default:
+		return
+	}
+	b.tver[table] = *tv
+	if b.w.tverDirty == nil {
+		b.w.tverDirty = map[string]tableVer{}
+	}
+	b.w.tverDirty[table] = *tv
+}
