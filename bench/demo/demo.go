@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -103,6 +104,18 @@ func (c *Config) defaults() error {
 	return nil
 }
 
+// stockKey returns the key of the first stock row of the initial load:
+// the workload updates stock rows but never deletes them, so a query for it
+// finds it whenever the load was applied.
+func stockKey(ws *workload.Stream) (string, bool) {
+	for _, tr := range ws.Initial() {
+		if tr.Table.Name == "stock" && len(tr.Rows) > 0 {
+			return string(tr.Rows[0].AppendKey(nil, tr.Table)), true
+		}
+	}
+	return "", false
+}
+
 // Run runs the demo until cfg.Duration has passed or ctx ends, then verifies
 // the receiver. It returns an error if a component failed; a verification
 // that found differences is reported in Result.Report.
@@ -119,7 +132,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		root = d
 		if !cfg.Keep {
-			defer os.RemoveAll(root)
+			defer func() {
+				err := os.RemoveAll(root)
+				if err == nil {
+					fmt.Fprintf(cfg.Out, "Removed the demo's files under %s (--keep keeps them).\n", root)
+				} else {
+					fmt.Fprintf(cfg.Out, "Removing the demo's files under %s: %v\n", root, err)
+				}
+			}()
 		}
 	}
 	res.Dir = root
@@ -158,7 +178,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer stages.stop()
 
-	fmt.Fprintf(cfg.Out, "Ferry demo: files under %s\n", root)
+	where := ""
+	if cfg.Dir == "" && !cfg.Keep {
+		where = " (removed at the end; --keep keeps them)"
+	}
+	fmt.Fprintf(cfg.Out, "Ferry demo: files under %s%s\n", root, where)
 	fmt.Fprintf(cfg.Out, "  change files  %s (ferry inspect %s)\n", changes, changes)
 	fmt.Fprintf(cfg.Out, "  JetStream     %s (stream %s, store %s)\n", ns.ClientURL(), wire.DefaultStream, streamDir)
 	fmt.Fprintf(cfg.Out, "  receiver      %s (Pebble store), HTTP API on http://%s\n", dataDir, stages.httpAddr)
@@ -166,7 +190,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	fmt.Fprintf(cfg.Out, "  open http://%s/ui/   (the cockpit: gate, lag, charts, errors, rows, live feed)\n", stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "  curl -s http://%s/v1/status\n", stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/tables/orders/rows?limit=3'\n", stages.httpAddr)
-	fmt.Fprintf(cfg.Out, "  curl -s http://%s/v1/tables/customers/rows/1\n", stages.httpAddr)
+	if key, ok := stockKey(ws); ok {
+		// Stock rows are updated, never deleted: the key stays there.
+		fmt.Fprintf(cfg.Out, "  curl -s http://%s/v1/tables/stock/rows/%s\n", stages.httpAddr, url.PathEscape(key))
+	}
 	fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/changes?after=0&limit=5'\n", stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "  ferry status --dir %s --nats %s --receiver http://%s\n", changes, ns.ClientURL(), stages.httpAddr)
 	if cfg.Duration > 0 {

@@ -3,11 +3,19 @@ package demo_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ferrysync/ferry/bench/demo"
+	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/receiver/store"
 )
 
 func TestRun(t *testing.T) {
@@ -46,6 +54,20 @@ func TestRun(t *testing.T) {
 			if strings.Contains(out.String(), "\x1b[") {
 				t.Errorf("plain output holds terminal escapes")
 			}
+			// The row the output suggests to query exists at the end.
+			m := regexp.MustCompile(`/v1/tables/stock/rows/(\S+)`).FindStringSubmatch(out.String())
+			if m == nil {
+				t.Fatalf("output suggests no stock row:\n%s", out.String())
+			}
+			key, _ := url.PathUnescape(m[1])
+			st, err := store.Open(filepath.Join(c.cfg.Dir, "receiver", receiver.StoreDir))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if _, found, err := st.Get("stock", []byte(key)); err != nil || !found {
+				t.Errorf("the suggested row stock/%s is not in the receiver (found %v, %v)", key, found, err)
+			}
 		})
 	}
 }
@@ -73,5 +95,24 @@ func TestRunBadConfig(t *testing.T) {
 	}
 	if _, err := demo.Run(context.Background(), demo.Config{HTTP: "256.0.0.1:1", Dir: t.TempDir(), Duration: time.Second}); err == nil || !strings.Contains(err.Error(), "--http") {
 		t.Errorf("Run with a bad listen address = %v, want an error naming --http", err)
+	}
+}
+
+// TestRunSaysItRemovesItsFiles: without --dir and --keep the demo's files
+// are removed at the end, and it says so, up front and when it does.
+func TestRunSaysItRemovesItsFiles(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	var out bytes.Buffer
+	res, err := demo.Run(context.Background(), demo.Config{Rate: 2000, Duration: 500 * time.Millisecond, Out: &out})
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"(removed at the end; --keep keeps them)", "Removed the demo's files under " + res.Dir} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if _, err := os.Stat(res.Dir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("%s still there (%v)", res.Dir, err)
 	}
 }
