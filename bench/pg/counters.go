@@ -83,7 +83,7 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn) error {
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		return fmt.Errorf("pg: CHECKPOINT: %w", err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
 		var n int64
 		if err := conn.QueryRow(ctx, "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter").Scan(&n); err != nil {
 			return fmt.Errorf("pg: reading pg_stat_bgwriter: %w", err)
@@ -93,7 +93,7 @@ func Checkpoint(ctx context.Context, conn *pgx.Conn) error {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	return fmt.Errorf("pg: the checkpointer did not report its CHECKPOINT within 10 s")
+	return fmt.Errorf("pg: the checkpointer did not report its CHECKPOINT within 60 s")
 }
 
 // Sub returns the counters' growth from before to c.
