@@ -26,11 +26,28 @@ type Group struct {
 	sources []SourceConfig
 	opts    []Option
 	log     *slog.Logger
+	every   time.Duration // progress log interval
 
 	mu       sync.Mutex
 	shipping int               // sources started (0 while connecting)
 	failed   map[string]string // source → the error it stopped on
 	ships    []*Shipper
+}
+
+// DefaultProgressInterval is how often a Group logs, at info level, what
+// each source shipped since the last time.
+const DefaultProgressInterval = 30 * time.Second
+
+// WithProgressInterval sets how often a Group logs its progress line
+// (default DefaultProgressInterval; a Shipper alone ignores it).
+func WithProgressInterval(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: progress interval %v must be positive", ErrInvalidOption, d)
+		}
+		o.progress = d
+		return nil
+	}
 }
 
 // Stream-creation retry pacing of Group.Run.
@@ -70,7 +87,11 @@ func NewGroup(nc *nats.Conn, cfg jsclient.Config, sources []SourceConfig, opts .
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Group{nc: nc, cfg: cfg, sources: sources, opts: opts, log: log, failed: map[string]string{}}, nil
+	every := o.progress
+	if every == 0 {
+		every = DefaultProgressInterval
+	}
+	return &Group{nc: nc, cfg: cfg, sources: sources, opts: opts, log: log, every: every, failed: map[string]string{}}, nil
 }
 
 // Run ships every source until ctx ends (each Shipper then drains what is
@@ -104,7 +125,15 @@ func (g *Group) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	pctx, stopProgress := context.WithCancel(ctx)
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		g.progress(pctx, ships)
+	}()
 	wg.Wait()
+	stopProgress()
+	<-progressDone
 	if failed := g.failures(); len(failed) > 0 {
 		return fmt.Errorf("%d of %d sources stopped on errors: %s", len(failed), len(ships), strings.Join(failed, "; "))
 	}
@@ -132,6 +161,29 @@ func (g *Group) connectStream(ctx context.Context) (*jsclient.Client, error) {
 		case <-ctx.Done():
 			return nil, nil
 		case <-time.After(wait):
+		}
+	}
+}
+
+// progress logs, every g.every until ctx ends, one info line per source:
+// what it shipped since the last line and how far JetStream acknowledged
+// it, so that an operator sees a healthy shipper work.
+func (g *Group) progress(ctx context.Context, ships []*Shipper) {
+	t := time.NewTicker(g.every)
+	defer t.Stop()
+	last := make([]Stats, len(ships))
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for i, s := range ships {
+			st := s.Stats()
+			g.log.Info("shipping", "source", s.Source(), "acked", st.Acked.String(),
+				"changes", st.Changes-last[i].Changes, "bytes", st.RawBytes-last[i].RawBytes,
+				"messages", st.Batches-last[i].Batches, "interval", g.every.String())
+			last[i] = st
 		}
 	}
 }

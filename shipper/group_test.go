@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -164,4 +168,66 @@ func corrupt(t *testing.T, path string, off int64) {
 	if _, err := f.WriteAt(b, off); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestGroupLogsProgress: a shipping group logs at info level, per source,
+// what it shipped and how far it was acknowledged.
+func TestGroupLogsProgress(t *testing.T) {
+	_, nc := startServer(t, 0)
+	dir := t.TempDir()
+	w, err := format.OpenWriter(dir, "orders", format.WithSync(format.SyncNone, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTxs(t, w, 0, 20, 2, 100)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	end := endOf(t, dir, "orders")
+	var logs lockedBuffer
+	g, err := shipper.NewGroup(nc, jsclient.Config{LeaseTTL: 2 * time.Second}, []shipper.SourceConfig{{Name: "orders", Dir: dir}},
+		shipper.WithPollInterval(50*time.Millisecond), shipper.WithProgressInterval(50*time.Millisecond),
+		shipper.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	want := "msg=shipping source=orders acked=" + end.String()
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(logs.String(), want); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress line %q in:\n%s", want, logs.String())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// The lines count every change once, whichever intervals they fell in.
+	total := 0
+	for _, m := range regexp.MustCompile(`msg=shipping source=orders \S+ changes=(\d+)`).FindAllStringSubmatch(logs.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		total += n
+	}
+	if total != 40 {
+		t.Errorf("progress lines count %d changes, want the 40 shipped:\n%s", total, logs.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -35,6 +35,7 @@ type options struct {
 	maxInFlightMsgs  int
 	poll             time.Duration
 	streamCheck      time.Duration
+	progress         time.Duration // Group's progress log interval
 	log              *slog.Logger
 	metrics          *Metrics
 	checkpoint       string
