@@ -22,6 +22,9 @@ const (
 	DefaultKeepChanges = 1_000_000
 	DefaultKeepAge     = 24 * time.Hour
 	DefaultCacheSize   = 64 << 20
+	// DefaultProgressInterval is how often the receiver logs, at info
+	// level, what each source applied since the last time.
+	DefaultProgressInterval = 30 * time.Second
 	// DefaultTombstoneRetention is how long a delete's tombstone is kept
 	// (WithTombstoneRetention).
 	DefaultTombstoneRetention = store.DefaultTombstoneRetention
@@ -49,6 +52,7 @@ type options struct {
 	maxBatchBytes int
 	midChain      bool
 	maxTxBytes    int64
+	progress      time.Duration
 	noUI          bool
 	tombRetention time.Duration
 
@@ -286,4 +290,16 @@ func WithTombstoneRetention(d time.Duration) Option {
 		return nil
 	}
 
+}
+
+// WithProgressInterval sets how often the receiver logs its progress line
+// (default DefaultProgressInterval).
+func WithProgressInterval(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: progress interval %v must be positive", ErrInvalidOption, d)
+		}
+		o.progress = d
+		return nil
+	}
 }

@@ -3,8 +3,14 @@ package receiver_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -130,4 +136,45 @@ func TestCheckpointResponseIsJSON(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || filepath.Dir(got.Checkpoint) != ckdir || got.StoreDirName != receiver.StoreDir {
 		t.Fatalf("checkpoint answer %d %+v, want a checkpoint under %q", resp.StatusCode, got, ckdir)
 	}
+}
+
+// TestProgressLogged: a running receiver logs at info level, per source,
+// what it applied and where it is.
+func TestProgressLogged(t *testing.T) {
+	e := newEnv(t)
+	msgs := writeMsgs(t, "p", genTxs(10, 2, "t", "p"), 0, 4096)
+	e.publish(msgs...)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	run := e.start(t.TempDir(), receiver.WithLogger(log), receiver.WithProgressInterval(50*time.Millisecond))
+	run.waitApplied(t, "p", msgs[len(msgs)-1])
+	end := msgs[len(msgs)-1].Batch
+	want := fmt.Sprintf("msg=applying source=p state=ok applied=%d:%d", end.Segment, end.To)
+	waitFor(t, "a progress line at the end", 60*time.Second, func() bool { return strings.Contains(logs.String(), want) })
+	run.stop()
+	total := 0
+	for _, m := range regexp.MustCompile(`msg=applying source=p \S+ \S+ changes=(\d+)`).FindAllStringSubmatch(logs.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		total += n
+	}
+	if total != 20 {
+		t.Errorf("progress lines count %d changes, want the 20 applied:\n%s", total, logs.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

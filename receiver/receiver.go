@@ -70,7 +70,7 @@ const StoreDir = "store"
 // New validates the options and opens the store; Run starts the work.
 func New(opts ...Option) (*Receiver, error) {
 	o := options{stream: wire.DefaultStream, prefix: wire.DefaultSubjectPrefix, readyLag: DefaultReadyLag, keepChanges: DefaultKeepChanges,
-		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, tombRetention: DefaultTombstoneRetention, log: slog.New(slog.DiscardHandler),
+		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, progress: DefaultProgressInterval, tombRetention: DefaultTombstoneRetention, log: slog.New(slog.DiscardHandler),
 		cmdStream: command.DefaultStream, cmdPrefix: command.DefaultPrefix}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -281,10 +281,15 @@ func (r *Receiver) trimLoop(ctx context.Context) error {
 func (r *Receiver) gaugeLoop(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	progress := time.NewTicker(r.o.progress)
+	defer progress.Stop()
+	last := map[string]uint64{} // changes applied per source at the last progress line
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-progress.C:
+			r.logProgress(r.Status(), last)
 		case <-t.C:
 			st := r.Status()
 			r.setGauges(st)
@@ -292,6 +297,22 @@ func (r *Receiver) gaugeLoop(ctx context.Context) error {
 				r.hist.Record(time.Now(), st)
 			}
 		}
+	}
+}
+
+// logProgress logs one info line per source: what it applied since the
+// last line, where it is and how far behind, so that an operator sees a
+// healthy receiver work (and a stuck one say so).
+func (r *Receiver) logProgress(st Status, last map[string]uint64) {
+	for _, s := range st.Sources {
+		delta := s.Changes - last[s.Source]
+		if s.Changes < last[s.Source] {
+			delta = s.Changes
+		}
+		r.log.Info("applying", "source", s.Source, "state", s.State,
+			"applied", format.Position{Segment: s.AppliedSegment, Offset: s.AppliedOffset}.String(),
+			"changes", delta, "lag_seconds", s.LagSeconds, "pending", s.Pending, "interval", r.o.progress.String())
+		last[s.Source] = s.Changes
 	}
 }
 
