@@ -3,10 +3,15 @@
 GO ?= go
 BIN := bin/ferry
 
-.PHONY: build deps test test-faults fuzz bench lint demo clean
+.PHONY: build build-lean deps test test-faults fuzz bench lint demo clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/ferry
+
+# The legacy host's agent without demo and bench (no embedded NATS server,
+# no pgx): ~19 MB smaller and ~12 MB less RSS (README.md).
+build-lean:
+	$(GO) build -tags lean -o bin/ferry-lean ./cmd/ferry
 
 # PostgreSQL (and wal2json) are the stand-in legacy database of the bench
 # suite; headless Chromium drives the receiver's cockpit page in its test;

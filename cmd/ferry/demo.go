@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -5,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/ferrysync/ferry/bench/demo"
 )
@@ -59,14 +60,4 @@ func runDemo(ctx context.Context, env *Env, args []string) error {
 		return &exitError{code: 1, err: fmt.Errorf("ferry demo: verification failed: %w", res.Report.Err())}
 	}
 	return nil
-}
-
-// isTerminal reports whether w is a character device (a terminal).
-func isTerminal(w any) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
