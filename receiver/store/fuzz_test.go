@@ -9,8 +9,8 @@ import (
 
 // FuzzDecodeRecords feeds arbitrary bytes to every decoder of what the store
 // reads back from disk (rows, positions, cursors, change log index records
-// and entries in both forms): a damaged store must give errors, never a
-// panic.
+// and entries in all forms, with skipped changes too; the row guard's view
+// of a row; park keys): a damaged store must give errors, never a panic.
 func FuzzDecodeRecords(f *testing.F) {
 	c := format.Change{Table: "t", Op: format.OpUpsert, Key: []byte("k"), After: []byte(`{"a":1}`)}
 	f.Add(appendRow(nil, &c, &Version{Source: "s", Segment: 3, Offset: 1 << 20, Index: 2}, 1700000000000000000, 42))
@@ -33,6 +33,13 @@ func FuzzDecodeRecords(f *testing.F) {
 	}
 	f.Add(appendEntry(nil, &logEntry{changes: 2, source: "s", segment: 1, offsets: []int64{45}, hasBody: true,
 		body: body, from: 45, codec: wire.CodecZstd, rawLen: len(frame)}))
+	f.Add(appendEntry(nil, &logEntry{changes: 1, source: "s", segment: 1, offsets: []int64{45}, raw: frame,
+		skips: []skipRef{{frame: 0, index: 1}}}))
+	f.Add(appendEntry(nil, &logEntry{changes: 1, source: "s", segment: 1, offsets: []int64{45}, hasBody: true,
+		body: body, from: 45, codec: wire.CodecZstd, rawLen: len(frame), skips: []skipRef{{frame: 0, index: 0}}}))
+	del := format.Change{Table: "t", Op: format.OpDelete, Key: []byte("k"), Version: 9}
+	f.Add(appendRow(nil, &del, &Version{Source: "s", Segment: 3, Offset: 45}, 1, 43))
+	f.Add(appendParkKey(nil, "s", format.Position{Segment: 2, Offset: 45}))
 	dec, err := wire.NewDecompressor()
 	if err != nil {
 		f.Fatal(err)
@@ -40,6 +47,8 @@ func FuzzDecodeRecords(f *testing.F) {
 	defer dec.Close()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		decodeRow("t", []byte("k"), b)
+		parseRowMeta(b)
+		parkKeySource(b)
 		decodePos("s", b)
 		decodeCursor(b)
 		if x, err := decodeIndex(10, b); err == nil && x.length > maxEntryLen {
