@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/bench/faults"
-	"github.com/ferrysync/ferry/bench/faults/check"
+	"github.com/ferrysync/ferry/bench/check"
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 )
