@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferrysync/ferry/bench/faults"
 	"github.com/ferrysync/ferry/bench/check"
+	"github.com/ferrysync/ferry/bench/faults"
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 )
