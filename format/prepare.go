@@ -45,6 +45,9 @@ func (w *Writer) Prepare(tx *Tx) (*Prepared, error) {
 	tx.Prepared = prepared
 	if err == nil {
 		w.inflight[pos] = struct{}{}
+		if w.opts.sync == SyncAlways {
+			w.needSync = max(w.needSync, end)
+		}
 	}
 	w.mu.Unlock()
 	if err != nil {

@@ -204,10 +204,19 @@ type Writer struct {
 	inDoubt  map[Position]*Tx
 	outcomes []Resolution
 	sealed   []*os.File // sealed segments written whole, fsynced and closed by the next sync
+	// needSync is the end (in appended bytes) of the last frame whose
+	// caller waits for it to be durable (SyncAlways): the flusher fsyncs
+	// only when synced is behind it, so outcomes and heartbeats ride on
+	// the next fsync instead of costing one of their own.
+	needSync int64
+	// syncing lists the fsyncs in flight, oldest first. Up to
+	// maxSyncsInFlight run at once, so that a frame written while an
+	// fsync runs starts its own at once instead of waiting for it;
+	// synced advances over them in order.
+	syncing []*syncOp
 
-	ioMu   sync.Mutex // serialises writes and segment creation; taken before mu, never while holding it
-	f      *os.File   // the segment file being written; ioMu
-	syncMu sync.Mutex // serialises fsyncs; taken before ioMu and mu, never while holding them
+	ioMu sync.Mutex // serialises writes and segment creation; taken before mu, never while holding it
+	f    *os.File   // the segment file being written; ioMu
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -526,6 +535,7 @@ func (w *Writer) waitSyncedLocked(end int64) error {
 	if w.opts.sync != SyncAlways {
 		return nil
 	}
+	w.needSync = max(w.needSync, end)
 	for w.synced < end && w.err == nil {
 		w.cond.Wait()
 	}
@@ -625,9 +635,13 @@ func (w *Writer) Close() error {
 	w.mu.Unlock()
 	err := w.flush(true)
 
-	w.syncMu.Lock()
+	// Holding ioMu, no fsync can start; wait for those in flight, which
+	// need only mu to finish, before closing their files.
 	w.ioMu.Lock()
 	w.mu.Lock()
+	for len(w.syncing) > 0 {
+		w.cond.Wait()
+	}
 	sealed := w.sealed
 	w.sealed = nil
 	w.mu.Unlock()
@@ -641,25 +655,25 @@ func (w *Writer) Close() error {
 		w.f = nil
 	}
 	w.ioMu.Unlock()
-	w.syncMu.Unlock()
 	w.lock.Close()
 	return err
 }
 
 // flush writes everything committed so far to the files, then fsyncs it if
-// sync or under SyncAlways. Commits go on meanwhile: mu is held only to take
-// the bytes and to record the outcome. It returns the writer's sticky error,
-// if any.
+// sync, or under SyncAlways if a caller waits for bytes not yet durable
+// (needSync). Commits go on meanwhile: mu is held only to take the bytes
+// and to record the outcome. It returns the writer's sticky error, if any.
 func (w *Writer) flush(sync bool) error {
 	if err := w.write(); err != nil {
 		return err
 	}
-	if !sync && w.opts.sync != SyncAlways {
-		return nil
-	}
 	w.mu.Lock()
 	end := w.written
+	need := sync || (w.opts.sync == SyncAlways && w.synced < w.needSync)
 	w.mu.Unlock()
+	if !need {
+		return nil
+	}
 	return w.syncTo(end)
 }
 
@@ -738,28 +752,60 @@ func (w *Writer) writeOut(tail *sealedTail, b []byte) error {
 	return nil
 }
 
+// syncOp is one fsync in flight: it makes the bytes up to target durable.
+type syncOp struct {
+	target int64
+	done   bool
+	err    error
+}
+
+// maxSyncsInFlight bounds the fsyncs running at once. Two let a frame
+// written during an fsync start its own without waiting for the first to
+// end (the second includes every byte the first does not); more would only
+// queue in the filesystem.
+const maxSyncsInFlight = 2
+
 // syncTo fsyncs until everything written up to end (in appended bytes) is
-// durable: sealed segments first (then closed), then the current one. One
-// call covers every write that finished before it started, so concurrent
-// callers share fsyncs; writes go on meanwhile.
+// durable: sealed segments first (then closed), then the current one. A
+// caller whose bytes an fsync in flight already covers waits for it, so
+// concurrent callers share fsyncs; writes go on meanwhile. synced advances
+// only over fsyncs that ended in order: a later fsync that ends first does
+// not vouch for the sealed files an earlier one is still syncing.
 func (w *Writer) syncTo(end int64) error {
-	w.syncMu.Lock()
-	defer w.syncMu.Unlock()
 	w.mu.Lock()
-	if w.err != nil || w.synced >= end {
-		err := w.err
-		w.mu.Unlock()
-		return err
+	for {
+		if w.err != nil {
+			err := w.err
+			w.mu.Unlock()
+			return err
+		}
+		if w.synced >= end {
+			w.mu.Unlock()
+			return nil
+		}
+		if !w.syncCoversLocked(end) && len(w.syncing) < maxSyncsInFlight {
+			break
+		}
+		w.cond.Wait()
 	}
 	w.mu.Unlock()
 	// No write runs while ioMu is held, so target counts exactly the bytes
 	// in the sealed files and f.
 	w.ioMu.Lock()
 	w.mu.Lock()
-	target, sealed, f := w.written, w.sealed, w.f
+	if w.err != nil || w.synced >= end || w.syncCoversLocked(end) || len(w.syncing) >= maxSyncsInFlight {
+		// Another caller started a covering fsync meanwhile: wait for it.
+		w.mu.Unlock()
+		w.ioMu.Unlock()
+		return w.syncTo(end)
+	}
+	op := &syncOp{target: w.written}
+	sealed, f := w.sealed, w.f
 	w.sealed = nil
+	w.syncing = append(w.syncing, op)
 	w.mu.Unlock()
 	w.ioMu.Unlock()
+
 	var err error
 	for _, s := range sealed {
 		if err == nil {
@@ -776,15 +822,39 @@ func (w *Writer) syncTo(end int64) error {
 			err = fmt.Errorf("format: syncing segment %s: %w", f.Name(), serr)
 		}
 	}
+
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err != nil {
-		return w.setErr(err)
+	op.done, op.err = true, err
+	for len(w.syncing) > 0 && w.syncing[0].done {
+		o := w.syncing[0]
+		w.syncing = w.syncing[1:]
+		if o.err != nil {
+			w.setErr(o.err)
+			continue
+		}
+		w.synced = max(w.synced, o.target)
+		w.lastSync = w.opts.now()
 	}
-	w.synced = max(w.synced, target)
-	w.lastSync = w.opts.now()
 	w.cond.Broadcast()
+	for w.synced < end && w.err == nil {
+		w.cond.Wait() // an earlier fsync is still running
+	}
+	if w.synced < end {
+		return w.err
+	}
 	return nil
+}
+
+// syncCoversLocked reports whether an fsync in flight makes end durable.
+// mu is held.
+func (w *Writer) syncCoversLocked(end int64) bool {
+	for _, op := range w.syncing {
+		if op.target >= end {
+			return true
+		}
+	}
+	return false
 }
 
 // segOf names the segment being written for errors.
