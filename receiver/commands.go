@@ -2,7 +2,6 @@ package receiver
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -18,14 +17,14 @@ import (
 func WithCommands(origin string, tables map[string]string) Option {
 	return func(o *options) error {
 		if !format.ValidSource(origin) {
-			return fmt.Errorf("receiver: origin %q: want 1-%d of [A-Za-z0-9_-] (the service's name)", origin, format.MaxSourceLen)
+			return fmt.Errorf("%w: origin %q: want 1-%d of [A-Za-z0-9_-] (the service's name)", ErrInvalidOption, origin, format.MaxSourceLen)
 		}
 		if len(tables) == 0 {
-			return errors.New("receiver: write-back needs at least one table=source (--command-table)")
+			return fmt.Errorf("%w: write-back needs at least one table=source (--command-table)", ErrInvalidOption)
 		}
 		for t, s := range tables {
 			if t == "" || !format.ValidSource(s) {
-				return fmt.Errorf("receiver: command table %q=%q: want TABLE=SOURCE with a valid source name", t, s)
+				return fmt.Errorf("%w: command table %q=%q: want TABLE=SOURCE with a valid source name", ErrInvalidOption, t, s)
 			}
 		}
 		o.origin, o.cmdTables = origin, tables
@@ -38,7 +37,7 @@ func WithCommands(origin string, tables map[string]string) Option {
 func WithCommandStream(stream, prefix string) Option {
 	return func(o *options) error {
 		if stream == "" || prefix == "" {
-			return errors.New("receiver: empty commands stream or prefix")
+			return fmt.Errorf("%w: empty commands stream or prefix", ErrInvalidOption)
 		}
 		o.cmdStream, o.cmdPrefix = stream, prefix
 		return nil
@@ -49,7 +48,7 @@ func WithCommandStream(stream, prefix string) Option {
 func WithMaxCommandImage(n int) Option {
 	return func(o *options) error {
 		if n < 1 || n > command.MaxImage {
-			return fmt.Errorf("receiver: command image bound %d outside 1..%d", n, command.MaxImage)
+			return fmt.Errorf("%w: command image bound %d outside 1..%d", ErrInvalidOption, n, command.MaxImage)
 		}
 		o.cmdMaxImage = n
 		return nil
@@ -63,7 +62,7 @@ func WithExcludeOrigins(origins ...string) Option {
 	return func(o *options) error {
 		for _, s := range origins {
 			if !format.ValidSource(s) {
-				return fmt.Errorf("receiver: origin %q: want 1-%d of [A-Za-z0-9_-]", s, format.MaxSourceLen)
+				return fmt.Errorf("%w: origin %q: want 1-%d of [A-Za-z0-9_-]", ErrInvalidOption, s, format.MaxSourceLen)
 			}
 		}
 		o.excludeOrigins = append(o.excludeOrigins, origins...)

@@ -284,12 +284,11 @@ func WithUI(on bool) Option {
 func WithTombstoneRetention(d time.Duration) Option {
 	return func(o *options) error {
 		if d <= 0 {
-			return fmt.Errorf("receiver: tombstone retention %v must be positive", d)
+			return fmt.Errorf("%w: tombstone retention %v must be positive", ErrInvalidOption, d)
 		}
 		o.tombRetention = d
 		return nil
 	}
-
 }
 
 // WithProgressInterval sets how often the receiver logs its progress line

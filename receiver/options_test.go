@@ -39,6 +39,15 @@ func TestOptionsInvalid(t *testing.T) {
 		"EmptyListen":    receiver.WithListen(""),
 		"EmptyCkptDir":   receiver.WithCheckpointDir(""),
 		"TinyBatchBytes": receiver.WithMaxBatchBytes(1),
+		"TinyMaxTx":      receiver.WithMaxTxBytes(1),
+		"ZeroTombstones": receiver.WithTombstoneRetention(0),
+		"ZeroProgress":   receiver.WithProgressInterval(0),
+		"BadOrigin":      receiver.WithCommands("a.b", map[string]string{"t": "s"}),
+		"NoCmdTables":    receiver.WithCommands("svc", nil),
+		"BadCmdTable":    receiver.WithCommands("svc", map[string]string{"t": "a.b"}),
+		"EmptyCmdStream": receiver.WithCommandStream("", "p"),
+		"ZeroCmdImage":   receiver.WithMaxCommandImage(0),
+		"BadExclude":     receiver.WithExcludeOrigins("a b"),
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := receiver.New(opt); !errors.Is(err, receiver.ErrInvalidOption) {
