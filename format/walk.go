@@ -124,7 +124,12 @@ func (w *Walker) CheckPrefix(t FrameType, prefix []byte, payloadLen int) (FrameI
 	return info, nil
 }
 
-// Sealed returns the seal once Check has accepted it.
+// SetSealed tells the Walker that the segment's seal was checked before it
+// (a receiver resuming at a sealed position): every frame it is then asked
+// to check is corruption.
+func (w *Walker) SetSealed(s Seal) { w.seal = &s }
+
+// Sealed returns the seal once Check has accepted it (or SetSealed set it).
 func (w *Walker) Sealed() (Seal, bool) {
 	if w.seal == nil {
 		return Seal{}, false

@@ -226,7 +226,7 @@ func (a *Applier) Handle(m Message) error {
 	st := a.source(b.Source)
 	a.mu.Lock()
 	st.lastSeq = m.StreamSeq
-	if end := (format.Position{Segment: b.Segment, Offset: b.To}); st.shipped.Less(end) {
+	if end := b.End(); st.shipped.Less(end) { // a split frame counts with its last part
 		st.shipped = end
 	}
 	if b.Torn > 0 && b.Segment > st.tornSeg {
@@ -420,15 +420,17 @@ func txCost(frameLen, changes int) int64 { return int64(frameLen) + int64(change
 // source after the valid frames before it. A transaction that alone costs
 // more than maxTx stops its source (KindLimit).
 func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw, body []byte) error {
-	newSeg := b.Segment != pos.Segment
-	sealedAt := int64(-1) // offset of a seal frame already in the range
-	if !newSeg && pos.Sealed {
-		sealedAt = pos.Offset
+	// The frame rules (types, the seal naming the next segment, nothing
+	// after a seal) are format.Walker's; the receiver sees no segment
+	// header, so it checks by this package's format version.
+	walk := format.NewWalker(b.Segment, 0, false)
+	if b.Segment == pos.Segment && pos.Sealed {
+		walk.SetSealed(format.Seal{Next: b.Segment + 1})
 	}
 	c := a.count(b.Source)
 	applied := false
 	for i, chunk := 0, 0; i < len(raw); chunk++ {
-		next, ntx, nframes, nchanges, ok := a.decodeChunk(seq, b, st, pos, raw, i, &sealedAt)
+		next, ntx, nframes, nchanges, ok := a.decodeChunk(seq, b, st, pos, raw, i, walk)
 		if !ok {
 			break // stopped
 		}
@@ -558,7 +560,7 @@ const (
 // decodeChunkCost (at least one frame). It returns where it stopped, the
 // transactions it decoded and the frames and changes it passed (skipped
 // frames included), or ok false if it stopped the source.
-func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw []byte, i int, sealedAt *int64) (next, ntx, nframes, nchanges int, ok bool) {
+func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw []byte, i int, walk *format.Walker) (next, ntx, nframes, nchanges int, ok bool) {
 	a.frames = a.frames[:0]
 	a.rejs = a.rejs[:0]
 	newSeg := b.Segment != pos.Segment
@@ -580,9 +582,16 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 			nframes++
 			continue // applied before: skip this frame
 		}
-		if *sealedAt >= 0 {
-			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
-				Err: fmt.Errorf("%w: frame at %d after the segment's seal", ErrCorrupt, off)})
+		if f.Type == format.FrameOutcome && int64(n)*8 > a.maxTx {
+			// A resolution takes 3 bytes or more and ~24 decoded: refused
+			// before anything decodes it.
+			a.stop(b.Source, st, &SourceError{Kind: KindLimit, Segment: b.Segment, Offset: off, StreamSeq: seq,
+				Err: fmt.Errorf("%w: an outcome frame of %d bytes would hold ~%d MiB decoded, over the receiver's limit of %d MiB (--max-tx-mb)", ErrLimit, n, (int64(n)*8)>>20, a.maxTx>>20)})
+			return
+		}
+		info, err := walk.CheckPrefix(f.Type, f.Payload, len(f.Payload))
+		if err != nil {
+			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
 			return
 		}
 		if !newSeg && off < pos.Offset {
@@ -590,28 +599,22 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 				Err: fmt.Errorf("%w: frame [%d, %d) straddles the applied position %d: frame boundaries disagree", ErrCorrupt, off, end, pos.Offset)})
 			return
 		}
-		ref := frameRef{raw: raw[i : i+n], typ: f.Type, off: off, end: end}
+		ref := frameRef{raw: raw[i : i+n], typ: f.Type, off: off, end: end, t: info.Time}
 		switch {
 		case f.Type == format.FrameTx:
-			k, err := format.TxChangeCount(f.Payload, len(f.Payload))
-			if err == nil {
-				tc := txCost(n, k)
-				if tc > a.maxTx {
-					a.stop(b.Source, st, limitError(b, off, seq, n, k, a.maxTx))
-					return
-				}
-				if cost+tc > decodeChunkCost && len(a.frames) > 0 {
-					return i, ntx, nframes, nchanges, true // the next chunk starts here
-				}
-				cost += tc
+			tc := txCost(n, info.Changes)
+			if tc > a.maxTx {
+				a.stop(b.Source, st, limitError(b, off, seq, n, info.Changes, a.maxTx))
+				return
 			}
+			if cost+tc > decodeChunkCost && len(a.frames) > 0 {
+				return i, ntx, nframes, nchanges, true // the next chunk starts here
+			}
+			cost += tc
 			if ntx == len(a.txs) {
 				a.txs = append(a.txs, format.Tx{})
 			}
-			if err == nil {
-				err = format.DecodeTx(f.Payload, &a.txs[ntx])
-			}
-			if err != nil {
+			if err := format.DecodeTx(f.Payload, &a.txs[ntx]); err != nil {
 				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
 				return
 			}
@@ -619,12 +622,6 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 			ntx++
 			nchanges += len(a.txs[ref.tx].Changes)
 		case f.Type == format.FrameOutcome:
-			// A resolution takes 3 bytes or more and ~24 decoded.
-			if oc := int64(n) * 8; oc > a.maxTx {
-				a.stop(b.Source, st, &SourceError{Kind: KindLimit, Segment: b.Segment, Offset: off, StreamSeq: seq,
-					Err: fmt.Errorf("%w: an outcome frame of %d bytes would hold ~%d MiB decoded, over the receiver's limit of %d MiB (--max-tx-mb)", ErrLimit, n, oc>>20, a.maxTx>>20)})
-				return
-			}
 			if nout == len(a.outs) {
 				a.outs = append(a.outs, format.Outcome{})
 			}
@@ -634,26 +631,6 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 			}
 			ref.tx, ref.t = nout, a.outs[nout].Time
 			nout++
-		case f.Type == format.FrameHeartbeat:
-			t, err := format.DecodeHeartbeat(f.Payload)
-			if err != nil {
-				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
-				return
-			}
-			ref.t = t
-		case f.Type == format.FrameSeal:
-			s, err := format.DecodeSeal(f.Payload)
-			if err != nil {
-				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
-				return
-			}
-			if s.Next != b.Segment+1 {
-				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
-					Err: fmt.Errorf("%w: seal names segment %d next, want %d", ErrCorrupt, s.Next, b.Segment+1)})
-				return
-			}
-			ref.t = s.Time
-			*sealedAt = off
 		case f.Type == format.FrameRejection:
 			r, err := format.DecodeRejection(f.Payload)
 			if err != nil {
@@ -662,12 +639,8 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 			}
 			ref.tx = len(a.rejs)
 			a.rejs = append(a.rejs, r)
-		case f.Type.Skippable():
-		default:
-			a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq,
-				Err: fmt.Errorf("%w: unknown frame type %d", ErrCorrupt, f.Type)})
-			return
 		}
+		walk.Add(info)
 		i += n
 		nframes++
 		a.frames = append(a.frames, ref)

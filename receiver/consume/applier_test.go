@@ -482,6 +482,14 @@ func TestHeartbeatsAndSeals(t *testing.T) {
 		{"SealNamesWrongNext", func() []wiretest.Msg {
 			return []wiretest.Msg{synth(t, "x", 1, hdr, 0, raws[0], seal(5))}
 		}},
+		// The frame rules are format.Walker's: a type neither of the
+		// format nor optional (>= 128) is corruption.
+		{"UnknownFrameType", func() []wiretest.Msg {
+			return []wiretest.Msg{synth(t, "x", 1, hdr, 0, raws[0], format.AppendFrame(nil, format.FrameType(60), []byte("?")), raws[1])}
+		}},
+		{"ShortSealPayload", func() []wiretest.Msg {
+			return []wiretest.Msg{synth(t, "x", 1, hdr, 0, raws[0], format.AppendFrame(nil, format.FrameSeal, []byte("short")), raws[1])}
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

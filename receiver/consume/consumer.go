@@ -24,7 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/nats-io/nats.go/jetstream"
@@ -434,7 +433,7 @@ func (c *Consumer) pollTails(ctx context.Context, stream jetstream.Stream, next 
 			cancel()
 			continue // no message for it (yet), or a hiccup: keep the last value
 		}
-		end := format.Position{Segment: b.Segment, Offset: b.To}
+		end := b.End() // a split frame is in the stream once its last part is
 		// Behind: the first message after the applied one says how old
 		// the oldest unapplied change is.
 		var nextSeq uint64
