@@ -287,18 +287,30 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Checksum returns the CRC32C (Castagnoli) of b, as the format uses it.
 func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
+// ReservedSource is the one name no source may take: subjects
+// "<prefix>.load.<table>" of the change stream carry initial loads (SPEC.md,
+// "Initial load"), so a source called "load" would share their subjects.
+const ReservedSource = "load"
+
 // ValidSource reports whether s may name a source: 1 to MaxSourceLen bytes of
 // ASCII letters, digits, '_' and '-', so that it is also one NATS subject
-// token and a portable file name prefix.
-func ValidSource(s string) bool {
-	if len(s) == 0 || len(s) > MaxSourceLen {
-		return false
+// token and a portable file name prefix, and not ReservedSource. CheckSource
+// says why a name is refused.
+func ValidSource(s string) bool { return CheckSource(s) == nil }
+
+// CheckSource returns nil if s may name a source, else an error (wrapping
+// ErrInvalid) that says what is wrong with it and what a name must be.
+func CheckSource(s string) error {
+	if s == ReservedSource {
+		return fmt.Errorf("%w: source name %q is reserved: subjects <prefix>.%s.<table> carry initial loads (choose another name)", ErrInvalid, s, ReservedSource)
 	}
-	for i := 0; i < len(s); i++ {
+	ok := len(s) > 0 && len(s) <= MaxSourceLen
+	for i := 0; ok && i < len(s); i++ {
 		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
+		ok = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-'
 	}
-	return true
+	if !ok {
+		return fmt.Errorf("%w: source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalid, s, MaxSourceLen)
+	}
+	return nil
 }

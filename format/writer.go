@@ -250,8 +250,8 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 			return nil, err
 		}
 	}
-	if !ValidSource(source) {
-		return nil, fmt.Errorf("%w: source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalid, source, MaxSourceLen)
+	if err := CheckSource(source); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("format: creating segment directory: %w", err)

@@ -54,8 +54,8 @@ func ParseSources(v any) ([]SourceConfig, error) {
 				return nil, fmt.Errorf("shipper: config sources[%d]: unknown key %q (want name and dir)", i, k)
 			}
 		}
-		if !format.ValidSource(sc.Name) {
-			return nil, fmt.Errorf("shipper: config sources[%d].name %q: want 1-%d of [A-Za-z0-9_-]", i, sc.Name, format.MaxSourceLen)
+		if err := format.CheckSource(sc.Name); err != nil {
+			return nil, fmt.Errorf("shipper: config sources[%d].name: %w", i, err)
 		}
 		if sc.Dir == "" {
 			return nil, fmt.Errorf("shipper: config sources[%d] (%s): dir is missing", i, sc.Name)
@@ -73,8 +73,8 @@ func ParseSources(v any) ([]SourceConfig, error) {
 // one. A directory that does not exist is refused rather than created: a
 // mistyped directory would otherwise ship nothing, silently, forever.
 func checkSource(dir, source string) error {
-	if !format.ValidSource(source) {
-		return fmt.Errorf("%w: source name %q (want 1-%d of [A-Za-z0-9_-])", ErrInvalidOption, source, format.MaxSourceLen)
+	if err := format.CheckSource(source); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidOption, err)
 	}
 	fi, err := os.Stat(dir)
 	switch {

@@ -78,8 +78,8 @@ func runWrite(ctx context.Context, env *Env, args []string) error {
 		return usageErr("unexpected argument %q: changes are read from stdin", fs.Arg(0))
 	case f.dir == "":
 		return usageErr("--dir is required")
-	case !format.ValidSource(f.source):
-		return usageErr("--source %q: want 1-%d of [A-Za-z0-9_-]", f.source, format.MaxSourceLen)
+	case format.CheckSource(f.source) != nil:
+		return usageErr("--source: %v", format.CheckSource(f.source))
 	}
 	policy, err := format.ParseSyncPolicy(f.sync)
 	if err != nil {

@@ -387,37 +387,45 @@ func NewDecompressor() (*Decompressor, error) {
 // Decompress appends the raw bytes of body, described by b, to dst[:0] and
 // returns them. The result must be exactly b.RawLen bytes.
 func (d *Decompressor) Decompress(dst, body []byte, b *Batch) ([]byte, error) {
-	if b.RawLen > MaxRawLen {
-		return nil, fmt.Errorf("%w: raw length %d over limit", ErrBody, b.RawLen)
+	return d.Inflate(dst, body, b.Codec, b.RawLen, b.MsgID())
+}
+
+// Inflate is Decompress for any message body compressed like a batch (the
+// initial load's messages are, package format/load): it decodes body with
+// codec into dst[:0], refusing to produce anything but exactly rawLen bytes
+// (at most MaxRawLen). what names the message in errors.
+func (d *Decompressor) Inflate(dst, body []byte, codec Codec, rawLen int, what string) ([]byte, error) {
+	if rawLen > MaxRawLen || rawLen < 0 {
+		return nil, fmt.Errorf("%w: %s: raw length %d over limit %d", ErrBody, what, rawLen, MaxRawLen)
 	}
-	if cap(dst) < b.RawLen {
-		dst = make([]byte, 0, b.RawLen)
+	if cap(dst) < rawLen {
+		dst = make([]byte, 0, rawLen)
 	}
-	dst = dst[:0:b.RawLen]
+	dst = dst[:0:rawLen]
 	var out []byte
 	var err error
-	switch b.Codec {
+	switch codec {
 	case CodecNone:
-		if len(body) != b.RawLen {
-			return nil, fmt.Errorf("%w: %s: body of %d bytes, headers say %d", ErrBody, b.MsgID(), len(body), b.RawLen)
+		if len(body) != rawLen {
+			return nil, fmt.Errorf("%w: %s: body of %d bytes, headers say %d", ErrBody, what, len(body), rawLen)
 		}
 		out = append(dst, body...)
 	case CodecZstd:
 		out, err = d.zdec.DecodeAll(body, dst)
 	case CodecS2:
 		n, lerr := s2.DecodedLen(body)
-		if lerr != nil || n != b.RawLen {
-			return nil, fmt.Errorf("%w: %s: s2 body decodes to %d bytes, headers say %d (%v)", ErrBody, b.MsgID(), n, b.RawLen, lerr)
+		if lerr != nil || n != rawLen {
+			return nil, fmt.Errorf("%w: %s: s2 body decodes to %d bytes, headers say %d (%v)", ErrBody, what, n, rawLen, lerr)
 		}
-		out, err = s2.Decode(dst[:b.RawLen], body)
+		out, err = s2.Decode(dst[:rawLen], body)
 	default:
-		return nil, fmt.Errorf("%w: unknown codec %d", ErrBody, b.Codec)
+		return nil, fmt.Errorf("%w: %s: unknown codec %d", ErrBody, what, codec)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrBody, b.MsgID(), err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrBody, what, err)
 	}
-	if len(out) != b.RawLen {
-		return nil, fmt.Errorf("%w: %s: body decodes to %d bytes, headers say %d", ErrBody, b.MsgID(), len(out), b.RawLen)
+	if len(out) != rawLen {
+		return nil, fmt.Errorf("%w: %s: body decodes to %d bytes, headers say %d", ErrBody, what, len(out), rawLen)
 	}
 	return out, nil
 }
