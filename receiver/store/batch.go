@@ -68,6 +68,15 @@ type Batch struct {
 	flyingGen uint64
 	parkTx    format.Tx
 
+	// Loads (loads.go): the stream seq of the message being applied, the
+	// load states this batch changed, and the bulk path's scratch.
+	seq       uint64
+	loads     map[string]LoadState
+	loadDirty bool
+	bulkBuf   []byte
+	bulkRows  []rowOp
+	bulkTmp   []rowOp
+
 	// OnCommit, if set, is called (on the commit goroutine) with the time
 	// each commit took.
 	OnCommit func(time.Duration)
@@ -125,6 +134,12 @@ type commitWork struct {
 	cursor    StreamCursor
 	cursorOK  bool
 	key, val  []byte
+
+	// Loads (loads.go): which messages the change ids came from, the load
+	// states to write, the load rows applied.
+	marks    []idSeq
+	loads    map[string]LoadState
+	loadRows int
 
 	// Write-back command outcomes (commands.go), and their ids.
 	cmds []cmdRecord
@@ -267,8 +282,7 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 				b.warnCross(c, source, &m)
 			}
 		}
-		id := b.next
-		b.next++
+		id := b.takeID()
 		start := len(w.rowBuf)
 		w.rowBuf = appendRowKey(w.rowBuf, c.Table, c.Key)
 		kend := len(w.rowBuf)
@@ -415,7 +429,9 @@ func (b *Batch) Size() int {
 }
 
 // Empty reports whether the batch holds nothing to commit.
-func (b *Batch) Empty() bool { return len(b.dirty) == 0 && !b.cursorOK && len(b.w.cmds) == 0 }
+func (b *Batch) Empty() bool {
+	return len(b.dirty) == 0 && !b.cursorOK && len(b.w.cmds) == 0 && len(b.w.loads) == 0
+}
 
 // writeRows writes the buffered row writes to the Pebble batch sorted by
 // key, the last write of each key only.
@@ -633,6 +649,12 @@ func (w *commitWork) prepare(s *Store) error {
 	if err := w.writeCommands(); err != nil {
 		return err
 	}
+	if err := w.writeMarks(); err != nil {
+		return err
+	}
+	if err := w.writeLoads(); err != nil {
+		return err
+	}
 	for i, start := 0, 0; i < len(w.purgeEnds); i++ {
 		if err := w.b.Delete(w.purge[start:w.purgeEnds[i]], nil); err != nil {
 			return fmt.Errorf("store: purging a tombstone: %w", err)
@@ -719,6 +741,9 @@ func (w *commitWork) apply(s *Store) error {
 	for i := range w.positions {
 		s.positions[w.positions[i].Source] = w.positions[i]
 	}
+	for id, st := range w.loads {
+		s.loads[id] = st
+	}
 	if w.changes > 0 {
 		if s.firstChange > s.lastChange {
 			s.firstChange = s.lastChange + 1
@@ -790,6 +815,9 @@ func (w *commitWork) reset() {
 	w.entries, w.entryOK = w.entries[:0], false
 	w.cmds = w.cmds[:0]
 	clear(w.seen)
+	w.marks = w.marks[:0]
+	clear(w.loads)
+	w.loadRows = 0
 	w.b.Reset()
 }
 
@@ -798,6 +826,7 @@ func (b *Batch) Discard() {
 	b.Wait()
 	b.w.reset()
 	clear(b.pending)
+	clear(b.loads)
 	b.tables = b.s.tableWriters() // what this batch added is gone
 	b.tver = b.s.tableVersions()
 	b.body = pendingBody{}

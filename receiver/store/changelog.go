@@ -199,6 +199,7 @@ func decodeEntry(dec *wire.Decompressor, first uint64, b []byte, after uint64, l
 		return out, fmt.Errorf("store: change log entry %d: %w", first, err)
 	}
 	id := first
+	load, _ := LoadOf(e.source)
 	var tx format.Tx
 	pos := 0
 	skips := e.skips
@@ -247,7 +248,7 @@ func decodeEntry(dec *wire.Decompressor, first uint64, b []byte, after uint64, l
 				c := &tx.Changes[i]
 				ch := Change{ID: id, Table: c.Table, Key: c.Key, Op: c.Op, Content: c.Content, After: c.After, Before: c.Before,
 					Version: Version{Source: e.source, Segment: e.segment, Offset: off, Index: i}, RowVersion: c.Version, CommitTime: tx.CommitTime,
-					AppliedAt: e.applied, TxID: tx.ID, Origin: tx.Origin, Command: tx.Command}
+					AppliedAt: e.applied, TxID: tx.ID, Origin: tx.Origin, Command: tx.Command, Load: load}
 				out = append(out, ch)
 			}
 			id++

@@ -92,6 +92,11 @@ func judge(c *format.Change, v *Version, m *rowMeta) verdict {
 		}
 		return skipStale
 	}
+	if isLoadSource(m.source) {
+		// A load row is the state of a snapshot taken before the change
+		// was confirmed (the stream applies in order): the change is newer.
+		return applyChange
+	}
 	if string(m.source) == v.Source {
 		if v.Segment != m.seg {
 			return pick(v.Segment > m.seg)

@@ -276,6 +276,9 @@ func (s *Store) Trim(keep uint64, maxAge time.Duration, floor uint64) (uint64, e
 	if err := s.db.DeleteRange(appendChangeKey(nil, first), appendChangeKey(nil, cut), s.wo); err != nil {
 		return 0, fmt.Errorf("store: trimming changes [%d, %d): %w", first, cut, err)
 	}
+	if err := s.trimMarks(cut); err != nil {
+		return 0, err
+	}
 	s.committed()
 	// Files that hold only trimmed entries go once the trim of their
 	// index is durable: before, a crash could bring back index records

@@ -57,6 +57,10 @@ type Change struct {
 	Origin     string
 	// Command is the write-back command the transaction carried out, if any.
 	Command string
+	// Load is the id of the initial load the row came from ("" for a
+	// change from a source's files); Version.Source is then "load:<id>",
+	// Version.Segment the chunk and Version.Offset the part.
+	Load string
 }
 
 // SourcePosition is how far a source has been applied.

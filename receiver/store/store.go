@@ -67,6 +67,7 @@ type options struct {
 	fs           vfs.FS
 	log          *slog.Logger
 	discard      bool
+	noBulk       bool
 
 	tombRetention time.Duration
 }
@@ -195,6 +196,13 @@ type Store struct {
 	closeOnce sync.Once
 
 	tombRetention time.Duration
+	// Loads (loads.go): their states, under mu; whether chunks may be
+	// ingested as sstables (ingest.go), Pebble's options for writing them
+	// and the number of the last temporary table.
+	loads     map[string]LoadState
+	bulkLoad  bool
+	po        *pebble.Options
+	ingestSeq uint64
 	// Row guard counters (GuardStats), since open but for tombstones
 	// (counted from the index at open).
 	stale, cross atomic.Uint64
@@ -268,7 +276,8 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// Write stalls (a full memtable waiting for its flush) are timed: a
 	// receiver that falls behind because Pebble cannot keep up shows it.
 	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{}),
-		tombRetention: o.tombRetention, parked: map[string]int64{}, tables: map[string][]string{}, tver: map[string]tableVer{}}
+		tombRetention: o.tombRetention, parked: map[string]int64{}, tables: map[string][]string{}, tver: map[string]tableVer{},
+		loads: map[string]LoadState{}, bulkLoad: !o.noBulk, po: po}
 	po.EventListener = &pebble.EventListener{
 		// A flush is what makes commits durable without a WAL: the change
 		// log they index must be on disk first (logfile.go). Pebble calls
@@ -427,6 +436,12 @@ func (s *Store) load() error {
 		return err
 	}
 	if err := s.loadTableVersions(); err != nil {
+		return err
+	}
+	if err := s.loadLoads(); err != nil {
+		return err
+	}
+	if err := s.removeIngestLeftovers(); err != nil {
 		return err
 	}
 	s.firstChange = s.lastChange + 1
