@@ -39,6 +39,7 @@ const (
 	noVersions  benchVersions = iota
 	seqVersions               // increasing across the table (a sequence, rowversion, an SCN)
 	rowCounters               // a counter per row (an optimistic-lock column)
+	prepared                  // seqVersions, each transaction prepared then committed (the default protocol)
 )
 
 // BenchTxs returns n transactions of per ~200-byte changes.
@@ -81,7 +82,7 @@ func loadBench(b *testing.B, versioned benchVersions) benchData {
 			for j := range txs[i].Changes {
 				c := &txs[i].Changes[j]
 				switch versioned {
-				case seqVersions:
+				case seqVersions, prepared:
 					c.Version = uint64(i*4 + j + 1)
 				case rowCounters:
 					counters[string(c.Key)]++
@@ -89,7 +90,11 @@ func loadBench(b *testing.B, versioned benchVersions) benchData {
 				}
 			}
 		}
-		wiretest.WriteSegments(b, dir, "bench", txs, 0)
+		if versioned == prepared {
+			writePrepared(b, dir, "bench", txs)
+		} else {
+			wiretest.WriteSegments(b, dir, "bench", txs, 0)
+		}
 		msgs := wiretest.Messages(b, dir, "bench", 256<<10)
 		pub := &wiretest.Publisher{Prefix: "ferry", Codec: wire.CodecZstd}
 		for i, m := range msgs {
@@ -121,6 +126,32 @@ func BenchmarkApplyVersioned(b *testing.B) { benchApply(b, seqVersions) }
 // of the merge rule at its most; unversioned changes to a table two sources
 // write pay the same).
 func BenchmarkApplyRowCounters(b *testing.B) { benchApply(b, rowCounters) }
+
+// BenchmarkApplyPrepared is BenchmarkApplyVersioned with every transaction
+// written by the order protocol (Writer.Prepare, then Prepared.Commit): the
+// receiver parks each prepared frame and applies it at its outcome.
+func BenchmarkApplyPrepared(b *testing.B) { benchApply(b, prepared) }
+
+// writePrepared writes txs as prepared transactions, each committed right
+// after it is prepared, as one legacy connection would.
+func writePrepared(b *testing.B, dir, source string, txs []format.Tx) {
+	w, err := format.OpenWriter(dir, source, format.WithSync(format.SyncNone, 0), format.WithHeartbeat(0), format.WithMaxSegmentAge(0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range txs {
+		p, err := w.Prepare(&txs[i])
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		b.Fatal(err)
+	}
+}
 
 func benchApply(b *testing.B, versioned benchVersions) {
 	d := loadBench(b, versioned)

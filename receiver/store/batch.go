@@ -676,9 +676,13 @@ func (w *commitWork) prepare(s *Store) error {
 			return fmt.Errorf("store: recording a table's highest version: %w", err)
 		}
 	}
-	// Parks before resolutions: a transaction parked and resolved in the
-	// same commit ends up gone.
+	// Parks before resolutions. A transaction parked and resolved in the
+	// same work has its park cancelled (v nil, Batch.Resolve) and no
+	// removal.
 	for _, p := range w.parks {
+		if p.v == nil {
+			continue
+		}
 		if err := w.b.Set(p.k, p.v, nil); err != nil {
 			return fmt.Errorf("store: parking a prepared transaction: %w", err)
 		}

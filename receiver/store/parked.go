@@ -57,6 +57,7 @@ const parkHeader = 1 + 8
 type pendingPark struct {
 	val []byte // nil once resolved
 	gen uint64 // the work that writes it
+	idx int    // a park's index in that work's parks
 }
 
 // ParkTx parks the prepared transaction whose frame spans [off, end) of
@@ -82,7 +83,7 @@ func (b *Batch) ParkTx(source string, seg uint64, off, end int64, streamSeq uint
 	if b.pending == nil {
 		b.pending = map[string]pendingPark{}
 	}
-	b.pending[string(k)] = pendingPark{val: v, gen: b.gen}
+	b.pending[string(k)] = pendingPark{val: v, gen: b.gen, idx: len(w.parks) - 1}
 	w.parkDelta(source, 1)
 	b.bytes += end - off
 	return nil
@@ -118,11 +119,18 @@ func (b *Batch) Resolve(source string, r format.Resolution) (changes int, found 
 		w.unmatched++
 		return 0, false, nil
 	}
+	if e, ok := b.pending[string(k)]; ok && e.val != nil && e.gen == b.gen {
+		// Parked by the work this resolution goes in (the outcome came
+		// in the same batch, as it mostly does): neither the park nor
+		// its removal need reach Pebble.
+		w.parks[e.idx].v = nil
+	} else {
+		w.unparks = append(w.unparks, k)
+	}
 	if b.pending == nil {
 		b.pending = map[string]pendingPark{}
 	}
 	b.pending[string(k)] = pendingPark{gen: b.gen}
-	w.unparks = append(w.unparks, k)
 	w.parkDelta(source, -1)
 	if r.Decision != format.DecisionCommitted {
 		w.aborted++
