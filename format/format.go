@@ -26,7 +26,9 @@
 // Bytes at a frame boundary that do not form a valid frame are a torn tail
 // (ErrTornTail: wait, or drop them if the segment was abandoned) when no
 // valid frame follows them, and corruption (ErrChecksum, ErrCorrupt: stop)
-// when one does.
+// when one does. Every reader of frames checks them by one set of rules,
+// Walker's; Verifier checks whole chains of segments (ferry inspect
+// --verify).
 //
 // Format version 2 adds the order contract (SPEC.md, "Commit order"): a
 // transaction appended before the database's COMMIT, while it holds its

@@ -9,9 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -80,32 +78,32 @@ func runInspect(ctx context.Context, env *Env, args []string) error {
 		fs.Usage()
 		return &exitError{code: 2, err: errors.New("ferry inspect: no PATH given (a segment file or a directory)")}
 	}
-	groups, err := collectSegments(paths)
+	groups, err := format.GroupSegments(paths)
 	if err != nil {
 		return fmt.Errorf("ferry inspect: %w", err)
 	}
 	out := bufio.NewWriterSize(env.Stdout, 1<<20)
-	in := &inspector{opts: o, out: out, stderr: env.Stderr}
+	in := newInspector(o, out, env.Stderr)
 	for _, g := range groups {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := in.source(g); err != nil {
+		if err := in.v.VerifyChain(g); err != nil {
 			out.Flush()
 			return fmt.Errorf("ferry inspect: %w", err)
 		}
 	}
 	if o.verify && !o.json {
-		fmt.Fprintf(out, "%d segments, %d transactions, %d changes: %s\n", in.segments, in.txs, in.changes, in.verdict())
+		fmt.Fprintf(out, "%d segments, %d transactions, %d changes: %s\n", in.v.Segments, in.v.Transactions, in.v.Changes, in.verdict())
 	}
 	if err := out.Flush(); err != nil {
 		return fmt.Errorf("ferry inspect: writing output: %w", err)
 	}
 	switch {
-	case in.corrupt > 0:
-		return &exitError{code: inspectExitCorrupt, err: fmt.Errorf("ferry inspect: %d problem(s) found, first: %s", in.corrupt+in.torn, in.first)}
-	case in.torn > 0:
-		return &exitError{code: inspectExitTorn, err: fmt.Errorf("ferry inspect: %d torn tail(s), first: %s", in.torn, in.first)}
+	case in.v.Corrupt > 0:
+		return &exitError{code: inspectExitCorrupt, err: fmt.Errorf("ferry inspect: %d problem(s) found, first: %v", in.v.Corrupt+in.v.Torn, in.v.First)}
+	case in.v.Torn > 0:
+		return &exitError{code: inspectExitTorn, err: fmt.Errorf("ferry inspect: %d torn tail(s), first: %v", in.v.Torn, in.v.First)}
 	}
 	return nil
 }
@@ -130,296 +128,127 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// segmentRef is a segment file to inspect; named is false for a file whose
-// name is not a segment name (its header then says what it is).
-type segmentRef struct {
-	path    string
-	source  string
-	segment uint64
-	named   bool
-}
-
-// collectSegments expands the paths into segments grouped by source, each
-// group ordered by segment number. Files not named like segments are their
-// own group.
-func collectSegments(paths []string) ([][]segmentRef, error) {
-	seen := map[string]bool{}
-	bySource := map[string][]segmentRef{}
-	var loose [][]segmentRef
-	for _, p := range paths {
-		st, err := os.Stat(p)
-		if err != nil {
-			return nil, err
-		}
-		if st.IsDir() {
-			segs, err := format.ListSegments(p, "")
-			if err != nil {
-				return nil, err
-			}
-			if len(segs) == 0 {
-				return nil, fmt.Errorf("no segment files (<source>-<20 digits>%s) in directory %s", format.Ext, p)
-			}
-			for _, s := range segs {
-				if !seen[s.Path] {
-					seen[s.Path] = true
-					bySource[s.Source] = append(bySource[s.Source], segmentRef{path: s.Path, source: s.Source, segment: s.Segment, named: true})
-				}
-			}
-			continue
-		}
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		if src, seg, ok := format.ParseSegmentName(filepath.Base(p)); ok {
-			bySource[src] = append(bySource[src], segmentRef{path: p, source: src, segment: seg, named: true})
-		} else {
-			loose = append(loose, []segmentRef{{path: p}})
-		}
-	}
-	var sources []string
-	for s := range bySource {
-		sources = append(sources, s)
-	}
-	sort.Strings(sources)
-	var groups [][]segmentRef
-	for _, s := range sources {
-		g := bySource[s]
-		sort.Slice(g, func(i, j int) bool { return g[i].segment < g[j].segment })
-		groups = append(groups, g)
-	}
-	return append(groups, loose...), nil
-}
-
-// inspector dumps and checks segments, counting what it finds.
+// inspector prints what format.Verifier finds: a dump of every frame, one
+// JSON line per change, or (--verify) one line per segment.
 type inspector struct {
-	opts    inspectOpts
-	out     *bufio.Writer
-	stderr  io.Writer
-	buf     []byte
-	tx      format.Tx
-	outcome format.Outcome
-
-	segments, txs, changes int
-	corrupt, torn          int
-	first                  string // the first problem found
+	opts   inspectOpts
+	out    *bufio.Writer
+	stderr io.Writer
+	buf    []byte
+	v      format.Verifier
 }
+
+func newInspector(o inspectOpts, out *bufio.Writer, stderr io.Writer) *inspector {
+	in := &inspector{opts: o, out: out, stderr: stderr}
+	in.v = format.Verifier{Chain: o.verify, Start: in.start, Frame: in.frame, Problem: in.problem, Done: in.done}
+	return in
+}
+
+func (in *inspector) human() bool { return !in.opts.verify && !in.opts.json }
 
 func (in *inspector) verdict() string {
 	switch {
-	case in.corrupt > 0:
+	case in.v.Corrupt > 0:
 		return "CORRUPT"
-	case in.torn > 0:
+	case in.v.Torn > 0:
 		return "TORN TAIL"
 	}
 	return "ok"
 }
 
-// problem records a corruption (torn false) or a torn tail and reports it on
-// stderr.
-func (in *inspector) problem(torn bool, msg string) {
-	if in.first == "" {
-		in.first = msg
-	}
+// problem reports a corruption or a torn tail on stderr.
+func (in *inspector) problem(_ *format.SegmentResult, p format.Problem) {
 	kind := "corrupt"
-	if torn {
-		in.torn++
+	if p.Torn {
 		kind = "torn tail"
-	} else {
-		in.corrupt++
 	}
 	in.out.Flush()
-	fmt.Fprintf(in.stderr, "ferry inspect: %s: %s\n", kind, msg)
+	fmt.Fprintf(in.stderr, "ferry inspect: %s: %v\n", kind, p.Err)
 }
 
-// segmentEnd is how reading a segment ended.
-type segmentEnd struct {
-	sealed bool
-	seal   format.Seal
-	end    int64 // offset after the last valid frame
-	torn   bool  // a torn tail follows end
-	bad    bool  // corruption stopped the read
-	txs    int
-	chs    int
-}
-
-// source inspects one source's segments in order.
-func (in *inspector) source(g []segmentRef) error {
-	for i, ref := range g {
-		last := i == len(g)-1
-		res, err := in.segment(ref, last)
-		if err != nil {
-			return err
-		}
-		if !in.opts.verify || last || res.bad {
-			continue
-		}
-		next := g[i+1]
-		switch {
-		case next.segment != ref.segment+1:
-			in.problem(false, fmt.Sprintf("%s: gap in the chain of source %q: segment %d is followed by segment %d; segments in between are missing",
-				ref.path, ref.source, ref.segment, next.segment))
-		case !res.sealed && !res.torn:
-			in.info(ref, "abandoned without a seal at offset %d (its writer stopped without closing; nothing is missing)", res.end)
-		}
+func (in *inspector) start(res *format.SegmentResult) error {
+	if in.human() {
+		h := res.Header
+		fmt.Fprintf(in.out, "== %s  source %s  segment %d  version %d  created %s  header %d bytes\n",
+			res.Ref.Path, h.Source, h.Segment, h.Version, fmtTime(h.Created), h.Len)
 	}
 	return nil
 }
 
-func (in *inspector) info(ref segmentRef, f string, args ...any) {
-	if in.opts.verify && !in.opts.json {
-		fmt.Fprintf(in.out, "        %s: %s\n", filepath.Base(ref.path), fmt.Sprintf(f, args...))
+// done prints how a segment ended.
+func (in *inspector) done(res *format.SegmentResult) error {
+	ref := res.Ref
+	switch torn := res.Stop != nil && errors.Is(res.Stop, format.ErrTornTail); {
+	case res.Stop != nil && !res.HeaderRead && torn:
+		in.verifyLine("TORN", ref, "incomplete header")
+	case res.Stop != nil && !res.HeaderRead:
+		in.verifyLine("CORRUPT", ref, "header: %v", res.Stop.Err)
+	case torn:
+		in.verifyLine("TORN", ref, "torn tail at offset %d after %d transactions", res.Stop.Offset, res.Transactions)
+		if in.human() {
+			fmt.Fprintf(in.out, "-- torn tail at offset %d\n", res.Stop.Offset)
+		}
+	case res.Stop != nil:
+		in.verifyLine("CORRUPT", ref, "offset %d: %v", res.Stop.Offset, res.Stop.Err)
+	default:
+		state := "open: no seal yet"
+		if res.Sealed {
+			state = fmt.Sprintf("sealed, next segment %d", res.Seal.Next)
+		} else if !res.Last {
+			state = "abandoned: no seal"
+		}
+		if !res.Corrupt {
+			in.verifyLine("ok", ref, "%s; %d transactions, %d changes, %d bytes", state, res.Transactions, res.Changes, res.End)
+		}
+		if in.human() {
+			fmt.Fprintf(in.out, "-- end at offset %d (%s)\n", res.End, state)
+		}
 	}
+	if res.Abandoned && in.opts.verify && !in.opts.json {
+		fmt.Fprintf(in.out, "        %s: abandoned without a seal at offset %d (its writer stopped without closing; nothing is missing)\n", filepath.Base(ref.Path), res.End)
+	}
+	return nil
 }
 
-// segment reads one segment, dumping it as asked, and reports how it ended.
-// Only errors that are not about the data are returned.
-func (in *inspector) segment(ref segmentRef, last bool) (segmentEnd, error) {
-	var res segmentEnd
-	in.segments++
-	f, err := format.OpenSegment(ref.path)
-	if err != nil {
-		return res, err
-	}
-	defer f.Close()
-	rd, err := format.NewReader(f, ref.path)
-	if err != nil {
-		var pe *format.PositionError
-		switch {
-		case errors.As(err, &pe) && errors.Is(err, format.ErrTornTail):
-			res.torn = true
-			in.problem(true, fmt.Sprintf("%s: the segment header is incomplete: %v (a writer crashed while creating the segment, or is creating it now)", ref.path, err))
-			in.verifyLine("TORN", ref, "incomplete header")
-		case errors.As(err, &pe):
-			res.bad = true
-			in.problem(false, err.Error())
-			in.verifyLine("CORRUPT", ref, "header: %v", pe.Err)
-		default:
-			return res, err
-		}
-		return res, nil
-	}
-	h := rd.Header()
-	if in.opts.verify && ref.named && (h.Source != ref.source || h.Segment != ref.segment) {
-		res.bad = true
-		in.problem(false, fmt.Sprintf("%s: offset 0: the header says source %q segment %d, which does not match the file name (source %q segment %d)",
-			ref.path, h.Source, h.Segment, ref.source, ref.segment))
-	}
-	if !ref.named {
-		ref.source, ref.segment = h.Source, h.Segment
-	}
-	if !in.opts.verify && !in.opts.json {
-		fmt.Fprintf(in.out, "== %s  source %s  segment %d  version %d  created %s  header %d bytes\n",
-			ref.path, h.Source, h.Segment, h.Version, fmtTime(h.Created), h.Len)
-	}
-	for {
-		fr, err := rd.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			var pe *format.PositionError
-			if !errors.As(err, &pe) {
-				return res, err
-			}
-			res.end = rd.End()
-			if errors.Is(err, format.ErrTornTail) {
-				res.torn = true
-				why := "a writer crashed while writing this frame, or is still writing it"
-				if !last {
-					why = "the writer crashed while writing this frame; a later segment exists, so these bytes are abandoned and were never a whole transaction"
-				}
-				in.problem(true, fmt.Sprintf("%v (%s)", err, why))
-				in.verifyLine("TORN", ref, "torn tail at offset %d after %d transactions", pe.Offset, res.txs)
-				if !in.opts.verify && !in.opts.json {
-					fmt.Fprintf(in.out, "-- torn tail at offset %d\n", pe.Offset)
-				}
-				return res, nil
-			}
-			res.bad = true
-			in.problem(false, err.Error())
-			in.verifyLine("CORRUPT", ref, "offset %d: %v", pe.Offset, pe.Err)
-			return res, nil
-		}
-		if err := in.frame(ref, rd, fr, &res); err != nil {
-			return res, err
-		}
-	}
-	res.end = rd.End()
-	res.seal, res.sealed = rd.Sealed()
-	state := "open: no seal yet"
-	if res.sealed {
-		state = fmt.Sprintf("sealed, next segment %d", res.seal.Next)
-		if res.seal.Transactions != uint64(res.txs) || res.seal.Changes != uint64(res.chs) {
-			res.bad = true
-			in.problem(false, fmt.Sprintf("%s: the seal counts %d transactions and %d changes, the segment holds %d and %d",
-				ref.path, res.seal.Transactions, res.seal.Changes, res.txs, res.chs))
-		}
-	} else if !last {
-		state = "abandoned: no seal"
-	}
-	if !res.bad {
-		in.verifyLine("ok", ref, "%s; %d transactions, %d changes, %d bytes", state, res.txs, res.chs, res.end)
-	}
-	if !in.opts.verify && !in.opts.json {
-		fmt.Fprintf(in.out, "-- end at offset %d (%s)\n", res.end, state)
-	}
-	return res, nil
-}
-
-func (in *inspector) verifyLine(status string, ref segmentRef, f string, args ...any) {
+func (in *inspector) verifyLine(status string, ref format.SegmentRef, f string, args ...any) {
 	if in.opts.verify && !in.opts.json {
-		fmt.Fprintf(in.out, "%-7s %s: %s\n", status, filepath.Base(ref.path), fmt.Sprintf(f, args...))
+		fmt.Fprintf(in.out, "%-7s %s: %s\n", status, filepath.Base(ref.Path), fmt.Sprintf(f, args...))
 	}
 }
 
 // frame dumps one frame.
-func (in *inspector) frame(ref segmentRef, rd *format.Reader, fr format.Frame, res *segmentEnd) error {
-	human := !in.opts.verify && !in.opts.json
-	switch fr.Type {
-	case format.FrameTx:
-		if err := format.DecodeTx(fr.Payload, &in.tx); err != nil {
-			// The CRC matched: the writer wrote a malformed payload.
-			res.bad = true
-			in.problem(false, (&format.PositionError{Path: ref.path, Segment: ref.segment, Offset: rd.Offset(), Err: err}).Error())
-			return nil
-		}
-		res.txs++
-		res.chs += len(in.tx.Changes)
-		in.txs++
-		in.changes += len(in.tx.Changes)
+func (in *inspector) frame(res *format.SegmentResult, vf *format.VerifiedFrame) error {
+	human := in.human()
+	ref, off, fr := res.Ref, vf.Offset, vf.Frame
+	switch {
+	case vf.Tx != nil:
 		switch {
 		case in.opts.json:
-			for i := range in.tx.Changes {
-				in.buf = appendChangeJSON(in.buf[:0], &in.tx, i, ref.source, ref.segment, rd.Offset())
+			for i := range vf.Tx.Changes {
+				in.buf = appendChangeJSON(in.buf[:0], vf.Tx, i, ref.Source, ref.Segment, off)
 				if _, err := in.out.Write(in.buf); err != nil {
 					return err
 				}
 			}
 		case human:
-			in.buf = appendTxHuman(in.buf[:0], &in.tx, rd.Offset(), len(fr.Payload))
+			in.buf = appendTxHuman(in.buf[:0], vf.Tx, off, len(fr.Payload))
 			if _, err := in.out.Write(in.buf); err != nil {
 				return err
 			}
 		}
-	case format.FrameSeal:
+	case fr.Type == format.FrameSeal:
 		if human {
-			s, _ := rd.Sealed()
+			s, _ := format.DecodeSeal(fr.Payload)
 			fmt.Fprintf(in.out, "@%-10d seal      next segment %d, %d transactions, %d changes, sealed %s\n",
-				rd.Offset(), s.Next, s.Transactions, s.Changes, fmtTime(s.Time))
+				off, s.Next, s.Transactions, s.Changes, fmtTime(s.Time))
 		}
-	case format.FrameHeartbeat:
+	case fr.Type == format.FrameHeartbeat:
 		if human {
 			t, _ := format.DecodeHeartbeat(fr.Payload)
-			fmt.Fprintf(in.out, "@%-10d heartbeat %s\n", rd.Offset(), fmtTime(t))
+			fmt.Fprintf(in.out, "@%-10d heartbeat %s\n", off, fmtTime(t))
 		}
-	case format.FrameRejection:
-		r, err := format.DecodeRejection(fr.Payload)
-		if err != nil {
-			res.bad = true
-			in.problem(false, (&format.PositionError{Path: ref.path, Segment: ref.segment, Offset: rd.Offset(), Err: err}).Error())
-			return nil
-		}
+	case vf.Rejection != nil:
+		r := vf.Rejection
 		switch {
 		case in.opts.json:
 			in.buf = append(in.buf[:0], `{"rejected":`...)
@@ -429,34 +258,30 @@ func (in *inspector) frame(ref segmentRef, rd *format.Reader, fr format.Frame, r
 			in.buf = append(in.buf, `,"reason":`...)
 			in.buf = appendJSONString(in.buf, r.Reason)
 			in.buf = fmt.Appendf(in.buf, `,"time":"%s","position":{"source":`, fmtTime(r.Time))
-			in.buf = appendJSONString(in.buf, ref.source)
-			in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.segment, rd.Offset())
+			in.buf = appendJSONString(in.buf, ref.Source)
+			in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.Segment, off)
 			if _, err := in.out.Write(in.buf); err != nil {
 				return err
 			}
 		case human:
-			fmt.Fprintf(in.out, "@%-10d rejection %s, command %q of %q: %s\n", rd.Offset(), fmtTime(r.Time), r.Command, r.Origin, r.Reason)
+			fmt.Fprintf(in.out, "@%-10d rejection %s, command %q of %q: %s\n", off, fmtTime(r.Time), r.Command, r.Origin, r.Reason)
 		}
-	case format.FrameOutcome:
-		if err := format.DecodeOutcome(fr.Payload, &in.outcome); err != nil {
-			res.bad = true
-			in.problem(false, (&format.PositionError{Path: ref.path, Segment: ref.segment, Offset: rd.Offset(), Err: err}).Error())
-			return nil
-		}
+	case vf.Outcome != nil:
+		o := vf.Outcome
 		switch {
 		case in.opts.json:
-			for _, r := range in.outcome.Resolutions {
+			for _, r := range o.Resolutions {
 				in.buf = fmt.Appendf(in.buf[:0], `{"outcome":%q,"prepared":{"segment":%d,"offset":%d},"time":"%s","position":{"source":`,
-					r.Decision, r.Prepared.Segment, r.Prepared.Offset, fmtTime(in.outcome.Time))
-				in.buf = appendJSONString(in.buf, ref.source)
-				in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.segment, rd.Offset())
+					r.Decision, r.Prepared.Segment, r.Prepared.Offset, fmtTime(o.Time))
+				in.buf = appendJSONString(in.buf, ref.Source)
+				in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.Segment, off)
 				if _, err := in.out.Write(in.buf); err != nil {
 					return err
 				}
 			}
 		case human:
-			in.buf = fmt.Appendf(in.buf[:0], "@%-10d outcome   %s, %d resolution(s):", rd.Offset(), fmtTime(in.outcome.Time), len(in.outcome.Resolutions))
-			for _, r := range in.outcome.Resolutions {
+			in.buf = fmt.Appendf(in.buf[:0], "@%-10d outcome   %s, %d resolution(s):", off, fmtTime(o.Time), len(o.Resolutions))
+			for _, r := range o.Resolutions {
 				in.buf = fmt.Appendf(in.buf, " %v %s", r.Prepared, r.Decision)
 			}
 			if _, err := in.out.Write(append(in.buf, '\n')); err != nil {
@@ -465,7 +290,7 @@ func (in *inspector) frame(ref segmentRef, rd *format.Reader, fr format.Frame, r
 		}
 	default:
 		if human {
-			fmt.Fprintf(in.out, "@%-10d %s  %d bytes (optional frame type, skipped)\n", rd.Offset(), fr.Type, len(fr.Payload))
+			fmt.Fprintf(in.out, "@%-10d %s  %d bytes (optional frame type, skipped)\n", off, fr.Type, len(fr.Payload))
 		}
 	}
 	return nil
