@@ -17,6 +17,7 @@ import (
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver"
+	"github.com/ferrysync/ferry/shipper"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -81,7 +82,7 @@ func TestStatus(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got struct{ Sources []sourceStatus }
+		var got struct{ Sources []shipper.Stages }
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
@@ -123,7 +124,7 @@ func TestStatus(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var got struct{ Sources []sourceStatus }
+		var got struct{ Sources []shipper.Stages }
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}

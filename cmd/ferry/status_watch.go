@@ -7,12 +7,13 @@ import (
 
 	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/ferrysync/ferry/receiver/ui"
+	"github.com/ferrysync/ferry/shipper"
 )
 
 // watchStatus reads the stages every interval and redraws them (ui.WriteTerm)
 // until ctx ends; a failed reading is shown and the next one tried. ansi
 // clears the screen between frames and colours the gate (a terminal).
-func watchStatus(ctx context.Context, w io.Writer, read func(context.Context) ([]*sourceStatus, *api.Status, error), interval time.Duration, ansi bool) error {
+func watchStatus(ctx context.Context, w io.Writer, read func(context.Context) ([]*shipper.Stages, *api.Status, error), interval time.Duration, ansi bool) error {
 	var prev *ui.TermFrame
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -37,14 +38,14 @@ func watchStatus(ctx context.Context, w io.Writer, read func(context.Context) ([
 }
 
 // termFrame maps the status document to what the terminal shows.
-func termFrame(at time.Time, out []*sourceStatus, rs *api.Status, err error) ui.TermFrame {
+func termFrame(at time.Time, out []*shipper.Stages, rs *api.Status, err error) ui.TermFrame {
 	f := ui.TermFrame{At: at, Err: err}
 	if rs != nil {
 		f.Gate = &ui.TermGate{Ready: rs.Ready, Reason: rs.NotReadyReason}
 	}
 	for _, s := range out {
 		ts := ui.TermSource{Source: s.Source}
-		stage := func(name string, p *stagePos, l *stageLag) {
+		stage := func(name string, p *shipper.Stage, l *shipper.StageLag) {
 			st := ui.TermStage{Name: name, Known: p != nil}
 			if p != nil {
 				st.Segment, st.Offset, st.LastCommit, st.Error = p.Segment, p.Offset, p.LastCommit, p.Error
