@@ -37,6 +37,7 @@ type options struct {
 	prefix        string
 	sources       []string
 	readyLag      time.Duration
+	waitLoads     []string
 	webhook       string
 	webhookToken  string
 	rebuild       bool
@@ -134,6 +135,23 @@ func WithReadyLag(d time.Duration) Option {
 			return fmt.Errorf("%w: ready lag %v must be positive", ErrInvalidOption, d)
 		}
 		o.readyLag = d
+		return nil
+	}
+}
+
+// WithWaitLoad makes /readyz wait until the initial load of each of these
+// tables is done (and lag is under the ready lag, as always): the
+// activation gate of a service that needs the legacy's existing rows.
+func WithWaitLoad(tables ...string) Option {
+	return func(o *options) error {
+		for _, t := range tables {
+			if t == "" || len(t) > format.MaxTableLen {
+				return fmt.Errorf("%w: --wait-load table name %q (want 1-%d bytes)", ErrInvalidOption, t, format.MaxTableLen)
+			}
+			if !contains(o.waitLoads, t) {
+				o.waitLoads = append(o.waitLoads, t)
+			}
+		}
 		return nil
 	}
 }

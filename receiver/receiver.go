@@ -37,6 +37,7 @@ import (
 type (
 	Status       = api.Status
 	SourceStatus = api.SourceStatus
+	LoadStatus   = api.LoadStatus
 )
 
 // Receiver consumes a stream into a store and serves it.
@@ -434,11 +435,73 @@ func (r *Receiver) Status() Status {
 		st.SourcesOmitted = len(st.Sources) - MaxStatusSources
 		st.Sources = st.Sources[:MaxStatusSources]
 	}
+	var lr string
+	st.Loads, lr = r.loadStatus(now)
+	if reason == "" {
+		reason = lr
+	}
 	st.Ready, st.NotReadyReason = reason == "", reason
 	if st.Sources == nil {
 		st.Sources = []SourceStatus{}
 	}
 	return st
+}
+
+// loadStatus returns the initial loads' status, the latest load of each
+// table, and why the gate waits for one (--wait-load), if it does.
+func (r *Receiver) loadStatus(now time.Time) ([]LoadStatus, string) {
+	latest := map[string]store.LoadState{}
+	var tables []string
+	for _, l := range r.st.Loads() { // by table, then first seq
+		if _, ok := latest[l.Table]; !ok {
+			tables = append(tables, l.Table)
+		}
+		latest[l.Table] = l
+	}
+	for _, t := range r.o.waitLoads {
+		if _, ok := latest[t]; !ok {
+			tables = append(tables, t)
+		}
+	}
+	sort.Strings(tables)
+	if len(tables) > MaxStatusSources {
+		tables = tables[:MaxStatusSources]
+	}
+	out := make([]LoadStatus, 0, len(tables))
+	reason := ""
+	for _, t := range tables {
+		l, ok := latest[t]
+		s := LoadStatus{Table: t, State: "waiting", Wait: contains(r.o.waitLoads, t)}
+		if ok {
+			s = LoadStatus{Table: t, Load: l.ID, Source: store.LoadSourcePrefix + l.ID, State: l.State, Wait: s.Wait,
+				Rows: l.Rows + l.Dropped, RowsEstimate: l.Estimate, RowsApplied: l.Rows, RowsDropped: l.Dropped, RowsIngested: l.Bulk,
+				RowsSent: l.Sent, Chunk: l.Chunk, Part: l.Part, Error: l.Error}
+			began, upd := time.Unix(0, l.Began).UTC(), time.Unix(0, l.Updated).UTC()
+			s.StartedAt, s.UpdatedAt = &began, &upd
+			end := upd
+			if l.State == store.LoadLoading {
+				end = now
+			}
+			if d := end.Sub(began).Seconds(); d > 0 {
+				s.RowsPerSecond = float64(s.Rows) / d
+			}
+			if l.State == store.LoadLoading && s.RowsPerSecond > 0 && s.RowsEstimate > s.Rows {
+				s.ETASeconds = float64(s.RowsEstimate-s.Rows) / s.RowsPerSecond
+			}
+		}
+		if s.Wait && s.State != store.LoadDone && reason == "" {
+			switch s.State {
+			case "waiting":
+				reason = fmt.Sprintf("initial load of table %s: not started (--wait-load)", t)
+			case store.LoadFailed:
+				reason = fmt.Sprintf("initial load %s of table %s failed: %s", s.Load, t, s.Error)
+			default:
+				reason = fmt.Sprintf("initial load %s of table %s: %d of ~%d rows", s.Load, t, s.Rows, s.RowsEstimate)
+			}
+		}
+		out = append(out, s)
+	}
+	return out, reason
 }
 
 func contains(list []string, s string) bool {

@@ -46,6 +46,8 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	var sources sourceList
 	fs.Var(&sources, "source", "consume only this source (repeatable, or comma separated; default: every source)")
 	readyLag := fs.Duration("ready-lag", receiver.DefaultReadyLag, "/readyz answers 200 once every source lags less than this")
+	var waitLoads sourceList
+	fs.Var(&waitLoads, "wait-load", "/readyz also waits until the initial load (ferry load) of this table is done (repeatable, or comma separated)")
 	webhookURL := fs.String("webhook", "", "push the change log to this URL (POST, JSON batches, retried until 2xx)")
 	webhookTokenFile := fs.String("webhook-token-file", "", "file holding a bearer token sent to the webhook")
 	rebuild := fs.Bool("rebuild", false, "discard the store and rebuild it from the start of the stream")
@@ -72,7 +74,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	fs.String("config", "", "YAML config file (keys named like the flags; or FERRY_CONFIG)")
 	nf := addNATSFlags(fs, "ferry receive")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "Usage: ferry receive --nats URL[,URL...] --data DIR [--http 127.0.0.1:8080] [--stream NAME] [--source NAME...] [--ready-lag 5s] [--webhook URL] [--rebuild]")
+		fmt.Fprintln(env.Stderr, "Usage: ferry receive --nats URL[,URL...] --data DIR [--http 127.0.0.1:8080] [--stream NAME] [--source NAME...] [--ready-lag 5s] [--wait-load TABLE...] [--webhook URL] [--rebuild]")
 		fmt.Fprintln(env.Stderr, "       ferry receive --data DIR --checkpoint OUTDIR")
 		fmt.Fprintln(env.Stderr, "\nThe sidecar: applies the stream exactly once into a local store and serves it over HTTP")
 		fmt.Fprintln(env.Stderr, "(rows, change log, SSE feed, status, /healthz, /readyz, /metrics). Flags may also come from")
@@ -124,6 +126,9 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	}
 	if len(sources) > 0 {
 		opts = append(opts, receiver.WithSources(sources...))
+	}
+	if len(waitLoads) > 0 {
+		opts = append(opts, receiver.WithWaitLoad(waitLoads...))
 	}
 	if *origin != "" || len(cmdTables) > 0 {
 		tables := map[string]string{}

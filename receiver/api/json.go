@@ -34,6 +34,8 @@ type RowJSON struct {
 	RowVersion uint64    `json:"row_version,omitempty"`
 	CommitTime time.Time `json:"commit_time"`
 	ChangeID   uint64    `json:"change_id"`
+	// Load is the initial load the row's state came from, if it did.
+	Load string `json:"load,omitempty"`
 }
 
 // ChangeJSON is a change log entry as the API, the SSE feed and the webhook
@@ -55,6 +57,10 @@ type ChangeJSON struct {
 	TxID        string          `json:"tx_id,omitempty"`
 	Origin      string          `json:"origin,omitempty"`
 	Command     string          `json:"command,omitempty"`
+	// Load is the initial load the change came from (its rows are
+	// inserts with version.source "load:<id>", version.segment the chunk,
+	// version.offset the part); absent for a source's changes.
+	Load string `json:"load,omitempty"`
 }
 
 func keyFields(k []byte) (string, string) {
@@ -82,6 +88,7 @@ func version(v store.Version) VersionJSON {
 func Row(r *store.Row) RowJSON {
 	out := RowJSON{Table: r.Table, Op: r.Op.String(), ContentType: r.Content.MIME(), Version: version(r.Version),
 		RowVersion: r.RowVersion, CommitTime: time.Unix(0, r.CommitTime).UTC(), ChangeID: r.ChangeID}
+	out.Load, _ = store.LoadOf(r.Version.Source)
 	out.Key, out.KeyBase64 = keyFields(r.Key)
 	out.Value, out.Encoding = image(r.Content, r.Value)
 	return out
@@ -90,7 +97,7 @@ func Row(r *store.Row) RowJSON {
 // Change converts a change log entry.
 func Change(c *store.Change) ChangeJSON {
 	out := ChangeJSON{ID: c.ID, Table: c.Table, Op: c.Op.String(), ContentType: c.Content.MIME(), Version: version(c.Version),
-		RowVersion: c.RowVersion, CommitTime: time.Unix(0, c.CommitTime).UTC(), AppliedAt: time.Unix(0, c.AppliedAt).UTC(), TxID: c.TxID, Origin: c.Origin, Command: c.Command}
+		RowVersion: c.RowVersion, CommitTime: time.Unix(0, c.CommitTime).UTC(), AppliedAt: time.Unix(0, c.AppliedAt).UTC(), TxID: c.TxID, Origin: c.Origin, Command: c.Command, Load: c.Load}
 	out.Key, out.KeyBase64 = keyFields(c.Key)
 	if c.Op != format.OpDelete || len(c.After) > 0 {
 		out.After, out.Encoding = image(c.Content, c.After)
@@ -141,6 +148,48 @@ type Status struct {
 	// were asked for with --source first).
 	SourcesTotal   int `json:"sources_total"`
 	SourcesOmitted int `json:"sources_omitted,omitempty"`
+	// Loads lists the initial loads this receiver applied (or waits for,
+	// --wait-load), one per table: its latest load (receiver/README.md,
+	// "Initial load").
+	Loads []LoadStatus `json:"loads"`
+}
+
+// LoadStatus is one table's initial load.
+type LoadStatus struct {
+	Table string `json:"table"`
+	// Load is the load id ("" while waiting for a load nobody started).
+	Load string `json:"load,omitempty"`
+	// Source says where the rows come from: "load:<id>".
+	Source string `json:"source,omitempty"`
+	// State is "loading", "done", "failed", or "waiting" (named by
+	// --wait-load, no message of a load of the table seen yet).
+	State string `json:"state"`
+	// Rows counts the load rows received (applied and dropped), of
+	// RowsEstimate (the loader's, 0 if unknown); RowsApplied those
+	// written, RowsDropped those a newer live change made obsolete,
+	// RowsIngested those written as sstables.
+	Rows         uint64 `json:"rows"`
+	RowsEstimate uint64 `json:"rows_estimate"`
+	RowsApplied  uint64 `json:"rows_applied"`
+	RowsDropped  uint64 `json:"rows_dropped"`
+	RowsIngested uint64 `json:"rows_ingested"`
+	// RowsSent is what the loader says it sent (done).
+	RowsSent uint64 `json:"rows_sent,omitempty"`
+	// RowsPerSecond is the receiver's rate over the load so far; ETA the
+	// estimate's remaining rows at that rate (loading, estimate known).
+	RowsPerSecond float64 `json:"rows_per_second"`
+	ETASeconds    float64 `json:"eta_seconds,omitempty"`
+	// Chunk and Part: the last chunk message applied.
+	Chunk uint64 `json:"chunk"`
+	Part  int    `json:"part"`
+	// StartedAt and UpdatedAt: when this receiver applied the load's
+	// first and last message.
+	StartedAt *time.Time `json:"started_at,omitempty"`
+	UpdatedAt *time.Time `json:"updated_at,omitempty"`
+	// Error says why the load failed.
+	Error string `json:"error,omitempty"`
+	// Wait says --wait-load names the table: /readyz waits for it.
+	Wait bool `json:"wait,omitempty"`
 }
 
 // SourceStatus is one source's status.

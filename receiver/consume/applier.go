@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/load"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/store"
 )
@@ -63,6 +64,10 @@ type Applier struct {
 
 	// curCommit is the first commit time of the message being handled.
 	curCommit int64
+
+	// Load chunks (loads.go): their decoder and rows.
+	ldec *load.Decoder
+	ltx  format.Tx
 
 	// maxTx bounds one transaction (SetMaxTxBytes); joined counts the
 	// bytes held by split frames being joined, every source together,
@@ -154,7 +159,12 @@ func NewApplier(st *store.Store, dec *wire.Decompressor, m *Metrics, log *slog.L
 }
 
 // Close releases the open batch without committing it.
-func (a *Applier) Close() { a.batch.Close() }
+func (a *Applier) Close() {
+	a.batch.Close()
+	if a.ldec != nil {
+		a.ldec.Close()
+	}
+}
 
 // Reset discards what is not committed and forgets per-source join and error
 // state: the caller is about to re-read the stream from cursor c.
@@ -204,6 +214,10 @@ func (a *Applier) Handle(m Message) error {
 	if m.StreamSeq > a.lastSeq {
 		a.lastSeq, a.lastID = m.StreamSeq, MessageID(m.Subject, m.Header)
 	}
+	if load.IsSubject(a.prefix[:len(a.prefix)-1], m.Subject) {
+		return a.handleLoad(m)
+	}
+	a.batch.SetMessageSeq(m.StreamSeq)
 	b, err := wire.ParseHeader(m.Header)
 	a.curCommit = b.FirstCommit
 	if a.curCommit == 0 {

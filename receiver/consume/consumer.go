@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrysync/ferry/format/load"
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/nats-io/nats.go/jetstream"
@@ -117,11 +118,12 @@ func (c *Consumer) subjects() []string {
 	if len(c.cfg.Sources) == 0 {
 		return []string{c.cfg.SubjectPrefix + ".>"}
 	}
-	out := make([]string, len(c.cfg.Sources))
+	out := make([]string, len(c.cfg.Sources), len(c.cfg.Sources)+1)
 	for i, s := range c.cfg.Sources {
 		out[i] = c.cfg.SubjectPrefix + "." + s
 	}
-	return out
+	// Initial loads come on their own subjects, whatever the sources.
+	return append(out, load.SubjectFilter(c.cfg.SubjectPrefix))
 }
 
 // errRescan asks Run to read the stream again from its start.

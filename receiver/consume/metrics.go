@@ -20,6 +20,7 @@ type Metrics struct {
 	Pending      prometheus.Gauge
 	CommitTime   prometheus.Histogram
 	Rescans      prometheus.Counter
+	LoadRows     *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them on reg (nil: not
@@ -50,10 +51,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Time to commit one store batch.", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)}),
 		Rescans: prometheus.NewCounter(prometheus.CounterOpts{Name: "ferry_receiver_stream_rescans_total",
 			Help: "Times the stream was rescanned from the start because its sequences went backwards."}),
+		LoadRows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ferry_receiver_load_rows_total",
+			Help: "Initial load rows by outcome: applied, dropped (a live change was newer), ingested (applied as sstables), duplicate."}, []string{"outcome"}),
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.Changes, m.Transactions, m.Bytes, m.Messages, m.Skipped, m.Errors, m.Blocked,
-			m.Stopped, m.Lag, m.Pending, m.CommitTime, m.Rescans} {
+			m.Stopped, m.Lag, m.Pending, m.CommitTime, m.Rescans, m.LoadRows} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("consume: registering metrics: %w", err)
 			}

@@ -120,13 +120,14 @@ type LoadChunk struct {
 	Part   int
 	LowSeq uint64
 	// Tx holds the rows (inserts or upserts with after images, versions
-	// where the table has them); Frame is its encoded frame, which the
-	// change log keeps; Body, if set, is the message body that inflates
-	// to Frame with Codec: the log then keeps it as it came.
-	Tx    *format.Tx
-	Frame []byte
-	Body  []byte
-	Codec wire.Codec
+	// where the table has them). The change log keeps either Frame, its
+	// encoded frame, or Body, the message body that inflates to its
+	// RawLen bytes with Codec, as it came.
+	Tx     *format.Tx
+	Frame  []byte
+	Body   []byte
+	Codec  wire.Codec
+	RawLen int
 }
 
 // LoadResult says what ApplyLoad did with a chunk.
@@ -441,7 +442,7 @@ func (b *Batch) logLoad(c *LoadChunk) *logEntry {
 	e.first, e.source, e.segment = b.next, LoadSourcePrefix+c.Load, c.Chunk
 	e.offsets = append(e.offsets, int64(c.Part))
 	if c.Body != nil && c.Codec != wire.CodecNone {
-		e.hasBody, e.from, e.rawLen, e.codec = true, int64(c.Part), len(c.Frame), c.Codec
+		e.hasBody, e.from, e.rawLen, e.codec = true, int64(c.Part), c.RawLen, c.Codec
 		e.body = append(e.body, c.Body...)
 	} else {
 		e.raw = append(e.raw, c.Frame...)

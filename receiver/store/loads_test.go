@@ -91,7 +91,7 @@ func (s *loadSim) chunk(id string, i uint64, lo, hi int) *store.LoadChunk {
 	if err != nil {
 		panic(err)
 	}
-	return &store.LoadChunk{Load: id, Table: "t", Chunk: i, LowSeq: low, Tx: tx, Frame: frame}
+	return &store.LoadChunk{Load: id, Table: "t", Chunk: i, LowSeq: low, Tx: tx, Frame: frame, RawLen: len(frame)}
 }
 
 // applier applies the stream to a store, as the consumer does: one live
