@@ -28,21 +28,50 @@ type inflight struct {
 }
 
 // session is one run of publishing, from the stream's tail until an error,
-// a reconnection or a stop.
+// a reconnection or a stop. Its stages — the reading loop, the compression
+// workers, the publisher and the acker — share this value and no per-run
+// state of the Shipper. The first failure cancels ctx with the failure as
+// its cause (context.Cause), which wakes and stops every stage that waits.
 type session struct {
+	ctx    context.Context // ends with Run's context or the first failure
+	cancel context.CancelCauseFunc
+	start  resumePoint // where the session started
+	epoch  uint64      // the connection's epoch at the start: a reconnection ends the session
+
+	free    chan []byte    // raw buffers: bounds the jobs between reader and publisher
+	work    chan *job      // to the compression workers
+	order   chan *job      // to the publisher, in file order
+	pending chan *inflight // to the acker, in publish order
+	workers sync.WaitGroup
+
+	inFlightB, inFlightN atomic.Int64  // published, not yet acknowledged
+	acks                 chan struct{} // an ack made room in flight (capacity 1: never lost)
+
 	mu     sync.Mutex
 	err    error
 	failed *format.Position // where to re-ship from if the first failure left a hole
 	hole   bool
 }
 
+// fail records the session's first failure, at batch b, and cancels the
+// session with it.
 func (ss *session) fail(err error, b *wire.Batch) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.err == nil {
 		at := startOf(b)
 		ss.err, ss.failed = err, &at
+		ss.cancel(err)
 	}
+}
+
+// stopped returns why the session's stages must stop: its first failure, or
+// Run's context's end; nil while it runs.
+func (ss *session) stopped() error {
+	if ss.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(ss.ctx)
 }
 
 // startOf returns where a Follower must start to ship b again, so that b
@@ -65,10 +94,24 @@ func (ss *session) state() (error, *format.Position, bool) {
 	return ss.err, ss.failed, ss.hole
 }
 
+// resumePoint is where a session starts.
+type resumePoint struct {
+	// Pos is the position to ship from.
+	Pos format.Position
+	// FenceSeq is the stream sequence of the subject's last message (0:
+	// none): the session's first publish is fenced on it.
+	FenceSeq uint64
+	// Repair is 0, or the repair number of a re-ship from a hole
+	// (wire.Batch.Repair).
+	Repair uint64
+	// NoSegment is set when there is nothing to ship from yet: the stream
+	// holds nothing for the subject and no segment is on disk.
+	NoSegment bool
+}
+
 // resume works out where to start: the stream's last message for the
-// subject, unless a hole must be repaired. It returns the position, the
-// sequence to fence the first publish on, and the repair number.
-func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64, uint64, bool, error) {
+// subject, unless a hole must be repaired.
+func (s *Shipper) resume(ctx context.Context, l *lease) (resumePoint, error) {
 	last, err := s.st.LastMsg(ctx, s.subject)
 	if errors.Is(err, jsclient.ErrStreamNotFound) {
 		// Guarantee 6 (README.md, "A broker's ack is not durability"): the files are the safety net. Make the
@@ -81,28 +124,28 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64
 			if errors.Is(err, jsclient.ErrIncompatible) {
 				err = fatal(err) // someone else made it, differently: retrying will not help
 			}
-			return format.Position{}, 0, 0, false, err
+			return resumePoint{}, err
 		}
 		// The lease bucket may have gone with it: take the lease again
 		// now rather than at the next renewal.
 		if err := l.renew(ctx); err != nil {
-			return format.Position{}, 0, 0, false, err
+			return resumePoint{}, err
 		}
 		last, err = s.st.LastMsg(ctx, s.subject)
 	}
 	if err != nil {
-		return format.Position{}, 0, 0, false, err
+		return resumePoint{}, err
 	}
 	var pos format.Position
 	var seq uint64
 	if last != nil {
 		b, err := wire.ParseHeader(last.Header)
 		if err != nil {
-			return pos, 0, 0, false, fatal(fmt.Errorf("%w: the last message on %s (sequence %d) is not a Ferry batch: %v; something else publishes there",
+			return resumePoint{}, fatal(fmt.Errorf("%w: the last message on %s (sequence %d) is not a Ferry batch: %v; something else publishes there",
 				ErrSourceBusy, s.subject, last.Sequence, err))
 		}
 		if b.Source != s.source {
-			return pos, 0, 0, false, fatal(fmt.Errorf("%w: the last message on %s (sequence %d) is from source %q",
+			return resumePoint{}, fatal(fmt.Errorf("%w: the last message on %s (sequence %d) is from source %q",
 				ErrSourceBusy, s.subject, last.Sequence, b.Source))
 		}
 		seq = last.Sequence
@@ -115,13 +158,13 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64
 	} else {
 		first, ok, err := tail.First(s.dir, s.source)
 		if err != nil {
-			return pos, 0, 0, false, fatal(err)
+			return resumePoint{}, fatal(err)
 		}
 		if err := s.checkNoGap(first, ok); err != nil {
-			return pos, 0, 0, false, err
+			return resumePoint{}, err
 		}
 		if !ok {
-			return pos, 0, 0, false, nil
+			return resumePoint{NoSegment: true}, nil
 		}
 		pos = first
 	}
@@ -164,7 +207,7 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (format.Position, uint64
 		s.stats.Acked = pos
 	}
 	s.stats.Published = pos
-	return pos, seq, repair, true, nil
+	return resumePoint{Pos: pos, FenceSeq: seq, Repair: repair}, nil
 }
 
 // checkNoGap is called when the stream holds nothing for the subject and the
@@ -230,16 +273,6 @@ func (bp *bodyPool) put(b []byte) {
 	bp.p.Put(&b)
 }
 
-// pipeline connects the stages of one session.
-type pipeline struct {
-	free    chan []byte // raw buffers: bounds the jobs between reader and publisher
-	work    chan *job   // to the compression workers
-	order   chan *job   // to the publisher, in file order
-	pending chan *inflight
-	queued  atomic.Int64 // jobs cut but not yet published
-	wg      sync.WaitGroup
-}
-
 // session ships from the stream's tail until an error, a reconnection or
 // ctx ends. It reports whether it shipped anything.
 //
@@ -247,17 +280,21 @@ type pipeline struct {
 // them into jobs; Workers goroutines compress; one publisher publishes in
 // file order (the session's first message fenced and synchronous, the rest
 // asynchronously within the in-flight bounds); the acker waits for acks in
-// order. An error anywhere fails the session; everything stops and drains.
+// order. An error anywhere fails the session (session.fail cancels its
+// context with the error as the cause): every stage that waits wakes on it,
+// stops and drains; none polls for it.
 func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (bool, error) {
 	epoch := s.st.Epoch()
-	pos, lastSeq, repair, ok, err := s.resume(ctx, l)
-	if err != nil || !ok {
-		if err == nil {
-			// No segment yet: wait for the writer.
-			s.wait(ctx, watch, s.o.poll)
-		}
+	start, err := s.resume(ctx, l)
+	if err != nil {
 		return false, err
 	}
+	if start.NoSegment {
+		// No segment yet: wait for the writer.
+		s.wait(ctx, watch, s.o.poll)
+		return false, nil
+	}
+	pos := start.Pos
 	s.mu.Lock()
 	s.stats.Sessions++
 	s.mu.Unlock()
@@ -272,38 +309,40 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 		return false, fatal(err)
 	}
 	defer fl.Close()
-	s.log.Debug("session", "from", pos.String(), "last_seq", lastSeq, "repair", repair)
+	s.log.Debug("session", "from", pos.String(), "last_seq", start.FenceSeq, "repair", start.Repair)
 
-	ss := &session{}
 	nbuf := len(s.comps) + 2
-	p := &pipeline{
+	ss := &session{
+		start:   start,
+		epoch:   epoch,
 		free:    make(chan []byte, nbuf),
 		work:    make(chan *job, nbuf),
 		order:   make(chan *job, nbuf),
 		pending: make(chan *inflight, s.o.maxInFlightMsgs),
+		acks:    make(chan struct{}, 1),
 	}
+	ss.ctx, ss.cancel = context.WithCancelCause(ctx)
+	defer ss.cancel(nil)
 	for i := 0; i < nbuf; i++ {
-		p.free <- nil // allocated on first use
+		ss.free <- nil // allocated on first use
 	}
-	s.inFlightB.Store(0)
-	s.inFlightN.Store(0)
 	abandon := make(chan struct{})
 	ackerDone := make(chan struct{})
 	go func() {
 		defer close(ackerDone)
-		s.acker(ss, p.pending, abandon)
+		s.acker(ss, abandon)
 	}()
 	for _, comp := range s.comps {
-		p.wg.Add(1)
+		ss.workers.Add(1)
 		go func() {
-			defer p.wg.Done()
-			s.compressor(comp, p.work)
+			defer ss.workers.Done()
+			s.compressor(comp, ss.work)
 		}()
 	}
 	pubDone := make(chan struct{})
 	go func() {
 		defer close(pubDone)
-		s.publisher(ctx, ss, p, lastSeq, epoch)
+		s.publisher(ss)
 	}()
 
 	shipped := false
@@ -318,11 +357,8 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			s.upkeep(fl, now)
 			nextUpkeep = now.Add(s.o.poll)
 		}
-		if err, _, _ := ss.state(); err != nil {
-			break
-		}
-		if ctx.Err() != nil {
-			break
+		if ss.stopped() != nil {
+			break // failed (the cause is the session's error), or stopped
 		}
 		if e := s.st.Epoch(); e != epoch {
 			loopErr = errReconnected
@@ -346,12 +382,12 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			// for one now and then while there are none.
 			if now := time.Now(); !now.Before(nextStreamCheck) {
 				nextStreamCheck = now.Add(s.o.streamCheck)
-				if _, err := s.st.LastMsg(ctx, s.subject); errors.Is(err, jsclient.ErrStreamNotFound) {
+				if _, err := s.st.LastMsg(ss.ctx, s.subject); errors.Is(err, jsclient.ErrStreamNotFound) {
 					loopErr = errStreamGone
 					break
 				}
 			}
-			s.wait(ctx, watch, min(time.Until(nextUpkeep), time.Until(nextStreamCheck)))
+			s.wait(ss.ctx, watch, min(time.Until(nextUpkeep), time.Until(nextStreamCheck)))
 			continue
 		}
 		nextStreamCheck = time.Now().Add(s.o.streamCheck)
@@ -362,12 +398,12 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 			// goroutine at each of them (a file event per append): one
 			// read per linger, not one per write.
 			if left := s.o.linger - time.Since(lastCut); left > 0 {
-				s.sleep(ctx, left)
+				s.sleep(ss.ctx, left)
 				continue
 			}
 		}
 		lastCut = time.Now()
-		if err := s.cut(ctx, fl, span, p, ss, repair); err != nil {
+		if err := s.cut(ss, fl, span); err != nil {
 			loopErr = err
 			break
 		}
@@ -376,11 +412,11 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	}
 
 	// Stop the stages, then wait for every ack within the drain timeout.
-	close(p.work)
-	close(p.order)
-	p.wg.Wait()
+	close(ss.work)
+	close(ss.order)
+	ss.workers.Wait()
 	<-pubDone
-	close(p.pending)
+	close(ss.pending)
 	timer := time.NewTimer(s.o.drainTimeout)
 	select {
 	case <-ackerDone:
@@ -438,7 +474,7 @@ func (s *Shipper) sleep(ctx context.Context, d time.Duration) {
 }
 
 // cut turns span into jobs: one message, or the parts of one big frame.
-func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p *pipeline, ss *session, repair uint64) error {
+func (s *Shipper) cut(ss *session, fl *tail.Follower, span tail.Span) error {
 	if span.PrevEnd >= 0 && span.Torn > 0 {
 		s.log.Warn("segment abandoned by a crashed writer: its torn tail (or torn header) is not shipped",
 			"before_segment", span.Segment, "prev_end", span.PrevEnd, "torn_bytes", span.Torn)
@@ -450,15 +486,15 @@ func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p 
 	b := wire.Batch{
 		Source: s.source, Segment: span.Segment, From: span.From, To: span.To,
 		Frames: span.Frames, Changes: span.Changes, FirstCommit: span.FirstCommit, LastCommit: span.LastCommit,
-		Codec: s.o.codec, Parts: 1, PrevEnd: span.PrevEnd, PrevSegment: span.PrevSegment, Torn: span.Torn, Repair: repair,
+		Codec: s.o.codec, Parts: 1, PrevEnd: span.PrevEnd, PrevSegment: span.PrevSegment, Torn: span.Torn, Repair: ss.start.Repair,
 	}
 	if !span.Big {
-		buf, err := s.buffer(ctx, p, ss)
+		buf, err := s.buffer(ss)
 		if err != nil {
 			return err
 		}
 		b.RawLen = len(span.Raw)
-		s.enqueue(p, &job{b: b, raw: append(buf, span.Raw...), last: true})
+		ss.enqueue(&job{b: b, raw: append(buf, span.Raw...), last: true})
 		return nil
 	}
 	n := int((span.Len() + int64(s.maxRaw) - 1) / int64(s.maxRaw))
@@ -466,7 +502,7 @@ func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p 
 	for i := 0; i < n; i++ {
 		off := span.From + int64(i)*int64(s.maxRaw)
 		k := min(int64(s.maxRaw), span.To-off)
-		buf, err := s.buffer(ctx, p, ss)
+		buf, err := s.buffer(ss)
 		if err != nil {
 			return err
 		}
@@ -482,35 +518,29 @@ func (s *Shipper) cut(ctx context.Context, fl *tail.Follower, span tail.Span, p 
 			// ended; the torn bytes are reported once.
 			pb.Torn = 0
 		}
-		s.enqueue(p, &job{b: pb, raw: raw, last: i == n-1})
+		ss.enqueue(&job{b: pb, raw: raw, last: i == n-1})
 	}
 	return nil
 }
 
-// buffer takes a free raw buffer, waiting while every buffer is in a job.
-func (s *Shipper) buffer(ctx context.Context, p *pipeline, ss *session) ([]byte, error) {
-	for {
-		select {
-		case buf := <-p.free:
-			if cap(buf) < s.maxRaw {
-				buf = make([]byte, 0, s.maxRaw)
-			}
-			return buf[:0], nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(s.o.poll):
-			if err, _, _ := ss.state(); err != nil {
-				return nil, err
-			}
+// buffer takes a free raw buffer, waiting while every buffer is in a job,
+// until the session stops.
+func (s *Shipper) buffer(ss *session) ([]byte, error) {
+	select {
+	case buf := <-ss.free:
+		if cap(buf) < s.maxRaw {
+			buf = make([]byte, 0, s.maxRaw)
 		}
+		return buf[:0], nil
+	case <-ss.ctx.Done():
+		return nil, ss.stopped()
 	}
 }
 
-func (s *Shipper) enqueue(p *pipeline, j *job) {
+func (ss *session) enqueue(j *job) {
 	j.ready = make(chan struct{})
-	p.queued.Add(1)
-	p.order <- j // never blocks: order holds as many jobs as there are buffers
-	p.work <- j
+	ss.order <- j // never blocks: order holds as many jobs as there are buffers
+	ss.work <- j
 }
 
 // compressor compresses jobs until work is closed.
@@ -528,25 +558,22 @@ func (s *Shipper) compressor(comp *wire.Compressor, work <-chan *job) {
 
 // publisher publishes jobs in order until order is closed. After an error or
 // a stop it only recycles the buffers of what is left.
-func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastSeq, epoch uint64) {
+func (s *Shipper) publisher(ss *session) {
 	fenced := true
-	for j := range p.order {
+	for j := range ss.order {
 		<-j.ready
-		p.queued.Add(-1)
 		err := j.err
-		if err == nil && ctx.Err() == nil {
-			if e, _, _ := ss.state(); e == nil {
-				if s.st.Epoch() != epoch {
-					// Messages lost with the old connection must not be
-					// followed by these: the next session starts from the
-					// stream's tail.
-					err = errReconnected
-				} else {
-					err = s.publish(ctx, j, p.pending, ss, &fenced, lastSeq)
-				}
+		if err == nil && ss.stopped() == nil {
+			if s.st.Epoch() != ss.epoch {
+				// Messages lost with the old connection must not be
+				// followed by these: the next session starts from the
+				// stream's tail.
+				err = errReconnected
+			} else {
+				err = s.publish(ss, j, &fenced)
 			}
 		}
-		p.free <- j.raw[:0]
+		ss.free <- j.raw[:0]
 		if j.body != nil {
 			// Not handed to the acker (unsent, or published and
 			// acknowledged synchronously): the body is free now.
@@ -561,7 +588,7 @@ func (s *Shipper) publisher(ctx context.Context, ss *session, p *pipeline, lastS
 
 // publish publishes j: fenced and synchronous for the session's first
 // message, asynchronous after.
-func (s *Shipper) publish(ctx context.Context, j *job, pending chan<- *inflight, ss *session, fenced *bool, lastSeq uint64) error {
+func (s *Shipper) publish(ss *session, j *job, fenced *bool) error {
 	b := &j.b
 	hdr := nats.Header(b.Header())
 	size := int64(len(j.body))
@@ -574,7 +601,7 @@ func (s *Shipper) publish(ctx context.Context, j *job, pending chan<- *inflight,
 	msg := &nats.Msg{Subject: s.subject, Header: hdr, Data: j.body}
 	if *fenced {
 		start := time.Now()
-		ack, err := s.st.PublishFenced(ctx, msg, lastSeq)
+		ack, err := s.st.PublishFenced(ss.ctx, msg, ss.start.FenceSeq)
 		if errors.Is(err, jsclient.ErrFenced) {
 			s.met.error("fenced")
 			return fatal(fmt.Errorf("%w: %v; stop the other shipper", ErrSourceBusy, err))
@@ -588,17 +615,11 @@ func (s *Shipper) publish(ctx context.Context, j *job, pending chan<- *inflight,
 		return nil
 	}
 	// Respect the bounds on what is in flight.
-	for s.inFlightB.Load() > 0 && (s.inFlightB.Load()+size > s.o.maxInFlightBytes || s.inFlightN.Load() >= int64(s.o.maxInFlightMsgs)) {
-		if err, _, _ := ss.state(); err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	for ss.inFlightB.Load() > 0 && (ss.inFlightB.Load()+size > s.o.maxInFlightBytes || ss.inFlightN.Load() >= int64(s.o.maxInFlightMsgs)) {
 		select {
-		case <-s.ackToPublisher:
-		case <-ctx.Done():
-		case <-time.After(s.o.poll):
+		case <-ss.acks:
+		case <-ss.ctx.Done():
+			return ss.stopped()
 		}
 	}
 	fut, err := s.st.PublishAsync(msg)
@@ -606,12 +627,12 @@ func (s *Shipper) publish(ctx context.Context, j *job, pending chan<- *inflight,
 		s.met.error("publish")
 		return fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err)
 	}
-	s.inFlightB.Add(size)
-	s.inFlightN.Add(1)
+	ss.inFlightB.Add(size)
+	ss.inFlightN.Add(1)
 	s.mu.Lock()
 	s.stats.Published = format.Position{Segment: b.Segment, Offset: b.To}
 	s.mu.Unlock()
-	pending <- &inflight{b: *b, fut: fut, size: size, body: len(j.body), data: j.body, sent: time.Now(), last: j.last}
+	ss.pending <- &inflight{b: *b, fut: fut, size: size, body: len(j.body), data: j.body, sent: time.Now(), last: j.last}
 	j.body = nil // the acker's now
 	return nil
 }
@@ -619,9 +640,9 @@ func (s *Shipper) publish(ctx context.Context, j *job, pending chan<- *inflight,
 // acker waits for the acks of pending in order and advances the acknowledged
 // position. After the first failure it only drains, noting a hole if a later
 // message was stored anyway.
-func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan struct{}) {
+func (s *Shipper) acker(ss *session, abandon <-chan struct{}) {
 	failed := false
-	for it := range pending {
+	for it := range ss.pending {
 		var ack *jetstream.PubAck
 		var err error
 		select {
@@ -631,8 +652,8 @@ func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan st
 			return // the client may still hold the bodies: left to the GC
 		}
 		s.bodies.put(it.data)
-		s.inFlightB.Add(-it.size)
-		s.inFlightN.Add(-1)
+		ss.inFlightB.Add(-it.size)
+		ss.inFlightN.Add(-1)
 		switch {
 		case err != nil:
 			if !failed {
@@ -655,7 +676,7 @@ func (s *Shipper) acker(ss *session, pending <-chan *inflight, abandon <-chan st
 			s.acked(it, ack)
 		}
 		select {
-		case s.ackToPublisher <- struct{}{}:
+		case ss.acks <- struct{}{}:
 		default:
 		}
 	}

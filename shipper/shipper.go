@@ -91,7 +91,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ferrysync/ferry/format"
@@ -191,20 +190,17 @@ type Shipper struct {
 	maxRaw  int
 	bodies  bodyPool
 
-	mu             sync.Mutex
-	stats          Stats
-	hint           format.Position // acknowledged position known before the session
-	hintOK         bool
-	hole           *format.Position // a hole to repair, kept in the checkpoint until acked past
-	lastHole       *format.Position // the hole in the last checkpoint written
-	ran            bool
-	stopped        bool
-	cancel         context.CancelFunc
-	done           chan struct{}
-	lastCkpt       format.Position
-	inFlightB      atomic.Int64
-	inFlightN      atomic.Int64
-	ackToPublisher chan struct{}
+	mu       sync.Mutex
+	stats    Stats
+	hint     format.Position // acknowledged position known before the session
+	hintOK   bool
+	hole     *format.Position // a hole to repair, kept in the checkpoint until acked past
+	lastHole *format.Position // the hole in the last checkpoint written
+	ran      bool
+	stopped  bool
+	cancel   context.CancelFunc
+	done     chan struct{}
+	lastCkpt format.Position
 }
 
 // New returns a Shipper of source, whose segments are in dir, publishing to
@@ -268,13 +264,12 @@ func New(st Stream, dir, source string, opts ...Option) (*Shipper, error) {
 	}
 	s := &Shipper{
 		st: st, dir: dir, source: source, subject: st.Subject(source), o: o,
-		log:            o.log.With("source", source),
-		met:            o.metrics.forSource(source),
-		comps:          comps,
-		maxRaw:         maxRaw,
-		ret:            &retainer{policy: o.retention, minAge: o.minAge, archiveDir: o.archiveDir, ackedAt: map[uint64]time.Time{}},
-		ackToPublisher: make(chan struct{}, 1),
-		done:           make(chan struct{}),
+		log:    o.log.With("source", source),
+		met:    o.metrics.forSource(source),
+		comps:  comps,
+		maxRaw: maxRaw,
+		ret:    &retainer{policy: o.retention, minAge: o.minAge, archiveDir: o.archiveDir, ackedAt: map[uint64]time.Time{}},
+		done:   make(chan struct{}),
 	}
 	return s, nil
 }
