@@ -131,8 +131,12 @@ type fileMode struct {
 	ws      []*format.Writer
 	shipNC  *nats.Conn
 	recvNC  *nats.Conn
-	shps    []*shipper.Shipper
-	rcv     *receiver.Receiver
+	// ship runs a shipper per source as ferry ship does (shipper.Group:
+	// stream-creation retry included); shipDone closes when it returned.
+	ship       *shipper.Group
+	shipCancel context.CancelFunc
+	shipDone   chan struct{}
+	rcv        *receiver.Receiver
 
 	runCtx context.Context // of the shipper and receiver; cancel stops them
 	cancel context.CancelFunc
@@ -308,22 +312,35 @@ func (m *fileMode) failed() error {
 	return m.err
 }
 
+// start starts shipping every source, as ferry ship runs it.
 func (m *fileMode) start(ctx context.Context) error {
-	for _, src := range m.sources {
-		shp, err := shipper.NewFromConn(ctx, m.shipNC, jsclient.Config{Stream: fileStream}, m.dir, src, shipper.WithCodec(m.codec))
-		if err != nil {
-			return fmt.Errorf("bench: creating the shipper of source %s: %w", src, err)
-		}
-		m.shps = append(m.shps, shp)
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			if err := shp.Run(m.runCtx); err != nil {
-				m.fail(fmt.Errorf("bench: shipper of source %s: %w", src, err))
-			}
-		}()
+	srcs := make([]shipper.SourceConfig, len(m.sources))
+	for i, src := range m.sources {
+		srcs[i] = shipper.SourceConfig{Name: src, Dir: m.dir}
 	}
+	g, err := shipper.NewGroup(m.shipNC, jsclient.Config{Stream: fileStream}, srcs, shipper.WithCodec(m.codec))
+	if err != nil {
+		return fmt.Errorf("bench: creating the shippers: %w", err)
+	}
+	sctx, cancel := context.WithCancel(m.runCtx)
+	m.ship, m.shipCancel, m.shipDone = g, cancel, make(chan struct{})
+	done := m.shipDone
+	go func() {
+		defer close(done)
+		if err := g.Run(sctx); err != nil {
+			m.fail(fmt.Errorf("bench: shipping: %w", err))
+		}
+	}()
 	return nil
+}
+
+// shippers returns the sources' Shippers, in the order of m.sources, once
+// the Group has started them (nil before: the stream is being created).
+func (m *fileMode) shippers() []*shipper.Shipper {
+	if m.ship == nil {
+		return nil
+	}
+	return m.ship.Shippers()
 }
 
 // startReceiver starts a receiver on the receiver's data directory; one
@@ -421,7 +438,11 @@ func (m *fileMode) settleSource(ctx context.Context, timeout time.Duration, src 
 // what JetStream acknowledged of it.
 func (m *fileMode) receiverCaughtUp() bool {
 	pos := m.rcv.Positions()
-	for i, shp := range m.shps {
+	shps := m.shippers()
+	if shps == nil {
+		return false
+	}
+	for i, shp := range shps {
 		p := pos[m.sources[i]]
 		if (format.Position{Segment: p.Segment, Offset: p.Offset}).Less(shp.Stats().Acked) {
 			return false
@@ -435,7 +456,7 @@ func (m *fileMode) receiving() bool { return m.rcvDone != nil }
 
 func (m *fileMode) shippedChanges() int64 {
 	var n int64
-	for _, shp := range m.shps {
+	for _, shp := range m.shippers() {
 		n += int64(shp.Stats().Changes)
 	}
 	return n
@@ -520,8 +541,9 @@ func (m *fileMode) fileBytes() int64 {
 // stop stops the shipper and the receiver.
 func (m *fileMode) stop() {
 	m.stopReceiver()
-	for _, shp := range m.shps {
-		shp.Stop()
+	if m.shipDone != nil {
+		m.shipCancel() // each Shipper drains what is in flight
+		<-m.shipDone
 	}
 	m.cancel()
 	m.wg.Wait()
