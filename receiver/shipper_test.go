@@ -27,12 +27,19 @@ func TestEndToEndWithShipper(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// 64 KiB messages: the big transaction is split into ~10 parts.
-	shp, err := shipper.NewFromConn(ctx, nc, jsclient.Config{}, dir, "legacy", shipper.WithMaxBatchBytes(64<<10))
+	// shipper.Group: the path ferry ship runs (stream-creation retry).
+	g, err := shipper.NewGroup(nc, jsclient.Config{}, []shipper.SourceConfig{{Name: "legacy", Dir: dir}}, shipper.WithMaxBatchBytes(64<<10))
 	if err != nil {
 		t.Fatal(err)
 	}
 	shipDone := make(chan error, 1)
-	go func() { shipDone <- shp.Run(ctx) }()
+	go func() { shipDone <- g.Run(ctx) }()
+	stats := func() shipper.Stats {
+		if ss := g.Shippers(); len(ss) > 0 {
+			return ss[0].Stats()
+		}
+		return shipper.Stats{}
+	}
 	defer func() { cancel(); <-shipDone }()
 
 	rnc, _ := srv.Connect(t)
@@ -68,7 +75,7 @@ func TestEndToEndWithShipper(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for r.Positions()["legacy"].Changes != uint64(want) {
 		if time.Now().After(deadline) {
-			t.Fatalf("not everything applied: status %+v, shipper %+v", r.Status(), shp.Stats())
+			t.Fatalf("not everything applied: status %+v, shipper %+v", r.Status(), stats())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -92,7 +99,7 @@ func TestEndToEndWithShipper(t *testing.T) {
 	if segs := r.Positions()["legacy"].Segment; segs < 3 {
 		t.Fatalf("the writer rotated to segment %d only", segs)
 	}
-	if st := shp.Stats(); st.Batches < 30 {
+	if st := stats(); st.Batches < 30 {
 		t.Fatalf("the shipper sent %d messages: the test did not split much", st.Batches)
 	}
 }
@@ -121,12 +128,12 @@ func TestEndToEndShipperAndWriterRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		shp, err := shipper.NewFromConn(ctx, nc, jsclient.Config{}, dir, "legacy", shipper.WithMaxBatchBytes(16<<10))
+		g, err := shipper.NewGroup(nc, jsclient.Config{}, []shipper.SourceConfig{{Name: "legacy", Dir: dir}}, shipper.WithMaxBatchBytes(16<<10))
 		if err != nil {
 			t.Fatal(err)
 		}
 		done := make(chan error, 1)
-		go func() { done <- shp.Run(ctx) }()
+		go func() { done <- g.Run(ctx) }()
 		txs := genTxs(500, 2, "t", fmt.Sprintf("r%d-", round))
 		for i := range txs {
 			if _, err := w.Commit(&txs[i]); err != nil {

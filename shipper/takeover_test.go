@@ -32,7 +32,8 @@ func runHelper() int {
 		return 1
 	}
 	defer nc.Close()
-	s, err := shipper.NewFromConn(ctx, nc, jsclient.Config{LeaseTTL: time.Minute}, dir, "orders", shipper.WithPollInterval(50*time.Millisecond))
+	// As ferry ship runs it: shipper.Group, stream-creation retry included.
+	s, err := shipper.NewGroup(nc, jsclient.Config{LeaseTTL: time.Minute}, []shipper.SourceConfig{{Name: "orders", Dir: dir}}, shipper.WithPollInterval(50*time.Millisecond))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -125,7 +125,7 @@ func newRig(t testing.TB, afterCommit bool, services ...string) *rig {
 		})
 	}
 	nc, _ := rg.srv.Connect(t)
-	shp, err := shipper.NewFromConn(ctx, nc, jsclient.Config{}, rg.changeDir, source)
+	shp, err := shipper.NewGroup(nc, jsclient.Config{}, []shipper.SourceConfig{{Name: source, Dir: rg.changeDir}})
 	if err != nil {
 		t.Fatal(err)
 	}
