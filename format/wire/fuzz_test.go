@@ -80,6 +80,19 @@ func FuzzParseHeader(f *testing.F) {
 		if err != nil || !reflect.DeepEqual(again, b) {
 			t.Fatalf("re-encoded headers do not parse back (%v):\n got %+v\nwant %+v", err, again, b)
 		}
+		// The one rule of where a message leaves its source shipped (the
+		// shipper's resume, ferry status, the receiver's shipped position):
+		// the range's end once whole, else the split frame's start.
+		end, want := b.End(), b.To
+		if !b.Whole() {
+			want = b.From
+		}
+		if end.Segment != b.Segment || end.Offset != want {
+			t.Fatalf("End() = %v for %+v, want %d:%d", end, b, b.Segment, want)
+		}
+		if prev, ok := b.Prev(); ok && prev.Offset != b.PrevEnd {
+			t.Fatalf("Prev() = %v for %+v", prev, b)
+		}
 	})
 }
 
