@@ -20,7 +20,8 @@ type Process struct {
 	Name    string
 	Bin     string
 	Args    []string
-	Log     string // path of the log file
+	Log     string   // path of the log file
+	Env     []string // added to this process's environment
 	Restart time.Duration
 
 	mu      sync.Mutex
@@ -59,6 +60,9 @@ func (p *Process) spawnLocked() (*exec.Cmd, error) {
 	p.runs++
 	fmt.Fprintf(logf, "=== faults: start %d of %s: %s %v\n", p.runs, p.Name, p.Bin, p.Args)
 	cmd := exec.Command(p.Bin, p.Args...)
+	if len(p.Env) > 0 {
+		cmd.Env = append(os.Environ(), p.Env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(legacyEnv); cfg != "" {
 		os.Exit(legacyMain(cfg))
 	}
+	if cfg := os.Getenv(writebackEnv); cfg != "" {
+		os.Exit(writebackMain(cfg))
+	}
 	dir, err := os.MkdirTemp("", "ferry-faults-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -148,6 +148,14 @@ func statement(c *command.Command) (string, []any) {
 // rejection frame per command refused. It returns once every command has
 // its record in the change files, durable per the writer's sync policy.
 func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
+	// A transaction an earlier run left in doubt that the database could
+	// not settle when the writer opened (still "in progress" while the
+	// killed process's backend wound down) is settled now: until then the
+	// command it carried out has no outcome, and a redelivery of it finds
+	// its id recorded and writes nothing.
+	if err := a.ResolveInDoubt(ctx); err != nil {
+		return err
+	}
 	ours := cmds[:0:0]
 	for i := range cmds {
 		if a.tables[cmds[i].Table] {
@@ -248,6 +256,25 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// ResolveInDoubt asks the database about every transaction the writer
+// still holds in doubt (format.Writer.InDoubt) and records the outcomes it
+// can decide; the others stay in doubt for the next call.
+func (a *Applier) ResolveInDoubt(ctx context.Context) error {
+	for _, d := range a.w.InDoubt() {
+		dec, err := Resolve(ctx, a.conn, d.Tx.ID)
+		if err != nil {
+			return fmt.Errorf("writeback: resolving the transaction in doubt at %v: %w", d.Position, err)
+		}
+		if dec == format.DecisionUnknown {
+			continue
+		}
+		if err := a.w.Resolve(d.Position, dec); err != nil && !errors.Is(err, format.ErrResolved) {
+			return fmt.Errorf("writeback: recording the outcome of %v: %w", d.Position, err)
+		}
+	}
+	return nil
 }
 
 func (a *Applier) resolve(ctx context.Context, xid string) (format.Decision, error) {

@@ -17,7 +17,7 @@ import (
 // PostgreSQL applier carries them out or refuses them and records the
 // outcome in the change files, which come back to every receiver.
 func TestWriteBack(t *testing.T) {
-	rg := newRig(t, true, "svc-a", "svc-b")
+	rg := newRig(t, false, "svc-a", "svc-b")
 	a, b := rg.svcs["svc-a"], rg.svcs["svc-b"]
 	ctx := context.Background()
 	for i := range 10 {

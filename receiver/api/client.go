@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -73,6 +74,7 @@ func (c *Client) Base() string { return c.base }
 // Error is a response other than 200 OK: the status, and the API's error
 // document ({"error", "code"}) when the body is one.
 type Error struct {
+	Method     string // GET when empty
 	URL        string
 	StatusCode int
 	Status     string
@@ -83,10 +85,14 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Code != "" {
-		return fmt.Sprintf("GET %s: %s: %s (%s)", e.URL, e.Status, e.Message, e.Code)
+	m := e.Method
+	if m == "" {
+		m = http.MethodGet
 	}
-	return fmt.Sprintf("GET %s: %s: %s", e.URL, e.Status, e.Message)
+	if e.Code != "" {
+		return fmt.Sprintf("%s %s: %s: %s (%s)", m, e.URL, e.Status, e.Message, e.Code)
+	}
+	return fmt.Sprintf("%s %s: %s: %s", m, e.URL, e.Status, e.Message)
 }
 
 // Status returns the receiver's GET /v1/status.
@@ -136,4 +142,62 @@ func (c *Client) Get(ctx context.Context, path string, q url.Values, out any) er
 		return fmt.Errorf("GET %s: decoding %.100q: %w (is this a Ferry receiver?)", u, body, err)
 	}
 	return nil
+}
+
+// SubmitCommand posts a write-back command (POST /v1/commands) and returns
+// its status once the receiver made it durable (202). Submitting the same
+// request again is safe: the id is the idempotency key. A refusal (4xx, or
+// 503 while the commands stream is unreachable: submit again) is an *Error.
+func (c *Client) SubmitCommand(ctx context.Context, req CommandRequest) (CommandJSON, error) {
+	var out CommandJSON
+	body, err := json.Marshal(req)
+	if err != nil {
+		return out, fmt.Errorf("encoding command %s: %w", req.ID, err)
+	}
+	u := c.base + "/v1/commands"
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return out, fmt.Errorf("POST %s: %w", u, err)
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	if c.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(hr)
+	if err != nil {
+		return out, fmt.Errorf("submitting command %s to the receiver at %s: %w", req.ID, c.base, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes))
+	if err != nil {
+		return out, fmt.Errorf("reading POST %s: %w", u, err)
+	}
+	if resp.StatusCode != http.StatusAccepted {
+		e := &Error{Method: http.MethodPost, URL: u, StatusCode: resp.StatusCode, Status: resp.Status}
+		var doc errorJSON
+		if json.Unmarshal(b, &doc) == nil && doc.Error != "" {
+			e.Code, e.Message = doc.Code, doc.Error
+		} else {
+			e.Message = fmt.Sprintf("%.200q", b)
+		}
+		return out, e
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return out, fmt.Errorf("POST %s: decoding %.100q: %w", u, b, err)
+	}
+	return out, nil
+}
+
+// Command returns a command's status (GET /v1/commands/{id}); with wait > 0
+// the receiver answers as soon as the command has an outcome, or after wait
+// (at most MaxCommandWait) with its pending status. An id the receiver
+// knows nothing of is an *Error with StatusCode 404.
+func (c *Client) Command(ctx context.Context, id string, wait time.Duration) (CommandJSON, error) {
+	var out CommandJSON
+	var q url.Values
+	if wait > 0 {
+		q = url.Values{"wait": {wait.String()}}
+	}
+	err := c.Get(ctx, "/v1/commands/"+url.PathEscape(id), q, &out)
+	return out, err
 }

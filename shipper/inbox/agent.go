@@ -13,6 +13,7 @@ import (
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/command"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -57,6 +58,16 @@ type Agent struct {
 	pending map[string]string // id -> file name
 	files   map[string]*pendingFile
 	done    recentSet
+	// delivered is the highest stream sequence written to an inbox file.
+	// A message at or below it that is not pending was delivered before
+	// and has its outcome: the stream offers it again only because the
+	// server lost acknowledgements (a nats-server killed before it wrote
+	// its consumer state) or the agent crashed before acknowledging.
+	// It is durable before any inbox file is removed (deliveredFile), and
+	// the inbox files themselves hold it for those still there.
+	delivered      uint64
+	savedDelivered uint64
+	lastSave       time.Time
 
 	mu    sync.Mutex
 	stats Stats
@@ -183,7 +194,16 @@ func (a *Agent) loadInbox() error {
 			return err
 		}
 		a.track(f, cmds)
+		for i := range cmds {
+			a.delivered = max(a.delivered, cmds[i].Seq)
+		}
 	}
+	d, err := readDelivered(a.cfg.Dir)
+	if err != nil {
+		return err
+	}
+	a.savedDelivered = d
+	a.delivered = max(a.delivered, d)
 	a.updateStats()
 	return nil
 }
@@ -223,19 +243,12 @@ func (a *Agent) session(ctx context.Context) error {
 		if len(a.pending) > 0 {
 			wait = a.cfg.Poll
 		}
-		batch, err := cons.Fetch(a.cfg.Batch, jetstream.FetchMaxWait(wait))
+		msgs, err := a.fetch(cons, wait)
 		if err != nil {
-			return fmt.Errorf("inbox: fetching commands: %w", err)
-		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && len(msgs) == 0 {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("inbox: fetching commands: %w", err)
+			return err
 		}
 		if len(msgs) > 0 {
 			if err := a.deliver(ctx, msgs); err != nil {
@@ -249,6 +262,32 @@ func (a *Agent) session(ctx context.Context) error {
 		a.setErr(nil)
 	}
 	return nil
+}
+
+// fetch waits up to wait for the next command, then takes the commands
+// already waiting behind it (up to Batch in all) without waiting more: a
+// command reaches the inbox as soon as it is in the stream, and a burst
+// shares one file. (A plain Fetch of Batch returns only when the batch is
+// full or its wait expired: every command would wait the whole poll.)
+func (a *Agent) fetch(cons jetstream.Consumer, wait time.Duration) ([]jetstream.Msg, error) {
+	first, err := cons.Next(jetstream.FetchMaxWait(wait))
+	if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("inbox: fetching commands: %w", err)
+	}
+	msgs := []jetstream.Msg{first}
+	if a.cfg.Batch > 1 {
+		batch, err := cons.FetchNoWait(a.cfg.Batch - 1)
+		if err != nil {
+			return msgs, nil // the first one goes alone; the rest next time
+		}
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+	}
+	return msgs, nil
 }
 
 // deliver writes one inbox file for msgs (those not already delivered),
@@ -274,7 +313,7 @@ func (a *Agent) deliver(ctx context.Context, msgs []jetstream.Msg) error {
 			continue
 		}
 		_, inInbox := a.pending[c.ID]
-		if inInbox || seen[c.ID] || a.done.has(c.ID) {
+		if inInbox || seen[c.ID] || a.done.has(c.ID) || md.Sequence.Stream <= a.delivered {
 			dups++
 			continue
 		}
@@ -289,6 +328,7 @@ func (a *Agent) deliver(ctx context.Context, msgs []jetstream.Msg) error {
 		}
 		name := FileName(cmds[0].Seq)
 		a.track(File{Name: name, Seq: cmds[0].Seq, Path: path}, cmds)
+		a.delivered = max(a.delivered, cmds[len(cmds)-1].Seq)
 		if a.cfg.Endpoint != "" {
 			a.postFile(ctx, a.files[name])
 		}
@@ -331,6 +371,13 @@ func (a *Agent) outcomes() error {
 		return err
 	}
 	if emptied {
+		// What was delivered is durable before the files that say so go.
+		if a.delivered > a.savedDelivered {
+			if err := writeDelivered(a.cfg.Dir, a.delivered); err != nil {
+				return err
+			}
+			a.savedDelivered = a.delivered
+		}
 		for name, pf := range a.files {
 			if pf.waiting > 0 {
 				continue
@@ -345,9 +392,15 @@ func (a *Agent) outcomes() error {
 		}
 	}
 	// The state is saved after the removals: a crash before it re-reads
-	// these outcomes, and finds the files gone or removes them again.
-	if err := a.sc.save(); err != nil {
-		return err
+	// these outcomes, and finds the files gone or removes them again. It
+	// only saves reading the change files again after a restart, so it is
+	// saved when files went, else at most once a second (not after every
+	// heartbeat the legacy writes: each save is two fsyncs).
+	if emptied || time.Since(a.lastSave) >= time.Second {
+		if err := a.sc.save(); err != nil {
+			return err
+		}
+		a.lastSave = time.Now()
 	}
 	a.mu.Lock()
 	a.stats.Outcomes += uint64(n)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/ferrysync/ferry/format"
 )
@@ -75,10 +77,20 @@ func (s *scanner) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := s.statePath + ".tmp"
+	if err := writeAtomic(s.statePath, b); err != nil {
+		return err
+	}
+	s.dirty = false
+	return nil
+}
+
+// writeAtomic replaces path with b: a temporary file, fsync, rename,
+// directory fsync.
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
 	f, err := os.Create(tmp)
 	if err != nil {
-		return fmt.Errorf("inbox: writing state: %w", err)
+		return fmt.Errorf("inbox: writing %s: %w", path, err)
 	}
 	if _, err = f.Write(b); err == nil {
 		err = f.Sync()
@@ -87,13 +99,35 @@ func (s *scanner) save() error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, s.statePath)
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
-		return fmt.Errorf("inbox: writing state: %w", err)
+		return fmt.Errorf("inbox: writing %s: %w", path, err)
 	}
-	s.dirty = false
-	return syncDir(filepath.Dir(s.statePath))
+	return syncDir(filepath.Dir(path))
+}
+
+const deliveredFile = ".agent-delivered"
+
+// readDelivered returns the highest stream sequence an earlier run wrote
+// to the inbox (0: none recorded).
+func readDelivered(dir string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, deliveredFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("inbox: reading %s: %w", deliveredFile, err)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("inbox: %s in %s is damaged (%q): it holds the last stream sequence delivered; set it to the commands stream's last sequence", deliveredFile, dir, b)
+	}
+	return n, nil
+}
+
+func writeDelivered(dir string, seq uint64) error {
+	return writeAtomic(filepath.Join(dir, deliveredFile), []byte(strconv.FormatUint(seq, 10)+"\n"))
 }
 
 // scan reads the change files from where it stopped to their end and calls
