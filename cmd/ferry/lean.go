@@ -15,3 +15,8 @@ var errLean = errors.New("this ferry was built with -tags lean, without demo and
 
 func runDemo(context.Context, *Env, []string) error  { return &exitError{code: 2, err: errLean} }
 func runBench(context.Context, *Env, []string) error { return &exitError{code: 2, err: errLean} }
+
+// runLoad: the initial load links pgx, which the lean build leaves out.
+func runLoad(context.Context, *Env, []string) error {
+	return &exitError{code: 2, err: errors.New("this ferry was built with -tags lean, without the initial load (it links the PostgreSQL driver); run ferry load from a full build (make build)")}
+}

@@ -35,6 +35,7 @@ func commands() []command {
 		{"write", "append JSON-lines changes from stdin to change files", runWrite},
 		{"inspect", "dump and verify change files", runInspect},
 		{"ship", "tail change files and publish them to JetStream", runShip},
+		{"load", "send a legacy table's existing rows into the stream (initial load)", runLoad},
 		{"receive", "apply the stream into a local store and serve it", runReceive},
 		{"demo", "run writer, shipper, receiver and JetStream together, with live figures", runDemo},
 		{"bench", "measure Ferry against CDC on the same workload", runBench},

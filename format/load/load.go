@@ -61,6 +61,7 @@ const (
 	HdrChunkHi  = "Ferry-Chunk-Hi"
 	HdrUpper    = "Ferry-Upper"
 	HdrTime     = "Ferry-Time"
+	HdrTotal    = "Ferry-Total"
 	HdrCodec    = wire.HdrCodec
 	HdrRawLen   = wire.HdrRawLen
 )
@@ -249,9 +250,11 @@ func IsSubject(prefix, subject string) bool {
 //	all:    Load, Kind, Table
 //	begin:  Estimate, Time (body: Begin)
 //	chunk:  Chunk, Part, Last, LowSeq, Rows, Codec, RawLen, Time, Lo (not on
-//	        the first chunk), Hi (on the last part), Upper (if the load has one)
+//	        the first chunk), Hi and Total (on the last part), Upper (if the
+//	        load has one)
 //	done:   Rows (in all), Chunks, Time
-//	failed: Time (body: the reason)
+//	failed: Time, and where a rerun resumes: Chunk (the next chunk number),
+//	        Lo (nil: from the start), Upper, Total (body: the reason)
 type Header struct {
 	Load  string
 	Kind  Kind
@@ -269,15 +272,21 @@ type Header struct {
 	Rows int64
 	// Chunks (done) counts the load's chunks.
 	Chunks uint64
+	// Total (a chunk's last part, failed) counts the rows the load sent so
+	// far, this chunk included (rows sent again after a restart count
+	// again): progress for receivers, nothing more.
+	Total int64
 	// Estimate (begin) is the loader's estimate of the rows to load, -1 if
 	// unknown.
 	Estimate int64
 	Codec    wire.Codec
 	RawLen   int
 	// Lo is the chunk's exclusive lower bound (the previous chunk's last
-	// key, or the load's --from), nil if the chunk starts at the table's
-	// first key. Hi (last part only) is the chunk's last key, inclusive.
-	// Upper is the load's fixed upper bound, inclusive (nil: none).
+	// key), nil if the chunk starts at the range's start (the table's first
+	// key, or the load's from, inclusive); on a failed message, where a
+	// rerun resumes. Hi (last part only) is the chunk's last key,
+	// inclusive. Upper is the load's fixed upper bound, inclusive (nil:
+	// none). Dumps use one-column tuples of record numbers.
 	Lo, Hi, Upper Key
 	// Time is when the message was made, Unix ns (chunk: when its snapshot
 	// was taken).
@@ -324,7 +333,13 @@ func (h *Header) Encode() map[string][]string {
 		key(HdrChunkLo, h.Lo)
 		if h.Last {
 			key(HdrChunkHi, h.Hi)
+			m[HdrTotal] = []string{strconv.FormatInt(h.Total, 10)}
 		}
+		key(HdrUpper, h.Upper)
+	case KindFailed:
+		m[HdrChunk] = []string{strconv.FormatUint(h.Chunk, 10)}
+		m[HdrTotal] = []string{strconv.FormatInt(h.Total, 10)}
+		key(HdrChunkLo, h.Lo)
 		key(HdrUpper, h.Upper)
 	case KindDone:
 		m[HdrRows] = []string{strconv.FormatInt(h.Rows, 10)}
@@ -360,6 +375,10 @@ func (h *Header) check() error {
 			return fmt.Errorf("last part of chunk %d without its last key", h.Chunk)
 		case !h.Last && h.Hi != nil:
 			return fmt.Errorf("part %d of chunk %d is not the last but has a last key", h.Part, h.Chunk)
+		case !h.Last && h.Total != 0:
+			return fmt.Errorf("part %d of chunk %d is not the last but has a total", h.Part, h.Chunk)
+		case h.Total < 0:
+			return fmt.Errorf("total %d", h.Total)
 		}
 		for _, k := range []Key{h.Lo, h.Hi, h.Upper} {
 			if err := checkKey(k); err != nil {
@@ -373,6 +392,15 @@ func (h *Header) check() error {
 	case KindDone:
 		if h.Rows < 0 {
 			return fmt.Errorf("done with %d rows", h.Rows)
+		}
+	case KindFailed:
+		if h.Total < 0 {
+			return fmt.Errorf("total %d", h.Total)
+		}
+		for _, k := range []Key{h.Lo, h.Upper} {
+			if err := checkKey(k); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -477,6 +505,14 @@ func ParseHeader(m map[string][]string) (Header, error) {
 		}
 		h.Lo = key(HdrChunkLo, false)
 		h.Hi = key(HdrChunkHi, h.Last)
+		h.Upper = key(HdrUpper, false)
+		if h.Last {
+			h.Total = inum(HdrTotal, 1<<63-1)
+		}
+	case KindFailed:
+		h.Chunk = unum(HdrChunk)
+		h.Total = inum(HdrTotal, 1<<63-1)
+		h.Lo = key(HdrChunkLo, false)
 		h.Upper = key(HdrUpper, false)
 	case KindDone:
 		h.Rows = inum(HdrRows, 1<<63-1)

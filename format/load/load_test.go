@@ -95,24 +95,26 @@ func messages() []struct {
 		{name: "chunk-0-part-1", what: "chunk 0, part 1, the last: one row; the chunk's last key is 1200",
 			h: with(func(h *load.Header) {
 				h.Kind, h.Chunk, h.Part, h.Last, h.LowSeq, h.Codec, h.Time = load.KindChunk, 0, 1, true, 41, wire.CodecNone, t0+2e6
-				h.Hi, h.Upper = load.KeyOf("1200"), load.KeyOf("1207")
+				h.Hi, h.Upper, h.Total = load.KeyOf("1200"), load.KeyOf("1207"), 3
 			}),
 			tx: rows(format.Change{Key: []byte("1200"), After: []byte(`{"id":1200,"status":"sent","rev":9}`), Version: 9})},
 		{name: "chunk-1-zstd", what: "chunk 1 after key 1200, zstd-compressed, one part: low watermark 57",
 			h: with(func(h *load.Header) {
 				h.Kind, h.Chunk, h.Part, h.Last, h.LowSeq, h.Codec, h.Time = load.KindChunk, 1, 0, true, 57, wire.CodecZstd, t0+3e6
-				h.Lo, h.Hi, h.Upper = load.KeyOf("1200"), load.KeyOf("1207"), load.KeyOf("1207")
+				h.Lo, h.Hi, h.Upper, h.Total = load.KeyOf("1200"), load.KeyOf("1207"), load.KeyOf("1207"), 4
 			}),
 			tx: rows(format.Change{Key: []byte("1207"), After: []byte(`{"id":1207,"status":"new","rev":2}`), Version: 2})},
 		{name: "chunk-composite-s2", what: "a composite key (order_lines, key columns order_id and line_no joined by '/'), s2, no versions",
 			h: load.Header{Load: "order_lines-0a1b2c3d-m4k2", Table: "order_lines", Kind: load.KindChunk, Last: true, LowSeq: 0,
-				Codec: wire.CodecS2, Time: t0, Lo: load.KeyOf("1207", "3"), Hi: load.KeyOf("1207", "4")},
+				Codec: wire.CodecS2, Time: t0, Lo: load.KeyOf("1207", "3"), Hi: load.KeyOf("1207", "4"), Total: 1},
 			tx: &format.Tx{CommitTime: t0, ID: "order_lines-0a1b2c3d-m4k2", Changes: []format.Change{{
 				Table: "order_lines", Op: format.OpUpsert, Key: []byte("1207/4"), After: []byte(`{"order_id":1207,"line_no":4,"qty":1}`)}}}},
 		{name: "done", what: "the load sent 4 rows in 2 chunks",
 			h: with(func(h *load.Header) { h.Kind, h.Rows, h.Chunks, h.Time = load.KindDone, 4, 2, t0+4e6 })},
-		{name: "failed", what: "a load that gave up",
-			h:      with(func(h *load.Header) { h.Kind, h.Time = load.KindFailed, t0+5e6 }),
+		{name: "failed", what: "a load that gave up after chunk 0: a rerun resumes with chunk 1 after key 1200",
+			h: with(func(h *load.Header) {
+				h.Kind, h.Time, h.Chunk, h.Lo, h.Upper, h.Total = load.KindFailed, t0+5e6, 1, load.KeyOf("1200"), load.KeyOf("1207"), 3
+			}),
 			reason: "reading orders after key 1200: connection reset"},
 	}
 }
