@@ -370,4 +370,3 @@ func appendValue(dst, v []byte, k colKind) []byte {
 	}
 	return appendJSONString(dst, string(v))
 }
-

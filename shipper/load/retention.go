@@ -42,7 +42,7 @@ func CheckRetention(info *jetstream.StreamInfo, estimate int64, rate float64, no
 	}
 	if c.MaxAge > 0 && c.MaxAge < dur {
 		out = append(out, fmt.Sprintf("stream %s keeps messages for max_age %s, less than %s need (%s): messages older than that are removed before receivers apply them; raise it for the load: nats stream edit %s --max-age %s",
-			c.Name, c.MaxAge, what, dur.Round(time.Second), c.Name, (2 * dur).Round(time.Minute)))
+			c.Name, c.MaxAge, what, dur.Round(time.Second), c.Name, (2*dur).Round(time.Minute)))
 	}
 	if c.MaxBytes > 0 && s.Bytes+growBytes > uint64(c.MaxBytes) {
 		out = append(out, fmt.Sprintf("stream %s has max_bytes %d, holds %d and grows by about %d during %s: %s; raise it: nats stream edit %s --max-bytes %d",
