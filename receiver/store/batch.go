@@ -73,9 +73,11 @@ type Batch struct {
 	seq       uint64
 	loads     map[string]LoadState
 	loadDirty bool
-	bulkBuf   []byte
-	bulkRows  []rowOp
+	ing       pendingIngest
 	bulkTmp   []rowOp
+	loadOrder []int32
+	loadOK    []bool
+	valBuf    []byte
 
 	// OnCommit, if set, is called (on the commit goroutine) with the time
 	// each commit took.
@@ -247,6 +249,9 @@ func (b *Batch) ApplyTx(source string, seg uint64, off, end int64, streamSeq uin
 // is applied after frames that follow it (a prepared transaction at its
 // outcome): every change is then checked. It returns how many it applied.
 func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx, frame []byte, late bool) (int, error) {
+	if err := b.flushIngest(); err != nil {
+		return 0, err
+	}
 	if err := b.logFrame(source, seg, off, late, frame); err != nil {
 		return 0, err
 	}
@@ -563,6 +568,11 @@ func (b *Batch) CommitAsync() error {
 	if b.Empty() {
 		return nil
 	}
+	// Load rows waiting to be ingested go in before the commit that holds
+	// their position (ingest.go).
+	if err := b.flushIngest(); err != nil {
+		return err
+	}
 	w := b.w
 	w.entryOK, b.body.open = false, false
 	w.positions = w.positions[:0]
@@ -829,6 +839,7 @@ func (w *commitWork) reset() {
 func (b *Batch) Discard() {
 	b.Wait()
 	b.w.reset()
+	b.ing.reset(b.s.fs)
 	clear(b.pending)
 	clear(b.loads)
 	b.tables = b.s.tableWriters() // what this batch added is gone
@@ -847,6 +858,7 @@ func (b *Batch) Discard() {
 // committing what it holds.
 func (b *Batch) Close() {
 	b.Wait()
+	b.ing.reset(b.s.fs)
 	b.w.b.Close()
 	if b.spare != nil {
 		b.spare.b.Close()
