@@ -15,12 +15,14 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/bench/check"
 	"github.com/ferrysync/ferry/bench/workload"
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/shipper/inbox"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -59,6 +61,10 @@ type Config struct {
 	// CatchUpTimeout bounds the wait for the receiver once the legacy
 	// stopped (default 2 min).
 	CatchUpTimeout time.Duration
+	// CanaryRate is the canary service's write-back commands per second
+	// (orders placed and cancelled by canary users, writeback.go); 0: no
+	// canary.
+	CanaryRate float64
 }
 
 // Result is what a run measured.
@@ -80,6 +86,9 @@ type Result struct {
 	Ratio float64
 	// Report is the verification's outcome.
 	Report *check.Report
+	// WriteBack is the canary's write-backs and their verification (nil
+	// without a canary).
+	WriteBack *WriteBack
 }
 
 func (c *Config) defaults() error {
@@ -98,7 +107,7 @@ func (c *Config) defaults() error {
 	if c.HTTP == "" {
 		c.HTTP = "127.0.0.1:0"
 	}
-	if c.Rate < 0 || c.Duration < 0 {
+	if c.Rate < 0 || c.Duration < 0 || c.CanaryRate < 0 {
 		return fmt.Errorf("demo: negative rate or duration")
 	}
 	return nil
@@ -196,6 +205,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/changes?after=0&limit=5'\n", stages.httpAddr)
 	fmt.Fprintf(cfg.Out, "  ferry status --dir %s --nats %s --receiver http://%s\n", changes, ns.ClientURL(), stages.httpAddr)
+	if cfg.CanaryRate > 0 {
+		fmt.Fprintf(cfg.Out, "A canary service (origin %q) writes back %.0f orders/s through POST /v1/commands; the legacy applies them from %s:\n",
+			Canary, cfg.CanaryRate, stages.inboxDir)
+		fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/tables/%s/rows?prefix=canary-&limit=3'\n", stages.httpAddr, CanaryTable)
+		fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/commands/order-canary-u00-000000?wait=5s'\n", stages.httpAddr)
+	}
 	if cfg.Duration > 0 {
 		fmt.Fprintf(cfg.Out, "The legacy writes for %v (Ctrl-C stops it earlier).\n\n", cfg.Duration)
 	} else {
@@ -229,6 +244,27 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	defer stopWriting()
 	werr := make(chan error, 1)
 	go func() { werr <- leg.run(wctx) }()
+	// Write-back: the legacy takes commands from its inbox (until every
+	// command the canary sent has its outcome), the canary sends them
+	// while the legacy writes.
+	var wbl *wbLegacy
+	var can *canary
+	canaryDone, consumeDone := make(chan struct{}), make(chan error, 1)
+	stopConsume := func() {}
+	if cfg.CanaryRate > 0 {
+		wbl = newWBLegacy(leg)
+		cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stopConsume = func() { cancel(); <-consumeDone; stopConsume = func() {} }
+		go func() { consumeDone <- inbox.Consume(cctx, stages.inboxDir, inbox.ConsumeConfig{}, wbl.handle) }()
+		if can, err = newCanary("http://"+stages.httpAddr, cfg.CanaryRate, cfg.Seed); err != nil {
+			stopConsume()
+			return nil, err
+		}
+		go func() { defer close(canaryDone); can.run(wctx) }()
+	} else {
+		close(canaryDone)
+	}
+	defer func() { stopConsume() }()
 
 	d := &display{w: cfg.Out, tty: cfg.TTY}
 	mon := &monitor{leg: leg, stages: stages, obs: obs, start: start, duration: cfg.Duration, base: res.Loaded}
@@ -245,6 +281,10 @@ writing:
 		}
 	}
 	res.Writing = time.Since(start)
+	// The canary stops with the legacy's writing and waits for the
+	// outcomes of what it sent; then the legacy stops taking commands.
+	<-canaryDone
+	stopConsume()
 	writerOpen = false
 	if err := w.Close(); err != nil && writeErr == nil {
 		writeErr = fmt.Errorf("demo: closing the legacy's change files: %w", err)
@@ -297,6 +337,9 @@ writing:
 		return res, fmt.Errorf("demo: verifying the receiver: %w", err)
 	}
 	res.Report = rep
+	if can != nil {
+		res.WriteBack = can.verify(vctx, wbl, changes)
+	}
 	printSummary(cfg.Out, res, truth)
 	return res, nil
 }
@@ -335,5 +378,13 @@ func printSummary(out io.Writer, r *Result, truth *check.Truth) {
 		fmt.Fprintf(out, "  OK: the receiver holds exactly what the legacy wrote; every change applied once.\n")
 	} else {
 		fmt.Fprintf(out, "  FAILED: %v\n", r.Report.Err())
+	}
+	if wb := r.WriteBack; wb != nil {
+		fmt.Fprintf(out, "Write-back: %s\n", wb)
+		if wb.OK() {
+			fmt.Fprintf(out, "  OK: every command has exactly one outcome; applied ones are in the legacy and the receiver, rejected ones nowhere.\n")
+		} else {
+			fmt.Fprintf(out, "  FAILED: %s\n", strings.Join(wb.Problems, "; "))
+		}
 	}
 }

@@ -24,6 +24,7 @@ func TestRun(t *testing.T) {
 		cfg  demo.Config
 	}{
 		{"FixedRateWithBursts", demo.Config{Rate: 5000, Burst: 3, TxSize: 3, RowSize: 150, Duration: 2 * time.Second}},
+		{"CanaryWriteBack", demo.Config{Rate: 2000, TxSize: 3, Duration: 2 * time.Second, CanaryRate: 100}},
 		{"MaxRate", demo.Config{Rate: 0, TxSize: 8, Duration: time.Second}},
 	}
 	for _, c := range cases {
@@ -39,6 +40,20 @@ func TestRun(t *testing.T) {
 			}
 			if res.Written <= res.Loaded || res.Applied != res.Written || res.Report.Written != int(res.Written) {
 				t.Errorf("written %d (load %d), applied %d, files hold %d: want more than the load, all applied", res.Written, res.Loaded, res.Applied, res.Report.Written)
+			}
+			if c.cfg.CanaryRate > 0 {
+				wb := res.WriteBack
+				if wb == nil || !wb.OK() {
+					t.Fatalf("write-back verification: %+v\n%s", wb, out.String())
+				}
+				if wb.Applied == 0 || wb.Rejected == 0 || wb.Applied+wb.Rejected != wb.Submitted {
+					t.Errorf("write-back: %s; want applied and rejected ones, each with an outcome", wb)
+				}
+				if !strings.Contains(out.String(), "Write-back: ") || !strings.Contains(out.String(), "OK: every command has exactly one outcome") {
+					t.Errorf("output lacks the write-back verdict:\n%s", out.String())
+				}
+			} else if res.WriteBack != nil {
+				t.Errorf("write-back ran without a canary")
 			}
 			if c.cfg.Rate > 0 && res.Latency.Count == 0 {
 				t.Errorf("no latency measured at a fixed rate")

@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/ferrysync/ferry/receiver"
 	"github.com/ferrysync/ferry/shipper"
+	"github.com/ferrysync/ferry/shipper/inbox"
 	"github.com/ferrysync/ferry/shipper/jsclient"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // stages are the shipper and the receiver, embedded as libraries, and the
@@ -24,6 +27,7 @@ type stages struct {
 	recv     *receiver.Receiver
 	srv      *http.Server
 	httpAddr string
+	inboxDir string // write-back: where the agent delivers commands
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -77,8 +81,14 @@ func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, da
 		return nil, fmt.Errorf("demo: starting the shipper: %w", err)
 	}
 	s.ship = ship
-	recv, err := receiver.New(receiver.WithNATS(nc), receiver.WithDataDir(dataDir),
-		receiver.WithLogger(cfg.Log.With("component", "receiver")))
+	ropts := []receiver.Option{receiver.WithNATS(nc), receiver.WithDataDir(dataDir),
+		receiver.WithLogger(cfg.Log.With("component", "receiver"))}
+	if cfg.CanaryRate > 0 {
+		// The canary service's sidecar: write-back of orders, and its own
+		// changes left out of its feed (no echo).
+		ropts = append(ropts, receiver.WithCommands(Canary, map[string]string{CanaryTable: Source}), receiver.WithExcludeOrigins(Canary))
+	}
+	recv, err := receiver.New(ropts...)
 	if err != nil {
 		return nil, fmt.Errorf("demo: starting the receiver: %w", err)
 	}
@@ -101,6 +111,24 @@ func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, da
 		defer s.wg.Done()
 		s.fail(recv.Run(ctx))
 	}()
+	if cfg.CanaryRate > 0 {
+		// The agent beside the shipper, as ferry ship --inbox runs it.
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, fmt.Errorf("demo: %w", err)
+		}
+		s.inboxDir = filepath.Join(changesDir, "inbox")
+		ag, err := inbox.New(js, inbox.Config{Source: Source, ChangeDir: changesDir, Dir: s.inboxDir,
+			Logger: cfg.Log.With("component", "inbox")})
+		if err != nil {
+			return nil, fmt.Errorf("demo: starting the write-back agent: %w", err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.fail(ag.Run(ctx))
+		}()
+	}
 	shipCtx, shipStop := context.WithCancel(ctx)
 	s.shipStop, s.shipDone = shipStop, make(chan struct{})
 	go func() {

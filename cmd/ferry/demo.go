@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/ferrysync/ferry/bench/demo"
 )
@@ -25,6 +26,7 @@ func runDemo(ctx context.Context, env *Env, args []string) error {
 	fs.StringVar(&cfg.Dir, "dir", "", "directory for the change files, stream and store (default: a new temporary directory, removed at the end)")
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the temporary directory at the end")
 	fs.Uint64Var(&cfg.Seed, "seed", 1, "seed of the synthetic workload")
+	fs.Float64Var(&cfg.CanaryRate, "canary-rate", 20, "write-back: orders per second a canary service sends to the legacy as commands (0 = no canary)")
 	plain := fs.Bool("plain", false, "print one line per reading instead of redrawing (the default when stdout is not a terminal)")
 	verbose := fs.Bool("v", false, "log what the shipper and the receiver do (to stderr)")
 	fs.Usage = func() {
@@ -42,6 +44,8 @@ func runDemo(ctx context.Context, env *Env, args []string) error {
 		return &exitError{code: 2, err: fmt.Errorf("ferry demo: --tx-size %d: want at least 1 change per transaction", cfg.TxSize)}
 	case cfg.RowSize < 16:
 		return &exitError{code: 2, err: fmt.Errorf("ferry demo: --row-size %d: want at least 16 bytes", cfg.RowSize)}
+	case cfg.CanaryRate < 0:
+		return &exitError{code: 2, err: fmt.Errorf("ferry demo: --canary-rate %v: want 0 (no canary) or a positive rate", cfg.CanaryRate)}
 	case cfg.Rate < 0:
 		return &exitError{code: 2, err: fmt.Errorf("ferry demo: --rate %v: want 0 (as fast as possible) or a positive rate", cfg.Rate)}
 	}
@@ -58,6 +62,9 @@ func runDemo(ctx context.Context, env *Env, args []string) error {
 	}
 	if res.Report != nil && !res.Report.OK() {
 		return &exitError{code: 1, err: fmt.Errorf("ferry demo: verification failed: %w", res.Report.Err())}
+	}
+	if res.WriteBack != nil && !res.WriteBack.OK() {
+		return &exitError{code: 1, err: fmt.Errorf("ferry demo: write-back verification failed: %s", strings.Join(res.WriteBack.Problems, "; "))}
 	}
 	return nil
 }
