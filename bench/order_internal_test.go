@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(crashChildEnv); cfg != "" {
 		os.Exit(crashChildMain(cfg))
 	}
+	if cfg := os.Getenv(loadChildEnv); cfg != "" {
+		os.Exit(loadChildMain(cfg))
+	}
 	os.Exit(m.Run())
 }
 
