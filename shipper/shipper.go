@@ -54,8 +54,14 @@
 // set until an ack past it, and log it (errors{kind="stream_hole"}). The
 // hole is kept in the local checkpoint meanwhile: the stream's tail is past
 // it, so a Shipper restarted after a stop or crash finds it there. A
-// reconnection also ends
-// the session, so the stream's tail is checked after every outage.
+// reconnection also ends the session, so the stream's tail is checked
+// after every outage. Each session is one value (session.go) holding its
+// stages' shared state and a context the first failure cancels, with the
+// failure as its cause: the stages stop on it rather than poll for it.
+//
+// Group runs several sources as ferry ship does (stream-creation retry,
+// per-source failure, health); DiskStages, ShippedStages and MergeStages
+// read how far each stage of a source got, as ferry status shows it.
 //
 // One shipper per source. Two Shippers on one source would interleave
 // ranges, so a Shipper holds a lease: a key per stream and source in a
