@@ -13,6 +13,7 @@ import (
 	"github.com/ferrysync/ferry/format/wire"
 	"github.com/ferrysync/ferry/format/wire/natsconn"
 	"github.com/ferrysync/ferry/receiver/api"
+	"github.com/ferrysync/ferry/receiver/ui"
 	"github.com/ferrysync/ferry/shipper"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -71,16 +72,30 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 	if *watch {
 		return watchStatus(ctx, env.Stdout, read, *interval, isTerminal(env.Stdout))
 	}
-	out, _, err := read(ctx)
+	out, rs, err := read(ctx)
 	if err != nil {
 		return err
+	}
+	var loads []api.LoadStatus
+	if rs != nil {
+		loads = rs.Loads
 	}
 	if *asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"sources": out})
+		doc := map[string]any{"sources": out}
+		if rs != nil {
+			doc["loads"] = loads
+		}
+		return enc.Encode(doc)
 	}
 	printStatus(env.Stdout, out)
+	if len(loads) > 0 {
+		// The receiver's initial loads (ferry load): the gate waits for
+		// those named by --wait-load.
+		fmt.Fprintln(env.Stdout)
+		return ui.WriteLoads(env.Stdout, loads)
+	}
 	return nil
 }
 

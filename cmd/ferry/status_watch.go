@@ -42,6 +42,7 @@ func termFrame(at time.Time, out []*shipper.Stages, rs *api.Status, err error) u
 	f := ui.TermFrame{At: at, Err: err}
 	if rs != nil {
 		f.Gate = &ui.TermGate{Ready: rs.Ready, Reason: rs.NotReadyReason}
+		f.Loads = rs.Loads
 	}
 	for _, s := range out {
 		ts := ui.TermSource{Source: s.Source}

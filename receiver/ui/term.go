@@ -6,6 +6,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ferrysync/ferry/receiver/api"
 )
 
 // The cockpit's figures as text, for `ferry status --watch` on hosts without
@@ -50,6 +52,8 @@ type TermFrame struct {
 	Sources []TermSource
 	// Gate is nil when no receiver was read.
 	Gate *TermGate
+	// Loads are the receiver's initial loads (its status's "loads").
+	Loads []api.LoadStatus
 	// Err is why this reading failed (the previous figures stay on screen).
 	Err error
 }
@@ -102,6 +106,10 @@ func WriteTerm(w io.Writer, cur TermFrame, prev *TermFrame, o TermOptions) error
 		}
 	}
 	b.WriteString("\n")
+	if len(cur.Loads) > 0 {
+		writeLoads(&b, cur.Loads, paint)
+		b.WriteString("\n")
+	}
 	if len(cur.Sources) == 0 {
 		b.WriteString("no sources found\n")
 		_, err := io.WriteString(w, b.String())
@@ -164,6 +172,50 @@ func WriteTerm(w io.Writer, cur TermFrame, prev *TermFrame, o TermOptions) error
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// WriteLoads writes a receiver's initial loads as a table: per table the
+// load, its state, rows so far of the estimate, rows/s and ETA; failures
+// with their reason below it.
+func WriteLoads(w io.Writer, loads []api.LoadStatus) error {
+	var b strings.Builder
+	writeLoads(&b, loads, func(_, s string) string { return s })
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func writeLoads(b *strings.Builder, loads []api.LoadStatus, paint func(color, s string) string) {
+	tw := tabwriter.NewWriter(b, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "LOAD TABLE	ID	STATE	ROWS	OF ~	ROWS/S	ETA	DROPPED	INGESTED	")
+	var notes []string
+	for _, l := range loads {
+		id, est, eta := l.Load, "?", "-"
+		if id == "" {
+			id = "-"
+		}
+		if l.RowsEstimate > 0 {
+			est = fmt.Sprint(l.RowsEstimate)
+		}
+		if l.ETASeconds > 0 {
+			eta = (time.Duration(l.ETASeconds) * time.Second).String()
+		}
+		state := l.State
+		switch state {
+		case "done":
+			state = paint(ansiGreen, state)
+		case "failed":
+			state = paint(ansiRed, state)
+			notes = append(notes, paint(ansiRed, fmt.Sprintf("load %s of %s failed: %s", l.Load, l.Table, l.Error)))
+		}
+		if l.Wait && l.State != "done" {
+			state += " (gate waits)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%.0f\t%s\t%d\t%d\t\n", l.Table, id, state, l.Rows, est, l.RowsPerSecond, eta, l.RowsDropped, l.RowsIngested)
+	}
+	tw.Flush()
+	for _, n := range notes {
+		b.WriteString(n + "\n")
+	}
 }
 
 func count(n int64) string {

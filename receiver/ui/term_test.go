@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferrysync/ferry/receiver/api"
 )
 
 func frame(at time.Time, applied int64, gate *TermGate) TermFrame {
@@ -43,6 +45,13 @@ func TestWriteTerm(t *testing.T) {
 		{"RateFromPrevious", frame(t0.Add(2*time.Second), 5096, &TermGate{Ready: true}), &prev, TermOptions{Redraw: true, Color: true},
 			[]string{"\x1b[H\x1b[2J", "gate: \x1b[1;32mREADY\x1b[0m", "2.0 KiB/s", "\x1b[1;31mstock applied:"},
 			[]string{"NOT READY", "every"}},
+		{"Loads", TermFrame{At: t0, Gate: &TermGate{Reason: "initial load L1 of table orders: 1200 of ~5000 rows"}, Loads: []api.LoadStatus{
+			{Table: "orders", Load: "L1", State: "loading", Rows: 1200, RowsEstimate: 5000, RowsPerSecond: 400, ETASeconds: 9.5, Wait: true},
+			{Table: "stock", Load: "S1", State: "failed", Rows: 10, Error: "chunk 3 part 0 at stream seq 77: checksum mismatch"},
+			{Table: "users", Load: "U1", State: "done", Rows: 300, RowsEstimate: 290, RowsDropped: 4, RowsIngested: 296}}}, nil, TermOptions{},
+			[]string{"LOAD TABLE", "orders      L1  loading (gate waits)  1200  5000", "400", "9s",
+				"stock       S1  failed", "load S1 of stock failed: chunk 3 part 0 at stream seq 77: checksum mismatch",
+				"users       U1  done", "296", "no sources found"}, []string{"\x1b["}},
 		{"ReadingFailed", TermFrame{At: t0, Err: errors.New("asking the receiver: connection refused")}, nil, TermOptions{},
 			[]string{"reading failed: asking the receiver: connection refused", "no sources found"}, []string{"gate:"}},
 	} {
