@@ -56,6 +56,16 @@ type rig struct {
 type service struct {
 	r   *receiver.Receiver
 	url string
+
+	hookMu sync.Mutex
+	hooked []api.ChangeJSON // what the service's webhook received
+}
+
+// webhook returns what the service's webhook endpoint received so far.
+func (s *service) webhook() []api.ChangeJSON {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
+	return append([]api.ChangeJSON(nil), s.hooked...)
 }
 
 func startPG(t testing.TB) *pg.Cluster {
@@ -131,16 +141,32 @@ func newRig(t testing.TB, afterCommit bool, services ...string) *rig {
 	}
 	run("shipper", shp.Run)
 	for _, name := range services {
+		svc := &service{}
+		// The service's webhook endpoint: it records what it is sent.
+		hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			var b struct {
+				Changes []api.ChangeJSON `json:"changes"`
+			}
+			if err := json.NewDecoder(req.Body).Decode(&b); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			svc.hookMu.Lock()
+			svc.hooked = append(svc.hooked, b.Changes...)
+			svc.hookMu.Unlock()
+		}))
 		rnc, _ := rg.srv.Connect(t)
 		r, err := receiver.New(receiver.WithNATS(rnc), receiver.WithDataDir(t.TempDir()),
-			receiver.WithCommands(name, map[string]string{table: source}), receiver.WithExcludeOrigins(name))
+			receiver.WithCommands(name, map[string]string{table: source}), receiver.WithExcludeOrigins(name),
+			receiver.WithWebhook(hook.URL, ""))
 		if err != nil {
 			t.Fatal(err)
 		}
 		hs := httptest.NewServer(r.Handler())
-		stops = append(stops, hs.Close)
+		stops = append(stops, hs.Close, hook.Close)
 		run("receiver "+name, r.Run)
-		rg.svcs[name] = &service{r: r, url: hs.URL}
+		svc.r, svc.url = r, hs.URL
+		rg.svcs[name] = svc
 	}
 	_, js := rg.srv.Connect(t)
 	rg.agent, err = inbox.New(js, inbox.Config{Source: source, ChangeDir: rg.changeDir, Dir: rg.inboxDir})
@@ -322,6 +348,23 @@ func (rg *rig) commandsInStream(t testing.TB) uint64 {
 		t.Fatal(err)
 	}
 	return info.State.Msgs
+}
+
+// changesOf returns a receiver's change log (GET /v1/changes).
+func changesOf(t testing.TB, base string) []api.ChangeJSON {
+	t.Helper()
+	resp, err := http.Get(base + "/v1/changes?after=0&limit=10000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page struct {
+		Changes []api.ChangeJSON `json:"changes"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+		t.Fatal(err)
+	}
+	return page.Changes
 }
 
 // readSSE reads the change feed of a receiver from the start until it has

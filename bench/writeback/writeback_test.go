@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ferrysync/ferry/receiver/api"
 )
@@ -189,6 +190,52 @@ func TestWriteBack(t *testing.T) {
 		}
 		if after := rg.commandsInStream(t); after != before {
 			t.Fatalf("bad input reached the commands stream: %d messages, %d before", after, before)
+		}
+	})
+
+	t.Run("NoEchoWebhook", func(t *testing.T) {
+		// svc-a's webhook gets every change but svc-a's own, each with
+		// its origin and command id; svc-b's gets svc-a's.
+		for _, tc := range []struct {
+			s          *service
+			own, other string
+		}{{a, "svc-a", "svc-b"}, {b, "svc-b", "svc-a"}} {
+			want := map[uint64]api.ChangeJSON{}
+			for _, c := range changesOf(t, tc.s.url) {
+				if c.Origin != tc.own {
+					want[c.ID] = c
+				}
+			}
+			deadline := time.Now().Add(time.Minute)
+			for {
+				got := map[uint64]api.ChangeJSON{}
+				for _, c := range tc.s.webhook() {
+					if c.Origin == tc.own {
+						t.Fatalf("%s's webhook echoes its own change %+v", tc.own, c)
+					}
+					got[c.ID] = c
+				}
+				missing := 0
+				for id, w := range want {
+					if g, ok := got[id]; !ok || g.Origin != w.Origin || g.Command != w.Command {
+						missing++
+					}
+				}
+				if missing == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s's webhook lacks %d of %d changes", tc.own, missing, len(want))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			sawOther := false
+			for _, w := range want {
+				sawOther = sawOther || (w.Origin == tc.other && w.Command != "")
+			}
+			if !sawOther {
+				t.Fatalf("%s's webhook carries no change of %s with its command id", tc.own, tc.other)
+			}
 		}
 	})
 
