@@ -178,9 +178,51 @@ function renderGate(st) {
     else check(true, s.source + " lags " + fmtSeconds(s.lag_seconds));
   }
   if (Array.isArray(st.loads)) {
-    for (const l of st.loads) if (l && l.state && l.state !== "done") check(false, "initial load " + (l.source || "") + " " + (l.table || "") + " " + l.state);
+    // Loads named by --wait-load (wait) hold the gate until done; others
+    // are shown, not waited for.
+    for (const l of st.loads) {
+      if (!l || !l.state) continue;
+      const what = "initial load " + (l.load ? l.load + " of " : "of ") + (l.table || "");
+      if (l.state === "done") check(true, what + " done");
+      else if (l.wait !== false && l.wait !== undefined) check(false, what + " " + l.state + (l.error ? ": " + l.error : ""));
+      else check(true, what + " " + l.state + " (not waited for)");
+    }
   }
   $("gate-checks").replaceChildren(...checks);
+}
+
+// ---- initial loads ----
+
+// renderLoads shows each table's load: state, a progress bar of rows so far
+// of the estimate, rows/s, ETA, what the merge rule dropped, the error.
+function renderLoads(loads) {
+  const box = $("loads");
+  if (!Array.isArray(loads) || loads.length === 0) {
+    box.replaceChildren("none");
+    box.className = "none";
+    box.dataset.present = "false";
+    return;
+  }
+  const head = el("tr", {}, ...["table", "load", "state", "rows", "rows/s", "ETA", "dropped", "ingested"].map((c) => el("th", { text: c })));
+  const rows = [];
+  for (const l of loads) {
+    const pct = l.rows_estimate > 0 ? Math.min(100, (100 * l.rows) / l.rows_estimate) : (l.state === "done" ? 100 : 0);
+    const bar = el("progress", { class: "load-progress", max: "100", value: pct.toFixed(1), title: pct.toFixed(1) + "%" });
+    rows.push(el("tr", { class: "load state-" + l.state, "data-table": l.table, "data-state": l.state },
+      el("td", { class: "nowrap", text: l.table + (l.wait ? " (gate)" : "") }),
+      el("td", { class: "nowrap", text: l.load || "—" }),
+      el("td", {}, el("span", { class: "badge", "data-state": l.state === "done" ? "ok" : l.state === "failed" ? "stopped" : "waiting", text: l.state })),
+      el("td", { class: "num" }, el("div", { text: fmtInt(l.rows) + (l.rows_estimate > 0 ? " of ~" + fmtInt(l.rows_estimate) : "") }), bar),
+      el("td", { class: "num", text: fmtInt(Math.round(l.rows_per_second || 0)) }),
+      el("td", { class: "num", text: l.state === "loading" && l.eta_seconds > 0 ? fmtSeconds(l.eta_seconds) : "—" }),
+      el("td", { class: "num", text: fmtInt(l.rows_dropped || 0) }),
+      el("td", { class: "num", text: fmtInt(l.rows_ingested || 0) })));
+    if (l.error) rows.push(el("tr", { class: "load-error" }, el("td", { colspan: "8", class: "msg", text: l.error })));
+  }
+  box.className = "";
+  box.dataset.present = "true";
+  box.replaceChildren(el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))),
+    el("p", { class: "muted", text: "(gate): the readiness gate waits for this table's load (--wait-load)" }));
 }
 
 // ---- sources ----
@@ -397,7 +439,7 @@ async function poll() {
     $("stream").textContent = "stream " + (st.stream || "?") + " · change ids " + fmtInt(st.first_change_id) + "–" + fmtInt(st.last_change_id);
     renderGate(st);
     renderSources(st);
-    renderSection("loads", st.loads, ["source", "table", "state", "rows", "rows_estimate", "rows_per_second", "eta_seconds", "error"]);
+    renderLoads(st.loads);
     renderSection("commands", st.commands, ["pending", "applied", "rejected", "oldest_pending_seconds", "latency_p50_seconds", "latency_p99_seconds", "recent"]);
     renderErrors();
     conn.dataset.state = "live";
