@@ -221,7 +221,16 @@ func (r *Receiver) Run(ctx context.Context) error {
 		start("webhook", r.hook.Run)
 	}
 	<-ctx.Done()
-	wg.Wait()
+	r.mu.Lock()
+	why := r.runErr
+	r.mu.Unlock()
+	if why == nil {
+		why = context.Cause(ctx)
+	}
+	r.log.Info("receiver stopping", "why", why)
+	if err := r.waitStopped(&wg); err != nil {
+		return err
+	}
 	r.ap.Close()
 	if err := r.Close(); err != nil {
 		fail(err)
@@ -229,6 +238,39 @@ func (r *Receiver) Run(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.runErr
+}
+
+// stuckGrace is how long Run waits for its workers on a full disk before
+// it gives up on a commit stuck in Pebble.
+const stuckGrace = 10 * time.Second
+
+// waitStopped waits for Run's workers. On a full disk a commit can be stuck
+// in Pebble waiting for a flush that finds no space (store/diskfull.go):
+// then, after stuckGrace, it returns an error instead of waiting for ever,
+// and the store is left unclosed — without a WAL what it did not flush is
+// re-read from the stream at the next start, as after a crash.
+func (r *Receiver) waitStopped(wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var fullFor time.Duration
+	for {
+		select {
+		case <-done:
+			return nil
+		case <-t.C:
+		}
+		e := r.st.DiskFull()
+		if e == nil {
+			fullFor = 0
+			continue
+		}
+		if fullFor += time.Second; fullFor >= stuckGrace {
+			r.log.Error("stopping on a full disk: a commit is stuck in the store; exiting without closing it (what it did not flush is re-read from the stream at the next start)", "err", e)
+			return fmt.Errorf("receiver: stopped with the store's disk full, a commit stuck in Pebble (nothing is lost: what was not flushed is re-read from the stream at the next start): %w", e)
+		}
+	}
 }
 
 // Close closes the store; Run calls it on exit. Use it for a Receiver that
@@ -348,6 +390,12 @@ func (r *Receiver) Status() Status {
 	if err := r.cons.LastError(); err != nil && !st.Consuming {
 		st.Error = err.Error()
 	}
+	// A full disk comes first: it pauses every source.
+	if e := r.st.DiskFull(); e != nil {
+		st.DiskFull, st.Error = true, e.Error()
+	} else if err := r.cons.DiskFull(); err != nil {
+		st.DiskFull, st.Error = true, err.Error()
+	}
 	if r.hook != nil {
 		w := r.st.Webhook()
 		st.WebhookChangeID = &w
@@ -368,7 +416,10 @@ func (r *Receiver) Status() Status {
 		names[n] = true
 	}
 	reason := ""
-	if !st.CaughtUp {
+	if st.DiskFull {
+		reason = "the store's disk is full: applying is paused until space returns (" + st.Error + ")"
+	}
+	if !st.CaughtUp && reason == "" {
 		reason = fmt.Sprintf("catching up with stream %s (%d messages pending)", r.o.stream, st.MessagesPending)
 	}
 	for n := range names {

@@ -128,6 +128,10 @@ type Status struct {
 	LastChangeID    uint64  `json:"last_change_id"`
 	WebhookChangeID *uint64 `json:"webhook_change_id,omitempty"`
 	Error           string  `json:"error,omitempty"`
+	// DiskFull is set while the store's disk is full: applying is paused
+	// (reads are served) and resumes by itself once space returns; Error
+	// says where and since when.
+	DiskFull bool `json:"disk_full,omitempty"`
 	// Row guard (receiver/README.md, "Merge rule"): changes skipped as not
 	// newer than the stored row; changes applied over another source's
 	// write without a row version on both sides (their result depends on

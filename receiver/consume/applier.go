@@ -184,6 +184,19 @@ func (a *Applier) Reset(c store.StreamCursor) {
 	}
 }
 
+// Recover starts again from what the store holds after a commit failed
+// (a full disk): the failed batch is dropped and a new one opened, and the
+// caller re-reads the stream from the store's cursor, as a restarted
+// receiver would.
+func (a *Applier) Recover() store.StreamCursor {
+	a.batch.Close()
+	a.batch = a.st.NewBatch()
+	a.batch.OnCommit = func(d time.Duration) { a.m.CommitTime.Observe(d.Seconds()) }
+	c := a.st.Cursor()
+	a.Reset(c)
+	return c
+}
+
 // Pending returns the size of the uncommitted batch, in bytes and changes.
 func (a *Applier) Pending() (bytes int, changes int) { return a.batch.Size(), a.batch.Changes() }
 

@@ -67,6 +67,7 @@ type Consumer struct {
 	caughtUp atomic.Bool  // delivered everything the stream held at least once since start
 	running  atomic.Bool
 	lastErr  atomic.Pointer[error]
+	full     atomic.Pointer[error] // the full-disk error applying waits out (nil: none)
 }
 
 // New returns a Consumer reading js into st, decompressing with ap's
@@ -140,6 +141,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return nil
 		}
 		var se *storeError
+		if errors.As(err, &se) && store.IsDiskFull(se.err) {
+			if !c.waitForSpace(ctx, se.err) {
+				return nil
+			}
+			backoff = 100 * time.Millisecond
+			continue
+		}
 		if errors.As(err, &se) {
 			return se.err
 		}
@@ -158,6 +166,42 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}
+}
+
+// waitForSpace handles a commit that failed for want of space: the failed
+// batch is dropped, and once the store has space again (checked every
+// second; reads are served meanwhile) the stream is read again from the
+// store's cursor. It returns false if ctx ended first.
+func (c *Consumer) waitForSpace(ctx context.Context, err error) bool {
+	cur := c.ap.Recover()
+	c.full.Store(&err)
+	defer c.full.Store(nil)
+	c.log.Error("the receiver's disk is full: applying is paused (reads are still served); it resumes by itself once space returns: free space on the file system of --data",
+		"dir", c.st.Dir(), "cursor_seq", cur.Seq, "err", err)
+	start := time.Now()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+		if c.st.SpaceAvailable() {
+			c.log.Info("the receiver's disk has space again: applying resumes from the store's cursor", "dir", c.st.Dir(),
+				"cursor_seq", cur.Seq, "paused", time.Since(start).Round(time.Second).String())
+			return true
+		}
+	}
+}
+
+// DiskFull returns the full-disk error that paused applying (nil: not
+// paused).
+func (c *Consumer) DiskFull() error {
+	if p := c.full.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 type storeError struct{ err error }

@@ -568,6 +568,11 @@ func (b *Batch) CommitAsync() error {
 	if b.Empty() {
 		return nil
 	}
+	// Not on a full disk (diskfull.go): the commit could stall in Pebble
+	// for good. The batch is kept as it is.
+	if err := b.s.space.check(); err != nil {
+		return err
+	}
 	// Load rows waiting to be ingested go in before the commit that holds
 	// their position (ingest.go).
 	if err := b.flushIngest(); err != nil {
@@ -595,6 +600,9 @@ func (b *Batch) CommitAsync() error {
 	// Pebble's memtable inserts alone, the longest stage.
 	start := time.Now()
 	perr := w.prepare(b.s)
+	if perr == nil && b.s.space.commit.Load() != nil {
+		b.s.space.commit.Store(nil)
+	}
 	if err := b.Wait(); err != nil {
 		return err
 	}

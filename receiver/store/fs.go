@@ -1,6 +1,9 @@
 package store
 
 import (
+	"strings"
+	"time"
+
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -16,17 +19,33 @@ import (
 const writeBufferSize = 256 << 10
 
 // bufferedFS gives every file Pebble creates a larger write buffer. Reads,
-// renames, locks and everything else pass through.
+// renames, locks and everything else pass through. With a space tracker
+// (diskfull.go), a write that finds the disk full waits a moment before
+// failing (Pebble retries a failed flush at once), and tables leave
+// DiskReserve free.
 type bufferedFS struct {
 	vfs.FS
+	sp *space
 }
 
 func (fs bufferedFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
 	f, err := fs.FS.Create(name, category)
 	if err != nil {
-		return nil, err
+		return nil, fs.wait(err)
 	}
-	return &bufferedFile{File: f}, nil
+	bf := &bufferedFile{File: f, name: name, sp: fs.sp}
+	// Tables and blob files are what a full disk refuses first: the
+	// MANIFEST must still fit.
+	bf.reserve = fs.sp != nil && (strings.HasSuffix(name, ".sst") || strings.HasSuffix(name, ".blob"))
+	return bf, nil
+}
+
+// wait pauses a moment before returning a full-disk error.
+func (fs bufferedFS) wait(err error) error {
+	if fs.sp != nil && IsDiskFull(err) {
+		time.Sleep(fs.sp.retry)
+	}
+	return err
 }
 
 func (fs bufferedFS) Unwrap() vfs.FS { return fs.FS }
@@ -37,8 +56,32 @@ func (fs bufferedFS) Unwrap() vfs.FS { return fs.FS }
 // moment the bytes reach the kernel moves.
 type bufferedFile struct {
 	vfs.File
-	buf []byte
-	err error // sticky: a failed write loses bytes every later call must report
+	buf     []byte
+	err     error // sticky: a failed write loses bytes every later call must report
+	name    string
+	sp      *space
+	reserve bool // leave DiskReserve free
+}
+
+// write writes p to the file, after the reserve check.
+func (f *bufferedFile) write(p []byte) (int, error) {
+	if f.reserve {
+		if err := f.sp.reserve(f.name, len(p)); err != nil {
+			time.Sleep(f.sp.retry)
+			return 0, err
+		}
+	}
+	n, err := f.File.Write(p)
+	if err != nil && f.sp != nil && IsDiskFull(err) {
+		// Not a table (its MANIFEST, mostly, whose failure Pebble treats as
+		// fatal): the ballast makes room, once.
+		if !f.reserve && f.sp.release() {
+			m, err := f.File.Write(p[n:])
+			return n + m, err
+		}
+		time.Sleep(f.sp.retry)
+	}
+	return n, err
 }
 
 func (f *bufferedFile) Write(p []byte) (int, error) {
@@ -50,7 +93,7 @@ func (f *bufferedFile) Write(p []byte) (int, error) {
 			return 0, err
 		}
 		if len(p) >= writeBufferSize {
-			n, err := f.File.Write(p)
+			n, err := f.write(p)
 			if err != nil {
 				f.err = err
 			}
@@ -71,7 +114,7 @@ func (f *bufferedFile) flush() error {
 	if len(f.buf) == 0 {
 		return nil
 	}
-	_, err := f.File.Write(f.buf)
+	_, err := f.write(f.buf)
 	f.buf = f.buf[:0]
 	if err != nil {
 		f.err = err

@@ -135,6 +135,7 @@ type logFiles struct {
 	rotated  []vfs.File
 	dirDirty bool // a file was created since the last sync
 	err      error
+	sp       *space // full-disk tracking (nil: none)
 
 	syncMu sync.Mutex // one sync at a time
 }
@@ -143,8 +144,8 @@ type logFiles struct {
 // reaches and its last record (nil if the index holds no file record).
 // Files the index does not reach (trimmed, or written by commits a crash
 // lost) are removed; the file of the last record must hold it.
-func openLogFiles(fsys vfs.FS, dir string, fileSize int64, minFile uint64, last *indexRecord) (*logFiles, error) {
-	l := &logFiles{fs: fsys, dir: fsys.PathJoin(dir, logDirName), fileSize: fileSize}
+func openLogFiles(fsys vfs.FS, dir string, fileSize int64, minFile uint64, last *indexRecord, sp *space) (*logFiles, error) {
+	l := &logFiles{fs: fsys, dir: fsys.PathJoin(dir, logDirName), fileSize: fileSize, sp: sp}
 	if err := fsys.MkdirAll(l.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: creating the change log directory: %w", err)
 	}
@@ -214,19 +215,32 @@ func (l *logFiles) next(first uint64) (file uint64, off int64, err error) {
 	return first, 0, nil
 }
 
-// write appends b to the current file, at the offset next returned.
+// write appends b to the current file, at the offset next returned. It
+// writes at that offset, not at the file's: a write the disk could only
+// take part of (full) is overwritten by the next one, so a full disk leaves
+// the log as it was and a commit can be tried again once space returns.
+// With a space tracker, DiskReserve is left free.
 func (l *logFiles) write(b []byte) error {
 	l.mu.Lock()
-	f, err := l.cur, l.err
+	f, err, off := l.cur, l.err, l.size
 	l.mu.Unlock()
 	if err != nil {
 		return err
 	}
+	name := l.path(l.files[len(l.files)-1])
+	if l.sp != nil {
+		if err := l.sp.reserve(name, len(b)); err != nil {
+			return l.sp.note(&l.sp.commit, fmt.Errorf("store: appending to the change log: %w", err))
+		}
+	}
 	// Only this goroutine writes and rotates, so f stays current.
-	if _, err := f.Write(b); err != nil {
-		err = fmt.Errorf("store: appending to the change log: %w", err)
+	if _, err := f.WriteAt(b, off); err != nil {
+		err = fmt.Errorf("store: appending to the change log %s at offset %d: %w", name, off, err)
+		if IsDiskFull(err) && l.sp != nil {
+			return l.sp.note(&l.sp.commit, err)
+		}
 		l.mu.Lock()
-		l.err = err // the file's end is unknown now
+		l.err = err // not a full disk: give up on the log
 		l.mu.Unlock()
 		return err
 	}

@@ -32,11 +32,13 @@ var (
 	descTombs       = prometheus.NewDesc("ferry_receiver_tombstones", "Deletes' tombstones held (until --tombstone-retention).", nil, nil)
 	descParked      = prometheus.NewDesc("ferry_receiver_parked_transactions", "Prepared transactions parked: their outcome frame not received yet.", []string{"source"}, nil)
 	descParkedAge   = prometheus.NewDesc("ferry_receiver_parked_oldest_age_seconds", "How long the longest-parked prepared transaction has waited for its outcome (0: none parked).", nil, nil)
+	descDiskFull    = prometheus.NewDesc("ferry_receiver_disk_full", "1 while the store's disk is full: a commit or a flush found no space (applying is paused, reads are served, it resumes when space returns).", nil, nil)
+	descDiskFree    = prometheus.NewDesc("ferry_receiver_disk_free_bytes", "Bytes available on the store's file system (the store leaves 4 MiB of them free).", nil, nil)
 	descOutcomes    = prometheus.NewDesc("ferry_receiver_outcome_resolutions_total", "Resolutions of outcome frames: committed (applied), aborted (dropped), unmatched (nothing parked at that position: ignored).", []string{"decision"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descReads, descTombs, descParked, descParkedAge, descOutcomes} {
+	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descReads, descTombs, descParked, descParkedAge, descOutcomes, descDiskFull, descDiskFree} {
 		ch <- d
 	}
 }
@@ -69,6 +71,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			age = max(time.Since(ps.Oldest).Seconds(), 0)
 		}
 		ch <- prometheus.MustNewConstMetric(descParkedAge, prometheus.GaugeValue, age)
+	}
+	full := 0.0
+	if c.s.DiskFull() != nil {
+		full = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descDiskFull, prometheus.GaugeValue, full)
+	if free, ok := c.s.space.free(c.s.dir); ok {
+		ch <- prometheus.MustNewConstMetric(descDiskFree, prometheus.GaugeValue, float64(free))
 	}
 	oc := c.s.OutcomeStats()
 	ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(oc.Committed), "committed")

@@ -226,6 +226,8 @@ type Store struct {
 
 	stallStart atomic.Int64 // Unix ns of the write stall under way (0: none)
 	stalled    atomic.Int64 // ns of write stalls so far
+
+	space *space // full-disk conditions (diskfull.go)
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -277,7 +279,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// receiver that falls behind because Pebble cannot keep up shows it.
 	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{}),
 		tombRetention: o.tombRetention, parked: map[string]int64{}, tables: map[string][]string{}, tver: map[string]tableVer{},
-		loads: map[string]LoadState{}, bulkLoad: !o.noBulk, po: po}
+		loads: map[string]LoadState{}, bulkLoad: !o.noBulk, po: po, space: newSpace(o.fs, dir, o.memTableSize, o.log)}
 	po.EventListener = &pebble.EventListener{
 		// A flush is what makes commits durable without a WAL: the change
 		// log they index must be on disk first (logfile.go). Pebble calls
@@ -291,6 +293,26 @@ func Open(dir string, opts ...Option) (*Store, error) {
 				s.logs.fail(err)
 			}
 		},
+		// A flush that finds the disk full is retried by Pebble; commits
+		// are refused until one succeeds (diskfull.go).
+		FlushEnd: func(info pebble.FlushInfo) {
+			switch {
+			case info.Err == nil:
+				if e := s.space.flush.Swap(nil); e != nil {
+					s.log.Info("store: a flush succeeded again: the disk has space", "dir", dir, "full_for", time.Since(e.Since).Round(time.Second).String())
+				}
+			case IsDiskFull(info.Err):
+				if s.space.flush.CompareAndSwap(nil, &DiskFullError{Err: info.Err, Since: time.Now(), Dir: dir}) {
+					s.log.Error("store: the disk is full: Pebble cannot flush its memtable; applying is paused, reads are still served; free space on this file system, the flush is retried every second",
+						"dir", dir, "err", info.Err)
+				}
+			}
+		},
+		BackgroundError: func(err error) {
+			if !IsDiskFull(err) { // full disks are reported once, above and by the consumer
+				s.log.Error("store: Pebble background error", "err", err)
+			}
+		},
 		WriteStallBegin: func(pebble.WriteStallBeginInfo) { s.stallStart.Store(time.Now().UnixNano()) },
 		WriteStallEnd: func() {
 			if t := s.stallStart.Swap(0); t != 0 {
@@ -298,7 +320,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 			}
 		},
 	}
-	po.FS = bufferedFS{FS: o.fs}
+	po.FS = bufferedFS{FS: o.fs, sp: s.space}
 	dec, err := wire.NewDecompressor()
 	if err != nil {
 		lock.Close()
@@ -321,6 +343,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 		lock.Close()
 		return nil, err
 	}
+	s.space.restore()
 	if s.noWAL {
 		s.stopFlush, s.flushDone = make(chan struct{}), make(chan struct{})
 		go s.flushLoop(o.flushEvery)
@@ -477,7 +500,7 @@ func (s *Store) load() error {
 	if err := it.Error(); err != nil {
 		return fmt.Errorf("store: reading the change log: %w", err)
 	}
-	s.logs, err = openLogFiles(s.fs, s.dir, s.logFileSize, minFile, last)
+	s.logs, err = openLogFiles(s.fs, s.dir, s.logFileSize, minFile, last, s.space)
 	return err
 }
 
@@ -501,7 +524,7 @@ func (s *Store) Close() error {
 		if s.noWAL {
 			close(s.stopFlush)
 			<-s.flushDone
-			if ferr := s.db.Flush(); ferr != nil {
+			if ferr := s.closeFlush(); ferr != nil {
 				err = fmt.Errorf("store: flushing before close (the unflushed tail will be re-read from the stream): %w", ferr)
 			}
 		}
@@ -515,6 +538,32 @@ func (s *Store) Close() error {
 		s.dec.Close()
 	})
 	return err
+}
+
+// closeFlush flushes the memtables, unless the disk is full: a flush that
+// finds no space is retried by Pebble for ever, and Close must return
+// (without a WAL, what is not flushed is re-read from the stream at the
+// next start, as after a crash).
+func (s *Store) closeFlush() error {
+	done, err := s.db.AsyncFlush()
+	if err != nil {
+		return err
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			if e := s.space.flush.Load(); e != nil {
+				return e
+			}
+			return nil
+		case <-t.C:
+			if e := s.space.flush.Load(); e != nil {
+				return e
+			}
+		}
+	}
 }
 
 // Dir returns the directory the store lives in.
