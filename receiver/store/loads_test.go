@@ -298,3 +298,61 @@ func testLoadMerge(t *testing.T, seed uint64, versions, bulk bool, restart strin
 		t.Fatalf("no load row dropped: the test did not exercise the rule (%+v)", st)
 	}
 }
+
+// TestTombstonesKeptWhileLoading: a delete's tombstone outlives its
+// retention while a load of its table runs, so a late chunk read before
+// the delete does not bring the row back; with no load running it is
+// purged as usual.
+func TestTombstonesKeptWhileLoading(t *testing.T) {
+	for _, loading := range []bool{true, false} {
+		t.Run(fmt.Sprintf("loading=%v", loading), func(t *testing.T) {
+			st, err := store.Open("db", store.WithFS(vfs.NewMem()), store.WithTombstoneRetention(time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			b := st.NewBatch()
+			defer b.Close()
+			if loading {
+				b.SetMessageSeq(1)
+				if err := b.BeginLoad("L", "t", 1, 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b.SetMessageSeq(2)
+			off := apply(t, b, 1, 45, 2, "k")
+			b.SetMessageSeq(3)
+			apply(t, b, 1, off, 3, "-k")
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(1100 * time.Millisecond) // past the retention and the purge interval
+			b.SetMessageSeq(4)
+			apply(t, b, 2, 45, 4, "other")
+			if err := b.Commit(); err != nil { // purges expired tombstones
+				t.Fatal(err)
+			}
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			// A chunk read after seq 2 (the row still there), applied late.
+			tx := &format.Tx{ID: "L", Changes: []format.Change{{Table: "t", Op: format.OpInsert, Key: []byte("k"), After: []byte(`{"k":"k"}`)}}}
+			frame, _ := format.AppendTx(nil, tx)
+			b.SetMessageSeq(5)
+			res, err := b.ApplyLoad(&store.LoadChunk{Load: "L", Table: "t", LowSeq: 2, Tx: tx, Frame: frame, RawLen: len(frame)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			_, present, _ := st.Get("t", []byte("k"))
+			if loading && (present || res.Dropped != 1) {
+				t.Fatalf("a load runs: the deleted row came back (%+v)", res)
+			}
+			if !loading && !present {
+				t.Fatalf("no load ran and the tombstone was purged: the late chunk applies (%+v)", res)
+			}
+		})
+	}
+}
