@@ -76,7 +76,7 @@ func loadTables(ctx context.Context, nc *nats.Conn, url string, versions bool, c
 
 // listeningBroker is an embedded JetStream server that also listens on a
 // loopback port, for processes (the loader child) to reach it.
-func listeningBroker(t *testing.T) (*broker, string) {
+func listeningBroker(t testing.TB) (*broker, string) {
 	t.Helper()
 	dir := t.TempDir()
 	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: dir,
@@ -271,7 +271,7 @@ func killLoaderMidway(t *testing.T, c loadChild) {
 }
 
 // waitLoadsDone waits until the receiver reports n loads done.
-func waitLoadsDone(t *testing.T, ctx context.Context, rcv *receiver.Receiver, n int) {
+func waitLoadsDone(t testing.TB, ctx context.Context, rcv *receiver.Receiver, n int) {
 	t.Helper()
 	err := waitFor(ctx, 3*time.Minute, "the receiver to apply every load", func() (bool, error) {
 		done := 0

@@ -52,25 +52,39 @@ func NewEncoder(c *wire.Compressor) *Encoder { return &Encoder{c: c} }
 // (format.AppendTx) compressed with h.Codec, appends the body to dst and
 // returns it. It sets h.Rows and h.RawLen.
 func (e *Encoder) Chunk(dst []byte, h *Header, tx *format.Tx) ([]byte, error) {
+	raw, err := AppendRows(e.raw[:0], h, tx)
+	if err != nil {
+		return dst, err
+	}
+	e.raw = raw
+	return e.c.Compress(dst, raw, h.Codec)
+}
+
+// AppendRows appends tx, the rows of chunk message h, to dst as the one
+// transaction frame of its raw body, and sets h.Rows and h.RawLen. The
+// body is that frame compressed with h.Codec (wire.Compressor): Chunk does
+// both; a loader that compresses on another goroutine calls them apart.
+func AppendRows(dst []byte, h *Header, tx *format.Tx) ([]byte, error) {
 	if h.Kind != KindChunk {
 		return dst, fmt.Errorf("%w: %s is not a chunk", ErrInvalid, h.MsgID())
 	}
 	if err := CheckRows(h, tx); err != nil {
 		return dst, fmt.Errorf("%s: %w", h.MsgID(), err)
 	}
-	raw, err := format.AppendTx(e.raw[:0], tx)
+	start := len(dst)
+	out, err := format.AppendTx(dst, tx)
 	if err != nil {
 		return dst, fmt.Errorf("load: %s: encoding rows: %w", h.MsgID(), err)
 	}
-	e.raw = raw
-	if len(raw) > MaxRawLen {
-		return dst, fmt.Errorf("%w: %s: %d bytes of rows (max %d per message)", ErrInvalid, h.MsgID(), len(raw), MaxRawLen)
+	n := len(out) - start
+	if n > MaxRawLen {
+		return dst, fmt.Errorf("%w: %s: %d bytes of rows (max %d per message)", ErrInvalid, h.MsgID(), n, MaxRawLen)
 	}
-	h.Rows, h.RawLen = int64(len(tx.Changes)), len(raw)
+	h.Rows, h.RawLen = int64(len(tx.Changes)), n
 	if err := h.check(); err != nil {
 		return dst, fmt.Errorf("%w: %s: %v", ErrInvalid, h.MsgID(), err)
 	}
-	return e.c.Compress(dst, raw, h.Codec)
+	return out, nil
 }
 
 // RowLen returns how many bytes a row adds to a chunk's raw body (its

@@ -39,6 +39,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -304,6 +305,7 @@ type loader struct {
 	total  int64
 	chunks uint64 // chunks acknowledged by this run
 
+	pool      sync.Pool     // raw frame buffers
 	maxChunk  atomic.Uint64 // highest chunk number a producer used, +1
 	rows      atomic.Int64  // rows acknowledged by this run
 	messages  atomic.Int64
@@ -579,34 +581,66 @@ func (l *loader) loop(ctx context.Context) error {
 func (l *loader) attempt(ctx context.Context) (finished bool, err error) {
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ch := make(chan *outMsg, 4)
-	prodDone := make(chan error, 1)
+	// producer (read, render, frame) -> compressor -> publisher: three
+	// goroutines, so that reading, compressing and publishing overlap.
+	raw := make(chan *outMsg, 2)
+	ch := make(chan *outMsg, 2)
+	prodDone, compDone := make(chan error, 1), make(chan error, 1)
+	go func() {
+		defer close(raw)
+		prodDone <- l.produce(actx, l.lo, raw)
+	}()
 	go func() {
 		defer close(ch)
-		prodDone <- l.produce(actx, l.lo, ch)
+		compDone <- l.compress(actx, raw, ch)
 	}()
 	pubErr := l.publish(actx, ch)
 	cancel()
-	for range ch { // let the producer end
+	for range ch { // let the producer and the compressor end
 	}
-	prodErr := <-prodDone
+	prodErr, compErr := <-prodDone, <-compDone
 	switch {
 	case pubErr != nil:
 		return false, pubErr
 	case prodErr != nil:
 		return false, prodErr
+	case compErr != nil:
+		return false, compErr
 	}
 	return true, nil
 }
 
-// produce reads chunks from lo and sends their messages to out.
-func (l *loader) produce(ctx context.Context, lo fload.Key, out chan<- *outMsg) error {
+// compress turns the raw frames of in into compressed bodies, in order.
+func (l *loader) compress(ctx context.Context, in <-chan *outMsg, out chan<- *outMsg) error {
 	comp, err := wire.NewCompressor(zstd.SpeedFastest)
 	if err != nil {
+		for range in {
+		}
 		return &fatalError{err}
 	}
-	enc := fload.NewEncoder(comp)
-	b := &builder{l: l, enc: enc, out: out}
+	for m := range in {
+		body, err := comp.Compress(make([]byte, 0, len(m.body)/2+1024), m.body, m.h.Codec)
+		if err != nil {
+			for range in {
+			}
+			return &fatalError{err}
+		}
+		l.pool.Put(m.body[:0])
+		m.body = body
+		select {
+		case out <- m:
+		case <-ctx.Done():
+			for range in {
+			}
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// produce reads chunks from lo and sends their messages to out.
+func (l *loader) produce(ctx context.Context, lo fload.Key, out chan<- *outMsg) error {
+	b := &builder{l: l, out: out}
 	for {
 		chunk := l.maxChunk.Add(1) - 1
 		low := l.cfg.Mark
@@ -656,7 +690,6 @@ var errChunkFull = errors.New("load: chunk full")
 // builder cuts a chunk's rows into messages.
 type builder struct {
 	l   *loader
-	enc *fload.Encoder
 	out chan<- *outMsg
 	ctx context.Context
 
@@ -714,7 +747,8 @@ func (b *builder) flush(last bool) error {
 	if last {
 		h.Hi = cloneKey(b.last)
 	}
-	body, err := b.enc.Chunk(make([]byte, 0, b.raw/2+1024), &h, &b.tx)
+	buf, _ := b.l.pool.Get().([]byte)
+	body, err := fload.AppendRows(buf[:0], &h, &b.tx)
 	if err != nil {
 		return &fatalError{err}
 	}

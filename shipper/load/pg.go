@@ -356,8 +356,8 @@ func appendValue(dst, v []byte, k colKind) []byte {
 	}
 	switch k {
 	case kindNumber:
-		if s := string(v); s == "NaN" || s == "Infinity" || s == "-Infinity" {
-			return appendJSONString(dst, s)
+		if c := v[len(v)-1]; c < '0' || c > '9' { // NaN, Infinity, -Infinity
+			return appendJSONString(dst, v)
 		}
 		return append(dst, v...)
 	case kindBool:
@@ -368,5 +368,5 @@ func appendValue(dst, v []byte, k colKind) []byte {
 	case kindJSON:
 		return append(dst, v...)
 	}
-	return appendJSONString(dst, string(v))
+	return appendJSONString(dst, v)
 }
