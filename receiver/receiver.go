@@ -383,6 +383,19 @@ func (r *Receiver) Status() Status {
 	if err != nil && st.Error == "" {
 		st.Error = err.Error()
 	}
+	if r.o.origin != "" {
+		cs := r.st.CommandStats()
+		c := &api.CommandsStatus{Pending: cs.Pending, Applied: cs.Applied, Rejected: cs.Rejected,
+			LatencyP50Seconds: cs.LatencyP50.Seconds(), LatencyP99Seconds: cs.LatencyP99.Seconds(), Recent: []api.RecentCommandJSON{}}
+		if !cs.OldestPending.IsZero() {
+			c.OldestPendingSeconds = max(now.Sub(cs.OldestPending).Seconds(), 0)
+		}
+		for _, rc := range cs.Recent {
+			c.Recent = append(c.Recent, api.RecentCommandJSON{ID: rc.ID, State: rc.State, Table: rc.Table, Key: rc.Key, Error: rc.Reason,
+				LatencySeconds: rc.Latency.Seconds()})
+		}
+		st.Commands = c
+	}
 	st.ParkedTransactions = parked.Count
 	if !parked.Oldest.IsZero() {
 		st.ParkedOldestAgeSeconds = max(now.Sub(parked.Oldest).Seconds(), 0)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -235,6 +236,39 @@ func TestWriteBack(t *testing.T) {
 			}
 			if !sawOther {
 				t.Fatalf("%s's webhook carries no change of %s with its command id", tc.own, tc.other)
+			}
+		}
+	})
+
+	t.Run("StatusAndMetrics", func(t *testing.T) {
+		// Every command svc-a submitted has its outcome: none pending,
+		// the applied and rejected counts add up to what it sent, in
+		// /v1/status and in /metrics.
+		sent := map[string]bool{}
+		for _, c := range changesOf(t, a.url) {
+			if c.Origin == "svc-a" {
+				sent[c.Command] = true
+			}
+		}
+		st := a.r.Status()
+		cs := st.Commands
+		if cs == nil || cs.Pending != 0 || cs.Applied < uint64(len(sent)) || cs.Rejected == 0 || len(cs.Recent) == 0 || cs.LatencyP99Seconds <= 0 {
+			t.Fatalf("svc-a's command status %+v; want none pending, at least %d applied, some rejected, recent ones, a latency", cs, len(sent))
+		}
+		resp, err := http.Get(a.url + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, want := range []string{
+			"ferry_receiver_commands_pending 0",
+			fmt.Sprintf("ferry_receiver_commands_total{outcome=\"applied\"} %d", cs.Applied),
+			fmt.Sprintf("ferry_receiver_commands_total{outcome=\"rejected\"} %d", cs.Rejected),
+			"ferry_receiver_commands_oldest_pending_seconds 0",
+		} {
+			if !strings.Contains(string(body), want+"\n") {
+				t.Errorf("/metrics lacks %q", want)
 			}
 		}
 	})

@@ -29,11 +29,7 @@ import (
 // Metric names the alerting rules use before the feature that exports them
 // lands (write-back, issue 13; names agreed in receiver/README.md). The test
 // fails once one of them is exported, so that it leaves this list.
-var pendingMetrics = map[string]bool{
-	"ferry_receiver_commands_pending":                true,
-	"ferry_receiver_commands_oldest_pending_seconds": true,
-	"ferry_receiver_commands_total":                  true,
-}
+var pendingMetrics = map[string]bool{}
 
 // metricRef finds the metric names a rule, a runbook or a dashboard uses.
 var metricRef = regexp.MustCompile(`\b(?:ferry|process|go)_[a-zA-Z0-9_:]*[a-zA-Z0-9]\b`)

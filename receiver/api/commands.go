@@ -29,7 +29,9 @@ import (
 type CommandStore interface {
 	Submit(id string, sub store.Submitted) (store.Submitted, bool, error)
 	Command(id string) (store.CommandStatus, bool, error)
-	Changed() <-chan struct{}
+	// WatchCommand returns a channel closed once the command has an
+	// outcome in the store, and the function that ends the watch.
+	WatchCommand(id string) (<-chan struct{}, func())
 }
 
 // CommandPublisher makes a command durable in the commands stream: it
@@ -229,23 +231,31 @@ func (c *commands) get(w http.ResponseWriter, r *http.Request) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
-		changed := c.cfg.Store.Changed()
+		// Woken by this command's outcome only, not by every commit: a
+		// thousand waiting services cost nothing while others' commands
+		// and changes are applied.
+		changed, unwatch := c.cfg.Store.WatchCommand(id)
 		st, ok, err := c.cfg.Store.Command(id)
 		if err != nil {
+			unwatch()
 			writeError(w, http.StatusInternalServerError, "internal", err.Error())
 			return
 		}
 		if st.Outcome != nil || (wait == 0 && ok) {
+			unwatch()
 			writeJSON(w, http.StatusOK, commandJSON(id, st))
 			return
 		}
 		select {
 		case <-changed:
+			unwatch()
 			continue
 		case <-r.Context().Done():
+			unwatch()
 			return
 		case <-deadline.C:
 		}
+		unwatch()
 		if !ok {
 			writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no command %s: it was not submitted through this receiver and no outcome for it has arrived", id))
 			return

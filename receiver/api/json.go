@@ -156,6 +156,34 @@ type Status struct {
 	// --wait-load), one per table: its latest load (receiver/README.md,
 	// "Initial load").
 	Loads []LoadStatus `json:"loads"`
+	// Commands is what became of the write-back commands submitted
+	// through this receiver since it started (present with write-back).
+	Commands *CommandsStatus `json:"commands,omitempty"`
+}
+
+// CommandsStatus counts this receiver's write-back commands: pending
+// (submitted, no outcome yet; across restarts), applied and rejected
+// (since it started), how long the oldest pending one has waited, the
+// submission→outcome latency over the last 1,024, and the latest outcomes.
+type CommandsStatus struct {
+	Pending              int                 `json:"pending"`
+	Applied              uint64              `json:"applied"`
+	Rejected             uint64              `json:"rejected"`
+	OldestPendingSeconds float64             `json:"oldest_pending_seconds"`
+	LatencyP50Seconds    float64             `json:"latency_p50_seconds"`
+	LatencyP99Seconds    float64             `json:"latency_p99_seconds"`
+	Recent               []RecentCommandJSON `json:"recent"`
+}
+
+// RecentCommandJSON is one of the latest outcomes; Error is a rejection's
+// reason.
+type RecentCommandJSON struct {
+	ID             string  `json:"id"`
+	State          string  `json:"state"`
+	Table          string  `json:"table"`
+	Key            string  `json:"key"`
+	Error          string  `json:"error,omitempty"`
+	LatencySeconds float64 `json:"latency_seconds"`
 }
 
 // LoadStatus is one table's initial load.

@@ -778,6 +778,7 @@ func (w *commitWork) apply(s *Store) error {
 	close(s.notify)
 	s.notify = make(chan struct{})
 	s.mu.Unlock()
+	s.outcomesCommitted(w.cmds)
 	return nil
 }
 

@@ -4,7 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
+
+	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/ferrysync/ferry/format"
 )
@@ -120,6 +124,9 @@ func (s *Store) Submit(id string, sub Submitted) (Submitted, bool, error) {
 		return Submitted{}, false, fmt.Errorf("store: recording command %s: %w", id, err)
 	}
 	s.committed()
+	if err := s.track(id, &sub); err != nil {
+		return Submitted{}, false, err
+	}
 	return sub, true, nil
 }
 
@@ -183,12 +190,15 @@ func (b *Batch) outcome(id string, o Outcome) error {
 		b.w.seen = map[string]struct{}{}
 	}
 	b.w.seen[id] = struct{}{}
-	b.w.cmds = append(b.w.cmds, cmdRecord{key: commandKey(cmdOutcome, id), val: v})
+	b.w.cmds = append(b.w.cmds, cmdRecord{key: commandKey(cmdOutcome, id), val: v, id: id, state: o.State, reason: o.Reason})
 	return nil
 }
 
 // cmdRecord is an outcome record waiting for its commit.
-type cmdRecord struct{ key, val []byte }
+type cmdRecord struct {
+	key, val          []byte
+	id, state, reason string
+}
 
 func (w *commitWork) writeCommands() error {
 	for _, r := range w.cmds {
@@ -231,4 +241,172 @@ func (b *Batch) Reject(source string, seg uint64, off, end int64, streamSeq uint
 	b.bytes += end - off
 	return b.outcome(r.Command, Outcome{State: CommandRejected, Origin: r.Origin, Source: source, Segment: seg,
 		Offset: off, Reason: r.Reason, Time: r.Time})
+}
+
+// cmdTrack follows the commands submitted through this receiver until
+// their outcome (for status, metrics and GET ?wait=): the pending ones in
+// memory, loaded at Open from the submitted records without an outcome.
+type cmdTrack struct {
+	mu                sync.Mutex
+	pending           map[string]pendingCmd
+	waiters           map[string]map[*cmdWaiter]struct{}
+	applied, rejected uint64
+	lat               []float64 // the last latencyRing latencies, seconds
+	latNext           int
+	recent            []RecentCommand // newest last, at most recentCommands
+}
+
+type pendingCmd struct {
+	table, key string
+	submitted  time.Time
+}
+
+type cmdWaiter struct{ ch chan struct{} }
+
+const (
+	latencyRing    = 1024
+	recentCommands = 20
+)
+
+// RecentCommand is a command of this receiver that got its outcome.
+type RecentCommand struct {
+	ID, State, Table, Key, Reason string
+	// Latency is from its submission to its outcome in this store.
+	Latency time.Duration
+}
+
+// CommandStats is what became of the commands submitted through this
+// receiver since it started (Pending: all of them without an outcome).
+type CommandStats struct {
+	Pending           int
+	OldestPending     time.Time // zero: none pending
+	Applied, Rejected uint64
+	// LatencyP50/P99 over the last 1024 outcomes (0: none yet).
+	LatencyP50, LatencyP99 time.Duration
+	Recent                 []RecentCommand // newest first
+}
+
+func (s *Store) loadCommands() error {
+	s.cmds.pending = map[string]pendingCmd{}
+	s.cmds.waiters = map[string]map[*cmdWaiter]struct{}{}
+	lo := []byte{prefixCommand, cmdSubmitted}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: []byte{prefixCommand, cmdSubmitted + 1}})
+	if err != nil {
+		return fmt.Errorf("store: reading command records: %w", err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		id := string(it.Key()[2:])
+		if _, held, err := s.getMeta(commandKey(cmdOutcome, id)); err != nil {
+			return err
+		} else if held {
+			continue
+		}
+		var sub Submitted
+		if err := decodeRecord(it.Value(), &sub); err != nil {
+			return fmt.Errorf("command %s: %w", id, err)
+		}
+		s.cmds.pending[id] = pendingCmd{table: sub.Table, key: sub.Key, submitted: sub.Time}
+	}
+	return it.Error()
+}
+
+// track starts following a command just submitted, unless its outcome is
+// already held.
+func (s *Store) track(id string, sub *Submitted) error {
+	if _, held, err := s.getMeta(commandKey(cmdOutcome, id)); err != nil || held {
+		return err
+	}
+	s.cmds.mu.Lock()
+	s.cmds.pending[id] = pendingCmd{table: sub.Table, key: sub.Key, submitted: sub.Time}
+	s.cmds.mu.Unlock()
+	return nil
+}
+
+// WatchCommand returns a channel closed once an outcome of command id is
+// committed to the store, and a function that stops the watch (call it
+// when done waiting).
+func (s *Store) WatchCommand(id string) (<-chan struct{}, func()) {
+	w := &cmdWaiter{ch: make(chan struct{})}
+	s.cmds.mu.Lock()
+	m := s.cmds.waiters[id]
+	if m == nil {
+		m = map[*cmdWaiter]struct{}{}
+		s.cmds.waiters[id] = m
+	}
+	m[w] = struct{}{}
+	s.cmds.mu.Unlock()
+	return w.ch, func() {
+		s.cmds.mu.Lock()
+		if m := s.cmds.waiters[id]; m != nil {
+			delete(m, w)
+			if len(m) == 0 {
+				delete(s.cmds.waiters, id)
+			}
+		}
+		s.cmds.mu.Unlock()
+	}
+}
+
+// outcomesCommitted is called once a batch with outcome records is
+// committed: it wakes their waiters and accounts this receiver's own.
+func (s *Store) outcomesCommitted(recs []cmdRecord) {
+	if len(recs) == 0 {
+		return
+	}
+	now := time.Now()
+	s.cmds.mu.Lock()
+	defer s.cmds.mu.Unlock()
+	for i := range recs {
+		r := &recs[i]
+		for w := range s.cmds.waiters[r.id] {
+			close(w.ch)
+		}
+		delete(s.cmds.waiters, r.id)
+		p, ok := s.cmds.pending[r.id]
+		if !ok {
+			continue // another service's command, or already accounted
+		}
+		delete(s.cmds.pending, r.id)
+		if r.state == CommandApplied {
+			s.cmds.applied++
+		} else {
+			s.cmds.rejected++
+		}
+		lat := max(now.Sub(p.submitted), 0)
+		if len(s.cmds.lat) < latencyRing {
+			s.cmds.lat = append(s.cmds.lat, lat.Seconds())
+		} else {
+			s.cmds.lat[s.cmds.latNext] = lat.Seconds()
+			s.cmds.latNext = (s.cmds.latNext + 1) % latencyRing
+		}
+		if len(s.cmds.recent) == recentCommands {
+			s.cmds.recent = append(s.cmds.recent[:0], s.cmds.recent[1:]...)
+		}
+		s.cmds.recent = append(s.cmds.recent, RecentCommand{ID: r.id, State: r.state, Table: p.table, Key: p.key, Reason: r.reason, Latency: lat})
+	}
+}
+
+// CommandStats returns what became of this receiver's commands.
+func (s *Store) CommandStats() CommandStats {
+	s.cmds.mu.Lock()
+	defer s.cmds.mu.Unlock()
+	st := CommandStats{Pending: len(s.cmds.pending), Applied: s.cmds.applied, Rejected: s.cmds.rejected}
+	for _, p := range s.cmds.pending {
+		if st.OldestPending.IsZero() || p.submitted.Before(st.OldestPending) {
+			st.OldestPending = p.submitted
+		}
+	}
+	if n := len(s.cmds.lat); n > 0 {
+		l := slices.Clone(s.cmds.lat)
+		slices.Sort(l)
+		at := func(q float64) time.Duration {
+			return time.Duration(l[min(n-1, int(q*float64(n)))] * float64(time.Second))
+		}
+		st.LatencyP50, st.LatencyP99 = at(0.50), at(0.99)
+	}
+	for i := len(s.cmds.recent) - 1; i >= 0; i-- {
+		st.Recent = append(st.Recent, s.cmds.recent[i])
+	}
+	return st
 }

@@ -34,11 +34,14 @@ var (
 	descParkedAge   = prometheus.NewDesc("ferry_receiver_parked_oldest_age_seconds", "How long the longest-parked prepared transaction has waited for its outcome (0: none parked).", nil, nil)
 	descDiskFull    = prometheus.NewDesc("ferry_receiver_disk_full", "1 while the store's disk is full: a commit or a flush found no space (applying is paused, reads are served, it resumes when space returns).", nil, nil)
 	descDiskFree    = prometheus.NewDesc("ferry_receiver_disk_free_bytes", "Bytes available on the store's file system (the store leaves 4 MiB of them free).", nil, nil)
+	descCmdPending  = prometheus.NewDesc("ferry_receiver_commands_pending", "Write-back commands submitted through this receiver without an outcome yet.", nil, nil)
+	descCmdOldest   = prometheus.NewDesc("ferry_receiver_commands_oldest_pending_seconds", "How long the oldest write-back command without an outcome has waited (0: none).", nil, nil)
+	descCmdTotal    = prometheus.NewDesc("ferry_receiver_commands_total", "Write-back commands submitted through this receiver that got their outcome, by outcome (applied, rejected), since it started.", []string{"outcome"}, nil)
 	descOutcomes    = prometheus.NewDesc("ferry_receiver_outcome_resolutions_total", "Resolutions of outcome frames: committed (applied), aborted (dropped), unmatched (nothing parked at that position: ignored).", []string{"decision"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descReads, descTombs, descParked, descParkedAge, descOutcomes, descDiskFull, descDiskFree} {
+	for _, d := range []*prometheus.Desc{descCompactions, descCompacted, descStalled, descDebt, descL0, descMem, descDisk, descLogDisk, descLogFiles, descHits, descMisses, descStale, descCross, descReads, descTombs, descParked, descParkedAge, descOutcomes, descDiskFull, descDiskFree, descCmdPending, descCmdOldest, descCmdTotal} {
 		ch <- d
 	}
 }
@@ -81,6 +84,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descDiskFree, prometheus.GaugeValue, float64(free))
 	}
 	oc := c.s.OutcomeStats()
+	cs := c.s.CommandStats()
+	ch <- prometheus.MustNewConstMetric(descCmdPending, prometheus.GaugeValue, float64(cs.Pending))
+	oldest := 0.0
+	if !cs.OldestPending.IsZero() {
+		oldest = max(time.Since(cs.OldestPending).Seconds(), 0)
+	}
+	ch <- prometheus.MustNewConstMetric(descCmdOldest, prometheus.GaugeValue, oldest)
+	ch <- prometheus.MustNewConstMetric(descCmdTotal, prometheus.CounterValue, float64(cs.Applied), "applied")
+	ch <- prometheus.MustNewConstMetric(descCmdTotal, prometheus.CounterValue, float64(cs.Rejected), "rejected")
 	ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(oc.Committed), "committed")
 	ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(oc.Aborted), "aborted")
 	ch <- prometheus.MustNewConstMetric(descOutcomes, prometheus.CounterValue, float64(oc.Unmatched), "unmatched")

@@ -210,6 +210,7 @@ type Store struct {
 
 	cmdMu       sync.Mutex    // command submissions, one check-and-set at a time
 	dupOutcomes atomic.Uint64 // second outcomes of a command (commands.go)
+	cmds        cmdTrack      // this receiver's commands until their outcome (commands.go)
 
 	// Outcome counters (OutcomeStats); parked transactions per source,
 	// under mu (counted from Pebble at open).
@@ -416,6 +417,9 @@ func (s *Store) committed() {
 }
 
 func (s *Store) load() error {
+	if err := s.loadCommands(); err != nil {
+		return err
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixPos}, UpperBound: []byte{prefixPos + 1}})
 	if err != nil {
 		return fmt.Errorf("store: reading positions: %w", err)
