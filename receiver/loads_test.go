@@ -481,3 +481,24 @@ func TestReloadRepairsDamagedRow(t *testing.T) {
 		t.Fatalf("re-load: %+v, want 2 rows applied and 1 dropped", l)
 	}
 }
+
+// TestLoadWithSourcesFilter: a receiver restricted to some sources
+// (--source) still takes the initial loads.
+func TestLoadWithSourcesFilter(t *testing.T) {
+	e := newEnv(t)
+	lp := newLoadPub(t, e)
+	run := e.start(t.TempDir(), receiver.WithSources("shop"), receiver.WithWaitLoad("t"))
+	live := writeMsgs(t, "shop", genTxs(3, 2, "t", "a"), 0, 1<<20)
+	e.publish(live...)
+	lp.begin("F1", "t", 2)
+	hs, bodies := lp.chunkMsgs("F1", "t", 0, 0, []format.Change{
+		{Table: "t", Op: format.OpInsert, Key: []byte("x1"), After: []byte(`{"x":1}`)},
+		{Table: "t", Op: format.OpInsert, Key: []byte("x2"), After: []byte(`{"x":2}`)}}, 100)
+	lp.publish(&hs[0], bodies[0], false)
+	lp.done("F1", "t", 2, 1)
+	run.waitApplied(t, "shop", live[len(live)-1])
+	waitFor(t, "the load applied and the gate green", 30*time.Second, func() bool { return run.r.Status().Ready })
+	if rows := tableRows(t, run.r.Store(), "t"); len(rows) != 8 || string(rows["x2"].Value) != `{"x":2}` {
+		t.Fatalf("%d rows, x2 = %s", len(rows), rows["x2"].Value)
+	}
+}
