@@ -19,6 +19,9 @@ import (
 type broker struct {
 	dir string
 	srv *server.Server
+	// url, if set, is a server of another process (tests that kill it):
+	// connect dials it instead of srv.
+	url string
 }
 
 func startBroker() (*broker, error) {
@@ -44,6 +47,14 @@ func startBroker() (*broker, error) {
 }
 
 func (b *broker) connect(name string) (*nats.Conn, error) {
+	if b.url != "" {
+		nc, err := nats.Connect(b.url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
+			nats.RetryOnFailedConnect(true))
+		if err != nil {
+			return nil, fmt.Errorf("bench: connecting %s to %s: %w", name, b.url, err)
+		}
+		return nc, nil
+	}
 	nc, err := nats.Connect("", nats.InProcessServer(b.srv), nats.Name(name), nats.MaxReconnects(-1))
 	if err != nil {
 		return nil, fmt.Errorf("bench: connecting %s to the embedded JetStream server: %w", name, err)

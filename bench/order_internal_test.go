@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(loadChildEnv); cfg != "" {
 		os.Exit(loadChildMain(cfg))
 	}
+	if cfg := os.Getenv(recvChildEnv); cfg != "" {
+		os.Exit(recvChildMain(cfg))
+	}
 	if cfg := os.Getenv(loadBenchChildEnv); cfg != "" {
 		os.Exit(loadBenchChildMain(cfg))
 	}
