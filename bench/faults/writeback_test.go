@@ -431,18 +431,22 @@ func (s *wbService) run(req api.CommandRequest) *wbResult {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		// Pending for 5 s: submitted again (a service's retry). The
+		// stream's acknowledgement is not durability: a nats-server killed
+		// right after it can lose the message, and only a resubmission
+		// publishes it again.
 		for time.Now().Before(deadline) {
 			c, err := s.cl.Command(s.ctx, req.ID, 5*time.Second)
-			if errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound {
-				break // submitted again
-			}
 			if err != nil {
-				time.Sleep(100 * time.Millisecond)
-				continue
+				if !errors.As(err, &ae) || ae.StatusCode != http.StatusNotFound {
+					time.Sleep(100 * time.Millisecond)
+				}
+				break // submitted again
 			}
 			if c.State != "pending" {
 				return &wbResult{wbOutcome: wbOutcome{req: req, state: c.State, reason: c.Reason}, version: c.Version}
 			}
+			break
 		}
 	}
 	s.t.Errorf("%s: command %s has no outcome after 5 minutes", s.name, req.ID)

@@ -55,19 +55,10 @@ type Agent struct {
 
 	// pending: commands in inbox files without an outcome yet, by id, and
 	// per file the ids still waiting.
-	pending map[string]string // id -> file name
-	files   map[string]*pendingFile
-	done    recentSet
-	// delivered is the highest stream sequence written to an inbox file.
-	// A message at or below it that is not pending was delivered before
-	// and has its outcome: the stream offers it again only because the
-	// server lost acknowledgements (a nats-server killed before it wrote
-	// its consumer state) or the agent crashed before acknowledging.
-	// It is durable before any inbox file is removed (deliveredFile), and
-	// the inbox files themselves hold it for those still there.
-	delivered      uint64
-	savedDelivered uint64
-	lastSave       time.Time
+	pending  map[string]string // id -> file name
+	files    map[string]*pendingFile
+	done     recentSet
+	lastSave time.Time
 
 	mu    sync.Mutex
 	stats Stats
@@ -194,16 +185,7 @@ func (a *Agent) loadInbox() error {
 			return err
 		}
 		a.track(f, cmds)
-		for i := range cmds {
-			a.delivered = max(a.delivered, cmds[i].Seq)
-		}
 	}
-	d, err := readDelivered(a.cfg.Dir)
-	if err != nil {
-		return err
-	}
-	a.savedDelivered = d
-	a.delivered = max(a.delivered, d)
 	a.updateStats()
 	return nil
 }
@@ -313,7 +295,7 @@ func (a *Agent) deliver(ctx context.Context, msgs []jetstream.Msg) error {
 			continue
 		}
 		_, inInbox := a.pending[c.ID]
-		if inInbox || seen[c.ID] || a.done.has(c.ID) || md.Sequence.Stream <= a.delivered {
+		if inInbox || seen[c.ID] || a.done.has(c.ID) {
 			dups++
 			continue
 		}
@@ -328,7 +310,6 @@ func (a *Agent) deliver(ctx context.Context, msgs []jetstream.Msg) error {
 		}
 		name := FileName(cmds[0].Seq)
 		a.track(File{Name: name, Seq: cmds[0].Seq, Path: path}, cmds)
-		a.delivered = max(a.delivered, cmds[len(cmds)-1].Seq)
 		if a.cfg.Endpoint != "" {
 			a.postFile(ctx, a.files[name])
 		}
@@ -371,13 +352,6 @@ func (a *Agent) outcomes() error {
 		return err
 	}
 	if emptied {
-		// What was delivered is durable before the files that say so go.
-		if a.delivered > a.savedDelivered {
-			if err := writeDelivered(a.cfg.Dir, a.delivered); err != nil {
-				return err
-			}
-			a.savedDelivered = a.delivered
-		}
 		for name, pf := range a.files {
 			if pf.waiting > 0 {
 				continue

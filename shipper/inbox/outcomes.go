@@ -7,8 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
+	"slices"
+	"time"
 
 	"github.com/ferrysync/ferry/format"
 )
@@ -24,8 +24,12 @@ type scanner struct {
 
 	st    scanState
 	dirty bool
-	tx    format.Tx
-	out   format.Outcome
+	// pending is the next rescan point (the state saved at pendingAt):
+	// it becomes Back once Back is RescanBack old.
+	pending   *backState
+	pendingAt time.Time
+	tx        format.Tx
+	out       format.Outcome
 }
 
 type scanState struct {
@@ -33,7 +37,28 @@ type scanState struct {
 	Offset   int64             `json:"offset"`  // next frame (0: the segment's first)
 	Prepared []preparedCommand `json:"prepared,omitempty"`
 	prepared map[format.Position]string
+	// Back is an earlier saved state, RescanBack to RescanBack*2 behind:
+	// a restarted agent reads the change files again from there, so that
+	// it knows the ids whose outcomes it saw lately. The stream may offer
+	// those commands again — a nats-server killed before it wrote its
+	// consumer state forgets acknowledgements (and may even reuse the
+	// sequence numbers of messages it lost), a receiver publishes a
+	// command again when its service resubmits it — and a legacy that
+	// finds the id recorded writes nothing, so without this the inbox
+	// file would wait for an outcome for ever.
+	Back   *backState `json:"back,omitempty"`
+	BackAt time.Time  `json:"back_at,omitzero"`
 }
+
+type backState struct {
+	Segment  uint64            `json:"segment"`
+	Offset   int64             `json:"offset"`
+	Prepared []preparedCommand `json:"prepared,omitempty"`
+}
+
+// RescanBack is how far behind (in time) the state a restarted agent
+// reads the change files from again lags.
+const RescanBack = 10 * time.Minute
 
 type preparedCommand struct {
 	Segment uint64 `json:"segment"`
@@ -57,7 +82,13 @@ func newScanner(changeDir, source, inboxDir string) (*scanner, error) {
 		return nil, fmt.Errorf("inbox: %s is damaged (%v): remove it and the agent re-reads the change files from their first segment", s.statePath, err)
 	}
 	s.st.prepared = map[format.Position]string{}
-	for _, p := range s.st.Prepared {
+	from := s.st.Prepared
+	if b := s.st.Back; b != nil {
+		// Read again from the earlier state: the outcomes since then are
+		// seen again (their ids become known; pending ones are resolved).
+		s.st.Segment, s.st.Offset, from = b.Segment, b.Offset, b.Prepared
+	}
+	for _, p := range from {
 		s.st.prepared[format.Position{Segment: p.Segment, Offset: p.Offset}] = p.Command
 	}
 	return s, nil
@@ -72,6 +103,17 @@ func (s *scanner) save() error {
 	s.st.Prepared = s.st.Prepared[:0]
 	for p, c := range s.st.prepared {
 		s.st.Prepared = append(s.st.Prepared, preparedCommand{Segment: p.Segment, Offset: p.Offset, Command: c})
+	}
+	if now := time.Now(); s.st.Back == nil || now.Sub(s.st.BackAt) >= RescanBack {
+		// The state saved now becomes the rescan point once it is old
+		// enough: keep the last one and move it forward every RescanBack.
+		if s.pending != nil {
+			s.st.Back, s.st.BackAt = s.pending, s.pendingAt
+		} else if s.st.Back == nil {
+			s.st.Back, s.st.BackAt = &backState{Segment: s.st.Segment, Offset: s.st.Offset, Prepared: slices.Clone(s.st.Prepared)}, now
+		}
+		s.pending = &backState{Segment: s.st.Segment, Offset: s.st.Offset, Prepared: slices.Clone(s.st.Prepared)}
+		s.pendingAt = now
 	}
 	b, err := json.Marshal(&s.st)
 	if err != nil {
@@ -105,29 +147,6 @@ func writeAtomic(path string, b []byte) error {
 		return fmt.Errorf("inbox: writing %s: %w", path, err)
 	}
 	return syncDir(filepath.Dir(path))
-}
-
-const deliveredFile = ".agent-delivered"
-
-// readDelivered returns the highest stream sequence an earlier run wrote
-// to the inbox (0: none recorded).
-func readDelivered(dir string) (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(dir, deliveredFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("inbox: reading %s: %w", deliveredFile, err)
-	}
-	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("inbox: %s in %s is damaged (%q): it holds the last stream sequence delivered; set it to the commands stream's last sequence", deliveredFile, dir, b)
-	}
-	return n, nil
-}
-
-func writeDelivered(dir string, seq uint64) error {
-	return writeAtomic(filepath.Join(dir, deliveredFile), []byte(strconv.FormatUint(seq, 10)+"\n"))
 }
 
 // scan reads the change files from where it stopped to their end and calls
