@@ -342,7 +342,7 @@ func testLoadWithLive(t *testing.T, seed uint64, versions bool) {
 func TestLoadHostileMessages(t *testing.T) {
 	e := newEnv(t)
 	lp := newLoadPub(t, e)
-	run := e.start(t.TempDir(), receiver.WithWaitLoad("good"))
+	run := e.start(t.TempDir(), receiver.WithWaitLoad("good"), receiver.WithMaxTxBytes(1<<20))
 	rows := func(table string, n int) []format.Change {
 		var cs []format.Change
 		for i := range n {
@@ -374,6 +374,15 @@ func TestLoadHostileMessages(t *testing.T) {
 	if _, err := e.js.PublishMsg(context.Background(), &nats.Msg{Subject: load.Subject("ferry", "big"), Header: nats.Header(hdr), Data: body2}); err != nil {
 		t.Fatal(err)
 	}
+	// A chunk whose raw size could decode past --max-tx-mb (set to 1 MiB).
+	h5 := load.Header{Load: "huge", Kind: load.KindChunk, Table: "huge", Codec: wire.CodecNone, Last: true, Hi: load.KeyOf("r"), Time: 1}
+	tx5 := &format.Tx{ID: "huge", Changes: []format.Change{{Table: "huge", Op: format.OpInsert, Key: []byte("r"), After: make([]byte, 400<<10)}}}
+	raw5, err := format.AppendTx(nil, tx5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h5.Rows, h5.RawLen = 1, len(raw5)
+	lp.publish(&h5, raw5, false)
 	// An unknown kind.
 	hdr3 := (&load.Header{Load: "odd", Kind: load.KindDone, Table: "odd", Time: 1}).Encode()
 	hdr3[load.HdrKind] = []string{"explode"}
@@ -402,10 +411,11 @@ func TestLoadHostileMessages(t *testing.T) {
 		return run.r.Status().Ready
 	})
 	want := map[string]string{
-		"crc": "checksum",
-		"big": "Ferry-Raw-Len",
-		"odd": "explode",
-		"mix": "table",
+		"crc":  "checksum",
+		"big":  "Ferry-Raw-Len",
+		"odd":  "explode",
+		"mix":  "table",
+		"huge": "--max-tx-mb",
 	}
 	st := run.r.Status()
 	got := map[string]api.LoadStatus{}

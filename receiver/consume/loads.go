@@ -20,6 +20,10 @@ import (
 // message and the stream seq; later messages of that load are not applied
 // until a begin of it comes (a rerun). Sources keep flowing.
 
+// minLoadChange is the fewest bytes an encoded change takes (format's
+// smallest change: op, empty table, key and image lengths).
+const minLoadChange = 8
+
 // KindLoad labels errors of load messages in ferry_receiver_errors_total.
 const KindLoad = "load"
 
@@ -62,6 +66,12 @@ func (a *Applier) handleLoad(m Message) error {
 				return err
 			}
 			a.ldec = d
+		}
+		// What decoding may hold, whatever the headers claim: the raw
+		// bytes and, at worst, a change per minLoadChange of them.
+		if cost := txCost(h.RawLen, max(int(h.Rows), h.RawLen/minLoadChange)); cost > a.maxTx {
+			return a.failLoad(h.Load, h.Table, m.StreamSeq, fmt.Errorf("%w: chunk %d part %d at stream seq %d: %d raw bytes could hold ~%d MiB decoded, over the receiver's limit of %d MiB (--max-tx-mb); send smaller chunk messages or raise the limit",
+				ErrLimit, h.Chunk, h.Part, m.StreamSeq, h.RawLen, cost>>20, a.maxTx>>20))
 		}
 		if err := a.ldec.Chunk(&h, m.Body, &a.ltx); err != nil {
 			return a.failLoad(h.Load, h.Table, m.StreamSeq, fmt.Errorf("chunk %d part %d at stream seq %d: %w", h.Chunk, h.Part, m.StreamSeq, err))
@@ -111,7 +121,7 @@ func (a *Applier) handleLoad(m Message) error {
 func (a *Applier) failLoad(id, table string, seq uint64, reason error) error {
 	a.m.Errors.WithLabelValues("", KindLoad).Inc()
 	a.log.Error("initial load failed; its later messages are not applied until it is run again", "load", id, "table", table, "stream_seq", seq, "err", reason)
-	msg := reason.Error() + "; nothing of that message was applied and the load's later messages are ignored: fix the loader's input and run the load again (its begin resumes it)"
+	msg := fmt.Sprintf("load %s of table %s: %v", id, table, reason) + "; nothing of that message was applied and the load's later messages are ignored: fix the loader's input and run the load again (its begin resumes it)"
 	if err := a.batch.EndLoad(id, table, false, 0, msg, seq); err != nil {
 		return fmt.Errorf("consume: recording the failure of load %s: %w", id, err)
 	}
