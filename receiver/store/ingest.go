@@ -97,6 +97,8 @@ type pendingIngest struct {
 	tw   *tableWriter
 	open bool
 	last []byte
+	// jobs keeps the writer's jobs (their buffers) between ingestions.
+	jobs []*tableJob
 }
 
 // tableWriter writes sstables from encoded rows on its own goroutine, owned
@@ -119,10 +121,14 @@ type tableJob struct {
 
 const tableJobs = 3
 
-func (s *Store) startTableWriter() *tableWriter {
+func (s *Store) startTableWriter(jobs []*tableJob) *tableWriter {
 	tw := &tableWriter{jobs: make(chan *tableJob), free: make(chan *tableJob, tableJobs), done: make(chan error, 1)}
-	for range tableJobs {
-		tw.free <- &tableJob{}
+	for i := range tableJobs {
+		if i < len(jobs) {
+			tw.free <- jobs[i]
+		} else {
+			tw.free <- &tableJob{}
+		}
 	}
 	go s.runTableWriter(tw)
 	return tw
@@ -267,7 +273,7 @@ func (b *Batch) ingestLoad(c *LoadChunk) (LoadResult, error) {
 func (b *Batch) writeTable(c *LoadChunk, order []int32, lo []byte) error {
 	s, p := b.s, &b.ing
 	if p.tw == nil {
-		p.tw = s.startTableWriter()
+		p.tw = s.startTableWriter(p.jobs)
 	}
 	j := <-p.tw.free
 	if !p.open || bytes.Compare(lo, p.last) <= 0 {
@@ -304,6 +310,16 @@ func (p *pendingIngest) closeTable() error {
 		return nil
 	}
 	err := p.tw.finish()
+	// Every job is back in the free list: keep them (and their buffers,
+	// up to a chunk's size) for the next writer.
+	p.jobs = p.jobs[:0]
+	for range tableJobs {
+		j := <-p.tw.free
+		if cap(j.buf) > maxRetainedBatch {
+			j.buf, j.ends = nil, nil
+		}
+		p.jobs = append(p.jobs, j)
+	}
 	p.tw, p.open = nil, false
 	return err
 }
