@@ -394,7 +394,7 @@ func (fl *Follower) parse() (bool, error) {
 		}
 		if !errors.Is(err, format.ErrTornTail) {
 			// Not a whole valid frame: torn tail or corruption.
-			return false, fl.classify(err)
+			return false, fl.classify(err, -1)
 		}
 		if need := format.FrameLen(b); need > fl.opts.MaxBytes {
 			if fl.acc.Frames > 0 {
@@ -503,7 +503,7 @@ func (fl *Follower) bigFrame(n int) (bool, error) {
 		off += k
 	}
 	if crc != want {
-		return false, fl.classify(fmt.Errorf("%w: frame crc %08x, computed %08x", format.ErrChecksum, want, crc))
+		return false, fl.classify(fmt.Errorf("%w: frame crc %08x, computed %08x", format.ErrChecksum, want, crc), -1)
 	}
 	f := format.Frame{Type: typ, Payload: head}
 	info, err := fl.checkPrefix(typ, head, n-format.FrameHeaderLen, fl.scan)
@@ -522,12 +522,24 @@ func (fl *Follower) bigFrame(n int) (bool, error) {
 // crashed writer's last frame), which is not an error here: atEnd decides
 // once the writer has moved on. The file is scanned in place in bounded
 // windows (format.FindFrame), never buffered.
-func (fl *Follower) classify(why error) error {
+//
+// size is the file's size the caller found stable (-1: a frame whole on
+// disk failed its checks, the current size is used). If the file has grown
+// since, the bytes were a write in progress after all (their frame may be
+// whole now, with the next one after it): nothing is decided, and the
+// caller reads again. The scan stops at size, so a frame found after scan
+// was all on disk while the frame at scan was not whole.
+func (fl *Follower) classify(why error, size int64) error {
 	st, err := fl.f.Stat()
 	if err != nil {
 		return fmt.Errorf("tail: stat %s: %w", fl.path, err)
 	}
-	at, err := format.FindFrame(fl.f, fl.scan+1, st.Size())
+	if size < 0 {
+		size = st.Size()
+	} else if st.Size() != size {
+		return nil
+	}
+	at, err := format.FindFrame(fl.f, fl.scan+1, size)
 	switch {
 	case errors.Is(err, format.ErrScanLimit):
 		return fl.fail(fl.scan, fmt.Errorf("%w; %v", why, err))
@@ -572,7 +584,7 @@ func (fl *Follower) atEnd() (bool, error) {
 		// The latter must stop the source now, not when a later segment
 		// appears (which may be never).
 		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of the segment that are not a whole frame (the length field says %d)",
-			format.ErrCorrupt, rest, fl.frameLenAt(fl.scan))); err != nil {
+			format.ErrCorrupt, rest, fl.frameLenAt(fl.scan)), st.Size()); err != nil {
 			return false, err
 		}
 	}
@@ -588,7 +600,7 @@ func (fl *Follower) atEnd() (bool, error) {
 	}
 	// Abandoned by a crashed writer: what did not form a frame is torn.
 	if rest := st.Size() - fl.scan; rest > 0 && fl.checkedSize != st.Size() {
-		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of an abandoned segment that are not a whole frame", format.ErrCorrupt, rest)); err != nil {
+		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of an abandoned segment that are not a whole frame", format.ErrCorrupt, rest), st.Size()); err != nil {
 			return false, err
 		}
 	}
