@@ -295,8 +295,13 @@ type loader struct {
 	subject string
 	plan    plan
 	id      string
-	maxRaw  int
-	dump    bool
+	// lastID is the id of the last message this loader knows stored (its
+	// begin, or a chunk's acknowledged last part); epoch the connection's
+	// when it was.
+	lastID string
+	epoch  uint64
+	maxRaw int
+	dump   bool
 
 	// Where the load stands: the next chunk starts after lo (nil: at the
 	// range's start) with a number >= next; total rows sent so far.
@@ -427,24 +432,8 @@ func (l *loader) resume(ctx context.Context, res *Result) (bool, error) {
 			return true, nil
 		default:
 			l.id, res.Resumed = h.Load, true
-			switch h.Kind {
-			case fload.KindBegin:
-				var b fload.Begin
-				if b, err = fload.DecodeBegin(&h, m.Data); err != nil {
-					return false, err
-				}
-				l.plan.upper = nil
-				if b.Upper != nil {
-					l.plan.upper = fload.KeyOf(b.Upper...)
-				}
-			case fload.KindChunk:
-				l.plan.upper, l.next, l.total = h.Upper, h.Chunk+1, h.Total
-				l.lo = h.Lo
-				if h.Last {
-					l.lo = h.Hi
-				}
-			case fload.KindFailed:
-				l.plan.upper, l.next, l.total, l.lo = h.Upper, h.Chunk, h.Total, h.Lo
+			if err := l.continueFrom(&h, m); err != nil {
+				return false, err
 			}
 			l.cfg.Log.Info("resuming load", "table", l.t.Name, "load", l.id, "after", l.lo.Strings(), "chunk", l.next, "rows_so_far", l.total)
 			return false, nil
@@ -455,6 +444,73 @@ func (l *loader) resume(ctx context.Context, res *Result) (bool, error) {
 		l.id = l.newID()
 	}
 	return false, nil
+}
+
+// continueFrom sets where the load continues from its last stored message
+// (SPEC.md, section 24.3).
+func (l *loader) continueFrom(h *fload.Header, m *jetstream.RawStreamMsg) error {
+	l.lastID = h.MsgID()
+	switch h.Kind {
+	case fload.KindBegin:
+		b, err := fload.DecodeBegin(h, m.Data)
+		if err != nil {
+			return err
+		}
+		l.plan.upper, l.lo, l.total = nil, nil, 0
+		if b.Upper != nil {
+			l.plan.upper = fload.KeyOf(b.Upper...)
+		}
+	case fload.KindChunk:
+		l.plan.upper, l.next, l.total = h.Upper, max(l.next, h.Chunk+1), h.Total
+		l.lo = h.Lo
+		if h.Last {
+			l.lo = h.Hi
+		} else {
+			l.lastID = "" // a chunk cut short: not what this loader acknowledged last
+		}
+	case fload.KindFailed:
+		l.plan.upper, l.next, l.total, l.lo = h.Upper, max(l.next, h.Chunk), h.Total, h.Lo
+	}
+	return nil
+}
+
+// errReconnected ends an attempt when the connection was re-established:
+// the server may have lost acknowledged messages, so the load continues
+// from what the stream holds (recheck).
+var errReconnected = errors.New("load: reconnected to NATS")
+
+// recheck compares the stream's last message on the table's subject with
+// the last one this loader had acknowledged. If they differ, the broker lost
+// acknowledged messages (README.md, guarantee 6): the load continues from
+// what the stream holds, sending again what it lost. It reports whether it
+// moved the load back.
+func (l *loader) recheck(ctx context.Context) (bool, error) {
+	m, err := l.st.LastMsg(ctx, l.subject)
+	if err != nil {
+		return false, err
+	}
+	var h fload.Header
+	if m != nil {
+		if h, err = fload.ParseHeader(m.Header); err != nil || h.Load != l.id {
+			m = nil // someone else's: nothing of this load is known stored
+		}
+	}
+	if m != nil && h.MsgID() == l.lastID {
+		return false, nil
+	}
+	l.cfg.Log.Error("the stream lost acknowledged load messages (a server restarted before it wrote them); sending again from what it holds",
+		"table", l.t.Name, "load", l.id, "acknowledged_last", l.lastID, "hint", "set sync_interval: always and replicas 3 on the servers for broker-side durability")
+	if max := l.maxChunk.Load(); max > l.next {
+		l.next = max
+	}
+	if m == nil {
+		l.lo, l.total = nil, 0
+		if err := l.publishBegin(ctx); err != nil {
+			return true, err
+		}
+		return true, nil
+	}
+	return true, l.continueFrom(&h, m)
 }
 
 func (l *loader) header(kind fload.Kind) fload.Header {
@@ -485,7 +541,11 @@ func (l *loader) publishBegin(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return l.publishSync(ctx, l.msg(&h, body))
+	if err := l.publishSync(ctx, l.msg(&h, body)); err != nil {
+		return err
+	}
+	l.lastID = h.MsgID()
+	return nil
 }
 
 // publishEnd publishes a done or failed message, retrying while ctx lasts.
@@ -558,19 +618,33 @@ func (l *loader) loop(ctx context.Context) error {
 	}
 	wait := 100 * time.Millisecond
 	for {
+		l.epoch = l.st.Epoch()
 		finished, err := l.attempt(ctx)
 		if finished {
-			return nil
+			// Before done: the stream must still hold what was
+			// acknowledged.
+			back, rerr := l.recheck(ctx)
+			if rerr == nil && !back {
+				return nil
+			}
+			err = rerr
+			if err == nil {
+				continue
+			}
 		}
 		var fe *fatalError
 		if errors.As(err, &fe) || ctx.Err() != nil {
 			return err
 		}
-		l.next = l.maxChunk.Load()
+		l.next = max(l.next, l.maxChunk.Load())
 		l.cfg.Log.Warn("load interrupted; resuming from the last acknowledged chunk", "table", l.t.Name, "load", l.id,
 			"after", l.lo.Strings(), "chunk", l.next, "err", err, "in", wait)
 		if !sleep(ctx, wait) {
 			return err
+		}
+		if _, err := l.recheck(ctx); err != nil {
+			l.cfg.Log.Warn("could not read the stream's last load message; retrying", "table", l.t.Name, "err", err)
+			continue
 		}
 		wait = min(2*wait, l.cfg.RetryWait)
 	}
@@ -820,6 +894,9 @@ func (l *loader) publish(ctx context.Context, ch <-chan *outMsg) error {
 	}
 	var chunkRows int64
 	for m := range ch {
+		if m.h.Part == 0 && l.st.Epoch() != l.epoch {
+			return errReconnected
+		}
 		if m.h.Last {
 			if err := waitAll(); err != nil {
 				return err
@@ -848,7 +925,7 @@ func (l *loader) publish(ctx context.Context, ch <-chan *outMsg) error {
 			return err
 		}
 		// The whole chunk is stored.
-		l.lo, l.next, l.total = m.h.Hi, m.h.Chunk+1, m.h.Total
+		l.lo, l.next, l.total, l.lastID = m.h.Hi, m.h.Chunk+1, m.h.Total, m.h.MsgID()
 		l.rows.Add(chunkRows)
 		l.chunks++
 		chunkRows = 0

@@ -25,6 +25,9 @@ type Stream interface {
 	Publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error)
 	// MaxPayload is the largest message the server accepts.
 	MaxPayload() int
+	// Epoch changes whenever the connection was lost and re-established:
+	// a server that restarted may have lost acknowledged messages.
+	Epoch() uint64
 }
 
 // JetStream is the change stream on a NATS connection.
@@ -95,6 +98,9 @@ func (s *JetStream) Publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubA
 
 // MaxPayload implements Stream.
 func (s *JetStream) MaxPayload() int { return int(s.nc.MaxPayload()) }
+
+// Epoch implements Stream.
+func (s *JetStream) Epoch() uint64 { return s.nc.Stats().Reconnects }
 
 // Mark is the stream position a dump is taken after (`ferry load mark`).
 type Mark struct {
