@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -77,6 +78,11 @@ func waitDiskFull(t *testing.T, rc *receiver, rows bool) {
 		t.Fatalf("reading rows on a full disk: %d %s", code, body)
 	}
 	waitLog(t, rc.Process, "disk is full")
+	// ferry status says so too.
+	out, _ := exec.Command(bins.Ferry, "status", "--receiver", "http://"+rc.http).CombinedOutput()
+	if !strings.Contains(string(out), "receiver: DISK FULL, applying paused") {
+		t.Fatalf("ferry status on a full disk:\n%s", out)
+	}
 }
 
 // TestFaultReceiverDiskFull: the receiver's disk fills while it applies

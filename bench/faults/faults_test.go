@@ -298,8 +298,13 @@ func TestFaultTornTail(t *testing.T) {
 			must(t, sh.Kill())
 			fig.faults["shipper kill -9"]++
 		}
+		before, err := format.ListSegments(r.changes, "shop")
+		must(t, err)
 		w := legacyProcess(t, r, "legacy", faults.Legacy{Dir: r.changes, Source: "shop", Rate: 5_000, Seed: uint64(10 + i)})
 		time.Sleep(time.Duration(700+rand.IntN(800)) * time.Millisecond)
+		// On a loaded machine the writer may not have written anything
+		// yet: the frame to tear must be its own, never one shipped before.
+		waitNewFrame(t, r.changes, "shop", before)
 		must(t, w.Process.Kill())
 		w.Wait()
 		fig.faults["writer kill -9"]++
@@ -334,6 +339,35 @@ func TestFaultTornTail(t *testing.T) {
 	must(t, rep.Err())
 	fig.rep = rep
 	fig.log(t)
+}
+
+// waitNewFrame waits until source has a segment newer than every one of
+// before holding at least one whole frame (a writer started after before
+// was listed has committed something).
+func waitNewFrame(t *testing.T, dir, source string, before []format.SegmentFile) {
+	t.Helper()
+	var newest uint64
+	if len(before) > 0 {
+		newest = before[len(before)-1].Segment
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		segs, err := format.ListSegments(dir, source)
+		must(t, err)
+		if n := len(segs); n > 0 && segs[n-1].Segment > newest {
+			if b, err := os.ReadFile(segs[n-1].Path); err == nil {
+				if h, err := format.ParseHeader(b); err == nil {
+					if fl := format.FrameLen(b[h.Len:]); fl > 0 && h.Len+fl <= len(b) {
+						return
+					}
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no writer committed a frame to a new segment of %s in %s", source, dir)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // truncateLastFrame cuts the segment inside its last whole frame, after

@@ -86,10 +86,17 @@ func runStatus(ctx context.Context, env *Env, args []string) error {
 		doc := map[string]any{"sources": out}
 		if rs != nil {
 			doc["loads"] = loads
+			if rs.DiskFull {
+				doc["receiver_disk_full"] = rs.Error
+			}
 		}
 		return enc.Encode(doc)
 	}
 	printStatus(env.Stdout, out)
+	if rs != nil && rs.DiskFull {
+		// Every source is paused: said once, not per source.
+		fmt.Fprintf(env.Stdout, "\nreceiver: DISK FULL, applying paused: %s\n", rs.Error)
+	}
 	if len(loads) > 0 {
 		// The receiver's initial loads (ferry load): the gate waits for
 		// those named by --wait-load.
