@@ -133,14 +133,14 @@ func TestLoadWhileWriting(t *testing.T) {
 		{"nats-server-kill9", false, "nats"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.kill == "nats" && os.Getenv("FERRY_LOAD_NATS_KILL") == "" {
-				// Known failure (2026-12-03): with the load's messages in the
-				// stream, kill -9 of nats-server leaves the receiver stopped
-				// on a gap in the shipper's messages ("gap at segment 1
-				// offset …; the shipper must re-ship this range"); the same
-				// run without the load settles. Under investigation by the
-				// receiver side; FERRY_LOAD_NATS_KILL=1 runs it.
-				t.Skip("known failure: receiver stops on a gap after kill -9 of nats-server during a load; FERRY_LOAD_NATS_KILL=1 runs it")
+			if tc.kill == "nats" && os.Getenv("FERRY_LOAD_NATS_KILL") == "" && os.Getenv("FERRY_FAULTS") != "full" {
+				// Runs in the full suite only (make test): on 2026-12-03 it
+				// failed twice (the receiver stopped on a gap in the
+				// shipper's messages after the server lost its tail, the
+				// same run without the load settling), then passed 5 of 5
+				// runs after the receiver and shipper changes of that
+				// afternoon and the loader's reconnection check.
+				t.Skip("nats-server kill -9 during a load: FERRY_FAULTS=full or FERRY_LOAD_NATS_KILL=1 runs it")
 			}
 			db := fmt.Sprintf("load_%d", i)
 			if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
@@ -207,9 +207,11 @@ func TestLoadWhileWriting(t *testing.T) {
 			// The receiver's or the server's process is killed (kill -9)
 			// and restarted while the load runs.
 			killed := make(chan int)
-			killEvery := 400 * time.Millisecond
+			killEvery, maxKills := 400*time.Millisecond, 10
 			if natsProc != nil {
-				killEvery = 1500 * time.Millisecond // the server needs a moment to recover its store
+				// The server needs a moment to recover its store; killed
+				// without end it would never let the load through.
+				killEvery, maxKills = 1500*time.Millisecond, 3
 			}
 			kctx, stopKilling := context.WithCancel(ctx)
 			go func() {
@@ -224,7 +226,7 @@ func TestLoadWhileWriting(t *testing.T) {
 				default:
 					return
 				}
-				for sleepCtx(kctx, killEvery) {
+				for n < maxKills && sleepCtx(kctx, killEvery) {
 					if err := p.Kill(); err != nil {
 						t.Error(err)
 						return

@@ -873,14 +873,24 @@ func (l *loader) publish(ctx context.Context, ch <-chan *outMsg) error {
 		rows int64
 	}
 	var pend []inflight
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	wait := func(p inflight) error {
-		select {
-		case <-p.f.Ok():
-			return nil
-		case err := <-p.f.Err():
-			return fmt.Errorf("load: publishing %s: %w", p.id, err)
-		case <-ctx.Done():
-			return ctx.Err()
+		for {
+			select {
+			case <-p.f.Ok():
+				return nil
+			case err := <-p.f.Err():
+				return fmt.Errorf("load: publishing %s: %w", p.id, err)
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-tick.C:
+				// A server that restarted never acknowledges what it
+				// lost: do not wait for the ack timeout.
+				if l.st.Epoch() != l.epoch {
+					return fmt.Errorf("%w while waiting for the ack of %s", errReconnected, p.id)
+				}
+			}
 		}
 	}
 	waitAll := func() error {
