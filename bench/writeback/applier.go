@@ -73,6 +73,15 @@ type Applier struct {
 	w      *format.Writer
 	tables map[string]bool
 	now    func() time.Time
+	// unsettled: frames of a transaction whose COMMIT failed without the
+	// database being able to say whether it committed; settled at the
+	// next Handle (their commands' outcomes wait until then).
+	unsettled []unsettled
+}
+
+type unsettled struct {
+	xid      string
+	prepared []*format.Prepared
 }
 
 // NewApplier returns an Applier for the given tables (created by
@@ -233,7 +242,8 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 		d, rerr := a.resolve(context.WithoutCancel(ctx), xid)
 		switch {
 		case rerr != nil || d == format.DecisionUnknown:
-			return fmt.Errorf("writeback: commit of %d commands: %w (left in doubt)", len(cmds), err)
+			a.unsettled = append(a.unsettled, unsettled{xid: xid, prepared: prepared})
+			return fmt.Errorf("writeback: commit of %d commands: %w (left in doubt: settled at the next file)", len(cmds), err)
 		case d == format.DecisionAborted:
 			for _, p := range prepared {
 				p.Abort()
@@ -262,6 +272,25 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 // still holds in doubt (format.Writer.InDoubt) and records the outcomes it
 // can decide; the others stay in doubt for the next call.
 func (a *Applier) ResolveInDoubt(ctx context.Context) error {
+	kept := a.unsettled[:0]
+	for _, u := range a.unsettled {
+		d, err := a.resolve(ctx, u.xid)
+		if err != nil || d == format.DecisionUnknown {
+			kept = append(kept, u)
+			continue
+		}
+		for _, p := range u.prepared {
+			if d == format.DecisionCommitted {
+				err = p.Commit()
+			} else {
+				err = p.Abort()
+			}
+			if err != nil && !errors.Is(err, format.ErrResolved) {
+				return fmt.Errorf("writeback: settling transaction %s: %w", u.xid, err)
+			}
+		}
+	}
+	a.unsettled = kept
 	for _, d := range a.w.InDoubt() {
 		dec, err := Resolve(ctx, a.conn, d.Tx.ID)
 		if err != nil {
