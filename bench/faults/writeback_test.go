@@ -455,6 +455,7 @@ func (s *wbService) run(req api.CommandRequest) *wbResult {
 
 // rowVersion reads the row's version from the service's receiver.
 func (s *wbService) rowVersion(key string) uint64 {
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		var row api.RowJSON
 		err := s.cl.Get(s.ctx, "/v1/tables/"+wbTable+"/rows/"+url.PathEscape(key), nil, &row)
@@ -463,6 +464,10 @@ func (s *wbService) rowVersion(key string) uint64 {
 		}
 		if s.ctx.Err() != nil {
 			return 0
+		}
+		if time.Now().After(deadline) {
+			s.t.Errorf("%s: reading row %s for 2 minutes: %v", s.name, key, err)
+			return 1 // the command goes, and is refused as stale
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
