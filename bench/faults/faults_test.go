@@ -562,11 +562,20 @@ func TestFaultSlowReceiver(t *testing.T) {
 	wg.Wait()
 	truth, err := check.FromDir(r.changes)
 	must(t, err)
-	// How far behind the throttling left it.
-	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-	applied, err := slow.client().Status(sctx)
-	scancel()
-	must(t, err)
+	// How far behind the throttling left it. On a loaded machine the
+	// throttled receiver may not even listen yet: wait for its answer.
+	var applied map[string]check.Applied
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+		applied, err = slow.client().Status(sctx)
+		scancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+	}
 	behind := truth.Changes() - int(applied["shop"].Changes)
 	fig := &figures{scenario: "slow receiver", written: st.Changes, faults: map[string]int{"pauses": pauses}}
 	fig.catchUp = waitCaughtUp(t, slow, truth, 5*time.Minute)
