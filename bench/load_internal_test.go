@@ -99,7 +99,7 @@ func listeningBroker(t testing.TB) (*broker, string) {
 // (orders have 3 lines each): 6 x loadSize rows in all.
 func loadSize() int {
 	if os.Getenv("FERRY_FAULTS") == "full" {
-		return 40_000
+		return 170_000 // 1,020,000 rows
 	}
 	return 6_000
 }
