@@ -86,8 +86,13 @@ func TestFaultBrokerRollback(t *testing.T) {
 	// Phase 2, written slowly (a message or so per transaction), applied
 	// by the receiver, which then stops with its cursor past the image's
 	// tail.
-	write(22, size(1_000, 4_000), 500)
-	waitShipped(t, r, "shop", time.Minute)
+	// Ten writer runs, each shipped before the next: at least ten
+	// messages however slow the machine (one slow run could be shipped
+	// in a single message, and the re-ship could not take fewer).
+	for i := range uint64(10) {
+		write(100+i, size(100, 400), 500)
+		waitShipped(t, r, "shop", time.Minute)
+	}
 	truth, err := check.FromDir(r.changes)
 	must(t, err)
 	waitCaughtUp(t, rc, truth, time.Minute)
