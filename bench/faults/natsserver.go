@@ -32,10 +32,30 @@ func (s *NATSServer) Start(ctx context.Context) error {
 	return WaitTCP(wctx, fmt.Sprintf("127.0.0.1:%d", s.Port))
 }
 
+// NATSOption configures the servers NewNATS prepares.
+type NATSOption func(*natsOptions)
+
+type natsOptions struct {
+	syncAlways bool
+}
+
+// WithSyncAlways makes JetStream write and fsync every message before it
+// acknowledges it (sync_interval: always). By default a server killed with
+// kill -9 can lose messages it acknowledged but had not yet written out
+// (FACTS.md, Durability): the shipper re-ships them from its files, but a
+// scenario with other publishers on the stream (a loader, write-back
+// commands) then sees their messages take the lost sequence numbers, a
+// broker-loss case of its own that such scenarios do not model.
+func WithSyncAlways() NATSOption { return func(o *natsOptions) { o.syncAlways = true } }
+
 // NewNATS prepares n nats-server processes under dir: one standalone server
 // for n == 1, else an n-node JetStream cluster with routes between all
 // nodes. Nothing is started.
-func NewNATS(bin, dir string, n int) ([]*NATSServer, error) {
+func NewNATS(bin, dir string, n int, opts ...NATSOption) ([]*NATSServer, error) {
+	var o natsOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	servers := make([]*NATSServer, n)
 	for i := range servers {
 		port, err := FreePort()
@@ -55,7 +75,7 @@ func NewNATS(bin, dir string, n int) ([]*NATSServer, error) {
 			return nil, fmt.Errorf("faults: %w", err)
 		}
 		conf := filepath.Join(s.Dir, "nats.conf")
-		if err := os.WriteFile(conf, []byte(natsConfig(s, servers)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(natsConfig(s, servers, o)), 0o644); err != nil {
 			return nil, fmt.Errorf("faults: writing %s: %w", conf, err)
 		}
 		s.Process = &Process{Name: "nats-" + s.Name, Bin: bin, Args: []string{"-c", conf}, Log: filepath.Join(s.Dir, "nats.log")}
@@ -63,10 +83,14 @@ func NewNATS(bin, dir string, n int) ([]*NATSServer, error) {
 	return servers, nil
 }
 
-func natsConfig(s *NATSServer, all []*NATSServer) string {
+func natsConfig(s *NATSServer, all []*NATSServer, o natsOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "server_name: %s\nlisten: 127.0.0.1:%d\n", s.Name, s.Port)
-	fmt.Fprintf(&b, "jetstream {\n  store_dir: %q\n}\n", filepath.Join(s.Dir, "js"))
+	sync := ""
+	if o.syncAlways {
+		sync = "  sync_interval: always\n"
+	}
+	fmt.Fprintf(&b, "jetstream {\n  store_dir: %q\n%s}\n", filepath.Join(s.Dir, "js"), sync)
 	if s.ClusterPort != 0 {
 		var routes []string
 		for _, o := range all {

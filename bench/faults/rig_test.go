@@ -88,14 +88,14 @@ type rig struct {
 	replicas int
 }
 
-func newRig(t *testing.T, natsNodes int) *rig {
+func newRig(t *testing.T, natsNodes int, opts ...faults.NATSOption) *rig {
 	t.Helper()
 	root := t.TempDir()
 	r := &rig{t: t, root: root, changes: filepath.Join(root, "changes"), shippers: map[string]*faults.Process{}, replicas: 1}
 	if err := os.MkdirAll(r.changes, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	servers, err := faults.NewNATS(bins.NATSServer, filepath.Join(root, "nats"), natsNodes)
+	servers, err := faults.NewNATS(bins.NATSServer, filepath.Join(root, "nats"), natsNodes, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
