@@ -526,8 +526,8 @@ func (fl *Follower) bigFrame(n int) (bool, error) {
 // size is the file's size the caller found stable (-1: a frame whole on
 // disk failed its checks, the current size is used). If the file has grown
 // since, the bytes were a write in progress after all (their frame may be
-// whole now, with the next one after it): nothing is decided, and the
-// caller reads again. The scan stops at size, so a frame found after scan
+// whole now, with the next one after it): nothing is decided (errGrew),
+// and the caller reads again. The scan stops at size, so a frame found after scan
 // was all on disk while the frame at scan was not whole.
 func (fl *Follower) classify(why error, size int64) error {
 	st, err := fl.f.Stat()
@@ -537,7 +537,7 @@ func (fl *Follower) classify(why error, size int64) error {
 	if size < 0 {
 		size = st.Size()
 	} else if st.Size() != size {
-		return nil
+		return errGrew
 	}
 	at, err := format.FindFrame(fl.f, fl.scan+1, size)
 	switch {
@@ -585,6 +585,9 @@ func (fl *Follower) atEnd() (bool, error) {
 		// appears (which may be never).
 		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of the segment that are not a whole frame (the length field says %d)",
 			format.ErrCorrupt, rest, fl.frameLenAt(fl.scan)), st.Size()); err != nil {
+			if errors.Is(err, errGrew) {
+				return true, nil
+			}
 			return false, err
 		}
 	}
@@ -601,11 +604,18 @@ func (fl *Follower) atEnd() (bool, error) {
 	// Abandoned by a crashed writer: what did not form a frame is torn.
 	if rest := st.Size() - fl.scan; rest > 0 && fl.checkedSize != st.Size() {
 		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of an abandoned segment that are not a whole frame", format.ErrCorrupt, rest), st.Size()); err != nil {
+			if errors.Is(err, errGrew) {
+				return true, nil // never abandon bytes that arrived meanwhile
+			}
 			return false, err
 		}
 	}
 	return fl.moveOn(next, st.Size()-fl.scan, fl.scan == fl.hdrLen)
 }
+
+// errGrew tells atEnd that the file grew while it classified its end: the
+// new bytes are read first (they may complete the frame), nothing decided.
+var errGrew = errors.New("tail: segment grew while classifying its end")
 
 // frameLenAt returns the payload length the frame header at off claims, or
 // -1 if the header is not all there.
