@@ -1,8 +1,8 @@
 package workload
 
 import (
+	"github.com/ferrysync/ferry/format/jsonl"
 	"strconv"
-	"unicode/utf8"
 )
 
 // Value is one column value: I for Int columns, S for Text columns.
@@ -74,47 +74,10 @@ func (r Row) AppendJSON(dst []byte, t *Table) []byte {
 		if t.Columns[i].Type == Int {
 			dst = strconv.AppendInt(dst, v.I, 10)
 		} else {
-			dst = appendJSONString(dst, v.S)
+			dst = jsonl.AppendString(dst, v.S)
 		}
 	}
 	return append(dst, '}')
-}
-
-func appendJSONString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
-			dst = append(dst, c)
-			i++
-			continue
-		}
-		if c < utf8.RuneSelf {
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			default:
-				const hex = "0123456789abcdef"
-				dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, `\ufffd`...)
-		} else {
-			dst = append(dst, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(dst, '"')
 }
 
 func (r Row) clone() Row { return append(Row(nil), r...) }

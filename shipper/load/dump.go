@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ferrysync/ferry/format/jsonl"
 	"io"
 	"os"
 	"slices"
@@ -325,7 +326,7 @@ func (s *dumpSource) nextCSV(r *row) (bool, error) {
 		if i > 0 {
 			img = append(img, ',')
 		}
-		img = appendJSONString(img, s.hdr[i])
+		img = jsonl.AppendString(img, s.hdr[i])
 		img = append(img, ':')
 		if s.numeric[s.hdr[i]] {
 			switch {
@@ -338,7 +339,7 @@ func (s *dumpSource) nextCSV(r *row) (bool, error) {
 			}
 			continue
 		}
-		img = appendJSONString(img, v)
+		img = jsonl.AppendString(img, v)
 	}
 	r.image = append(img, '}')
 	return true, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferrysync/ferry/format/jsonl"
 	"strconv"
 	"strings"
 
@@ -333,7 +334,7 @@ func (s *pgSource) render(r *row, vals [][]byte) error {
 		if i > 0 {
 			img = append(img, ',')
 		}
-		img = appendJSONString(img, c.name)
+		img = jsonl.AppendString(img, c.name)
 		img = append(img, ':')
 		img = appendValue(img, vals[i], c.kind)
 	}
@@ -357,7 +358,7 @@ func appendValue(dst, v []byte, k colKind) []byte {
 	switch k {
 	case kindNumber:
 		if c := v[len(v)-1]; c < '0' || c > '9' { // NaN, Infinity, -Infinity
-			return appendJSONString(dst, v)
+			return jsonl.AppendString(dst, v)
 		}
 		return append(dst, v...)
 	case kindBool:
@@ -368,5 +369,5 @@ func appendValue(dst, v []byte, k colKind) []byte {
 	case kindJSON:
 		return append(dst, v...)
 	}
-	return appendJSONString(dst, v)
+	return jsonl.AppendString(dst, v)
 }

@@ -1,11 +1,11 @@
-package load
+package jsonl
 
 import "unicode/utf8"
 
-// appendJSONString appends s as a JSON string, escaped like the bench
-// legacy's images (bench/workload): '"', '\\' and control characters;
-// invalid UTF-8 becomes U+FFFD.
-func appendJSONString[T string | []byte](dst []byte, s T) []byte {
+// AppendString appends s as a JSON string the way Ferry renders row images
+// (the bench legacy's rows and the initial load's, which must match byte for
+// byte): '"', '\\' and control characters escaped, invalid UTF-8 as U+FFFD.
+func AppendString[T string | []byte](dst []byte, s T) []byte {
 	dst = append(dst, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
