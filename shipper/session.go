@@ -299,6 +299,13 @@ func (s *Shipper) session(ctx context.Context, watch *tail.Watch, l *lease) (boo
 	s.stats.Sessions++
 	s.mu.Unlock()
 	fl, err := tail.Open(s.dir, s.source, pos, tail.Options{MaxBytes: s.maxRaw, MaxChanges: s.o.maxBatchChanges, ListEvery: s.o.poll})
+	if errors.Is(err, tail.ErrMissing) && pos.Offset == 0 && !s.segmentsAfter(pos.Segment) {
+		// The segment to start is not there yet, nor any after it: its
+		// writer is creating it (or removed it, its header unwritten, to
+		// create it again).
+		s.wait(ctx, watch, s.o.poll)
+		return false, nil
+	}
 	if errors.Is(err, tail.ErrMissing) {
 		s.met.error("gap")
 		return false, fatal(fmt.Errorf("%w: the stream %s ends on %s at %s, but segment %d is not in %s (removed by retention before the stream lost what followed it, moved away, or the wrong directory): %v; "+
@@ -815,3 +822,12 @@ func (w *partialWait) clear(s *Shipper) {
 // partialWaitReport is how long a wait at a partial frame lasts before it is
 // reported: a write in progress takes milliseconds.
 func partialWaitReport(poll time.Duration) time.Duration { return max(5*poll, 2*time.Second) }
+
+// segmentsAfter reports whether a segment numbered above seg exists.
+func (s *Shipper) segmentsAfter(seg uint64) bool {
+	segs, err := format.ListSegments(s.dir, s.source)
+	if err != nil {
+		return true // let the caller's error stand
+	}
+	return len(segs) > 0 && segs[len(segs)-1].Segment > seg
+}

@@ -201,6 +201,62 @@ func TestCrashImages(t *testing.T) {
 	}
 }
 
+// TestSegmentRemovedAndCreatedAgain: a writer that cannot write a new
+// segment's header (a full disk) removes the file and later creates the same
+// number again (format.Writer.abandonSegment). A Follower that opened the
+// first file must read the second one, not stop on a missing segment (as
+// the shipper did when the file vanished under it) nor skip it as abandoned
+// once a later segment appears.
+func TestSegmentRemovedAndCreatedAgain(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		first []byte // what the failed writer left of segment 2 before removing it
+	}{
+		{"TornHeader", segmentBytes(t, 2, 0, false, 0)[:25]},
+		{"EmptyFile", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeSeg(t, dir, 1, segmentBytes(t, 1, 3, true, 0))
+			path := writeSeg(t, dir, 2, c.first)
+			fl, err := tail.Open(dir, "s", format.Position{Segment: 1}, tail.Options{ListEvery: time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer fl.Close()
+			spans, err := fillUntil(t, fl, 3)
+			if err != nil || len(spans) != 1 || spans[0].Frames != 4 {
+				t.Fatalf("segment 1: spans %+v, err %v; want its 4 frames", spans, err)
+			}
+			if fl.Pos().Segment != 2 {
+				t.Fatalf("at %v, want on segment 2", fl.Pos())
+			}
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+			if spans, err := fillUntil(t, fl, 3); err != nil || len(spans) != 0 {
+				t.Fatalf("segment 2 removed: spans %+v, err %v; want a wait", spans, err)
+			}
+			writeSeg(t, dir, 2, segmentBytes(t, 2, 5, true, 0))
+			writeSeg(t, dir, 3, segmentBytes(t, 3, 2, false, 0))
+			spans, err = fillUntil(t, fl, 3)
+			if err != nil {
+				t.Fatalf("segment 2 created again: %v (spans %+v)", err, spans)
+			}
+			frames := map[uint64]int{}
+			for _, s := range spans {
+				frames[s.Segment] += s.Frames
+			}
+			if frames[2] != 6 || frames[3] != 2 {
+				t.Fatalf("frames per segment %v; want 6 in segment 2 (5 and its seal), 2 in segment 3", frames)
+			}
+			if spans[0].Segment != 2 || spans[0].PrevEnd != int64(len(segmentBytes(t, 1, 3, true, 0))) || spans[0].Torn != 0 {
+				t.Fatalf("first span %+v; want segment 2 following segment 1's end, nothing torn", spans[0])
+			}
+		})
+	}
+}
+
 // TestOddFilesRefused: a FIFO (or directory, or symbolic link) named like
 // the next segment stops the Follower with ErrNotRegular instead of
 // blocking it in open(2) forever.

@@ -286,6 +286,23 @@ func (fl *Follower) Fill() (Span, error) {
 				return Span{}, err
 			}
 			if !ok {
+				switch state, err := fl.identity(); {
+				case err != nil:
+					return Span{}, err
+				case state == fileGone:
+					// Its writer could not finish the header (a full disk)
+					// and removed it: the next attempt creates the same
+					// number again.
+					if err := fl.checkGap(fl.seg); err != nil {
+						return Span{}, err
+					}
+					return fl.empty(), nil
+				case state == fileReplaced:
+					if err := fl.reopen(); err != nil {
+						return Span{}, err
+					}
+					continue
+				}
 				moved, err := fl.abandonedHeader()
 				if err != nil {
 					return Span{}, err
@@ -645,6 +662,11 @@ func (fl *Follower) moveOn(next uint64, torn int64, frameless bool) (bool, error
 		prevEnd, prevSeg, prevTorn = fl.prevEnd, fl.prevSeg, fl.torn
 	}
 	if err := fl.openSegment(next, 0); err != nil {
+		if errors.Is(err, ErrMissing) {
+			// Removed between the look and the open: a writer that could
+			// not write its header. Stay; the next Fill looks again.
+			return false, nil
+		}
 		return false, err
 	}
 	fl.prevEnd, fl.prevSeg, fl.torn = prevEnd, prevSeg, prevTorn+torn
@@ -695,4 +717,47 @@ func (fl *Follower) abandonedHeader() (bool, error) {
 		return false, fmt.Errorf("tail: stat %s: %w", fl.path, err)
 	}
 	return fl.moveOn(next, st.Size(), true)
+}
+
+// The states of the current segment's path, as identity finds it.
+const (
+	fileSame = iota
+	fileGone
+	fileReplaced
+)
+
+// identity reports whether the current segment's path still names the file
+// the Follower has open. Only a segment whose header is incomplete can be
+// removed or replaced: the writer removes a segment whose header it could
+// not write and creates the same number again (format.Writer).
+func (fl *Follower) identity() (int, error) {
+	at, err := os.Stat(fl.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return fileGone, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("tail: stat %s: %w", fl.path, err)
+	}
+	open, err := fl.f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("tail: stat %s: %w", fl.path, err)
+	}
+	if os.SameFile(at, open) {
+		return fileSame, nil
+	}
+	return fileReplaced, nil
+}
+
+// reopen opens the current segment's path again, keeping where the previous
+// segment ended: the file there was created anew.
+func (fl *Follower) reopen() error {
+	prevEnd, prevSeg, torn := fl.prevEnd, fl.prevSeg, fl.torn
+	if err := fl.openSegment(fl.seg, fl.pos); err != nil {
+		if errors.Is(err, ErrMissing) {
+			return nil // removed again: the next Fill looks again
+		}
+		return err
+	}
+	fl.prevEnd, fl.prevSeg, fl.torn = prevEnd, prevSeg, torn
+	return nil
 }
