@@ -115,7 +115,10 @@ func loadSize() int {
 // stock's rev as row version and no version column at all; the loader
 // killed (kill -9 of a process) in the middle of the load and run again;
 // the receiver's process killed and restarted every 400 ms during the load;
-// a nats-server process killed and restarted (see the skip below).
+// a nats-server process killed and restarted during the load (kill -9 after
+// acknowledging messages it had not written out loses them, and the next
+// messages take their sequence numbers: the running receiver reads the
+// stream again on the gap this leaves, Applier.SetRescanOnGap).
 func TestLoadWhileWriting(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -133,17 +136,6 @@ func TestLoadWhileWriting(t *testing.T) {
 		{"nats-server-kill9", false, "nats"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.kill == "nats" && os.Getenv("FERRY_LOAD_NATS_KILL") == "" {
-				// KNOWN FAILURE, issue 12 left open for it. A server killed
-				// after acknowledging messages it had not written out loses
-				// them; the loader's next messages take the lost sequence
-				// numbers, and a running receiver, whose ordered consumer
-				// resumes by sequence, skips the shipper's re-shipped range
-				// and stops on a gap (failed in the full suite of 17:45
-				// UTC on 2026-12-03 after passing 10 runs that afternoon).
-				// With a durable server (sync_interval: always) one run hung.
-				t.Skip("known failure (issue 12): nats-server kill -9 during a load; FERRY_LOAD_NATS_KILL=1 runs it")
-			}
 			db := fmt.Sprintf("load_%d", i)
 			if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
 				t.Fatal(err)
@@ -290,8 +282,8 @@ func TestLoadWhileWriting(t *testing.T) {
 				dropped += ls.RowsDropped
 				applied += ls.RowsApplied
 			}
-			t.Logf("%d legacy transactions (%d changes) while loading %d rows in %s; receiver: %d load rows applied, %d dropped (newer live change); %d of %d rows differ %v",
-				l.txs.Load(), l.changes.Load(), 6*n, loadTime.Round(time.Millisecond), applied, dropped, sc.Differ, sc.Rows, sc.Examples)
+			t.Logf("%d legacy transactions (%d changes) while loading %d rows in %s; receiver: %d load rows applied, %d dropped (newer live change), %d stream rescans; %d of %d rows differ %v",
+				l.txs.Load(), l.changes.Load(), 6*n, loadTime.Round(time.Millisecond), applied, dropped, rescans(t, m.rcv), sc.Differ, sc.Rows, sc.Examples)
 			if sc.Differ != 0 || sc.Rows < int64(4*n) {
 				t.Fatalf("receiver against the database: %d of %d rows differ: %v", sc.Differ, sc.Rows, sc.Examples)
 			}
@@ -446,4 +438,19 @@ func natsServerProcess(t *testing.T, ctx context.Context) *faults.NATSServer {
 	}
 	t.Cleanup(func() { s.Kill() })
 	return s
+}
+
+// rescans returns how many times r read its stream again from the start.
+func rescans(t *testing.T, r *receiver.Receiver) int {
+	t.Helper()
+	mfs, err := r.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "ferry_receiver_stream_rescans_total" && len(mf.GetMetric()) == 1 {
+			return int(mf.GetMetric()[0].GetCounter().GetValue())
+		}
+	}
+	return 0
 }

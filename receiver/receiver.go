@@ -466,7 +466,7 @@ func (r *Receiver) Status() Status {
 		s.LagSeconds = a.LagSeconds(now, p)
 		switch {
 		case a.Err != nil:
-			s.State, s.Error = "stopped", a.Err.Error()
+			s.State, s.Error, s.ErrorKind = "stopped", a.Err.Error(), a.Err.Kind
 			s.ErrorFile, s.ErrorOffset = format.SegmentName(n, a.Err.Segment), a.Err.Offset
 			if reason == "" {
 				reason = fmt.Sprintf("source %s stopped: %s", n, a.Err.Kind)

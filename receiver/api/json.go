@@ -231,6 +231,10 @@ type SourceStatus struct {
 	// "stopped" (see Error).
 	State string `json:"state"`
 	Error string `json:"error,omitempty"`
+	// ErrorKind is what stopped the source: "gap" (a message does not
+	// continue it: it resumes by itself once the shipper re-ships the
+	// range), "corrupt", "header" or "limit".
+	ErrorKind string `json:"error_kind,omitempty"`
 	// ErrorFile and ErrorOffset name where in the source's change files the
 	// error is (the segment file's name and the byte offset in it).
 	ErrorFile   string `json:"error_file,omitempty"`

@@ -62,6 +62,13 @@ type Applier struct {
 	// first message in the stream is (SetStartMidChain).
 	midChain bool
 
+	// gapRescan turns a source's first gap at an applied position into a
+	// request to read the stream again (SetRescanOnGap): rescan is that
+	// request, rescanned where each source stood when it was made.
+	gapRescan bool
+	rescan    *SourceError
+	rescanned map[string]format.Position
+
 	// curCommit is the first commit time of the message being handled.
 	curCommit int64
 
@@ -98,6 +105,40 @@ func (a *Applier) SetMaxTxBytes(n int64) {
 // when the receiver is meant to hold only what the stream still has. Off by
 // default: such a start is a gap.
 func (a *Applier) SetStartMidChain(on bool) { a.midChain = on }
+
+// SetRescanOnGap makes a source's first gap at an applied position a
+// request to read the stream again from its start (RescanWanted) instead of
+// a stop; a gap met again at the same position stops the source. A broker
+// killed after acknowledging messages it had not written out loses them and
+// gives their sequence numbers to the next ones: a running consumer, which
+// resumes by sequence, is then past the messages that continue a source
+// (the shipper re-ships what the stream lost), though the stream holds them.
+// Only reading it again finds them; what is applied is skipped by position.
+func (a *Applier) SetRescanOnGap(on bool) { a.gapRescan = on }
+
+// RescanWanted returns the gap that asked for the stream to be read again
+// from its start (SetRescanOnGap), nil if none: the caller commits, Resets
+// the applier to the start and reads again. Until then Handle ignores
+// every message.
+func (a *Applier) RescanWanted() *SourceError { return a.rescan }
+
+// gap handles a message that does not continue its source.
+func (a *Applier) gap(source string, st *sourceState, e *SourceError) {
+	if a.gapRescan && st.err == nil { // after a stop, what follows does not continue: no news
+		p := a.batch.Position(source)
+		at := format.Position{Segment: p.Segment, Offset: p.Offset}
+		if last, ok := a.rescanned[source]; !ok || last != at {
+			if a.rescanned == nil {
+				a.rescanned = map[string]format.Position{}
+			}
+			a.rescanned[source] = at
+			e.Source, e.AppliedSegment, e.AppliedOffset = source, p.Segment, p.Offset
+			a.rescan = e
+			return
+		}
+	}
+	a.stop(source, st, e)
+}
 
 type counts struct{ changes, txs, bytes, skipped int }
 
@@ -178,6 +219,7 @@ func (a *Applier) Reset(c store.StreamCursor) {
 	}
 	a.mu.Unlock()
 	a.joined = 0
+	a.rescan = nil
 	a.lastSeq, a.created, a.lastID = c.Seq, c.Created, ""
 	if c.CheckSeq == c.Seq {
 		a.lastID = c.CheckID
@@ -224,6 +266,9 @@ func (a *Applier) count(name string) *counts {
 // source). It returns an error only when the store fails: the caller must
 // then stop and restart from the store.
 func (a *Applier) Handle(m Message) error {
+	if a.rescan != nil {
+		return nil // the stream is to be read again (RescanWanted)
+	}
 	if m.StreamSeq > a.lastSeq {
 		a.lastSeq, a.lastID = m.StreamSeq, MessageID(m.Subject, m.Header)
 	}
@@ -276,7 +321,7 @@ func (a *Applier) Handle(m Message) error {
 		return a.handlePart(m, &b, st, pos)
 	}
 	if gerr := a.checkContinues(&b, pos); gerr != nil {
-		a.stop(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq, Err: gerr})
+		a.gap(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq, Err: gerr})
 		return nil
 	}
 	if b.Parts > 1 {
@@ -336,7 +381,7 @@ func (a *Applier) checkContinues(b *wire.Batch, pos store.SourcePosition) error 
 
 func (a *Applier) handlePart(m Message, b *wire.Batch, st *sourceState, pos store.SourcePosition) error {
 	if b.Segment == pos.Segment && b.From != pos.Offset {
-		a.stop(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+		a.gap(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
 			Err: fmt.Errorf("%w: split frame [%d, %d) does not start at the applied position %d", ErrGap, b.From, b.To, pos.Offset)})
 		return nil
 	}
@@ -352,7 +397,7 @@ func (a *Applier) handlePart(m Message, b *wire.Batch, st *sourceState, pos stor
 		st.hold = m.StreamSeq
 	} else if !st.joinValid || st.joinKey != key || b.Part != st.joinNext {
 		a.dropJoin(st)
-		a.stop(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
+		a.gap(b.Source, st, &SourceError{Kind: KindGap, Segment: b.Segment, Offset: b.From, StreamSeq: m.StreamSeq,
 			Err: fmt.Errorf("%w: part %d of %d of the frame at %d arrived without the parts before it", ErrGap, b.Part, b.Parts, b.From)})
 		return nil
 	}

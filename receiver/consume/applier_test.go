@@ -358,6 +358,58 @@ func TestGaps(t *testing.T) {
 	}
 }
 
+// TestGapRescansOnce: with SetRescanOnGap (the consumer's setting) a gap
+// asks once per applied position for the stream to be read again, applying
+// nothing after it meanwhile; read again, a stream that holds the missing
+// message continues the source, and one that still lacks it stops it.
+func TestGapRescansOnce(t *testing.T) {
+	txs := genTxs(40, 2, "r")
+	msgs := writeMsgs(t, "r", txs, 0, 512)
+	if len(msgs) < 6 {
+		t.Fatalf("want 6 messages at least, got %d", len(msgs))
+	}
+	holed := append(append([]wiretest.Msg{}, msgs[:2]...), msgs[3:]...)
+	for _, c := range []struct {
+		name  string
+		again []wiretest.Msg // the stream read the second time
+	}{
+		{"RefilledContinues", msgs},
+		{"StillMissingStops", holed},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.ap.SetRescanOnGap(true)
+			h.handle(holed...)
+			e := h.ap.RescanWanted()
+			if e == nil || e.Kind != consume.KindGap || e.StreamSeq != 3 {
+				t.Fatalf("rescan wanted %v, want the gap at stream sequence 3", e)
+			}
+			if se := h.sourceErr("r"); se != nil {
+				t.Fatalf("source stopped (%v) instead of asking for a rescan", se)
+			}
+			if p := h.st.Position("r"); p.Segment != msgs[1].Batch.Segment || p.Offset != msgs[1].Batch.To {
+				t.Fatalf("position %d:%d, want %d:%d: something after the gap was applied", p.Segment, p.Offset, msgs[1].Batch.Segment, msgs[1].Batch.To)
+			}
+			h.ap.Reset(store.StreamCursor{})
+			if h.ap.RescanWanted() != nil {
+				t.Fatal("rescan still wanted after Reset")
+			}
+			h.seq = 0
+			h.handle(c.again...)
+			if c.name == "RefilledContinues" {
+				if e := h.sourceErr("r"); e != nil || h.ap.RescanWanted() != nil {
+					t.Fatalf("source error %v, rescan %v after reading the refilled stream", e, h.ap.RescanWanted())
+				}
+				h.checkLog("r", txs)
+				return
+			}
+			if e := h.sourceErr("r"); e == nil || e.Kind != consume.KindGap || h.ap.RescanWanted() != nil {
+				t.Fatalf("source error %v, rescan %v; want the gap met again to stop the source", e, h.ap.RescanWanted())
+			}
+		})
+	}
+}
+
 func TestStartMidChain(t *testing.T) {
 	txs := genTxs(40, 1, "m")
 	msgs := writeMsgs(t, "m", txs, 0, 512)

@@ -94,6 +94,7 @@ func New(js jetstream.JetStream, st *store.Store, ap *Applier, cfg Config) (*Con
 	if cfg.Metrics == nil {
 		return nil, errors.New("consume: Config.Metrics is required")
 	}
+	ap.SetRescanOnGap(true) // a gap may be a broker's loss, refilled: read again (handle)
 	return &Consumer{js: js, st: st, ap: ap, cfg: cfg, log: cfg.Logger, m: cfg.Metrics}, nil
 }
 
@@ -370,6 +371,21 @@ func (c *Consumer) handle(m jetstream.Msg) error {
 	c.m.Pending.Set(float64(md.NumPending))
 	if err := c.ap.Handle(Message{Subject: m.Subject(), Header: m.Headers(), Body: m.Data(), StreamSeq: md.Sequence.Stream}); err != nil {
 		return &storeError{err}
+	}
+	if e := c.ap.RescanWanted(); e != nil {
+		// What came before the gap is applied; the cursor at the stream's
+		// start is committed too, so that a restart reads it all again.
+		if err := c.ap.Commit(); err != nil {
+			return &storeError{err}
+		}
+		c.log.Warn("a message does not continue its source: reading the stream again from its start, once for this position (the broker may have lost messages it had acknowledged and given their sequence numbers to new ones; what is applied is skipped by position)",
+			"stream", c.cfg.Stream, "source", e.Source, "applied_segment", e.AppliedSegment, "applied_offset", e.AppliedOffset,
+			"stream_seq", e.StreamSeq, "err", e.Err)
+		c.rescan(c.ap.created)
+		if err := c.ap.Commit(); err != nil {
+			return &storeError{err}
+		}
+		return errRescan
 	}
 	return nil
 }

@@ -378,8 +378,11 @@ func (l *loader) run(ctx context.Context) (Result, error) {
 		return res, err
 	}
 	res.Load = l.id
-	info, err := l.st.Info(ctx)
-	if err != nil {
+	var info *jetstream.StreamInfo
+	if err := l.retry(ctx, "reading the stream's state", func() (err error) {
+		info, err = l.st.Info(ctx)
+		return err
+	}); err != nil {
 		return res, err
 	}
 	res.Warnings = CheckRetention(info, l.plan.estimate, l.cfg.AssumedRate, time.Now())
@@ -415,8 +418,11 @@ func (l *loader) run(ctx context.Context) (Result, error) {
 // resume looks at the last message on the table's subject and decides
 // whether this run continues a load, starts one, or has nothing to do.
 func (l *loader) resume(ctx context.Context, res *Result) (bool, error) {
-	m, err := l.st.LastMsg(ctx, l.subject)
-	if err != nil {
+	var m *jetstream.RawStreamMsg
+	if err := l.retry(ctx, "reading the last message of "+l.subject, func() (err error) {
+		m, err = l.st.LastMsg(ctx, l.subject)
+		return err
+	}); err != nil {
 		return false, err
 	}
 	if m != nil && !l.cfg.Reload {
@@ -581,6 +587,24 @@ func (l *loader) publishSync(ctx context.Context, m *nats.Msg) error {
 		l.cfg.Log.Warn("publish failed; retrying", "msg", m.Header.Get(fload.HdrMsgID), "err", err, "in", wait)
 		if !sleep(ctx, wait) {
 			return fmt.Errorf("load: %s: %w", m.Header.Get(fload.HdrMsgID), err)
+		}
+		wait = min(2*wait, l.cfg.RetryWait)
+	}
+}
+
+// retry calls the stream request fn until it succeeds or ctx ends, waiting
+// up to RetryWait between attempts: a broker restarting (each request times
+// out on its own, JetStream) must not fail a load that would go on after it.
+func (l *loader) retry(ctx context.Context, what string, fn func() error) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		l.cfg.Log.Warn(what+" failed; retrying", "table", l.t.Name, "err", err, "in", wait)
+		if !sleep(ctx, wait) {
+			return err
 		}
 		wait = min(2*wait, l.cfg.RetryWait)
 	}

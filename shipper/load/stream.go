@@ -30,12 +30,19 @@ type Stream interface {
 	Epoch() uint64
 }
 
-// JetStream is the change stream on a NATS connection.
+// JetStream is the change stream on a NATS connection. Every request has a
+// deadline of its own (requestTimeout; publishes the ack timeout), whatever
+// the caller's context: a reply lost while the server restarted must not
+// leave the loader waiting forever.
 type JetStream struct {
-	nc *nats.Conn
-	js jetstream.JetStream
-	st jetstream.Stream
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	st         jetstream.Stream
+	ackTimeout time.Duration
 }
+
+// requestTimeout bounds one stream request (info, last message).
+const requestTimeout = 10 * time.Second
 
 var _ Stream = (*JetStream)(nil)
 
@@ -54,11 +61,13 @@ func OpenJetStream(ctx context.Context, nc *nats.Conn, cfg jsclient.Config, ackT
 	if err != nil {
 		return nil, fmt.Errorf("load: %w", err)
 	}
-	return &JetStream{nc: nc, js: js, st: st}, nil
+	return &JetStream{nc: nc, js: js, st: st, ackTimeout: ackTimeout}, nil
 }
 
 // Info implements Stream.
 func (s *JetStream) Info(ctx context.Context) (*jetstream.StreamInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
 	info, err := s.st.Info(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load: reading stream info: %w", err)
@@ -68,6 +77,8 @@ func (s *JetStream) Info(ctx context.Context) (*jetstream.StreamInfo, error) {
 
 // LastMsg implements Stream.
 func (s *JetStream) LastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
 	m, err := s.st.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil, nil
@@ -89,6 +100,8 @@ func (s *JetStream) PublishAsync(msg *nats.Msg) (jetstream.PubAckFuture, error) 
 
 // Publish implements Stream.
 func (s *JetStream) Publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.ackTimeout)
+	defer cancel()
 	a, err := s.js.PublishMsg(ctx, msg)
 	if err != nil {
 		return nil, fmt.Errorf("load: publishing to %s: %w", msg.Subject, err)
