@@ -158,13 +158,6 @@ type wbOutcome struct {
 // resurrected; the inbox ends empty; both receivers equal the database row
 // by row.
 func TestFaultWriteBackKill9(t *testing.T) {
-	if os.Getenv("FERRY_WRITEBACK_KILL") == "" {
-		// KNOWN FAILURE, issue 13 left open for it: in the full suites of
-		// 17:45 and 18:12 UTC on 2026-12-03 (the second with a durable
-		// nats-server) a command ended with no outcome after 5 minutes,
-		// after passing 7 fast runs and one full run that afternoon.
-		t.Skip("known failure (issue 13): a command without an outcome after kill -9 rounds; FERRY_WRITEBACK_KILL=1 runs it")
-	}
 	cluster := startPG(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -41,8 +41,14 @@ type Config struct {
 	Batch int
 	// Poll is how often the change files are read for outcomes while
 	// commands wait (default 20 ms).
-	Poll   time.Duration
-	Client *http.Client
+	Poll time.Duration
+	// AckWait is how long the commands stream waits for the agent to
+	// acknowledge a command before it offers it again (default 5 s): a
+	// delivery lost with a killed agent or a dropped connection comes back
+	// after it. A command offered again that is already in the inbox or
+	// done is dropped, so a short wait costs nothing but a duplicate.
+	AckWait time.Duration
+	Client  *http.Client
 	Logger *slog.Logger
 }
 
@@ -108,6 +114,9 @@ func New(js jetstream.JetStream, cfg Config) (*Agent, error) {
 	}
 	if cfg.Poll <= 0 {
 		cfg.Poll = 20 * time.Millisecond
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 5 * time.Second
 	}
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: 30 * time.Second}
@@ -208,8 +217,13 @@ func (a *Agent) session(ctx context.Context) error {
 	cons, err := a.js.CreateOrUpdateConsumer(ctx, a.cfg.Stream, jetstream.ConsumerConfig{
 		Durable:       a.cfg.Consumer,
 		FilterSubject: command.Subject(a.cfg.Prefix, a.cfg.Source),
-		AckPolicy:     jetstream.AckAllPolicy,
-		AckWait:       30 * time.Second,
+		// Explicit, not AckAll: a delivery the agent never received (it
+		// was killed, or its connection dropped, after the server sent
+		// it) is acknowledged by nothing else, and comes back after
+		// AckWait. With AckAll the next batch's acknowledgement covered it
+		// and the command was lost (TestFaultWriteBackKill9).
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       a.cfg.AckWait,
 		MaxAckPending: 4 * a.cfg.Batch,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
@@ -314,7 +328,14 @@ func (a *Agent) deliver(ctx context.Context, msgs []jetstream.Msg) error {
 			a.postFile(ctx, a.files[name])
 		}
 	}
-	// AckAll: acknowledging the last acknowledges every message before it.
+	// Every message is acknowledged; the server handles a connection's
+	// acknowledgements in order, so once it confirmed the last one it
+	// has them all.
+	for _, m := range msgs[:len(msgs)-1] {
+		if err := m.Ack(); err != nil {
+			return fmt.Errorf("inbox: acknowledging commands: %w", err)
+		}
+	}
 	actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := msgs[len(msgs)-1].DoubleAck(actx); err != nil {

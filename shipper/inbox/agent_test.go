@@ -131,3 +131,120 @@ func TestAgentRedeliveryAfterOutcome(t *testing.T) {
 		t.Fatalf("no state file: %v", err)
 	}
 }
+
+// TestAgentLostDelivery: a command the server delivered to an agent that
+// never wrote it (killed, or its connection dropped, before the inbox file)
+// comes back after AckWait, even though the agent acknowledged a later
+// command meanwhile. With AckAll acknowledgements the later one's covered
+// it and the command was lost for good (TestFaultWriteBackKill9).
+func TestAgentLostDelivery(t *testing.T) {
+	srv := wiretest.StartServer(t)
+	_, js := srv.Connect(t)
+	changes := t.TempDir()
+	dir := filepath.Join(changes, "inbox")
+	cfg := inbox.Config{Source: "shop", ChangeDir: changes, Dir: dir, AckWait: 300 * time.Millisecond}
+	start := func() func() {
+		ag, err := inbox.New(js, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- ag.Run(ctx) }()
+		return func() {
+			cancel()
+			if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("agent: %v", err)
+			}
+		}
+	}
+	stop := start() // creates the durable consumer
+	waitFor(t, "the agent's consumer", func() bool {
+		_, err := js.Consumer(context.Background(), command.DefaultStream, "ferry-inbox-shop")
+		return err == nil
+	})
+	stop()
+	publish(t, js, "c-1", "k1")
+	// The server delivers c-1 to an agent that dies with it.
+	cons, err := js.Consumer(context.Background(), command.DefaultStream, "ferry-inbox-shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := cons.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md, _ := m.Metadata(); md == nil || md.NumDelivered != 1 {
+		t.Fatalf("delivery metadata %+v", md)
+	}
+	publish(t, js, "c-2", "k2")
+	stop = start()
+	defer stop()
+	waitFor(t, "both commands in the inbox", func() bool { return len(inboxIDs(t, dir)) == 2 })
+	ids := inboxIDs(t, dir)
+	if !(ids[0] == "c-1" && ids[1] == "c-2") {
+		t.Fatalf("inbox holds %v, want c-1 (its delivery lost, named by its sequence) and c-2", ids)
+	}
+}
+
+// TestConsumeOffersEarlierNames: a file whose name sorts before files
+// already handled (a command offered again after a lost delivery) is
+// offered too; a handled file is not offered again by the same process.
+func TestConsumeOffersEarlierNames(t *testing.T) {
+	dir := t.TempDir()
+	write := func(seq uint64, id string) {
+		t.Helper()
+		c := command.Command{ID: id, Origin: "svc", Source: "shop", Table: "orders", Key: id, Op: command.OpInsert,
+			After: json.RawMessage(`{}`), Submitted: time.Now().UTC(), Seq: seq}
+		b, err := command.Marshal(&c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Whole or not at all, as the agent writes them.
+		tmp := filepath.Join(dir, ".tmp-"+inbox.FileName(seq))
+		if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, inbox.FileName(seq))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- inbox.Consume(ctx, dir, inbox.ConsumeConfig{Poll: time.Millisecond}, func(_ context.Context, cmds []command.Command) error {
+			for _, c := range cmds {
+				got <- c.ID
+			}
+			return nil
+		})
+	}()
+	next := func() string {
+		t.Helper()
+		select {
+		case id := <-got:
+			return id
+		case <-time.After(30 * time.Second):
+			t.Fatal("no file offered")
+			return ""
+		}
+	}
+	write(20, "c-20")
+	if id := next(); id != "c-20" {
+		t.Fatalf("offered %s, want c-20", id)
+	}
+	write(10, "c-10")
+	if id := next(); id != "c-10" {
+		t.Fatalf("offered %s, want c-10 (an earlier name after a later one)", id)
+	}
+	write(30, "c-30")
+	if id := next(); id != "c-30" {
+		t.Fatalf("offered %s, want c-30: a handled file was offered again", id)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

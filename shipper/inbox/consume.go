@@ -26,11 +26,13 @@ type ConsumeConfig struct {
 	RetryAfter time.Duration
 }
 
-// Consume hands the inbox files of dir to h in name order (delivery order)
-// until ctx is done. Files are offered once per process: the agent removes
-// a file once every outcome is in the change files, and a restarted legacy
-// is offered every file still there again (its id records make the repeats
-// no-ops).
+// Consume hands the inbox files of dir to h in name order until ctx is
+// done. Files are offered once per process: the agent removes a file once
+// every outcome is in the change files, and a restarted legacy is offered
+// every file still there again (its id records make the repeats no-ops). A
+// file may appear with a name before files already handled (a command
+// offered again after its delivery was lost, SPEC.md section 23): every
+// file not yet handled is offered, never only those after the last one.
 func Consume(ctx context.Context, dir string, cfg ConsumeConfig, h Handler) error {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 5 * time.Millisecond
@@ -38,16 +40,28 @@ func Consume(ctx context.Context, dir string, cfg ConsumeConfig, h Handler) erro
 	if cfg.RetryAfter <= 0 {
 		cfg.RetryAfter = time.Second
 	}
-	var last uint64 // the last file handled (sequence); files are never renamed
-	started := false
+	// The files handled by this process that are still there: bounded by
+	// the inbox (names gone from it are forgotten).
+	handled := map[string]bool{}
 	for {
 		files, err := List(dir)
 		if err != nil {
 			return err
 		}
+		// Forgotten once gone: a name can come back (the agent writes a
+		// removed file's first command again after a restart of its own).
+		listed := make(map[string]bool, len(files))
+		for _, f := range files {
+			listed[f.Name] = true
+		}
+		for name := range handled {
+			if !listed[name] {
+				delete(handled, name)
+			}
+		}
 		progressed := false
 		for _, f := range files {
-			if started && f.Seq <= last {
+			if handled[f.Name] {
 				continue
 			}
 			cmds, err := ReadFile(f.Path)
@@ -68,7 +82,7 @@ func Consume(ctx context.Context, dir string, cfg ConsumeConfig, h Handler) erro
 				}
 				break // list again: offer this file again
 			}
-			last, started, progressed = f.Seq, true, true
+			handled[f.Name], progressed = true, true
 		}
 		if progressed {
 			continue

@@ -6,7 +6,9 @@
 // a Go legacy reads the inbox with.
 //
 // What is and is not promised. Commands of one source reach the inbox in
-// stream order (so in order for every row), each at least once: a command
+// stream order, but for a command whose delivery was lost (a killed agent,
+// a dropped connection), offered again after AckWait behind later ones;
+// each at least once: a command
 // stays in the inbox, and is offered again to the legacy after any crash,
 // until the legacy's change files hold its outcome (a transaction carrying
 // its id, committed, or a rejection frame naming it); the agent reads the
