@@ -49,7 +49,7 @@ type Config struct {
 	// done is dropped, so a short wait costs nothing but a duplicate.
 	AckWait time.Duration
 	Client  *http.Client
-	Logger *slog.Logger
+	Logger  *slog.Logger
 }
 
 // Agent delivers a source's commands to the legacy. Run it once.
