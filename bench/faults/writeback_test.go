@@ -156,8 +156,23 @@ type wbOutcome struct {
 // counts the writes) and has exactly one committed record in the change
 // files, a rejected one none; a row the legacy deleted is never
 // resurrected; the inbox ends empty; both receivers equal the database row
-// by row.
+// by row. Two brokers: a durable one (sync_interval: always) and the
+// default, which a kill -9 can make lose messages it acknowledged (commands,
+// changes and outcomes alike): services then resubmit, the stream's
+// de-duplication and the legacy's id record drop what was already there.
 func TestFaultWriteBackKill9(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts []faults.NATSOption
+	}{
+		{"durable-broker", []faults.NATSOption{faults.WithSyncAlways()}},
+		{"default-broker", nil},
+	} {
+		t.Run(c.name, func(t *testing.T) { writeBackKill9(t, c.opts...) })
+	}
+}
+
+func writeBackKill9(t *testing.T, opts ...faults.NATSOption) {
 	cluster := startPG(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -178,11 +193,7 @@ func TestFaultWriteBackKill9(t *testing.T) {
 		must(t, err)
 	}
 
-	// A durable broker: with kill -9 of a server that acknowledged commands
-	// it had not written out, services must resubmit them and the agent's
-	// state moves by sequence numbers the lost commands' successors reuse
-	// — a broker-loss scenario of its own (see the issue note), not this one.
-	r := newRig(t, 1, faults.WithSyncAlways())
+	r := newRig(t, 1, opts...)
 	r.createStream(1)
 	inboxDir := filepath.Join(r.changes, "inbox")
 	const hot = 8
