@@ -262,16 +262,7 @@ func TestRSSHugePages(t *testing.T) {
 func sparseDir(t *testing.T, live bool) string {
 	dir := t.TempDir()
 	txs := []format.Tx{{CommitTime: time.Now().UnixNano(), Changes: []format.Change{{Table: "t", Op: format.OpUpsert, Key: []byte("k"), After: []byte("1")}}}}
-	w, err := format.OpenWriter(dir, "s", format.WithSync(format.SyncNone, 0), format.WithHeartbeat(0), format.WithMaxSegmentAge(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Commit(&txs[0]); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
+	writeSegment(t, dir, &txs[0])
 	// Drop the seal (the last frame): the segment is live, its tail 1 GiB
 	// of zeros.
 	path := filepath.Join(dir, format.SegmentName("s", 1))
@@ -300,18 +291,25 @@ func sparseDir(t *testing.T, live bool) string {
 	if !live {
 		// A later segment: the sparse one is abandoned, its tail must be
 		// classified (torn or corrupt), not waited for.
-		w, err := format.OpenWriter(dir, "s", format.WithSync(format.SyncNone, 0), format.WithHeartbeat(0), format.WithMaxSegmentAge(0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := w.Commit(&txs[0]); err != nil {
-			t.Fatal(err)
-		}
-		if err := w.Close(); err != nil {
-			t.Fatal(err)
-		}
+		writeSegment(t, dir, &txs[0])
 	}
 	return dir
+}
+
+// writeSegment writes tx into a new segment of source "s" in dir, sealed by
+// the writer's Close.
+func writeSegment(t *testing.T, dir string, tx *format.Tx) {
+	t.Helper()
+	w, err := format.OpenWriter(dir, "s", format.WithSync(format.SyncNone, 0), format.WithHeartbeat(0), format.WithMaxSegmentAge(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(tx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestRSSSparseTail(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/jsonl"
 )
 
 // Exit statuses of ferry inspect (also in format/SPEC.md).
@@ -252,13 +253,13 @@ func (in *inspector) frame(res *format.SegmentResult, vf *format.VerifiedFrame) 
 		switch {
 		case in.opts.json:
 			in.buf = append(in.buf[:0], `{"rejected":`...)
-			in.buf = appendJSONString(in.buf, r.Command)
+			in.buf = jsonl.AppendString(in.buf, r.Command)
 			in.buf = append(in.buf, `,"origin":`...)
-			in.buf = appendJSONString(in.buf, r.Origin)
+			in.buf = jsonl.AppendString(in.buf, r.Origin)
 			in.buf = append(in.buf, `,"reason":`...)
-			in.buf = appendJSONString(in.buf, r.Reason)
+			in.buf = jsonl.AppendString(in.buf, r.Reason)
 			in.buf = fmt.Appendf(in.buf, `,"time":"%s","position":{"source":`, fmtTime(r.Time))
-			in.buf = appendJSONString(in.buf, ref.Source)
+			in.buf = jsonl.AppendString(in.buf, ref.Source)
 			in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.Segment, off)
 			if _, err := in.out.Write(in.buf); err != nil {
 				return err
@@ -273,7 +274,7 @@ func (in *inspector) frame(res *format.SegmentResult, vf *format.VerifiedFrame) 
 			for _, r := range o.Resolutions {
 				in.buf = fmt.Appendf(in.buf[:0], `{"outcome":%q,"prepared":{"segment":%d,"offset":%d},"time":"%s","position":{"source":`,
 					r.Decision, r.Prepared.Segment, r.Prepared.Offset, fmtTime(o.Time))
-				in.buf = appendJSONString(in.buf, ref.Source)
+				in.buf = jsonl.AppendString(in.buf, ref.Source)
 				in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.Segment, off)
 				if _, err := in.out.Write(in.buf); err != nil {
 					return err
@@ -302,13 +303,13 @@ func fmtTime(ns int64) string { return time.Unix(0, ns).UTC().Format(time.RFC333
 func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64, off int64) []byte {
 	c := &tx.Changes[i]
 	b = append(b, `{"table":`...)
-	b = appendJSONString(b, c.Table)
+	b = jsonl.AppendString(b, c.Table)
 	b = append(b, `,"op":"`...)
 	b = append(b, c.Op.String()...)
 	b = append(b, '"')
 	if utf8.Valid(c.Key) {
 		b = append(b, `,"key":`...)
-		b = appendJSONString(b, string(c.Key))
+		b = jsonl.AppendString(b, string(c.Key))
 	} else {
 		b = append(b, `,"key_base64":"`...)
 		b = base64.StdEncoding.AppendEncode(b, c.Key)
@@ -331,11 +332,11 @@ func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64,
 	b = append(b, '"')
 	if tx.ID != "" {
 		b = append(b, `,"tx":`...)
-		b = appendJSONString(b, tx.ID)
+		b = jsonl.AppendString(b, tx.ID)
 	}
 	if tx.Origin != "" {
 		b = append(b, `,"origin":`...)
-		b = appendJSONString(b, tx.Origin)
+		b = jsonl.AppendString(b, tx.Origin)
 	}
 	if c.Version != 0 {
 		b = append(b, `,"version":`...)
@@ -343,7 +344,7 @@ func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64,
 	}
 	if tx.Command != "" {
 		b = append(b, `,"command":`...)
-		b = appendJSONString(b, tx.Command)
+		b = jsonl.AppendString(b, tx.Command)
 	}
 	if tx.Prepared {
 		// Not committed until an outcome line names this position.
@@ -352,7 +353,7 @@ func appendChangeJSON(b []byte, tx *format.Tx, i int, source string, seg uint64,
 	b = append(b, `,"commit_time":"`...)
 	b = time.Unix(0, tx.CommitTime).UTC().AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","position":{"source":`...)
-	b = appendJSONString(b, source)
+	b = jsonl.AppendString(b, source)
 	b = append(b, `,"segment":`...)
 	b = strconv.AppendUint(b, seg, 10)
 	b = append(b, `,"offset":`...)
@@ -373,35 +374,6 @@ func appendImage(b, img []byte, content format.ContentType) []byte {
 	}
 	b = append(b, '"')
 	b = base64.StdEncoding.AppendEncode(b, img)
-	return append(b, '"')
-}
-
-// appendJSONString appends s as a JSON string; s must be valid UTF-8.
-func appendJSONString(b []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 0x20 && c != '"' && c != '\\' {
-			continue
-		}
-		b = append(b, s[start:i]...)
-		switch c {
-		case '"', '\\':
-			b = append(b, '\\', c)
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
-		default:
-			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-		}
-		start = i + 1
-	}
-	b = append(b, s[start:]...)
 	return append(b, '"')
 }
 

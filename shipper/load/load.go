@@ -575,21 +575,14 @@ func (l *loader) publishFailed(ctx context.Context, reason error) {
 }
 
 func (l *loader) publishSync(ctx context.Context, m *nats.Msg) error {
-	wait := 100 * time.Millisecond
-	for {
+	id := m.Header.Get(fload.HdrMsgID)
+	if err := l.retry(ctx, "publishing "+id, func() error {
 		_, err := l.st.Publish(ctx, m)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return fmt.Errorf("load: %s: %w", m.Header.Get(fload.HdrMsgID), err)
-		}
-		l.cfg.Log.Warn("publish failed; retrying", "msg", m.Header.Get(fload.HdrMsgID), "err", err, "in", wait)
-		if !sleep(ctx, wait) {
-			return fmt.Errorf("load: %s: %w", m.Header.Get(fload.HdrMsgID), err)
-		}
-		wait = min(2*wait, l.cfg.RetryWait)
+		return err
+	}); err != nil {
+		return fmt.Errorf("load: %s: %w", id, err)
 	}
+	return nil
 }
 
 // retry calls the stream request fn until it succeeds or ctx ends, waiting
