@@ -49,13 +49,13 @@ func startBroker() (*broker, error) {
 func (b *broker) connect(name string) (*nats.Conn, error) {
 	if b.url != "" {
 		nc, err := nats.Connect(b.url, nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond),
-			nats.RetryOnFailedConnect(true))
+			nats.RetryOnFailedConnect(true), nats.ReconnectBufSize(-1))
 		if err != nil {
 			return nil, fmt.Errorf("bench: connecting %s to %s: %w", name, b.url, err)
 		}
 		return nc, nil
 	}
-	nc, err := nats.Connect("", nats.InProcessServer(b.srv), nats.Name(name), nats.MaxReconnects(-1))
+	nc, err := nats.Connect("", nats.InProcessServer(b.srv), nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1))
 	if err != nil {
 		return nil, fmt.Errorf("bench: connecting %s to the embedded JetStream server: %w", name, err)
 	}

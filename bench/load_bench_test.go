@@ -196,7 +196,7 @@ func loadBenchChildMain(cfgJSON string) int {
 		return 2
 	}
 	ctx := context.Background()
-	nc, err := nats.Connect(c.NATS)
+	nc, err := nats.Connect(c.NATS, nats.ReconnectBufSize(-1))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -42,7 +42,7 @@ func loadChildMain(cfgJSON string) int {
 		fmt.Fprintln(os.Stderr, "load child config:", err)
 		return 2
 	}
-	nc, err := nats.Connect(c.NATS)
+	nc, err := nats.Connect(c.NATS, nats.ReconnectBufSize(-1))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "load child:", err)
 		return 1
@@ -136,18 +136,6 @@ func TestLoadWhileWriting(t *testing.T) {
 		{"nats-server-kill9", false, "nats"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.kill == "nats" && os.Getenv("FERRY_BROKER_LOSS") == "" {
-				// KNOWN FAILURE, issues 12 and 13. A nats-server killed
-				// after acknowledging a shipper's message it had not
-				// written out loses it; a later message, published while
-				// the shipper reconnects, is stored by the restarted
-				// server. The shipper then resumes from a tail past the
-				// lost range and never re-ships it: the receiver, having
-				// read the stream again (Applier.SetRescanOnGap), stops on
-				// the gap for good (CI at 21:13 UTC on 2026-12-03, after
-				// 8 passing runs and a passing CI that day).
-				t.Skip("known failure: a shipper's message lost by a killed nats-server is not re-shipped when a later one survives; FERRY_BROKER_LOSS=1 runs it")
-			}
 			db := fmt.Sprintf("load_%d", i)
 			if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
 				t.Fatal(err)
@@ -397,7 +385,7 @@ func recvChildMain(cfgJSON string) int {
 	if err := json.Unmarshal([]byte(cfgJSON), &c); err != nil {
 		return 2
 	}
-	nc, err := nats.Connect(c.NATS, nats.MaxReconnects(-1))
+	nc, err := nats.Connect(c.NATS, nats.MaxReconnects(-1), nats.ReconnectBufSize(-1))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "receiver child:", err)
 		return 1

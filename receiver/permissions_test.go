@@ -41,7 +41,7 @@ func TestDeployedPermissions(t *testing.T) {
 	asyncErrs := map[string][]error{}
 	connect := func(user, pass string) *nats.Conn {
 		t.Helper()
-		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, pass), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+		nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, pass), nats.ReconnectBufSize(-1), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 			mu.Lock()
 			asyncErrs[user] = append(asyncErrs[user], err)
 			mu.Unlock()

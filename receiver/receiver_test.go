@@ -802,7 +802,7 @@ func TestNATSServerRestart(t *testing.T) {
 	s := start()
 	defer func() { s.Shutdown() }()
 	url := s.ClientURL()
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

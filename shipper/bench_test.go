@@ -306,7 +306,7 @@ func BenchmarkShipRSS(b *testing.B) {
 	var nc *nats.Conn
 	var err error
 	for i := 0; i < 200; i++ {
-		if nc, err = nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port)); err == nil {
+		if nc, err = nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", port), nats.ReconnectBufSize(-1)); err == nil {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

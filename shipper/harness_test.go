@@ -35,7 +35,7 @@ func startServer(t testing.TB, maxPayload int32) (*server.Server, *nats.Conn) {
 		t.Fatal("nats-server not ready")
 	}
 	t.Cleanup(s.Shutdown)
-	nc, err := nats.Connect("", nats.InProcessServer(s))
+	nc, err := nats.Connect("", nats.InProcessServer(s), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatalf("connect: %v", err)
 	}

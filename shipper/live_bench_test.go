@@ -169,7 +169,7 @@ func shipLive(b *testing.B, bin string, rate int, secs float64, codec wire.Codec
 	p := &serverProc{bin: bin, store: b.TempDir(), port: freePort(b)}
 	p.start(b)
 	defer p.kill()
-	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", p.port))
+	nc, err := nats.Connect(fmt.Sprintf("nats://127.0.0.1:%d", p.port), nats.ReconnectBufSize(-1))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -172,7 +172,7 @@ func TestStreamBehindAcked(t *testing.T) {
 	t.Cleanup(p.kill)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", p.port)
 	connect := func() *nats.Conn {
-		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.ReconnectBufSize(-1))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -318,3 +318,124 @@ func testHoleRepairSurvivesRestart(t *testing.T, streamLost bool) {
 		t.Fatalf("the checkpoint still records a hole after the repair: %s", data)
 	}
 }
+
+// racingStream is the real JetStream client with the timing of one race
+// forced: when armed, the next asynchronous publish first runs hook (which
+// restarts the server on an older image and waits for the client to
+// reconnect), then goes through. The shipper checked the epoch before the
+// call, so the message reaches the restarted server after the acknowledged
+// messages it lost, as it can when a publish crosses a reconnection.
+type racingStream struct {
+	*jsclient.Client
+	hook atomic.Pointer[func()]
+}
+
+func (r *racingStream) PublishAsync(msg *nats.Msg) (jetstream.PubAckFuture, error) {
+	if h := r.hook.Swap(nil); h != nil {
+		(*h)()
+	}
+	return r.Client.PublishAsync(msg)
+}
+
+// TestHoleAfterServerLossIsRepaired: a nats-server killed after
+// acknowledging messages it had not written loses them (here: restarted on
+// a copy of its store taken before they were published), and a message the
+// shipper published as the client reconnected is stored after them. The
+// stream's tail is then past a hole; resuming from it would leave every
+// receiver stopped on a gap for good. The shipper walks back under the
+// messages it published across the reconnection, finds the break and
+// re-ships from it: read as a receiver reads it, the stream holds every
+// byte of the files.
+func TestHoleAfterServerLossIsRepaired(t *testing.T) {
+	p := &serverProc{bin: natsServerBinary(t), store: t.TempDir(), port: freePort(t)}
+	p.start(t)
+	t.Cleanup(p.kill)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", p.port)
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	c := newClient(t, nc)
+	st := &racingStream{Client: c}
+	dir := t.TempDir()
+	w := openWriter(t, dir, "orders")
+	defer w.Close()
+	writeTxs(t, w, 0, 200, 1, 200)
+	w.Sync()
+	r := startShipper(t, st, dir, "orders", shipper.WithMaxBatchBytes(4<<10))
+	r.waitAcked(t, endOf(t, dir, "orders"), 20*time.Second)
+
+	// The image the server will come back with: what it held then.
+	image := t.TempDir()
+	time.Sleep(300 * time.Millisecond) // let the server write out what it acknowledged
+	copyTree(t, p.store, image)
+
+	writeTxs(t, w, 200, 200, 1, 200)
+	w.Sync()
+	r.waitAcked(t, endOf(t, dir, "orders"), 20*time.Second) // acknowledged, to be lost
+
+	restarted := make(chan struct{})
+	hook := func() {
+		defer close(restarted)
+		before := c.Epoch()
+		p.kill()
+		if err := os.RemoveAll(p.store); err != nil {
+			t.Error(err)
+			return
+		}
+		copyTree(t, image, p.store)
+		p.start(t)
+		deadline := time.Now().Add(30 * time.Second)
+		for c.Epoch() == before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if c.Epoch() == before {
+			t.Error("the client did not reconnect")
+		}
+	}
+	st.hook.Store(&hook)
+	writeTxs(t, w, 400, 200, 1, 200)
+	w.Close()
+	<-restarted
+	end := endOf(t, dir, "orders")
+	r.waitAcked(t, end, 60*time.Second)
+	var msgs []shippedMsg
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if msgs = readBackMaybe(t, nc, c.Subject("orders")); len(msgs) > 0 && lastPos(msgs) == end {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.s.Stats().Repairs; got < 1 {
+		t.Errorf("Stats.Repairs = %d, want at least 1", got)
+	}
+	checkReceiverView(t, dir, "orders", readBack(t, nc, c.Subject("orders")), end)
+}
+
+// copyTree copies the directory tree src into dst.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		to := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(to, 0o755)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(to, data, 0o644)
+	})
+	if err != nil {
+		t.Fatalf("copying %s to %s: %v", src, dst, err)
+	}
+}

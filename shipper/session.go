@@ -74,6 +74,17 @@ func (ss *session) stopped() error {
 	return context.Cause(ss.ctx)
 }
 
+// resumeAfter returns where to ship from after b is stored: its end, or, if
+// b is a part of a split frame but its last, the frame's start (the frame
+// is re-sent whole, with PrevEnd if it opens its segment: every part
+// carries it).
+func resumeAfter(b *wire.Batch) format.Position {
+	if b.Whole() {
+		return b.End()
+	}
+	return startOf(b)
+}
+
 // startOf returns where a Follower must start to ship b again, so that b
 // comes out with the same PrevEnd: from where the previous segment with
 // frames ended (or the chain's start) if b opens its segment, else from
@@ -149,11 +160,9 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (resumePoint, error) {
 				ErrSourceBusy, s.subject, last.Sequence, b.Source))
 		}
 		seq = last.Sequence
-		pos = b.End()
-		if !b.Whole() {
-			// A split frame cut short: re-send it whole (with PrevEnd, if
-			// it opens its segment: every part carries it).
-			pos = startOf(&b)
+		pos = resumeAfter(&b)
+		if err := s.checkTail(ctx, last, &b); err != nil {
+			return resumePoint{}, err
 		}
 	} else {
 		first, ok, err := tail.First(s.dir, s.source)
@@ -208,6 +217,102 @@ func (s *Shipper) resume(ctx context.Context, l *lease) (resumePoint, error) {
 	}
 	s.stats.Published = pos
 	return resumePoint{Pos: pos, FenceSeq: seq, Repair: repair}, nil
+}
+
+// checkTail checks the stream's chain under its last message for the
+// subject, last (parsed: b), if the sessions before published messages that
+// may have reached a server the client reconnected to (suspects). A server
+// killed after acknowledging messages it had not written loses them; one of
+// these messages stored after them leaves a hole the stream's tail hides.
+// It walks back from last while the messages are suspects and checks each
+// link by the wire's chain rule; a break becomes the hole to repair (resume
+// then re-ships from it). An error leaves the suspects for the next try.
+func (s *Shipper) checkTail(ctx context.Context, last *jetstream.RawStreamMsg, b *wire.Batch) error {
+	s.mu.Lock()
+	suspects := s.suspects
+	s.mu.Unlock()
+	if len(suspects) == 0 {
+		return nil
+	}
+	cur, cb := last, *b
+	var hole *format.Position
+	for steps := 0; steps <= len(suspects); steps++ {
+		if _, ok := suspects[cb.MsgID()]; !ok {
+			break // stored before the reconnection
+		}
+		prev, err := s.st.PrevMsg(ctx, s.subject, cur.Sequence)
+		if err != nil {
+			return fmt.Errorf("shipper: checking the stream under %s after a reconnection: %w", cb.MsgID(), err)
+		}
+		if prev == nil {
+			if cb.PrevEnd != 0 {
+				// Nothing of the source is left under it: ship from the
+				// first segment on disk, as for an empty stream.
+				first, ok, err := tail.First(s.dir, s.source)
+				if err != nil {
+					return fatal(err)
+				}
+				if err := s.checkNoGap(first, ok); err != nil {
+					return err
+				}
+				if ok {
+					hole = &first
+				}
+			}
+			break
+		}
+		pb, err := wire.ParseHeader(prev.Header)
+		if err != nil || pb.Source != s.source {
+			return fatal(fmt.Errorf("%w: the message at sequence %d on %s is not a Ferry batch of source %s (%v): something else publishes there",
+				ErrSourceBusy, prev.Sequence, s.subject, s.source, err))
+		}
+		if !linked(&pb, &cb) {
+			at := resumeAfter(&pb)
+			hole = &at
+			s.log.Error("hole in the stream after a reconnection: the server lost acknowledged messages and stored a later one; it will be repaired",
+				"stored", cb.MsgID(), "sequence", cur.Sequence, "after", pb.MsgID(), "after_sequence", prev.Sequence)
+			break
+		}
+		cur, cb = prev, pb
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.suspects = nil
+	if hole != nil {
+		s.met.error("stream_hole")
+		s.stats.Repairs++
+		if s.hole == nil || hole.Less(*s.hole) {
+			s.hole = hole
+		}
+		s.ret.forget(hole.Segment) // not acknowledged any more: keep it until it is again
+	}
+	return nil
+}
+
+// linked reports whether next directly follows prev on a source's subject:
+// it continues the chain from where prev leaves it, and the next part of a
+// split frame follows the part before it.
+func linked(prev, next *wire.Batch) bool {
+	if next.Parts > 1 && next.Part > 0 {
+		return prev.Parts == next.Parts && prev.Part == next.Part-1 &&
+			prev.Segment == next.Segment && prev.From == next.From
+	}
+	_, err := next.Continues(prev.End())
+	return err == nil
+}
+
+// suspect notes that msgID may have been published to a server the client
+// reconnected to, if the epoch moved since the session started.
+func (s *Shipper) suspect(ss *session, msgID string) {
+	if s.st.Epoch() == ss.epoch {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.suspects == nil {
+		s.suspects = make(map[string]struct{})
+	}
+	s.suspects[msgID] = struct{}{}
 }
 
 // checkNoGap is called when the stream holds nothing for the subject and the
@@ -609,6 +714,7 @@ func (s *Shipper) publish(ss *session, j *job, fenced *bool) error {
 	if *fenced {
 		start := time.Now()
 		ack, err := s.st.PublishFenced(ss.ctx, msg, ss.start.FenceSeq)
+		s.suspect(ss, b.MsgID())
 		if errors.Is(err, jsclient.ErrFenced) {
 			s.met.error("fenced")
 			return fatal(fmt.Errorf("%w: %v; stop the other shipper", ErrSourceBusy, err))
@@ -634,6 +740,7 @@ func (s *Shipper) publish(ss *session, j *job, fenced *bool) error {
 		s.met.error("publish")
 		return fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err)
 	}
+	s.suspect(ss, b.MsgID())
 	ss.inFlightB.Add(size)
 	ss.inFlightN.Add(1)
 	s.mu.Lock()

@@ -55,7 +55,12 @@
 // hole is kept in the local checkpoint meanwhile: the stream's tail is past
 // it, so a Shipper restarted after a stop or crash finds it there. A
 // reconnection also ends the session, so the stream's tail is checked
-// after every outage. Each session is one value (session.go) holding its
+// after every outage: a server killed after acknowledging messages it had
+// not written loses them, and a message the session published just as the
+// client reconnected (it checks the epoch before and after each publish)
+// may be stored after them; the next session then walks the stream back
+// from its tail over such messages and repairs the hole under them, if
+// any (checkTail). Each session is one value (session.go) holding its
 // stages' shared state and a context the first failure cancels, with the
 // failure as its cause: the stages stop on it rather than poll for it.
 //
@@ -120,6 +125,9 @@ type Stream interface {
 	// LastMsg returns the subject's last stored message, nil if none;
 	// jsclient.ErrStreamNotFound if the stream is gone.
 	LastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
+	// PrevMsg returns the subject's last stored message before sequence
+	// before, nil if none.
+	PrevMsg(ctx context.Context, subject string, before uint64) (*jetstream.RawStreamMsg, error)
 	// Recreate creates the stream (and the lease bucket) again, with the
 	// same configuration, if they are gone.
 	Recreate(ctx context.Context) error
@@ -202,6 +210,10 @@ type Shipper struct {
 	hintOK   bool
 	hole     *format.Position // a hole to repair, kept in the checkpoint until acked past
 	lastHole *format.Position // the hole in the last checkpoint written
+	// suspects are the message ids a session may have published to a
+	// server it reconnected to (the epoch changed around the publish):
+	// the next resume checks the stream's chain under them (checkTail).
+	suspects map[string]struct{}
 	ran      bool
 	stopped  bool
 	cancel   context.CancelFunc

@@ -26,7 +26,7 @@ func runHelper() int {
 	url, dir := os.Getenv(helperEnv), os.Getenv(helperEnv+"_DIR")
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, nats.ReconnectBufSize(-1))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -54,7 +54,7 @@ func TestRestartAfterKillTakesOwnLease(t *testing.T) {
 	p.start(t)
 	t.Cleanup(p.kill)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", p.port)
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

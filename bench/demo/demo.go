@@ -159,7 +159,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer ns.Shutdown()
-	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("ferry demo"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("ferry demo"), nats.MaxReconnects(-1), nats.ReconnectBufSize(-1))
 	if err != nil {
 		return nil, fmt.Errorf("demo: connecting to the embedded JetStream server: %w", err)
 	}

@@ -124,7 +124,7 @@ func (r *rig) urls() string { return faults.URLs(r.nats) }
 // js connects a JetStream client for the test's own checks.
 func (r *rig) js() (*nats.Conn, jetstream.JetStream) {
 	r.t.Helper()
-	nc, err := nats.Connect(r.urls(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	nc, err := nats.Connect(r.urls(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.ReconnectBufSize(-1))
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func (r *rig) js() (*nats.Conn, jetstream.JetStream) {
 // waitJetStream waits until JetStream answers (a cluster has a meta leader).
 func (r *rig) waitJetStream(ctx context.Context) error {
 	for {
-		nc, err := nats.Connect(r.urls())
+		nc, err := nats.Connect(r.urls(), nats.ReconnectBufSize(-1))
 		if err == nil {
 			js, _ := jetstream.New(nc)
 			actx, cancel := context.WithTimeout(ctx, time.Second)

@@ -169,13 +169,6 @@ func TestFaultWriteBackKill9(t *testing.T) {
 		{"default-broker", nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if c.opts == nil && os.Getenv("FERRY_BROKER_LOSS") == "" {
-				// KNOWN FAILURE risk, issue 13: the shipper bug that fails
-				// TestLoadWhileWriting/nats-server-kill9 (a lost message
-				// not re-shipped when a later one survives) applies to
-				// the change stream here too. Passed 5 runs and 2 CIs.
-				t.Skip("known failure: a shipper's message lost by a killed nats-server is not re-shipped when a later one survives; FERRY_BROKER_LOSS=1 runs it")
-			}
 			writeBackKill9(t, c.opts...)
 		})
 	}

@@ -81,7 +81,7 @@ func TestShipCommandConfigEnvAndMetrics(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- run(ctx, env, []string{"ship", "--config", cfg, "--log-format", "json"}) }()
 
-	nc, err := nats.Connect(s.ClientURL())
+	nc, err := nats.Connect(s.ClientURL(), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestShipCommandConfigEnvAndMetrics(t *testing.T) {
 
 func TestShipCommandRefuses(t *testing.T) {
 	s := startJetStream(t)
-	nc, err := nats.Connect(s.ClientURL())
+	nc, err := nats.Connect(s.ClientURL(), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

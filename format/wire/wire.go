@@ -35,7 +35,8 @@
 //     stream may hold a range twice: receivers skip frames they already
 //     applied by position.
 //   - In the rare case that the stream stored a message after one it
-//     rejected (a hole), the shipper re-ships from the hole with a
+//     rejected, or a restarted server stored one after acknowledged
+//     messages it lost (a hole), the shipper re-ships from the hole with a
 //     Repair number (see Batch.Repair): receivers must wait at a range
 //     that starts beyond their position rather than fail.
 //   - A split frame may be cut short if the shipper restarts in the middle

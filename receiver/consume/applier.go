@@ -337,44 +337,29 @@ func (a *Applier) Handle(m Message) error {
 	return a.applyRange(m.StreamSeq, &b, st, pos, raw, m.Body)
 }
 
-// checkContinues reports a gap unless b continues the source from pos: same
-// segment and starting at or before pos, or the first message of the next
-// segment starting exactly where the previous one ended.
+// checkContinues reports a gap unless b continues the source from pos, by
+// the wire's chain rule (wire.Batch.Continues).
 func (a *Applier) checkContinues(b *wire.Batch, pos store.SourcePosition) error {
-	switch {
-	case b.Segment == pos.Segment:
-		if b.From > pos.Offset {
-			return fmt.Errorf("%w: message starts at offset %d, source applied up to %d", ErrGap, b.From, pos.Offset)
+	if pos.Segment == 0 && a.midChain && b.PrevEnd != 0 {
+		a.log.Warn("starting a source in the middle of its chain (--start-mid-chain)", "source", b.Source, "segment", b.Segment, "offset", b.From)
+		return nil
+	}
+	link, err := b.Continues(format.Position{Segment: pos.Segment, Offset: pos.Offset})
+	if err != nil {
+		if pos.Segment == 0 {
+			return fmt.Errorf("%w: %v: the stream no longer holds the beginning", ErrGap, err)
 		}
-	case pos.Segment == 0:
-		if a.midChain && b.PrevEnd != 0 {
-			a.log.Warn("starting a source in the middle of its chain (--start-mid-chain)", "source", b.Source, "segment", b.Segment, "offset", b.From)
-			return nil
-		}
-		if b.PrevEnd != 0 {
-			return fmt.Errorf("%w: nothing applied yet for the source and its first message in the stream (segment %d offset %d) does not start its chain (Prev-End %d, want 0): the stream no longer holds the beginning", ErrGap, b.Segment, b.From, b.PrevEnd)
-		}
-	case b.PrevEnd < 0:
-		return fmt.Errorf("%w: message at offset %d of segment %d, source applied up to segment %d: the first message of segment %d was not received", ErrGap, b.From, b.Segment, pos.Segment, b.Segment)
-	case b.PrevSegment > 0:
-		// The segments between PrevSegment and Segment held no frame
-		// (empty, or abandoned while their header was written).
-		if b.PrevSegment != pos.Segment || b.PrevEnd != pos.Offset {
-			return fmt.Errorf("%w: segment %d says segment %d ended at %d (the ones between held no frame), source applied up to %d:%d", ErrGap, b.Segment, b.PrevSegment, b.PrevEnd, pos.Segment, pos.Offset)
-		}
+		return fmt.Errorf("%w: %v", ErrGap, err)
+	}
+	switch link {
+	case wire.LinkSkipsEmpty:
 		a.log.Warn("segments skipped as holding no frame (their successor says so)",
 			"source", b.Source, "from_segment", pos.Segment+1, "to_segment", b.Segment-1)
-	case b.Segment == pos.Segment+1:
-		if b.PrevEnd != pos.Offset {
-			return fmt.Errorf("%w: segment %d says segment %d ended at %d, source applied up to %d", ErrGap, b.Segment, pos.Segment, b.PrevEnd, pos.Offset)
-		}
-	case b.Segment == pos.Segment+2 && format.EmptySegmentEnd(b.Source, b.PrevEnd):
+	case wire.LinkSkipsHeaderOnly:
 		// Segment pos.Segment+1 holds no frame (a writer crashed right after
 		// creating it), so it produced no message (wire package doc).
 		a.log.Warn("segment skipped as empty (its successor says it ended at its header)",
 			"source", b.Source, "empty_segment", pos.Segment+1, "applied_segment", pos.Segment, "applied_offset", pos.Offset)
-	default:
-		return fmt.Errorf("%w: message of segment %d, source applied up to segment %d", ErrGap, b.Segment, pos.Segment)
 	}
 	return nil
 }

@@ -221,11 +221,12 @@ func StartServer(t testing.TB) *Server {
 	return &Server{S: s, URL: s.ClientURL()}
 }
 
-// Connect connects to the server; the connection is closed at the end of
-// the test.
+// Connect connects to the server, without a reconnect buffer as Ferry's
+// publishers require (jsclient.CheckConn); the connection is closed at the
+// end of the test.
 func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(s.URL)
+	nc, err := nats.Connect(s.URL, nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatalf("connecting to %s: %v", s.URL, err)
 	}

@@ -33,7 +33,26 @@ var (
 	// ErrStreamNotFound means the stream does not exist (any more): it was
 	// deleted, or the server lost its store. Recreate makes it again.
 	ErrStreamNotFound = errors.New("jsclient: stream not found")
+	// ErrReconnectBuffer means a connection that keeps what is published
+	// while it reconnects, to send it to the server it reconnects to.
+	ErrReconnectBuffer = errors.New("jsclient: the NATS connection keeps a reconnect buffer")
 )
+
+// CheckConn refuses a connection with a reconnect buffer (anything but
+// nats.ReconnectBufSize(-1)). A server killed after acknowledging messages
+// it had not written loses them; a message buffered while the client
+// reconnects is then stored by the restarted server after the lost ones,
+// and the stream's tail no longer says where the source's chain breaks.
+// Without the buffer a publish while disconnected fails at once, and the
+// shipper and the loader can tell which publishes may have reached a new
+// server (Epoch). The files are the buffer, not the client.
+func CheckConn(nc *nats.Conn) error {
+	if nc.Opts.ReconnectBufSize >= 0 {
+		return fmt.Errorf("%w of %d bytes: connect with nats.ReconnectBufSize(-1) (natsconn.Dial does): messages buffered across a server restart can be stored after acknowledged ones the server lost, leaving a hole in a source's chain",
+			ErrReconnectBuffer, nc.Opts.ReconnectBufSize)
+	}
+	return nil
+}
 
 // Defaults of Config.
 const (
@@ -111,6 +130,9 @@ type Client struct {
 // cannot use.
 func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Client, error) {
 	cfg.defaults()
+	if err := CheckConn(nc); err != nil {
+		return nil, err
+	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(cfg.MaxPending),
 		jetstream.WithPublishAsyncTimeout(cfg.AckTimeout))
 	if err != nil {
@@ -264,6 +286,75 @@ func (c *Client) LastMsg(ctx context.Context, subject string) (*jetstream.RawStr
 		return nil, fmt.Errorf("jsclient: reading the last message of %s in stream %s: %w", subject, c.cfg.Stream, err)
 	}
 	return m, nil
+}
+
+// PrevMsg returns the last message stored on subject before sequence
+// before, or nil if there is none (see PrevMsg).
+func (c *Client) PrevMsg(ctx context.Context, subject string, before uint64) (*jetstream.RawStreamMsg, error) {
+	st, _ := c.handles()
+	m, err := PrevMsg(ctx, st, subject, before)
+	if streamGone(err) {
+		return nil, fmt.Errorf("%w: stream %s, reading %s before sequence %d: %v", ErrStreamNotFound, c.cfg.Stream, subject, before, err)
+	}
+	return m, err
+}
+
+// PrevMsg returns the last message of st stored on subject before sequence
+// before, or nil if there is none. It looks back in windows that double,
+// then bisects: a few requests however many other subjects' messages lie in
+// between.
+func PrevMsg(ctx context.Context, st jetstream.Stream, subject string, before uint64) (*jetstream.RawStreamMsg, error) {
+	// next returns the first message on subject at or after seq and before
+	// before, or nil.
+	next := func(seq uint64) (*jetstream.RawStreamMsg, error) {
+		m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && m.Sequence >= before {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("jsclient: reading %s before sequence %d: %w", subject, before, err)
+		}
+		return m, nil
+	}
+	if before <= 1 {
+		return nil, nil
+	}
+	// Find a window [lo, hi) holding one.
+	var found *jetstream.RawStreamMsg
+	hi := before
+	for w := uint64(64); found == nil; w *= 2 {
+		lo := uint64(1)
+		if hi > w {
+			lo = hi - w
+		}
+		m, err := next(lo)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil {
+			found = m
+			break
+		}
+		if lo == 1 {
+			return nil, nil
+		}
+		hi = lo
+	}
+	// Bisect after it for the last one before before.
+	lo, top := found.Sequence+1, before
+	for lo < top {
+		mid := lo + (top-lo)/2
+		m, err := next(mid)
+		if err != nil {
+			return nil, err
+		}
+		if m == nil {
+			top = mid
+			continue
+		}
+		found, lo = m, m.Sequence+1
+	}
+	return found, nil
 }
 
 // PublishFenced publishes msg and waits for its ack, on the condition that

@@ -23,7 +23,7 @@ func connect(t *testing.T) *nats.Conn {
 		t.Fatal("not ready")
 	}
 	t.Cleanup(s.Shutdown)
-	nc, err := nats.Connect("", nats.InProcessServer(s))
+	nc, err := nats.Connect("", nats.InProcessServer(s), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}

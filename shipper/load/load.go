@@ -300,8 +300,12 @@ type loader struct {
 	// when it was.
 	lastID string
 	epoch  uint64
-	maxRaw int
-	dump   bool
+	// suspects are the ids of messages published as the connection's
+	// epoch moved: they may have reached a restarted server after the
+	// acknowledged messages it lost, so recheck looks under them.
+	suspects map[string]bool
+	maxRaw   int
+	dump     bool
 
 	// Where the load stands: the next chunk starts after lo (nil: at the
 	// range's start) with a number >= next; total rows sent so far.
@@ -495,6 +499,16 @@ func (l *loader) recheck(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	// Look under messages that may have crossed a reconnection: what the
+	// stream holds of this load is what lies under them.
+	for m != nil && l.suspects[m.Header.Get(fload.HdrMsgID)] {
+		l.cfg.Log.Warn("the stream's last load message was published across a reconnection; looking under it",
+			"table", l.t.Name, "load", l.id, "message", m.Header.Get(fload.HdrMsgID), "sequence", m.Sequence)
+		if m, err = l.st.PrevMsg(ctx, l.subject, m.Sequence); err != nil {
+			return false, err
+		}
+	}
+	l.suspects = nil
 	var h fload.Header
 	if m != nil {
 		if h, err = fload.ParseHeader(m.Header); err != nil || h.Load != l.id {
@@ -577,12 +591,23 @@ func (l *loader) publishFailed(ctx context.Context, reason error) {
 func (l *loader) publishSync(ctx context.Context, m *nats.Msg) error {
 	id := m.Header.Get(fload.HdrMsgID)
 	if err := l.retry(ctx, "publishing "+id, func() error {
+		epoch := l.st.Epoch()
 		_, err := l.st.Publish(ctx, m)
+		if l.st.Epoch() != epoch {
+			l.suspect(id)
+		}
 		return err
 	}); err != nil {
 		return fmt.Errorf("load: %s: %w", id, err)
 	}
 	return nil
+}
+
+func (l *loader) suspect(id string) {
+	if l.suspects == nil {
+		l.suspects = make(map[string]bool)
+	}
+	l.suspects[id] = true
 }
 
 // retry calls the stream request fn until it succeeds or ctx ends, waiting
@@ -921,7 +946,7 @@ func (l *loader) publish(ctx context.Context, ch <-chan *outMsg) error {
 	}
 	var chunkRows int64
 	for m := range ch {
-		if m.h.Part == 0 && l.st.Epoch() != l.epoch {
+		if l.st.Epoch() != l.epoch {
 			return errReconnected
 		}
 		if m.h.Last {
@@ -940,6 +965,15 @@ func (l *loader) publish(ctx context.Context, ch <-chan *outMsg) error {
 		f, err := l.st.PublishAsync(l.msg(&m.h, m.body))
 		if err != nil {
 			return err
+		}
+		if l.st.Epoch() != l.epoch {
+			// The publish may have crossed a reconnection: to a
+			// restarted server that lost this chunk's earlier parts,
+			// acknowledged before. Never count such a chunk as stored
+			// (the next attempt sends it again), nor take it for the
+			// stream's tail (recheck).
+			l.suspect(m.h.MsgID())
+			return fmt.Errorf("%w while publishing %s", errReconnected, m.h.MsgID())
 		}
 		l.messages.Add(1)
 		p := inflight{f: f, id: m.h.MsgID(), rows: m.h.Rows}

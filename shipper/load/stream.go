@@ -19,6 +19,9 @@ type Stream interface {
 	Info(ctx context.Context) (*jetstream.StreamInfo, error)
 	// LastMsg returns the last message stored on subject, nil if none.
 	LastMsg(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
+	// PrevMsg returns the last message stored on subject before sequence
+	// before, nil if none.
+	PrevMsg(ctx context.Context, subject string, before uint64) (*jetstream.RawStreamMsg, error)
 	// PublishAsync publishes msg without waiting for its ack.
 	PublishAsync(msg *nats.Msg) (jetstream.PubAckFuture, error)
 	// Publish publishes msg and waits for its ack.
@@ -53,6 +56,9 @@ func OpenJetStream(ctx context.Context, nc *nats.Conn, cfg jsclient.Config, ackT
 	if ackTimeout <= 0 {
 		ackTimeout = 30 * time.Second
 	}
+	if err := jsclient.CheckConn(nc); err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(256), jetstream.WithPublishAsyncTimeout(ackTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("load: %w", err)
@@ -85,6 +91,17 @@ func (s *JetStream) LastMsg(ctx context.Context, subject string) (*jetstream.Raw
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load: reading the last message of %s: %w", subject, err)
+	}
+	return m, nil
+}
+
+// PrevMsg implements Stream.
+func (s *JetStream) PrevMsg(ctx context.Context, subject string, before uint64) (*jetstream.RawStreamMsg, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	m, err := jsclient.PrevMsg(ctx, s.st, subject, before)
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
 	}
 	return m, nil
 }
