@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -202,10 +203,24 @@ func TestLoadWhileWriting(t *testing.T) {
 			// and restarted while the load runs.
 			killed := make(chan int)
 			killEvery, maxKills := 400*time.Millisecond, 10
+			// The server is killed as the load goes (after its 2nd, 6th
+			// and 10th chunk), not by the clock: a fast machine would
+			// finish the load before the first kill. Killed without end
+			// it would never let the load through.
+			natsKill := make(chan struct{}, 1)
 			if natsProc != nil {
-				// The server needs a moment to recover its store; killed
-				// without end it would never let the load through.
-				killEvery, maxKills = 1500*time.Millisecond, 3
+				maxKills = 3
+			}
+			next := func(kctx context.Context) bool {
+				if natsProc == nil {
+					return sleepCtx(kctx, killEvery)
+				}
+				select {
+				case <-natsKill:
+					return true
+				case <-kctx.Done():
+					return false
+				}
 			}
 			kctx, stopKilling := context.WithCancel(ctx)
 			go func() {
@@ -220,7 +235,7 @@ func TestLoadWhileWriting(t *testing.T) {
 				default:
 					return
 				}
-				for n < maxKills && sleepCtx(kctx, killEvery) {
+				for n < maxKills && next(kctx) {
 					if err := p.Kill(); err != nil {
 						t.Error(err)
 						return
@@ -241,10 +256,29 @@ func TestLoadWhileWriting(t *testing.T) {
 			if tc.kill == "receiver" || tc.kill == "nats" {
 				lcfg.ChunkRows = chunkRows / 4 // more chunks: a longer load
 			}
+			if natsProc != nil {
+				var chunks atomic.Int64
+				lcfg.Progress = func(p load.Progress) {
+					if p.Done {
+						return
+					}
+					switch chunks.Add(1) {
+					case 2, 6, 10:
+						select {
+						case natsKill <- struct{}{}:
+						default:
+						}
+					}
+				}
+			}
 			err = loadTables(ctx, nc, url, tc.versions, lcfg)
 			stopKilling()
-			if n := <-killed; n > 0 {
-				t.Logf("%s process killed (kill -9) and restarted %d times during the load", tc.kill, n)
+			kills := <-killed
+			if kills > 0 {
+				t.Logf("%s process killed (kill -9) and restarted %d times during the load", tc.kill, kills)
+			}
+			if natsProc != nil && kills == 0 {
+				t.Fatal("the nats-server was never killed: the load sent fewer than 2 chunks")
 			}
 			if err != nil {
 				t.Fatal(err)
