@@ -69,18 +69,31 @@ func chromium(t *testing.T) string {
 }
 
 // browser starts headless Chromium with a fresh profile; it is stopped at
-// the end of the test.
+// the end of the test. A browser that exits before it listens (seen once on
+// a machine busy with the rest of the suite: "chrome failed to start" with
+// nothing but its usual warnings) is started again, up to three times.
 func browser(t *testing.T, exe string) context.Context {
 	t.Helper()
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
-		chromedp.WindowSize(1280, 1000))...)
-	bctx, bcancel := chromedp.NewContext(actx)
-	// Generous: the machine may be saturated; conditions are waited on.
-	bctx, tcancel := context.WithTimeout(bctx, 3*time.Minute)
-	t.Cleanup(func() { tcancel(); bcancel(); acancel() })
-	return bctx
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+			chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+			chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
+			chromedp.WindowSize(1280, 1000))...)
+		bctx, bcancel := chromedp.NewContext(actx)
+		// Generous: the machine may be saturated; conditions are waited on.
+		bctx, tcancel := context.WithTimeout(bctx, 3*time.Minute)
+		if err = chromedp.Do(bctx); err == nil { // starts the browser
+			t.Cleanup(func() { tcancel(); bcancel(); acancel() })
+			return bctx
+		}
+		tcancel()
+		bcancel()
+		acancel()
+		t.Logf("starting Chromium (attempt %d of 3): %v", attempt, err)
+	}
+	t.Fatalf("starting Chromium %s: %v", exe, err)
+	return nil
 }
 
 // pageState is what the test reads off the rendered page (the DOM, not the

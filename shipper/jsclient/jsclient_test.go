@@ -119,3 +119,82 @@ func TestLease(t *testing.T) {
 		t.Fatalf("acquire after release: %v", err)
 	}
 }
+
+// TestPrevMsg: the subject's previous message is found however many other
+// subjects' messages lie between, at the start of the stream, and not at
+// all before the subject's first message.
+func TestPrevMsg(t *testing.T) {
+	nc := connect(t)
+	ctx := context.Background()
+	c, err := jsclient.New(ctx, nc, jsclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	// ferry.a at the sequences in mine, ferry.b everywhere else: gaps of
+	// 0, 1, 70 and 1,000 other messages.
+	mine := map[uint64]bool{}
+	var seqs []uint64
+	seq := uint64(0)
+	for _, gap := range []int{0, 0, 1, 70, 1000, 3} {
+		for i := 0; i < gap; i++ {
+			if _, err := js.Publish(ctx, "ferry.b", nil); err != nil {
+				t.Fatal(err)
+			}
+			seq++
+		}
+		if _, err := js.Publish(ctx, "ferry.a", nil); err != nil {
+			t.Fatal(err)
+		}
+		seq++
+		mine[seq] = true
+		seqs = append(seqs, seq)
+	}
+	for i, s := range seqs {
+		for _, before := range []uint64{s, s + 1} {
+			m, err := c.PrevMsg(ctx, "ferry.a", before)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := uint64(0)
+			switch {
+			case before == s+1:
+				want = s
+			case i > 0:
+				want = seqs[i-1]
+			}
+			got := uint64(0)
+			if m != nil {
+				got = m.Sequence
+			}
+			if got != want {
+				t.Errorf("PrevMsg(ferry.a, before %d) = %d, want %d", before, got, want)
+			}
+		}
+	}
+	if m, err := c.PrevMsg(ctx, "ferry.none", seq+1); err != nil || m != nil {
+		t.Fatalf("PrevMsg of a subject without messages = %v, %v", m, err)
+	}
+}
+
+// TestCheckConnRefusesReconnectBuffer: a publisher's connection must not
+// buffer while it reconnects (jsclient.CheckConn).
+func TestCheckConnRefusesReconnectBuffer(t *testing.T) {
+	s, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), DontListen: true, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	nc, err := nats.Connect("", nats.InProcessServer(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if _, err := jsclient.New(context.Background(), nc, jsclient.Config{}); !errors.Is(err, jsclient.ErrReconnectBuffer) {
+		t.Fatalf("New with the default reconnect buffer: %v, want ErrReconnectBuffer", err)
+	}
+}
