@@ -25,6 +25,10 @@ type checkpoint struct {
 	// past it, so only this record brings a restarted shipper back to it.
 	HoleSegment uint64 `json:"hole_segment,omitempty"`
 	HoleOffset  int64  `json:"hole_offset,omitempty"`
+	// Suspects: ids of messages published across a reconnection whose
+	// place in the stream is not checked yet (Shipper.checkTail); a
+	// restarted shipper checks under them before trusting the tail.
+	Suspects []string `json:"suspects,omitempty"`
 }
 
 func (c checkpoint) pos() format.Position {

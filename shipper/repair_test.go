@@ -345,8 +345,15 @@ func (r *racingStream) PublishAsync(msg *nats.Msg) (jetstream.PubAckFuture, erro
 // receiver stopped on a gap for good. The shipper walks back under the
 // messages it published across the reconnection, finds the break and
 // re-ships from it: read as a receiver reads it, the stream holds every
-// byte of the files.
+// byte of the files. Restarted: the shipper is stopped right after that
+// publish and a new one started; the checkpoint carries what to check.
 func TestHoleAfterServerLossIsRepaired(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		t.Run(fmt.Sprintf("Restarted=%v", restart), func(t *testing.T) { testHoleAfterServerLoss(t, restart) })
+	}
+}
+
+func testHoleAfterServerLoss(t *testing.T, restart bool) {
 	p := &serverProc{bin: natsServerBinary(t), store: t.TempDir(), port: freePort(t)}
 	p.start(t)
 	t.Cleanup(p.kill)
@@ -393,12 +400,24 @@ func TestHoleAfterServerLossIsRepaired(t *testing.T) {
 		if c.Epoch() == before {
 			t.Error("the client did not reconnect")
 		}
+		if restart {
+			go r.s.Stop() // before its next session looks at the stream
+		}
 	}
 	st.hook.Store(&hook)
 	writeTxs(t, w, 400, 200, 1, 200)
 	w.Close()
 	<-restarted
 	end := endOf(t, dir, "orders")
+	if restart {
+		if err := r.waitErr(t, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.s.Stats().Repairs; got != 0 {
+			t.Fatalf("the first shipper repaired %d holes before it stopped: the restart tests nothing", got)
+		}
+		r = startShipper(t, c, dir, "orders", shipper.WithMaxBatchBytes(4<<10))
+	}
 	r.waitAcked(t, end, 60*time.Second)
 	var msgs []shippedMsg
 	deadline := time.Now().Add(30 * time.Second)

@@ -101,6 +101,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -213,12 +214,13 @@ type Shipper struct {
 	// suspects are the message ids a session may have published to a
 	// server it reconnected to (the epoch changed around the publish):
 	// the next resume checks the stream's chain under them (checkTail).
-	suspects map[string]struct{}
-	ran      bool
-	stopped  bool
-	cancel   context.CancelFunc
-	done     chan struct{}
-	lastCkpt format.Position
+	suspects     map[string]struct{}
+	lastSuspects int // how many the last checkpoint holds
+	ran          bool
+	stopped      bool
+	cancel       context.CancelFunc
+	done         chan struct{}
+	lastCkpt     format.Position
 }
 
 // New returns a Shipper of source, whose segments are in dir, publishing to
@@ -370,6 +372,13 @@ func (s *Shipper) Run(ctx context.Context) error {
 			hole := format.Position{Segment: c.HoleSegment, Offset: c.HoleOffset}
 			s.log.Warn("resuming the repair of a hole in the stream that a restart interrupted", "hole", hole.String())
 			s.hole, s.lastHole = &hole, &hole
+		}
+		if len(c.Suspects) > 0 {
+			s.suspects = make(map[string]struct{}, len(c.Suspects))
+			for _, id := range c.Suspects {
+				s.suspects[id] = struct{}{}
+			}
+			s.lastSuspects = len(c.Suspects)
 		}
 	}
 
@@ -599,11 +608,16 @@ func (s *Shipper) saveCheckpoint() {
 	}
 	s.mu.Lock()
 	acked, hole := s.stats.Acked, s.hole
+	suspects := make([]string, 0, len(s.suspects))
+	for id := range s.suspects {
+		suspects = append(suspects, id)
+	}
 	s.mu.Unlock()
-	if acked.Segment == 0 || acked == s.lastCkpt && hole == s.lastHole {
+	if acked.Segment == 0 || acked == s.lastCkpt && hole == s.lastHole && len(suspects) == s.lastSuspects {
 		return
 	}
-	c := checkpoint{Stream: s.streamName(), Subject: s.subject, Segment: acked.Segment, Offset: acked.Offset}
+	slices.Sort(suspects)
+	c := checkpoint{Stream: s.streamName(), Subject: s.subject, Segment: acked.Segment, Offset: acked.Offset, Suspects: suspects}
 	if hole != nil {
 		c.HoleSegment, c.HoleOffset = hole.Segment, hole.Offset
 	}
@@ -612,5 +626,5 @@ func (s *Shipper) saveCheckpoint() {
 		s.met.error("checkpoint")
 		return
 	}
-	s.lastCkpt, s.lastHole = acked, hole
+	s.lastCkpt, s.lastHole, s.lastSuspects = acked, hole, len(suspects)
 }
