@@ -419,14 +419,7 @@ func testHoleAfterServerLoss(t *testing.T, restart bool) {
 		r = startShipper(t, c, dir, "orders", shipper.WithMaxBatchBytes(4<<10))
 	}
 	r.waitAcked(t, end, 60*time.Second)
-	var msgs []shippedMsg
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if msgs = readBackMaybe(t, nc, c.Subject("orders")); len(msgs) > 0 && lastPos(msgs) == end {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitStreamEnds(t, nc, c.Subject("orders"), end, 30*time.Second)
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
 	}

@@ -66,14 +66,7 @@ func TestStreamLostWhileRunning(t *testing.T) {
 			end := endOf(t, dir, "orders")
 			r.waitAcked(t, end, 20*time.Second)
 			// Acked catches up only once the re-shipped tail is stored.
-			deadline := time.Now().Add(20 * time.Second)
-			var msgs []shippedMsg
-			for time.Now().Before(deadline) {
-				if msgs = readBackMaybe(t, nc, c.Subject("orders")); len(msgs) > 0 && lastPos(msgs) == end {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			waitStreamEnds(t, nc, c.Subject("orders"), end, 20*time.Second)
 			if err := r.stop(t); err != nil {
 				t.Fatal(err)
 			}
@@ -129,6 +122,19 @@ func readBackMaybe(t testing.TB, nc *nats.Conn, subject string) []shippedMsg {
 		return nil
 	}
 	return readBack(t, nc, subject)
+}
+
+// waitStreamEnds waits (up to d) until the last message on subject ends at
+// end.
+func waitStreamEnds(t testing.TB, nc *nats.Conn, subject string, end format.Position, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if msgs := readBackMaybe(t, nc, subject); len(msgs) > 0 && lastPos(msgs) == end {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // lastPos returns where the last whole message of msgs ends.

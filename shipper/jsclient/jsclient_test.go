@@ -12,7 +12,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-func connect(t *testing.T) *nats.Conn {
+// connect starts an embedded JetStream server and connects to it, with
+// opts (nats.ReconnectBufSize(-1) if none, as publishers need).
+func connect(t *testing.T, opts ...nats.Option) *nats.Conn {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), DontListen: true, NoLog: true, NoSigs: true})
 	if err != nil {
@@ -23,7 +25,10 @@ func connect(t *testing.T) *nats.Conn {
 		t.Fatal("not ready")
 	}
 	t.Cleanup(s.Shutdown)
-	nc, err := nats.Connect("", nats.InProcessServer(s), nats.ReconnectBufSize(-1))
+	if len(opts) == 0 {
+		opts = []nats.Option{nats.ReconnectBufSize(-1)}
+	}
+	nc, err := nats.Connect("", append([]nats.Option{nats.InProcessServer(s)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,20 +185,7 @@ func TestPrevMsg(t *testing.T) {
 // TestCheckConnRefusesReconnectBuffer: a publisher's connection must not
 // buffer while it reconnects (jsclient.CheckConn).
 func TestCheckConnRefusesReconnectBuffer(t *testing.T) {
-	s, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), DontListen: true, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	nc, err := nats.Connect("", nats.InProcessServer(s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := connect(t, nats.Name("with the default reconnect buffer"))
 	if _, err := jsclient.New(context.Background(), nc, jsclient.Config{}); !errors.Is(err, jsclient.ErrReconnectBuffer) {
 		t.Fatalf("New with the default reconnect buffer: %v, want ErrReconnectBuffer", err)
 	}
