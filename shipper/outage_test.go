@@ -91,6 +91,30 @@ func (p *serverProc) start(t testing.TB) {
 	t.Fatal("nats-server did not listen")
 }
 
+// startServerProc starts a nats-server process on a fresh store and a free
+// port; it is killed at the end of the test.
+func startServerProc(t testing.TB) *serverProc {
+	t.Helper()
+	p := &serverProc{bin: natsServerBinary(t), store: t.TempDir(), port: freePort(t)}
+	p.start(t)
+	t.Cleanup(p.kill)
+	return p
+}
+
+func (p *serverProc) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", p.port) }
+
+// connect connects to p as the shipper does (reconnecting forever, no
+// reconnect buffer); the connection is closed at the end of the test.
+func (p *serverProc) connect(t testing.TB) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(p.url(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
 func (p *serverProc) kill() {
 	if p.cmd != nil && p.cmd.Process != nil {
 		p.cmd.Process.Kill() // SIGKILL: no shutdown, no flush
@@ -105,15 +129,8 @@ func (p *serverProc) kill() {
 // on the same store and port: the shipper reconnects and catches up, with
 // every frame in the stream once and in order.
 func TestServerKilledMidRun(t *testing.T) {
-	p := &serverProc{bin: natsServerBinary(t), store: t.TempDir(), port: freePort(t)}
-	p.start(t)
-	t.Cleanup(p.kill)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", p.port)
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.ReconnectBufSize(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	p := startServerProc(t)
+	nc := p.connect(t)
 	c := newClient(t, nc)
 	dir := t.TempDir()
 	w := openWriter(t, dir, "orders", format.WithMaxSegmentSize(256<<10))
@@ -167,19 +184,8 @@ func TestServerKilledMidRun(t *testing.T) {
 // (acked before fsync, then a power cut): the shipper notices that the
 // stream's tail is behind its checkpoint and re-ships from the real tail.
 func TestStreamBehindAcked(t *testing.T) {
-	p := &serverProc{bin: natsServerBinary(t), store: t.TempDir(), port: freePort(t)}
-	p.start(t)
-	t.Cleanup(p.kill)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", p.port)
-	connect := func() *nats.Conn {
-		nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.ReconnectBufSize(-1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		return nc
-	}
-	nc := connect()
+	p := startServerProc(t)
+	nc := p.connect(t)
 	c := newClient(t, nc)
 	dir := t.TempDir()
 	w := openWriter(t, dir, "orders")
@@ -207,7 +213,7 @@ func TestStreamBehindAcked(t *testing.T) {
 	nc.Close()
 	p.kill()
 	p.start(t)
-	nc = connect()
+	nc = p.connect(t)
 	c = newClient(t, nc)
 	r = startShipper(t, c, dir, "orders", shipper.WithMaxBatchBytes(8<<10))
 	r.waitAcked(t, end, 10*time.Second)

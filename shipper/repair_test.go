@@ -354,15 +354,8 @@ func TestHoleAfterServerLossIsRepaired(t *testing.T) {
 }
 
 func testHoleAfterServerLoss(t *testing.T, restart bool) {
-	p := &serverProc{bin: natsServerBinary(t), store: t.TempDir(), port: freePort(t)}
-	p.start(t)
-	t.Cleanup(p.kill)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", p.port)
-	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	p := startServerProc(t)
+	nc := p.connect(t)
 	c := newClient(t, nc)
 	st := &racingStream{Client: c}
 	dir := t.TempDir()

@@ -301,9 +301,10 @@ func linked(prev, next *wire.Batch) bool {
 	return err == nil
 }
 
-// suspect notes that msgID may have been published to a server the client
-// reconnected to, if the epoch moved since the session started.
-func (s *Shipper) suspect(ss *session, msgID string) {
+// suspect notes that b may have been published to a server the client
+// reconnected to, if the epoch moved since the session started. Called
+// after every publish: only the epoch is read unless it moved.
+func (s *Shipper) suspect(ss *session, b *wire.Batch) {
 	if s.st.Epoch() == ss.epoch {
 		return
 	}
@@ -312,7 +313,7 @@ func (s *Shipper) suspect(ss *session, msgID string) {
 	if s.suspects == nil {
 		s.suspects = make(map[string]struct{})
 	}
-	s.suspects[msgID] = struct{}{}
+	s.suspects[b.MsgID()] = struct{}{}
 }
 
 // checkNoGap is called when the stream holds nothing for the subject and the
@@ -714,7 +715,7 @@ func (s *Shipper) publish(ss *session, j *job, fenced *bool) error {
 	if *fenced {
 		start := time.Now()
 		ack, err := s.st.PublishFenced(ss.ctx, msg, ss.start.FenceSeq)
-		s.suspect(ss, b.MsgID())
+		s.suspect(ss, b)
 		if errors.Is(err, jsclient.ErrFenced) {
 			s.met.error("fenced")
 			return fatal(fmt.Errorf("%w: %v; stop the other shipper", ErrSourceBusy, err))
@@ -740,7 +741,7 @@ func (s *Shipper) publish(ss *session, j *job, fenced *bool) error {
 		s.met.error("publish")
 		return fmt.Errorf("shipper: publishing %s: %w", b.MsgID(), err)
 	}
-	s.suspect(ss, b.MsgID())
+	s.suspect(ss, b)
 	ss.inFlightB.Add(size)
 	ss.inFlightN.Add(1)
 	s.mu.Lock()

@@ -3,7 +3,6 @@ package shipper_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,15 +31,8 @@ func TestStreamLostWhileRunning(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := &serverProc{bin: natsServerBinary(t), store: t.TempDir(), port: freePort(t)}
-			p.start(t)
-			t.Cleanup(p.kill)
-			url := fmt.Sprintf("nats://127.0.0.1:%d", p.port)
-			nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.ReconnectBufSize(-1))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(nc.Close)
+			p := startServerProc(t)
+			nc := p.connect(t)
 			c := newClient(t, nc)
 			dir := t.TempDir()
 			w := openWriter(t, dir, "orders", format.WithMaxSegmentSize(32<<10))
