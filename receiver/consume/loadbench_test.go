@@ -20,17 +20,20 @@ import (
 // loadBenchMsgs is a pre-built initial load: ~200-byte rows of one table in
 // key order, ~1 MiB (raw) per chunk message, zstd-compressed, as ferry load
 // sends them.
-var (
-	loadBenchOnce sync.Once
-	loadBenchSet  struct {
-		msgs []consume.Message
-		rows int
-		raw  int64
-	}
-)
+type loadBenchSet struct {
+	once sync.Once
+	msgs []consume.Message
+	rows int
+	raw  int64
+}
 
-func loadBenchData(b *testing.B) ([]consume.Message, int, int64) {
-	loadBenchOnce.Do(func() {
+// loadBenchSets: keys "order-00001207" (text) and "1207" (integer, a
+// bigint primary key's text) of the same rows.
+var loadBenchSets = map[bool]*loadBenchSet{false: {}, true: {}}
+
+func loadBenchData(b *testing.B, integer bool) ([]consume.Message, int, int64) {
+	set := loadBenchSets[integer]
+	set.once.Do(func() {
 		// FERRY_BENCH_LOAD_ROWS sets the number of rows (default 1M).
 		n := 1_000_000
 		if v, err := strconv.Atoi(os.Getenv("FERRY_BENCH_LOAD_ROWS")); err == nil && v > 0 {
@@ -47,7 +50,7 @@ func loadBenchData(b *testing.B) ([]consume.Message, int, int64) {
 		for i, chunk := 0, uint64(0); i < n; chunk++ {
 			tx := &format.Tx{ID: "bench", CommitTime: time.Now().UnixNano()}
 			for j := 0; j < perMsg && i < n; j, i = j+1, i+1 {
-				tx.Changes = append(tx.Changes, format.Change{Table: "orders", Op: format.OpInsert, Key: fmt.Appendf(nil, "order-%08d", i),
+				tx.Changes = append(tx.Changes, format.Change{Table: "orders", Op: format.OpInsert, Key: benchKey(i, integer),
 					After: fmt.Appendf(nil, `{"id":%d,"customer":%d,"total":%d.%02d,"status":"paid","note":%q}`, i, i%100000, i%1000, i%100, pad)})
 			}
 			h := load.Header{Load: "bench", Kind: load.KindChunk, Table: "orders", Chunk: chunk, LowSeq: 0, Codec: wire.CodecZstd,
@@ -56,31 +59,42 @@ func loadBenchData(b *testing.B) ([]consume.Message, int, int64) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			loadBenchSet.msgs = append(loadBenchSet.msgs, consume.Message{Subject: load.Subject("ferry", "orders"), Header: h.Encode(), Body: body, StreamSeq: seq})
+			set.msgs = append(set.msgs, consume.Message{Subject: load.Subject("ferry", "orders"), Header: h.Encode(), Body: body, StreamSeq: seq})
 			seq++
-			loadBenchSet.rows += len(tx.Changes)
-			loadBenchSet.raw += int64(h.RawLen)
+			set.rows += len(tx.Changes)
+			set.raw += int64(h.RawLen)
 		}
 	})
-	return loadBenchSet.msgs, loadBenchSet.rows, loadBenchSet.raw
+	return set.msgs, set.rows, set.raw
+}
+
+func benchKey(i int, integer bool) []byte {
+	if integer {
+		return fmt.Append(nil, i+1)
+	}
+	return fmt.Appendf(nil, "order-%08d", i)
 }
 
 // BenchmarkApplyLoad measures the receiver's ingest rate of initial load
 // rows alone (no NATS): decompress, CRC, decode, apply and commit 1M
 // ~200-byte rows into a fresh store on disk, side by side through sstable
 // ingestion (path=ingest, the chunks' key ranges are empty) and through
-// the batch and memtable (path=batch, WithBulkLoad(false)). rows/s is to
+// the batch and memtable (path=batch, WithBulkLoad(false)), for text keys
+// and for integer keys (a bigint primary key: chunks in numeric order,
+// which the store's numeric row keys keep apart). rows/s is to
 // the last commit; durable-rows/s also waits for the store's flush (what
 // the batch path still owes to Pebble); cpu-ns/row is the whole process's
 // CPU to the flush.
 func BenchmarkApplyLoad(b *testing.B) {
-	for _, path := range []string{"ingest", "batch"} {
-		b.Run("path="+path, func(b *testing.B) { benchApplyLoad(b, path == "ingest") })
+	for _, keys := range []string{"text", "integer"} {
+		for _, path := range []string{"ingest", "batch"} {
+			b.Run("keys="+keys+"/path="+path, func(b *testing.B) { benchApplyLoad(b, keys == "integer", path == "ingest") })
+		}
 	}
 }
 
-func benchApplyLoad(b *testing.B, bulk bool) {
-	msgs, rows, raw := loadBenchData(b)
+func benchApplyLoad(b *testing.B, integer, bulk bool) {
+	msgs, rows, raw := loadBenchData(b, integer)
 	dec, _ := wire.NewDecompressor()
 	defer dec.Close()
 	b.SetBytes(raw)

@@ -272,7 +272,7 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 		}
 		if (late || multi || c.Version != 0) && !b.aboveTable(tv, c.Version) {
 			w.reads++
-			b.keyBuf = appendRowKey(b.keyBuf[:0], c.Table, c.Key)
+			b.keyBuf = b.s.rk.appendRow(b.keyBuf[:0], c.Table, c.Key)
 			m, err := b.current(b.keyBuf)
 			if err != nil {
 				return 0, err
@@ -289,7 +289,7 @@ func (b *Batch) applyChanges(source string, seg uint64, off int64, tx *format.Tx
 		}
 		id := b.takeID()
 		start := len(w.rowBuf)
-		w.rowBuf = appendRowKey(w.rowBuf, c.Table, c.Key)
+		w.rowBuf = b.s.rk.appendRow(w.rowBuf, c.Table, c.Key)
 		kend := len(w.rowBuf)
 		w.rowBuf = appendRow(w.rowBuf, c, &v, tx.CommitTime, id)
 		w.addRow(rowOp{koff: int32(start), kend: int32(kend), vend: int32(len(w.rowBuf)), seq: int32(len(w.rows))})

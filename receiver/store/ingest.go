@@ -219,16 +219,16 @@ func (b *Batch) ingestLoad(c *LoadChunk) (LoadResult, error) {
 	sorted := true
 	for i := range chs {
 		order = append(order, int32(i))
-		if i > 0 && bytes.Compare(chs[i-1].Key, chs[i].Key) >= 0 {
+		if i > 0 && b.s.rk.compare(chs[i-1].Key, chs[i].Key) >= 0 {
 			sorted = false
 		}
 	}
 	if !sorted {
-		slices.SortStableFunc(order, func(x, y int32) int { return bytes.Compare(chs[x].Key, chs[y].Key) })
+		slices.SortStableFunc(order, func(x, y int32) int { return b.s.rk.compare(chs[x].Key, chs[y].Key) })
 	}
 	b.loadOrder = order
-	loKey := appendRowKey(nil, c.Table, chs[order[0]].Key)
-	hiKey := appendRowKey(nil, c.Table, chs[order[len(order)-1]].Key)
+	loKey := b.s.rk.appendRow(nil, c.Table, chs[order[0]].Key)
+	hiKey := b.s.rk.appendRow(nil, c.Table, chs[order[len(order)-1]].Key)
 	p := &b.ing
 	if p.overlaps(loKey, hiKey) {
 		// Another chunk held meets this one (two loads of a table): it
@@ -292,7 +292,7 @@ func (b *Batch) writeTable(c *LoadChunk, order []int32, lo []byte) error {
 		}
 		v.Index = int(i)
 		kstart = len(buf)
-		buf = appendRowKey(buf, c.Table, chs[i].Key)
+		buf = b.s.rk.appendRow(buf, c.Table, chs[i].Key)
 		ends = append(ends, int32(len(buf)))
 		buf = appendRow(buf, &chs[i], &v, c.Tx.CommitTime, b.next+uint64(i))
 		ends = append(ends, int32(len(buf)))

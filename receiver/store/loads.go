@@ -465,10 +465,10 @@ func (b *Batch) batchLoad(c *LoadChunk) (LoadResult, error) {
 	for i := range chs {
 		order = append(order, int32(i))
 	}
-	slices.SortFunc(order, func(x, y int32) int { return bytes.Compare(chs[x].Key, chs[y].Key) })
+	slices.SortFunc(order, func(x, y int32) int { return b.s.rk.compare(chs[x].Key, chs[y].Key) })
 	b.loadOrder = order
-	loKey := appendRowKey(nil, c.Table, chs[order[0]].Key)
-	upper := append(appendRowKey(nil, c.Table, chs[order[len(order)-1]].Key), 0)
+	loKey := b.s.rk.appendRow(nil, c.Table, chs[order[0]].Key)
+	upper := append(b.s.rk.appendRow(nil, c.Table, chs[order[len(order)-1]].Key), 0)
 	it, err := b.s.db.NewIter(&pebble.IterOptions{LowerBound: loKey, UpperBound: upper})
 	if err != nil {
 		return LoadResult{}, fmt.Errorf("store: reading a load chunk's key range: %w", err)
@@ -477,7 +477,7 @@ func (b *Batch) batchLoad(c *LoadChunk) (LoadResult, error) {
 	b.loadOK = ok
 	w := b.w
 	for _, i := range order {
-		b.keyBuf = appendRowKey(b.keyBuf[:0], c.Table, chs[i].Key)
+		b.keyBuf = b.s.rk.appendRow(b.keyBuf[:0], c.Table, chs[i].Key)
 		w.reads++
 		m, err := b.currentIn(b.keyBuf, it)
 		if err == nil {
@@ -506,7 +506,7 @@ func (b *Batch) batchLoad(c *LoadChunk) (LoadResult, error) {
 		}
 		id := b.takeID()
 		start := len(w.rowBuf)
-		w.rowBuf = appendRowKey(w.rowBuf, c.Table, ch.Key)
+		w.rowBuf = b.s.rk.appendRow(w.rowBuf, c.Table, ch.Key)
 		kend := len(w.rowBuf)
 		w.rowBuf = appendRow(w.rowBuf, ch, &v, c.Tx.CommitTime, id)
 		w.addRow(rowOp{koff: int32(start), kend: int32(kend), vend: int32(len(w.rowBuf)), seq: int32(len(w.rows))})

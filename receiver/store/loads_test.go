@@ -20,6 +20,7 @@ import (
 type loadSim struct {
 	rnd      *rand.Rand
 	keys     int
+	numeric  bool // keys are integers ("1207"), else text ("k1207")
 	versions bool
 	db       map[string]simRow
 	ver      uint64
@@ -37,7 +38,12 @@ type simMsg struct {
 	chunk *store.LoadChunk
 }
 
-func (s *loadSim) key(i int) string { return fmt.Sprintf("k%04d", i) }
+func (s *loadSim) key(i int) string {
+	if s.numeric {
+		return fmt.Sprint(i)
+	}
+	return fmt.Sprintf("k%04d", i)
+}
 
 // write commits one live change to a random key of the first hot keys;
 // history is written before shipping began: never in the stream.
@@ -190,23 +196,25 @@ func checkRows(t *testing.T, st *store.Store, db map[string]simRow) {
 }
 
 func TestLoadMergesWithLiveChanges(t *testing.T) {
-	for _, versions := range []bool{false, true} {
-		for _, bulk := range []bool{false, true} {
-			for _, restart := range []string{"none", "reopen", "crash"} {
-				name := fmt.Sprintf("versions=%v/bulk=%v/restart=%s", versions, bulk, restart)
-				t.Run(name, func(t *testing.T) {
-					for seed := uint64(1); seed <= 8; seed++ {
-						testLoadMerge(t, seed, versions, bulk, restart)
-					}
-				})
+	for _, keys := range []string{"text", "integer"} {
+		for _, versions := range []bool{false, true} {
+			for _, bulk := range []bool{false, true} {
+				for _, restart := range []string{"none", "reopen", "crash"} {
+					name := fmt.Sprintf("keys=%s/versions=%v/bulk=%v/restart=%s", keys, versions, bulk, restart)
+					t.Run(name, func(t *testing.T) {
+						for seed := uint64(1); seed <= 8; seed++ {
+							testLoadMerge(t, seed, keys == "integer", versions, bulk, restart)
+						}
+					})
+				}
 			}
 		}
 	}
 }
 
-func testLoadMerge(t *testing.T, seed uint64, versions, bulk bool, restart string) {
+func testLoadMerge(t *testing.T, seed uint64, numeric, versions, bulk bool, restart string) {
 	rnd := rand.New(rand.NewPCG(seed, 7))
-	sim := &loadSim{rnd: rnd, keys: 3000, versions: versions, db: map[string]simRow{}}
+	sim := &loadSim{rnd: rnd, keys: 3000, numeric: numeric, versions: versions, db: map[string]simRow{}}
 	// Existing data: written before shipping began (never in the stream),
 	// then shipped (some still queued) on the hot keys; then the load in
 	// chunks of 1000 keys while writers update and delete the hot rows.

@@ -17,7 +17,7 @@ var ErrTrimmed = errors.New("store: changes trimmed from the log")
 // Get returns the current row of (table, key); ok is false when there is
 // none (never written, or deleted: a tombstone is never returned).
 func (s *Store) Get(table string, key []byte) (Row, bool, error) {
-	k := appendRowKey(make([]byte, 0, 16+len(table)+len(key)), table, key)
+	k := s.rk.appendRow(make([]byte, 0, 16+len(table)+len(key)), table, key)
 	v, closer, err := s.db.Get(k)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return Row{}, false, nil
@@ -60,36 +60,54 @@ func ChangeSize(c *Change) int {
 // (RowSize; 0: no byte bound), after at least one row.
 func (s *Store) ScanPage(table string, prefix, after []byte, limit, maxBytes int) ([]Row, bool, error) {
 	tp := appendTablePrefix(nil, table)
-	lower := append(append([]byte(nil), tp...), prefix...)
-	upper := prefixEnd(lower)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	ranges := s.rk.prefixRanges(table, prefix)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: ranges[0][0], UpperBound: ranges[len(ranges)-1][1]})
 	if err != nil {
 		return nil, false, fmt.Errorf("store: scanning %s: %w", table, err)
 	}
 	defer it.Close()
-	var ok bool
+	var from []byte // the smallest key after after
 	if after != nil {
-		seek := append(append(append([]byte(nil), tp...), after...), 0)
-		ok = it.SeekGE(seek)
-	} else {
-		ok = it.First()
+		from = append(s.rk.appendRow(nil, table, after), 0)
 	}
 	var rows []Row
 	size := 0
-	for ; ok; ok = it.Next() {
-		if v := it.Value(); len(v) > 1 && format.Op(v[1]) == format.OpDelete {
-			continue // a tombstone
+	ok, sought := false, false
+	for _, r := range ranges {
+		lo, hi := r[0], r[1]
+		if from != nil && bytes.Compare(from, lo) > 0 {
+			lo = from
 		}
-		if len(rows) == limit || (maxBytes > 0 && size >= maxBytes) {
-			return rows, true, nil
+		if bytes.Compare(lo, hi) >= 0 {
+			continue
 		}
-		key := bytes.Clone(it.Key()[len(tp):])
-		row, err := decodeRow(table, key, bytes.Clone(it.Value()))
-		if err != nil {
-			return nil, false, err
+		// The iterator stands at the first key past the previous range:
+		// a seek only if that is before this one (empty lengths of a
+		// numeric prefix cost nothing).
+		if !sought || bytes.Compare(it.Key(), lo) < 0 {
+			ok, sought = it.SeekGE(lo), true
 		}
-		rows = append(rows, row)
-		size += RowSize(&row)
+		for ; ok && bytes.Compare(it.Key(), hi) < 0; ok = it.Next() {
+			if v := it.Value(); len(v) > 1 && format.Op(v[1]) == format.OpDelete {
+				continue // a tombstone
+			}
+			if len(rows) == limit || (maxBytes > 0 && size >= maxBytes) {
+				return rows, true, nil
+			}
+			key, err := s.rk.decodeKey(it.Key()[len(tp):])
+			if err != nil {
+				return nil, false, err
+			}
+			row, err := decodeRow(table, bytes.Clone(key), bytes.Clone(it.Value()))
+			if err != nil {
+				return nil, false, err
+			}
+			rows = append(rows, row)
+			size += RowSize(&row)
+		}
+		if !ok {
+			break
+		}
 	}
 	if err := it.Error(); err != nil {
 		return nil, false, fmt.Errorf("store: scanning %s: %w", table, err)

@@ -68,6 +68,7 @@ type options struct {
 	log          *slog.Logger
 	discard      bool
 	noBulk       bool
+	rowKeys      rowKeys // tests: create the store with this encoding (keys.go)
 
 	tombRetention time.Duration
 }
@@ -168,6 +169,7 @@ func WithLogger(l *slog.Logger) Option {
 // use, except that only one Batch may be open at a time.
 type Store struct {
 	db     *pebble.DB
+	rk     rowKeys // how row keys are encoded (keys.go)
 	wo     *pebble.WriteOptions
 	log    *slog.Logger
 	dir    string
@@ -337,6 +339,12 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	s.db, s.wo = db, pebble.NoSync
 	if o.sync {
 		s.wo = pebble.Sync
+	}
+	if err := s.openRowKeys(o.rowKeys); err != nil {
+		db.Close()
+		dec.Close()
+		lock.Close()
+		return nil, err
 	}
 	if err := s.load(); err != nil {
 		db.Close()
