@@ -10,7 +10,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -580,11 +580,11 @@ func readTruth(t *testing.T, dir string) filesTruth {
 func (ft filesTruth) Scan(table string, prefix, after []byte, limit int) ([]store.Row, bool, error) {
 	var keys []string
 	for k, r := range ft[table] {
-		if r.value != nil && strings.HasPrefix(k, string(prefix)) && (after == nil || k > string(after)) {
+		if r.value != nil && strings.HasPrefix(k, string(prefix)) && (after == nil || store.CompareKeys([]byte(k), after) > 0) {
 			keys = append(keys, k)
 		}
 	}
-	sort.Strings(keys)
+	slices.SortFunc(keys, func(a, b string) int { return store.CompareKeys([]byte(a), []byte(b)) })
 	more := len(keys) > limit
 	if more {
 		keys = keys[:limit]
@@ -595,6 +595,9 @@ func (ft filesTruth) Scan(table string, prefix, after []byte, limit int) ([]stor
 	}
 	return out, more, nil
 }
+
+// CompareKeys: a filesTruth scans in the order of a new store.
+func (filesTruth) CompareKeys(a, b []byte) int { return store.CompareKeys(a, b) }
 
 // changeLogHas says whether the receiver's change log holds a change of
 // transaction txid.
@@ -744,5 +747,47 @@ func TestContendedRows(t *testing.T) {
 				t.Fatalf("prepared protocol: receiver against the database: %d of %d rows differ: %v", sc.Differ, sc.Rows, sc.Examples)
 			}
 		})
+	}
+}
+
+// TestKeyOrderIsTheStores: the state check's ORDER BY sorts change-file
+// keys as the receiver's store scans them (store.CompareKeys), for single
+// and composite keys that are, or only look like, integers.
+func TestKeyOrderIsTheStores(t *testing.T) {
+	ctx := context.Background()
+	c := startTestCluster(t, ctx)
+	conn := connect(t, ctx, c.URL("postgres"))
+	if _, err := conn.Exec(ctx, `CREATE TABLE keyorder (a text NOT NULL, b bigint NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	as := []string{"0", "1", "2", "9", "10", "99", "100", "1207", "00", "007", "-1", "1.5", "a", "A", "b10", "b9", "Z", "é", "12345678901234567890"}
+	for _, a := range as {
+		for _, b := range []int64{1, 9, 10, -3} {
+			if _, err := conn.Exec(ctx, `INSERT INTO keyorder VALUES ($1, $2)`, a, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, cols := range [][]string{{"a"}, {"b"}, {"a", "b"}} {
+		rows, err := conn.Query(ctx, "SELECT "+strings.Join(cols, "::text || '/' || ")+"::text AS k FROM keyorder ORDER BY "+keyOrderOf(cols))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, k)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		want := slices.Clone(got)
+		slices.SortFunc(want, func(a, b string) int { return store.CompareKeys([]byte(a), []byte(b)) })
+		if !slices.Equal(got, want) {
+			t.Fatalf("key columns %v: the database orders %q, the store %q", cols, got, want)
+		}
 	}
 }

@@ -45,19 +45,28 @@ func (c *StateCheck) add(d StateCheck) {
 }
 
 // keyOrder is an ORDER BY that sorts t's rows by their change-file key
-// (Row.AppendKey) bytewise, as the receiver's store scans them.
-func keyOrder(t *workload.Table) string {
-	parts := make([]string, t.KeyLen)
-	for i, k := range t.KeyNames() {
+// (Row.AppendKey) as the receiver's store scans them.
+func keyOrder(t *workload.Table) string { return keyOrderOf(t.KeyNames()) }
+
+// keyOrderOf orders by the change-file key of these key columns.
+func keyOrderOf(cols []string) string {
+	parts := make([]string, len(cols))
+	for i, k := range cols {
 		parts[i] = k + "::text"
 	}
-	return "(" + strings.Join(parts, " || '/' || ") + `) COLLATE "C"`
+	// The receiver's order (store.CompareKeys): keys that are canonical
+	// decimal integers first, numerically, then the others by their bytes.
+	// TestKeyOrderIsTheStores checks that the two agree.
+	k := "(" + strings.Join(parts, " || '/' || ") + ")"
+	num := k + ` ~ '^(0|[1-9][0-9]{0,254})$'`
+	return fmt.Sprintf(`(%s) DESC, CASE WHEN %s THEN length(%s) END, %s COLLATE "C"`, num, num, k, k)
 }
 
-// rowScanner pages through a table's rows in key order:
-// *store.Store, or filesTruth.
+// rowScanner pages through a table's rows in key order, and says that
+// order: *store.Store, or filesTruth.
 type rowScanner interface {
 	Scan(table string, prefix, after []byte, limit int) ([]store.Row, bool, error)
+	CompareKeys(a, b []byte) int
 }
 
 // compareState compares every row of the workload's tables in the database
@@ -80,13 +89,18 @@ func compareState(ctx context.Context, conn *pgx.Conn, st rowScanner) (StateChec
 		rcv := &storeRows{st: st, table: t.Name}
 		row := make(workload.Row, len(t.Columns))
 		dest := row.ScanDest(t)
-		var key, img []byte
-		for rows.Next() {
+		var key, img, prev []byte
+		for first := true; rows.Next(); first = false {
 			if err := rows.Scan(dest...); err != nil {
 				rows.Close()
 				return c, fmt.Errorf("bench: state check: reading %s: %w", t.Name, err)
 			}
+			prev = append(prev[:0], key...)
 			key, img = row.AppendKey(key[:0], t), row.AppendJSON(img[:0], t)
+			if !first && st.CompareKeys(prev, key) >= 0 {
+				rows.Close()
+				return c, fmt.Errorf("bench: state check: %s: the database returned key %q after %q, out of the receiver's key order: the comparison would be wrong (keyOrder must follow store.CompareKeys)", t.Name, key, prev)
+			}
 			c.Rows++
 			for {
 				r, ok, err := rcv.peek()
@@ -96,7 +110,7 @@ func compareState(ctx context.Context, conn *pgx.Conn, st rowScanner) (StateChec
 				}
 				cmp := 1
 				if ok {
-					cmp = bytes.Compare(r.Key, key)
+					cmp = st.CompareKeys(r.Key, key)
 				}
 				if cmp > 0 {
 					diff("%s/%s: missing from the receiver (database: %s)", t.Name, key, img)

@@ -187,6 +187,14 @@ func (e rowKeys) decodeKey(enc []byte) ([]byte, error) {
 	return nil, fmt.Errorf("store: corrupt row key %q", enc)
 }
 
+// CompareKeys orders two keys of a table as scans of a store created by
+// this version return them (rowKeysNumeric); (*Store).CompareKeys gives a
+// given store's order.
+func CompareKeys(a, b []byte) int { return rowKeysNumeric.compare(a, b) }
+
+// CompareKeys orders two keys of a table as the store's scans return them.
+func (s *Store) CompareKeys(a, b []byte) int { return s.rk.compare(a, b) }
+
 // compare orders two keys as their encodings do.
 func (e rowKeys) compare(a, b []byte) int {
 	if e == rowKeysNumeric {
