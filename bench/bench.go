@@ -372,7 +372,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	// rounds that visit the modes in turn, so that whatever else the host
 	// is doing weighs on every mode alike.
 	slice := cfg.PhaseDuration / time.Duration(cfg.Rounds)
-	progress("initial load: %v per mode at full speed with %d workers, shipping off, in %d rounds of %v", cfg.PhaseDuration, cfg.Workers, cfg.Rounds, slice)
+	progress("load phase: %v per mode at full speed with %d workers, shipping off, in %d rounds of %v", cfg.PhaseDuration, cfg.Workers, cfg.Rounds, slice)
 	for round := 0; round < cfg.Rounds && ctx.Err() == nil; round++ {
 		for i := range runs {
 			r := runs[(i+round)%len(runs)]
