@@ -308,9 +308,11 @@ type pgServer struct {
 	port    int
 }
 
-// Run runs every configured mode and returns the figures. A mode that fails
-// is reported with its error and the run goes on; Run fails only when
-// nothing could be measured.
+// Run runs every configured mode, then the initial-load phase, and returns
+// the figures. A mode or an initial-load phase that fails is reported with
+// its error (ModeResult.Error, InitialLoad.Error) and the run goes on; Run
+// fails when no mode could be measured, and when a receiver's rows differ
+// from the database's.
 func Run(ctx context.Context, cfg Config) (*Results, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {

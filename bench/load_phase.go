@@ -206,6 +206,7 @@ func (p *loadPhase) streamAndIngest(ctx context.Context) error {
 		if err := m.startReceiver(ctx); err != nil {
 			return err
 		}
+		var err error
 		ls, err = p.waitApplied(ctx, m)
 		return err
 	})

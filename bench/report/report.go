@@ -157,7 +157,7 @@ func initialLoadTable(w io.Writer, res *bench.Results) {
 		fmt.Fprintf(w, "Initial load (%s rows): failed: %s\n", group(fmt.Sprint(l.Rows)), l.Error)
 		return
 	}
-	fmt.Fprintf(w, "Initial load (bench_rows: %s rows of ~%.0f bytes, %s MiB in PostgreSQL; %s, compression %.2f: %s MB raw in %s messages of %s MB):\n\n",
+	fmt.Fprintf(w, "Initial load (bench_rows: %s rows of ~%.0f bytes, %s MiB in PostgreSQL; %s, compression %.2f: %s MB raw, %s messages, %s MB on the wire):\n\n",
 		group(fmt.Sprint(l.Rows)), l.RowBytes, group(fmt.Sprint(l.TableBytes>>20)), l.Codec, l.Compression,
 		num(float64(l.RawBytes)/1e6), group(fmt.Sprint(l.Messages)), num(float64(l.WireBytes)/1e6))
 	fmt.Fprintln(w, "| step | rows/s | goal | s | MB/s raw | CPU s: this process + PostgreSQL |")
