@@ -29,6 +29,14 @@
 // then for the file mode the receiver applying it), concurrent (legacy at
 // full speed with shipping running on the same host) and paced (legacy at a
 // fixed rate: end-to-end latency).
+//
+// After the modes, unless Config.LoadRows is 0, the initial-load phase
+// (load_phase.go) measures `ferry load` (package shipper/load) on a table
+// of LoadRows ~200-byte rows: PostgreSQL → JetStream (the loader's rows/s,
+// MB/s, compression), a fresh receiver's ingest of that filled stream,
+// PostgreSQL → a running receiver end to end, and a loader process's peak
+// RSS; the receivers' rows are compared with the table's, row by row.
+// (Not to be confused with the modes' "load" phase, the legacy's load.)
 package bench
 
 import (
@@ -155,6 +163,16 @@ type Config struct {
 	// (workload.Config.HotRows; default DefaultHotRows, -1 for none), HotPct the share
 	// of transactions that update one (default 50).
 	HotRows, HotPct int
+	// LoadRows is the size of the initial-load phase's table (rows of
+	// ~200 bytes); 0 skips the phase. `ferry bench` runs it by default.
+	LoadRows int
+	// LoaderCommand runs a loader process in the initial-load phase, to
+	// measure
+	// its peak RSS: the command and its first arguments, to which the
+	// phase appends `ferry load`'s flags (--pg, --nats, --table, --codec,
+	// --progress). `ferry bench` runs itself: {"/path/to/ferry", "load"}.
+	// Empty: that step is skipped.
+	LoaderCommand []string
 	// Progress receives a line per phase and per second; nil: none.
 	Progress io.Writer
 	// Logger for the components; nil discards.
@@ -242,6 +260,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("bench: phase duration %v below 100ms", c.PhaseDuration)
 	case c.Rounds < 1 || c.PhaseDuration/time.Duration(c.Rounds) < 100*time.Millisecond:
 		return fmt.Errorf("bench: %d rounds of a %v phase: want slices of at least 100ms", c.Rounds, c.PhaseDuration)
+	case c.LoadRows < 0:
+		return fmt.Errorf("bench: %d load rows: want 0 (no initial-load phase) or more", c.LoadRows)
 	case c.Sources < 0 || c.Sources > 64:
 		return fmt.Errorf("bench: %d app server sources (want 1-64)", c.Sources)
 	case c.LatencyRate < 0:
@@ -288,9 +308,11 @@ type pgServer struct {
 	port    int
 }
 
-// Run runs every configured mode and returns the figures. A mode that fails
-// is reported with its error and the run goes on; Run fails only when
-// nothing could be measured.
+// Run runs every configured mode, then the initial-load phase, and returns
+// the figures. A mode or an initial-load phase that fails is reported with
+// its error (ModeResult.Error, InitialLoad.Error) and the run goes on; Run
+// fails when no mode could be measured, and when a receiver's rows differ
+// from the database's.
 func Run(ctx context.Context, cfg Config) (*Results, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
@@ -386,6 +408,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	for _, r := range runs {
 		res.Modes = append(res.Modes, r.mr)
 	}
+	// The initial load after the modes, so that its table and its receivers'
+	// compactions weigh on none of them.
+	if cfg.LoadRows > 0 && ctx.Err() == nil {
+		res.InitialLoad = runLoadPhase(ctx, cfg, srv, admin, progress)
+	}
 	res.Seconds = time.Since(start).Seconds()
 	res.Machine.LoadAvgEnd = loadAvg()
 	derive(res.Modes)
@@ -412,6 +439,10 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		if c := m.StateCheck; c != nil && c.Differ > 0 {
 			differ = append(differ, fmt.Errorf("%s: %d of %d rows differ from the database's (e.g. %s)", m.Mode, c.Differ, c.Rows, strings.Join(c.Examples, "; ")))
 		}
+	}
+	if l := res.InitialLoad; l != nil && l.StateCheck != nil && l.StateCheck.Differ > 0 {
+		c := l.StateCheck
+		differ = append(differ, fmt.Errorf("initial load: %d of %d rows differ from the table's (e.g. %s)", c.Differ, c.Rows, strings.Join(c.Examples, "; ")))
 	}
 	if len(differ) > 0 {
 		return res, fmt.Errorf("bench: the receiver's state is not the database's: %w", errors.Join(differ...))
@@ -498,6 +529,7 @@ func settings(cfg Config) Settings {
 		FileBefore: cfg.FileBefore, Codec: cfg.Codec, WriterProtocols: cfg.WriterProtocol, HotRows: w.HotRows, HotPct: w.HotPct, PollMillis: ms(cfg.PollInterval), CleanupMillis: ms(cfg.CleanupInterval),
 		ExternalPG:      cfg.PGURL != "",
 		InitialRowCount: w.Customers + w.Products + w.Orders*4 + w.HotRows,
+		LoadRows:        cfg.LoadRows,
 	}
 	return s
 }
@@ -568,7 +600,7 @@ func durabilityNote(cfg Config) string {
 }
 
 func notes(cfg Config) []string {
-	return []string{
+	out := []string{
 		"The file mode's receiver runs only in the apply and paced phases (it belongs next to the microservice, and the CDC modes have no consumer); in the concurrent phase every mode runs only what runs on the legacy host plus the embedded JetStream server.",
 		"Every mode runs on a fresh copy of the same initial data (CREATE DATABASE ... TEMPLATE) with the same deterministic workload streams and the same server settings; modes run one after the other on one host.",
 		fmt.Sprintf("load: legacy at full speed, capture on, shipping off, in %d rounds that visit every mode in turn (so that other load on the host weighs on all modes alike); ± is the relative standard deviation of the rounds' tx/s.", cfg.Rounds) + " drain: shipping the load phase's backlog with the legacy idle (maximum shipping throughput). concurrent: legacy at full speed with shipping running on the same host, in rounds alternating with the none mode (shipping off), whose tx/s in the same rounds is the baseline of the concurrent overhead. paced: legacy at the fixed latency rate with shipping running.",
@@ -583,4 +615,8 @@ func notes(cfg Config) []string {
 		"State check: the file mode's change files start with the initial rows (insert transactions written before the load phase, counted in the drain and apply phases); after the apply and paced phases, once the receiver has applied the files up to their end, every row of every table in the database is compared with the receiver's (key, and the whole row as JSON); rows missing from the receiver, rows only it has and rows that differ count as differing, and any fails the run. Order check: in the change files, a transaction frame is out of the database's commit order when it writes a stock row with a lower rev than an earlier frame of the same source wrote.",
 		"The host has few cores shared with other work: figures are noisy; compare modes within one run.",
 	}
+	if cfg.LoadRows > 0 {
+		out = append(out, fmt.Sprintf("Initial load (package shipper/load as `ferry load` runs it): a table of %d rows of ~200 bytes (bench_rows: bigint key, two short texts, two numbers, 96 characters of payload) in a database of its own, after the modes; each step on a fresh embedded JetStream server and a fresh receiver, codec %s. stream: the loader in this process into JetStream, no receiver (rows/s; MB/s of the messages' uncompressed bodies; compression = raw / wire bytes). ingest: a fresh receiver started on that filled stream, timed from its start to the receiver's load status done (the receiver's ingest rate alone). end to end: a receiver running, then the load, until the receiver's load status is done. loader process: a `ferry load` process into a fresh stream over loopback, timed from its start to its exit (process start-up included); peak RSS = its VmHWM sampled from /proc every 10 ms (the kernel's high-water mark, so only growth in the last 10 ms before exit could be missed; wait4's ru_maxrss would count this process's pages, vfork). After the ingest and end-to-end steps every row of the table is compared with the receiver's (key and JSON image); any difference fails the run. The payload repeats one md5 three times: the compression is kinder than real rows would get. PostgreSQL, JetStream, loader and receiver share the host's cores.", cfg.LoadRows, cfg.Codec))
+	}
+	return out
 }

@@ -24,15 +24,25 @@ type broker struct {
 	url string
 }
 
-func startBroker() (*broker, error) {
+func startBroker() (*broker, error) { return newBroker(false) }
+
+// startListeningBroker is a broker that also listens on a free loopback
+// port (clientURL), for a process of its own (the load phase's loader).
+func startListeningBroker() (*broker, error) { return newBroker(true) }
+
+func newBroker(listen bool) (*broker, error) {
 	dir, err := os.MkdirTemp("", "ferry-bench-js-")
 	if err != nil {
 		return nil, fmt.Errorf("bench: creating the JetStream store dir: %w", err)
 	}
-	srv, err := server.NewServer(&server.Options{
-		JetStream: true, StoreDir: dir, DontListen: true, NoLog: true, NoSigs: true,
+	opts := &server.Options{
+		JetStream: true, StoreDir: dir, DontListen: !listen, NoLog: true, NoSigs: true,
 		MaxPayload: 8 << 20,
-	})
+	}
+	if listen {
+		opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
+	}
+	srv, err := server.NewServer(opts)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("bench: creating the embedded JetStream server: %w", err)
@@ -60,6 +70,14 @@ func (b *broker) connect(name string) (*nats.Conn, error) {
 		return nil, fmt.Errorf("bench: connecting %s to the embedded JetStream server: %w", name, err)
 	}
 	return nc, nil
+}
+
+// clientURL is the URL a process reaches a listening broker at.
+func (b *broker) clientURL() string {
+	if b.url != "" {
+		return b.url
+	}
+	return b.srv.ClientURL()
 }
 
 func (b *broker) stop() {

@@ -38,8 +38,8 @@ func benchRows() int {
 	return 200_000
 }
 
-// loadBenchTable creates table bench_rows with n rows of about 200 bytes
-// as JSON images (id, two text columns, two numbers).
+// loadBenchTable creates loadTable (bench_rows) with n rows, as the
+// initial-load phase of `ferry bench` does.
 func loadBenchTable(b *testing.B, ctx context.Context, url string, n int) {
 	b.Helper()
 	conn, err := pgx.Connect(ctx, url)
@@ -47,16 +47,8 @@ func loadBenchTable(b *testing.B, ctx context.Context, url string, n int) {
 		b.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	for _, q := range []string{
-		`CREATE TABLE bench_rows (id bigint PRIMARY KEY, name text NOT NULL, city text NOT NULL, qty bigint NOT NULL,
-			balance_cents bigint NOT NULL, payload text NOT NULL)`,
-		fmt.Sprintf(`INSERT INTO bench_rows SELECT i, 'customer '||i, 'city '||(i%%100), i%%1000, i*7,
-			repeat(md5(i::text), 3) FROM generate_series(1, %d) i`, n),
-		"VACUUM ANALYZE bench_rows",
-	} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			b.Fatalf("%s: %v", q, err)
-		}
+	if err := createLoadTable(ctx, conn, n); err != nil {
+		b.Fatal(err)
 	}
 }
 
@@ -135,7 +127,7 @@ func BenchmarkLoad(b *testing.B) {
 			}
 			b.StartTimer()
 			start := time.Now()
-			if _, err := load.Run(ctx, st, load.Input{PG: url}, load.Table{Name: "bench_rows"}, cfg()); err != nil {
+			if _, err := load.Run(ctx, st, load.Input{PG: url}, load.Table{Name: loadTable.Name}, cfg()); err != nil {
 				b.Fatal(err)
 			}
 			waitLoadsDone(b, ctx, m.rcv, 1)
@@ -207,7 +199,7 @@ func loadBenchChildMain(cfgJSON string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if _, err := load.Run(ctx, st, load.Input{PG: c.URL}, load.Table{Name: "bench_rows"}, load.Config{Reload: true}); err != nil {
+	if _, err := load.Run(ctx, st, load.Input{PG: c.URL}, load.Table{Name: loadTable.Name}, load.Config{Reload: true}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -238,7 +230,7 @@ func benchStream(b *testing.B, ctx context.Context, url string, n int, cfg load.
 	b.ResetTimer()
 	start := time.Now()
 	for i := 0; i < b.N; i++ {
-		if _, err := load.Run(ctx, st, load.Input{PG: url}, load.Table{Name: "bench_rows"}, cfg); err != nil {
+		if _, err := load.Run(ctx, st, load.Input{PG: url}, load.Table{Name: loadTable.Name}, cfg); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 	if cfg := os.Getenv(loadBenchChildEnv); cfg != "" {
 		os.Exit(loadBenchChildMain(cfg))
 	}
+	if os.Getenv(loadPhaseChildEnv) != "" {
+		os.Exit(loadPhaseChildMain(os.Args[1:]))
+	}
 	os.Exit(m.Run())
 }
 

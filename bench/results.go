@@ -14,6 +14,9 @@ type Results struct {
 	Machine  Machine      `json:"machine"`
 	Settings Settings     `json:"settings"`
 	Modes    []ModeResult `json:"modes"`
+	// InitialLoad is the initial-load phase's figures (nil when it did
+	// not run).
+	InitialLoad *InitialLoad `json:"initial_load,omitempty"`
 	// Note is the operator's remark on the run (--note).
 	Note string `json:"note,omitempty"`
 	// Notes say how figures were obtained and attributed.
@@ -55,6 +58,68 @@ type Settings struct {
 	CleanupMillis   float64 `json:"cdc_cleanup_ms"`
 	ExternalPG      bool    `json:"external_pg"`
 	InitialRowCount int     `json:"initial_rows"`
+	// LoadRows is the initial-load phase's table size (0: the phase was
+	// off).
+	LoadRows int `json:"load_rows"`
+}
+
+// InitialLoad is what the initial-load phase measured: the initial load
+// (package shipper/load, as `ferry load` runs it) of a table of Rows
+// ~200-byte rows from PostgreSQL, each step on a fresh embedded JetStream
+// server and a fresh receiver.
+type InitialLoad struct {
+	Rows int64 `json:"rows"`
+	// TableBytes is the table's pg_total_relation_size (heap, index,
+	// TOAST); RowBytes the rows' JSON images and keys as the messages
+	// carry them uncompressed (their Ferry-Raw-Len), over Rows.
+	TableBytes int64   `json:"table_bytes"`
+	RowBytes   float64 `json:"row_image_bytes"`
+	Codec      string  `json:"codec"`
+	// Stream: PostgreSQL → JetStream, the loader in this process
+	// (load.Run), no receiver.
+	Stream LoadStep `json:"stream"`
+	// What Stream put in the stream: messages, their bytes as sent
+	// (bodies and headers) and raw (uncompressed bodies).
+	Messages    int64   `json:"messages"`
+	WireBytes   int64   `json:"wire_bytes"`
+	RawBytes    int64   `json:"raw_bytes"`
+	Compression float64 `json:"compression_ratio"`
+	// Ingest: a fresh receiver started on the stream Stream filled, until
+	// it has applied every row: the receiver's ingest rate alone.
+	Ingest LoadStep `json:"ingest"`
+	// EndToEnd: a receiver running, then the load, until the receiver
+	// has applied every row.
+	EndToEnd LoadStep `json:"end_to_end"`
+	// IngestSSTRows and EndToEndSSTRows are the rows of those two
+	// receivers written as sstables (the receiver's bulk path; the rest
+	// went through Pebble batches).
+	IngestSSTRows   uint64 `json:"ingest_sstable_rows"`
+	EndToEndSSTRows uint64 `json:"end_to_end_sstable_rows"`
+	// Process: a loader process of its own (`ferry load`) into a fresh
+	// stream, from its start to its exit; nil without
+	// Config.LoaderCommand. Its ProcCPU is the process's own.
+	Process *LoadStep `json:"process,omitempty"`
+	// LoaderPeakRSS is that process's peak RSS in bytes (VmHWM).
+	LoaderPeakRSS int64 `json:"loader_peak_rss_bytes,omitempty"`
+	// StateCheck compares the receivers' rows (Ingest's and EndToEnd's)
+	// with the table's, row by row.
+	StateCheck *StateCheck `json:"state_check,omitempty"`
+	Error      string      `json:"error,omitempty"`
+}
+
+// LoadStep is one timed step of the initial-load phase.
+type LoadStep struct {
+	Seconds    float64 `json:"seconds"`
+	Rows       int64   `json:"rows"`
+	RowsPerSec float64 `json:"rows_per_sec"`
+	// RawMBPerSec is the rows' uncompressed message bytes per second
+	// (10^6 bytes).
+	RawMBPerSec float64 `json:"raw_mb_per_sec"`
+	// CPU seconds: this process (loader, receiver and JetStream, as the
+	// step runs them; for Process the loader process's own) and the
+	// PostgreSQL server's processes (0 when not on this host).
+	ProcCPU float64 `json:"proc_cpu_s"`
+	DBCPU   float64 `json:"db_cpu_s"`
 }
 
 // Phase holds the counters of one timed phase.

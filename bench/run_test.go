@@ -15,8 +15,9 @@ import (
 )
 
 // TestRunExternalPG runs the library against a server it did not start
-// (--pg), with two modes and short phases: the modes must run, ship every
-// change and report figures, and the run must leave no database behind.
+// (--pg), with two modes and short phases and a small initial load: the
+// modes must run, ship every change and report figures, the initial load's
+// receivers must hold its rows, and the run must leave no database behind.
 func TestRunExternalPG(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -34,6 +35,7 @@ func TestRunExternalPG(t *testing.T) {
 		Modes:         []bench.Mode{bench.ModeNone, bench.ModeCDCTable},
 		Workload:      workload.Config{Streams: 2, Customers: 200, Products: 200, Orders: 200},
 		PhaseDuration: 900 * time.Millisecond, Rounds: 3, LatencyRate: 2000,
+		LoadRows: 5000, // no LoaderCommand: the loader process is not run
 		Progress: &progress,
 	})
 	if err != nil {
@@ -60,6 +62,9 @@ func TestRunExternalPG(t *testing.T) {
 	}
 	if table.LatencyJS == nil || table.LatencyJS.Samples == 0 {
 		t.Errorf("cdc-table latency %+v", table.LatencyJS)
+	}
+	if l := res.InitialLoad; l == nil || l.Error != "" || l.Process != nil || l.EndToEnd.Rows != 5000 || l.StateCheck == nil || l.StateCheck.Rows != 2*5000 || l.StateCheck.Differ != 0 {
+		t.Errorf("initial load %+v", l)
 	}
 	if !strings.Contains(progress.String(), "drain phase") {
 		t.Errorf("no progress:\n%s", progress.String())

@@ -74,6 +74,11 @@ type rowScanner interface {
 // row's change-file key and JSON image (as the legacy writes them) must be
 // in the store, byte for byte, and the store must hold nothing else.
 func compareState(ctx context.Context, conn *pgx.Conn, st rowScanner) (StateCheck, error) {
+	return compareTables(ctx, conn, st, workload.Tables())
+}
+
+// compareTables is compareState over the given tables.
+func compareTables(ctx context.Context, conn *pgx.Conn, st rowScanner, tables []*workload.Table) (StateCheck, error) {
 	c := StateCheck{Checks: 1}
 	diff := func(format string, args ...any) {
 		c.Differ++
@@ -81,7 +86,7 @@ func compareState(ctx context.Context, conn *pgx.Conn, st rowScanner) (StateChec
 			c.Examples = append(c.Examples, fmt.Sprintf(format, args...))
 		}
 	}
-	for _, t := range workload.Tables() {
+	for _, t := range tables {
 		rows, err := conn.Query(ctx, "SELECT "+strings.Join(t.ColumnNames(), ", ")+" FROM "+t.Name+" ORDER BY "+keyOrder(t))
 		if err != nil {
 			return c, fmt.Errorf("bench: state check: reading %s: %w", t.Name, err)

@@ -18,6 +18,11 @@ const (
 	GoalOverheadPct = 5.0     // file mode costs the legacy at most this % of its tx/s
 	GoalBytesRatio  = 1.0 / 3 // file mode writes at most this share of cdc-table's bytes per change
 	GoalP99Millis   = 20.0    // end-to-end p99 at the paced rate
+
+	// The initial load of ~200-byte rows (issue 12).
+	GoalIngestRowsPerSec = 1_000_000 // a receiver applying a filled stream
+	GoalLoadRowsPerSec   = 500_000   // PostgreSQL → a receiver holding every row
+	GoalLoaderRSSMiB     = 128.0     // the loader process's peak RSS
 )
 
 // JSON writes res as indented JSON.
@@ -137,7 +142,50 @@ func Table(w io.Writer, res *bench.Results) {
 		fmt.Fprintln(w, "| "+strings.Join(row, " | ")+" |")
 	}
 	orderTable(w, res)
+	initialLoadTable(w, res)
 }
+
+// initialLoadTable writes the initial-load phase's steps, each with its
+// goal.
+func initialLoadTable(w io.Writer, res *bench.Results) {
+	l := res.InitialLoad
+	if l == nil {
+		return
+	}
+	fmt.Fprintln(w)
+	if l.Error != "" {
+		fmt.Fprintf(w, "Initial load (%s rows): failed: %s\n", group(fmt.Sprint(l.Rows)), l.Error)
+		return
+	}
+	fmt.Fprintf(w, "Initial load (bench_rows: %s rows of ~%.0f bytes, %s MiB in PostgreSQL; %s, compression %.2f: %s MB raw, %s messages, %s MB on the wire):\n\n",
+		group(fmt.Sprint(l.Rows)), l.RowBytes, group(fmt.Sprint(l.TableBytes>>20)), l.Codec, l.Compression,
+		num(float64(l.RawBytes)/1e6), group(fmt.Sprint(l.Messages)), num(float64(l.WireBytes)/1e6))
+	fmt.Fprintln(w, "| step | rows/s | goal | s | MB/s raw | CPU s: this process + PostgreSQL |")
+	fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|")
+	step := func(name string, s *bench.LoadStep, goal string) {
+		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %s | %.2f + %.2f |\n", name, num(s.RowsPerSec), goal, s.Seconds, num(s.RawMBPerSec), s.ProcCPU, s.DBCPU)
+	}
+	atLeast := func(got, want float64) string {
+		return fmt.Sprintf("≥ %s: %s", num(want), metText(got >= want))
+	}
+	step("PostgreSQL → JetStream (the loader in this process, no receiver)", &l.Stream, "—")
+	step(fmt.Sprintf("receiver ingest of the filled stream (%s rows as sstables)", group(fmt.Sprint(l.IngestSSTRows))), &l.Ingest, atLeast(l.Ingest.RowsPerSec, GoalIngestRowsPerSec))
+	step(fmt.Sprintf("end to end, PostgreSQL → a running receiver (%s rows as sstables)", group(fmt.Sprint(l.EndToEndSSTRows))), &l.EndToEnd, atLeast(l.EndToEnd.RowsPerSec, GoalLoadRowsPerSec))
+	if p := l.Process; p != nil {
+		rss := float64(l.LoaderPeakRSS) / (1 << 20)
+		step("loader process (ferry load), start to exit; CPU its own", p,
+			fmt.Sprintf("peak RSS %.1f MiB, ≤ %.0f MiB: %s", rss, GoalLoaderRSSMiB, metText(rss <= GoalLoaderRSSMiB)))
+	}
+	if c := l.StateCheck; c != nil {
+		state := fmt.Sprintf("%s rows compared, %s differing (%d checks)", group(fmt.Sprint(c.Rows)), group(fmt.Sprint(c.Differ)), c.Checks)
+		if c.Differ > 0 {
+			state = "**" + state + "**: e.g. " + strings.Join(c.Examples, "; ")
+		}
+		fmt.Fprintf(w, "\nInitial load state check (the receivers' rows against the table's): %s\n", state)
+	}
+}
+
+func metText(met bool) string { return map[bool]string{true: "met", false: "**NOT met**"}[met] }
 
 // orderTable writes, for the file modes, the change files' frames out of
 // the database's commit order and how the receiver's rows compared with the
@@ -239,7 +287,31 @@ func Goals(res *bench.Results) []Goal {
 		}
 	}
 	out = append(out, g)
-	return out
+	return append(out, initialLoadGoals(res)...)
+}
+
+// initialLoadGoals evaluates the initial load's goals (issue 12).
+func initialLoadGoals(res *bench.Results) []Goal {
+	l := res.InitialLoad
+	ok := l != nil && l.Error == ""
+	rows := func(s bench.LoadStep) string { return num(s.RowsPerSec) + " rows/s" }
+	g1 := Goal{Name: "initial load: a receiver's ingest of a filled stream, ~200-byte rows", Want: fmt.Sprintf("≥ %s rows/s", num(GoalIngestRowsPerSec))}
+	g2 := Goal{Name: "initial load end to end, PostgreSQL → a receiver holding every row", Want: fmt.Sprintf("≥ %s rows/s", num(GoalLoadRowsPerSec))}
+	g3 := Goal{Name: "initial load: the loader process's peak RSS", Want: fmt.Sprintf("≤ %.0f MiB", GoalLoaderRSSMiB)}
+	g4 := Goal{Name: "initial load: the receivers hold the table's rows (compared row by row)", Want: "0 differing"}
+	if ok {
+		g1.Known, g1.Got, g1.Met = true, rows(l.Ingest), l.Ingest.RowsPerSec >= GoalIngestRowsPerSec
+		g2.Known, g2.Got, g2.Met = true, rows(l.EndToEnd), l.EndToEnd.RowsPerSec >= GoalLoadRowsPerSec
+		if l.Process != nil {
+			rss := float64(l.LoaderPeakRSS) / (1 << 20)
+			g3.Known, g3.Got, g3.Met = true, fmt.Sprintf("%.1f MiB", rss), rss <= GoalLoaderRSSMiB
+			g3.Detail = fmt.Sprintf("%s rows", group(fmt.Sprint(l.Rows)))
+		}
+		if c := l.StateCheck; c != nil && c.Checks > 0 {
+			g4.Known, g4.Got, g4.Met = true, fmt.Sprintf("%s of %s rows differ", group(fmt.Sprint(c.Differ)), group(fmt.Sprint(c.Rows))), c.Differ == 0
+		}
+	}
+	return []Goal{g1, g2, g3, g4}
 }
 
 // Markdown writes the whole report.

@@ -27,6 +27,14 @@ func sample() *bench.Results {
 				LatencyJS:       &bench.Latency{Samples: 10, P50: 1, P95: 2, P99: 3},
 				LatencyReceiver: &bench.Latency{Samples: 10, P50: 1, P95: 2, P99: 25}},
 		},
+		InitialLoad: &bench.InitialLoad{Rows: 1_000_000, RowBytes: 205, TableBytes: 300 << 20, Codec: "zstd", Compression: 4,
+			Messages: 210, RawBytes: 205_000_000, WireBytes: 51_250_000,
+			Stream:        bench.LoadStep{Seconds: 1.5, Rows: 1_000_000, RowsPerSec: 666_667, RawMBPerSec: 137},
+			Ingest:        bench.LoadStep{Seconds: 0.8, Rows: 1_000_000, RowsPerSec: 1_250_000},
+			EndToEnd:      bench.LoadStep{Seconds: 2.5, Rows: 1_000_000, RowsPerSec: 400_000},
+			Process:       &bench.LoadStep{Seconds: 1.6, Rows: 1_000_000, RowsPerSec: 625_000},
+			LoaderPeakRSS: 80 << 20,
+			StateCheck:    &bench.StateCheck{Checks: 2, Rows: 2_000_000}},
 	}
 }
 
@@ -46,6 +54,10 @@ func TestGoals(t *testing.T) {
 		{"legacy bytes per cha", true, false, "0.38"},   // 900 / 2400 > 1/3
 		{"end-to-end p99, comm", true, false, "25.00 ms"},
 		{"capture's extra byte", true, true, "0.12"}, // (900-700) / (2400-700)
+		{"initial load: a rece", true, true, "1,250,000 rows/s"},
+		{"initial load end to ", true, false, "400,000 rows/s"},
+		{"initial load: the lo", true, true, "80.0 MiB"},
+		{"initial load: the re", true, true, "0 of 2,000,000"},
 	} {
 		g, ok := got[tc.prefix]
 		if !ok {
@@ -61,7 +73,8 @@ func TestMarkdown(t *testing.T) {
 	var b bytes.Buffer
 	report.Markdown(&b, sample())
 	md := b.String()
-	for _, want := range []string{"# Ferry bench: test profile", "| none | 1,000 ± 0 % (4,000) |", "| cdc-log | failed: wal2json / missing |", "| file | 970", "Shipping:", "| file | 500,000 |", "## Goals", "**no**", "## Phases"} {
+	for _, want := range []string{"# Ferry bench: test profile", "| none | 1,000 ± 0 % (4,000) |", "| cdc-log | failed: wal2json / missing |", "| file | 970", "Shipping:", "| file | 500,000 |", "## Goals", "**no**", "## Phases",
+		"Initial load (bench_rows: 1,000,000 rows of ~205 bytes, 300 MiB", "| 1,250,000 | ≥ 1,000,000: met |", "| 400,000 | ≥ 500,000: **NOT met** |", "peak RSS 80.0 MiB, ≤ 128 MiB: met"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
@@ -90,6 +103,27 @@ func TestSVG(t *testing.T) {
 		}
 		if rects < 4 {
 			t.Errorf("%s: %d rects, want bars", name, rects)
+		}
+	}
+}
+
+// TestInitialLoadGoalsUnmeasured: a run without the initial-load phase, or
+// whose phase failed, tells nothing about its goals.
+func TestInitialLoadGoalsUnmeasured(t *testing.T) {
+	for name, l := range map[string]*bench.InitialLoad{"off": nil, "failed": {Rows: 10, Error: "PostgreSQL went away"}} {
+		res := sample()
+		res.InitialLoad = l
+		n := 0
+		for _, g := range report.Goals(res) {
+			if strings.HasPrefix(g.Name, "initial load") {
+				n++
+				if g.Known {
+					t.Errorf("%s: goal %q known: %+v", name, g.Name, g)
+				}
+			}
+		}
+		if n != 4 {
+			t.Errorf("%s: %d initial-load goals, want 4", name, n)
 		}
 	}
 }

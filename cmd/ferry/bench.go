@@ -26,15 +26,16 @@ import (
 type benchProfile struct {
 	phase                       time.Duration
 	customers, products, orders int
+	loadRows                    int // of the initial-load phase
 }
 
 // benchProfileFor returns the profile: quick (CI's smoke run, about a
 // minute) or full (the committed results).
 func benchProfileFor(quick bool) (string, benchProfile) {
 	if quick {
-		return "quick", benchProfile{phase: 3 * time.Second, customers: 2000, products: 2000, orders: 2000}
+		return "quick", benchProfile{phase: 3 * time.Second, customers: 2000, products: 2000, orders: 2000, loadRows: 100_000}
 	}
-	return "full", benchProfile{phase: 20 * time.Second, customers: 10000, products: 10000, orders: 10000}
+	return "full", benchProfile{phase: 20 * time.Second, customers: 10000, products: 10000, orders: 10000, loadRows: 1_000_000}
 }
 
 func runBench(ctx context.Context, env *Env, args []string) error {
@@ -63,11 +64,15 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	out := fs.String("out", "", "directory to write report.md, results.json, throughput.svg and latency.svg to")
 	note := fs.String("note", "", "a remark to print with the results (where and how the run happened)")
 	asJSON := fs.Bool("json", false, "print the results as JSON instead of the table")
+	var loadRows profileInt
+	fs.Var(&loadRows, "load-rows", "the initial-load phase's table holds `N` rows of ~200 bytes: ferry load from PostgreSQL into JetStream and receivers, and a ferry load process's peak RSS; 0 skips it (default 1000000, 100000 with --quick)")
+	loaderBin := fs.String("loader-bin", "", "the ferry binary whose ferry load the initial-load phase runs as a process (default: this one)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (this process: legacy workers, shipping, JetStream) to this file")
 	fs.Usage = func() {
-		fmt.Fprintln(env.Stderr, "Usage: ferry bench [--quick] [--modes none,cdc-table,cdc-log,file] [--pg URL] [--out DIR]")
+		fmt.Fprintln(env.Stderr, "Usage: ferry bench [--quick] [--modes none,cdc-table,cdc-log,file] [--load-rows N] [--pg URL] [--out DIR]")
 		fmt.Fprintln(env.Stderr, "\nMeasures Ferry against CDC (companion tables, logical decoding) on the same legacy workload,")
-		fmt.Fprintln(env.Stderr, "with a throwaway PostgreSQL cluster as the legacy database; prints a markdown table.")
+		fmt.Fprintln(env.Stderr, "with a throwaway PostgreSQL cluster as the legacy database, then the initial load (ferry load)")
+		fmt.Fprintln(env.Stderr, "of a table of --load-rows rows into JetStream and receivers; prints markdown tables.")
 		fmt.Fprintln(env.Stderr, "Needs PostgreSQL and wal2json (Debian: apt-get install postgresql postgresql-15-wal2json).")
 		fs.PrintDefaults()
 	}
@@ -77,6 +82,18 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 	profileName, prof := benchProfileFor(*quick)
 	if *phase == 0 {
 		*phase = prof.phase
+	}
+	if !loadRows.set {
+		loadRows.n = prof.loadRows
+	}
+	// The initial-load phase's loader process is this binary's ferry load:
+	// what a user runs, measured apart from the bench's own memory.
+	exe := *loaderBin
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			return fmt.Errorf("ferry bench: finding this binary to run ferry load from (or pass --loader-bin): %w", err)
+		}
 	}
 	ms, err := bench.ParseModes(*modes)
 	if err != nil {
@@ -100,6 +117,7 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 			Customers: prof.customers, Products: prof.products, Orders: prof.orders},
 		PhaseDuration: *phase, LatencyRate: *rate, DrainTimeout: *drainTimeout,
 		PollInterval: *poll, CleanupInterval: *cleanup, FileBefore: *fileBefore, Codec: *codec, WriterSync: *writerSyncFlag, WriterProtocol: *writerProtocol,
+		LoadRows: loadRows.n, LoaderCommand: []string{exe, "load"},
 		Progress: env.Stderr,
 	}
 	if *cpuProfile != "" {
@@ -146,6 +164,32 @@ func runBench(ctx context.Context, env *Env, args []string) error {
 			return fmt.Errorf("ferry bench: mode %s failed: %s", md.Mode, md.Error)
 		}
 	}
+	if l := res.InitialLoad; l != nil && l.Error != "" {
+		return fmt.Errorf("ferry bench: the initial-load phase failed: %s", l.Error)
+	}
+	return nil
+}
+
+// profileInt is an integer flag whose default is the profile's: set says
+// it was given.
+type profileInt struct {
+	n   int
+	set bool
+}
+
+func (p *profileInt) String() string {
+	if p == nil || !p.set {
+		return ""
+	}
+	return strconv.Itoa(p.n)
+}
+
+func (p *profileInt) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("want a number of rows, 0 or more")
+	}
+	p.n, p.set = n, true
 	return nil
 }
 

@@ -43,11 +43,13 @@ func TestBenchQuick(t *testing.T) {
 	env := &Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := run(ctx, env, []string{"bench", "--quick", "--out", out}); err != nil {
+	// The initial-load phase runs ferry load as a process: this test
+	// binary is not ferry.
+	if err := run(ctx, env, []string{"bench", "--quick", "--out", out, "--loader-bin", buildFerry(t)}); err != nil {
 		t.Fatalf("ferry bench --quick: %v\nstderr:\n%s", err, stderr.String())
 	}
 	table := stdout.String()
-	for _, want := range []string{"| mode |", "| none |", "| cdc-table |", "| cdc-log |", "| file |", "Shipping:", "goal: "} {
+	for _, want := range []string{"| mode |", "| none |", "| cdc-table |", "| cdc-log |", "| file |", "Shipping:", "goal: ", "Initial load (bench_rows: 100,000 rows"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("output lacks %q:\n%s", want, table)
 		}
@@ -104,6 +106,10 @@ func TestBenchQuick(t *testing.T) {
 			}
 		}
 	}
+	if l := res.InitialLoad; l == nil || l.Error != "" || l.Process == nil || l.LoaderPeakRSS <= 0 || l.EndToEnd.RowsPerSec <= 0 ||
+		l.StateCheck == nil || l.StateCheck.Differ != 0 || l.StateCheck.Rows != 2*l.Rows {
+		t.Errorf("initial load: %+v", l)
+	}
 	for _, f := range []string{"report.md", "throughput.svg", "latency.svg"} {
 		b, err := os.ReadFile(filepath.Join(out, f))
 		if err != nil || len(b) < 200 {
@@ -121,11 +127,13 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"bench", "--mix", "1/2"}, "--mix"},
 		{[]string{"bench", "--durability", "maybe"}, "durability"},
 		{[]string{"bench", "extra"}, "unexpected arguments"},
+		{[]string{"bench", "--load-rows", "-5"}, "load-rows"},
 	} {
 		var stdout, stderr bytes.Buffer
 		env := &Env{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }}
 		err := run(context.Background(), env, tc.args)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
+		// A flag's own error is on stderr, with the usage.
+		if err == nil || !strings.Contains(err.Error()+stderr.String(), tc.want) {
 			t.Errorf("%v: error %v, want one mentioning %q", tc.args, err, tc.want)
 		}
 	}
