@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/command"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -70,32 +72,80 @@ func WithExcludeOrigins(origins ...string) Option {
 	}
 }
 
+// publishWindow bounds the commands published and not yet acknowledged,
+// all submissions together: a submission past it waits for room (at most
+// its publish timeout), so a slow stream slows the services down instead
+// of piling up commands in memory.
+const publishWindow = 4096
+
 // publisher publishes commands to the commands stream, creating it on first
-// use.
+// use. Every submission's commands go out at once, asynchronously, on one
+// JetStream context shared by all submissions: concurrent submissions and
+// the commands of a batch share the connection's round trips instead of
+// waiting one acknowledgement each in turn (a synchronous publish costs a
+// round trip and two goroutine switches per command). Each submission
+// still waits for the acknowledgements of its own commands before it is
+// answered: durability before 202.
 type publisher struct {
-	js             jetstream.JetStream
+	js             jetstream.JetStream // with the bounded asynchronous window
 	stream, prefix string
 
 	mu    sync.Mutex
 	ready bool
 }
 
-func (p *publisher) PublishCommand(ctx context.Context, c *command.Command) error {
+func newPublisher(nc *nats.Conn, stream, prefix string) (*publisher, error) {
+	// The timeout frees the window's room of an acknowledgement that never
+	// comes (a server killed after it read the message); the submission
+	// waiting for it gave up earlier, at its own timeout.
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(publishWindow), jetstream.WithPublishAsyncTimeout(30*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("receiver: JetStream context for commands: %w", err)
+	}
+	return &publisher{js: js, stream: stream, prefix: prefix}, nil
+}
+
+func (p *publisher) PublishCommands(ctx context.Context, cmds []*command.Command) []error {
+	errs := make([]error, len(cmds))
 	p.mu.Lock()
 	if !p.ready {
 		if _, err := command.EnsureStream(ctx, p.js, p.stream, p.prefix); err != nil {
 			p.mu.Unlock()
-			return err
+			for i := range errs {
+				errs[i] = err
+			}
+			return errs
 		}
 		p.ready = true
 	}
 	p.mu.Unlock()
-	body, err := command.Marshal(c)
-	if err != nil {
-		return err
+	stall := 200 * time.Millisecond
+	if d, ok := ctx.Deadline(); ok {
+		stall = max(time.Until(d), time.Millisecond)
 	}
-	if _, err := p.js.Publish(ctx, command.Subject(p.prefix, c.Source), body, jetstream.WithMsgID(c.ID)); err != nil {
-		return fmt.Errorf("publishing command %s: %w", c.ID, err)
+	futs := make([]jetstream.PubAckFuture, len(cmds))
+	for i, c := range cmds {
+		body, err := command.Marshal(c)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		futs[i], err = p.js.PublishAsync(command.Subject(p.prefix, c.Source), body, jetstream.WithMsgID(c.ID), jetstream.WithStallWait(stall))
+		if err != nil {
+			errs[i] = fmt.Errorf("publishing command %s: %w", c.ID, err)
+		}
 	}
-	return nil
+	for i, f := range futs {
+		if f == nil {
+			continue
+		}
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			errs[i] = fmt.Errorf("publishing command %s: %w", cmds[i].ID, err)
+		case <-ctx.Done():
+			errs[i] = fmt.Errorf("publishing command %s: no acknowledgement from the stream: %w", cmds[i].ID, ctx.Err())
+		}
+	}
+	return errs
 }

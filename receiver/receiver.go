@@ -148,8 +148,12 @@ func (r *Receiver) build() error {
 		return err
 	}
 	if r.o.origin != "" {
+		pub, err := newPublisher(r.o.nc, r.o.cmdStream, r.o.cmdPrefix)
+		if err != nil {
+			return err
+		}
 		err = r.h.EnableCommands(api.CommandConfig{Store: r.st, Origin: r.o.origin, Tables: r.o.cmdTables, MaxImage: r.o.cmdMaxImage,
-			Publisher: &publisher{js: js, stream: r.o.cmdStream, prefix: r.o.cmdPrefix}})
+			Publisher: pub})
 		if err != nil {
 			return err
 		}

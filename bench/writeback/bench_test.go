@@ -29,6 +29,10 @@ import (
 //	rate=1000  commands submitted at 1,000/s: p50/p99 of the round trip
 //	max        256 services in a closed loop (submit, wait, next): the
 //	           sustained commands/s
+//	batch=100  32 services in a closed loop, each submitting 100 commands
+//	           in one request (POST /v1/commands with an array) and
+//	           waiting for them in one (GET /v1/commands?ids=): the
+//	           sustained commands/s when services batch
 //
 // Run: go test -run '^$' -bench WriteBack -benchtime 5000x ./bench/writeback/
 func BenchmarkWriteBack(b *testing.B) {
@@ -113,6 +117,48 @@ func BenchmarkWriteBack(b *testing.B) {
 			b.Logf("%d commands were still pending after 10 s and submitted again", n)
 		}
 	}
+	// many submits the commands ids in one request and waits for them all
+	// in one; it returns the round trip (every command's).
+	many := func(b *testing.B, ids []string) time.Duration {
+		start := time.Now()
+		reqs := make([]api.CommandRequest, len(ids))
+		for i, id := range ids {
+			reqs[i] = api.CommandRequest{ID: id, Table: table, Key: id, Op: "insert", After: json.RawMessage(`{"qty":1,"sku":"A-1001","price":1999}`)}
+		}
+		for {
+			if _, err := cl.SubmitCommands(context.Background(), reqs); err != nil {
+				b.Errorf("submit %s...: %v", ids[0], err)
+				return 0
+			}
+			cs, err := cl.Commands(context.Background(), ids, 10*time.Second)
+			if err != nil {
+				b.Errorf("commands %s...: %v", ids[0], err)
+				return 0
+			}
+			end := time.Now()
+			pending := 0
+			for _, c := range cs {
+				switch c.State {
+				case "applied":
+					if c.Time != nil && c.Submitted != nil {
+						stMu.Lock()
+						toLegacy = append(toLegacy, c.Time.Sub(*c.Submitted))
+						fromLegacy = append(fromLegacy, end.Sub(*c.Time))
+						stMu.Unlock()
+					}
+				case "pending":
+					pending++
+				default:
+					b.Errorf("command %s: %s %q", c.ID, c.State, c.Reason)
+					return 0
+				}
+			}
+			if pending == 0 {
+				return end.Sub(start)
+			}
+			resubmits.Add(int64(pending))
+		}
+	}
 	warm := func(b *testing.B) {
 		for i := range 50 {
 			one(b, fmt.Sprintf("warm-%d-%d", run, i))
@@ -164,6 +210,40 @@ func BenchmarkWriteBack(b *testing.B) {
 						return
 					}
 					lat[i] = one(b, fmt.Sprintf("m%d-%d", run, i))
+				}
+			}()
+		}
+		wg.Wait()
+		report(b, lat, time.Since(start))
+	})
+
+	b.Run("batch=100", func(b *testing.B) {
+		run++
+		warm(b)
+		const services, batch = 32, 100
+		lat := make([]time.Duration, b.N)
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		b.ResetTimer()
+		cpuStart()
+		start := time.Now()
+		for range services {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(batch)) - batch
+					if i >= b.N {
+						return
+					}
+					ids := make([]string, 0, batch)
+					for j := i; j < min(i+batch, b.N); j++ {
+						ids = append(ids, fmt.Sprintf("b%d-%d", run, j))
+					}
+					d := many(b, ids)
+					for j := range ids {
+						lat[i+j] = d
+					}
 				}
 			}()
 		}

@@ -3,6 +3,7 @@ package writeback_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -164,6 +165,157 @@ func TestWriteBack(t *testing.T) {
 		t.Logf("%d of %d hot-row commands applied", applied, len(ids))
 	})
 
+	t.Run("Batch", func(t *testing.T) {
+		// POST /v1/commands with an array: bad elements refuse the batch
+		// whole, each named with its index and reason, and nothing of it
+		// is recorded or sent; a good batch is taken in order, and its
+		// outcomes come back through GET /v1/commands?ids=. Two services
+		// batch-update the same rows at the same version: for each row one
+		// command is applied, the other refused, whatever the batching.
+		before := rg.commandsInStream(t)
+		body := `[{"id":"bb-ok","table":"accounts","key":"bb0","op":"insert","after":{"n":0}},
+			{"id":"bb-1","table":"nope","key":"k","op":"insert","after":{}},
+			{"id":"../x","table":"accounts","key":"k","op":"insert","after":{}},
+			{"id":"bb-3","table":"accounts","key":"k","op":"update","after":{}},
+			{"id":"bb-ok","table":"accounts","key":"bb0","op":"insert","after":{"n":0}},
+			{"id":"bb-5","table":"accounts","key":"k","op":"insert","after":{},"extra":1}]`
+		code, out := a.post(t, []byte(body))
+		if code != http.StatusBadRequest || out["code"] != "batch_refused" {
+			t.Fatalf("batch with bad elements: %d %v, want 400 batch_refused", code, out)
+		}
+		type elem struct {
+			Index  int    `json:"index"`
+			Status int    `json:"status"`
+			Code   string `json:"code"`
+			Error  string `json:"error"`
+		}
+		var got []elem
+		raw, _ := json.Marshal(out["errors"])
+		if err := json.Unmarshal(raw, &got); err != nil {
+			t.Fatal(err)
+		}
+		want := []elem{{Index: 1, Code: "unknown_table"}, {Index: 2, Code: "invalid_id"}, {Index: 3, Code: "invalid_command"},
+			{Index: 4, Code: "duplicate_id"}, {Index: 5, Code: "bad_request"}}
+		if len(got) != len(want) {
+			t.Fatalf("errors %+v, want one per bad element: %+v", got, want)
+		}
+		for i := range want {
+			if got[i].Index != want[i].Index || got[i].Code != want[i].Code || got[i].Status != http.StatusBadRequest || got[i].Error == "" {
+				t.Errorf("error %d: %+v, want index %d code %s status 400 with a message", i, got[i], want[i].Index, want[i].Code)
+			}
+		}
+		if after := rg.commandsInStream(t); after != before {
+			t.Fatalf("a refused batch reached the commands stream: %d messages, %d before", after, before)
+		}
+		cl, err := api.NewClient(a.url, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		if cs, err := cl.Commands(ctx, []string{"bb-ok"}, 0); err != nil || len(cs) != 1 || cs[0].State != api.StateUnknown {
+			t.Fatalf("bb-ok after a refused batch: %+v %v, want unknown (not recorded)", cs, err)
+		}
+		for _, tc := range []struct {
+			name, body, code string
+			status           int
+		}{
+			{"Empty", `[]`, "bad_request", 400},
+			{"NotAnArray", `[{"id":"x"`, "bad_request", 400},
+			{"TooMany", "[" + strings.Repeat(`{},`, api.MaxCommandBatch) + "{}]", "too_large", 413},
+		} {
+			if code, out := a.post(t, []byte(tc.body)); code != tc.status || out["code"] != tc.code {
+				t.Errorf("%s: %d %v, want %d %s", tc.name, code, out, tc.status, tc.code)
+			}
+		}
+
+		// Inserts of new rows, then updates of them at the version read
+		// from two services at once.
+		var reqs []api.CommandRequest
+		var ids []string
+		for i := range 50 {
+			id := fmt.Sprintf("bi-%d", i)
+			reqs = append(reqs, api.CommandRequest{ID: id, Table: table, Key: fmt.Sprintf("b%d", i), Op: "insert", After: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))})
+			ids = append(ids, id)
+		}
+		cs, err := cl.SubmitCommands(ctx, reqs)
+		if err != nil || len(cs) != len(reqs) {
+			t.Fatalf("SubmitCommands: %d statuses, %v", len(cs), err)
+		}
+		for i, c := range cs {
+			if c.ID != ids[i] || c.State != "pending" && c.State != "applied" {
+				t.Fatalf("status %d: %+v, want %s", i, c, ids[i])
+			}
+		}
+		cs = waitAll(t, cl, ids)
+		for _, c := range cs {
+			if c.State != "applied" {
+				t.Fatalf("insert %s: %+v", c.ID, c)
+			}
+		}
+		// A resubmission of the same batch is the same commands; one id
+		// reused for another command refuses the batch whole (409).
+		if again, err := cl.SubmitCommands(ctx, reqs); err != nil || again[7].State != "applied" {
+			t.Fatalf("resubmitted batch: %v %+v", err, again)
+		}
+		reuse := append([]api.CommandRequest{{ID: "bb-new", Table: table, Key: "bx", Op: "insert", After: json.RawMessage(`{}`)}}, reqs[3])
+		reuse[1].Key = "other"
+		var ae *api.Error
+		if _, err := cl.SubmitCommands(ctx, reuse); !errors.As(err, &ae) || ae.StatusCode != http.StatusConflict || len(ae.Commands) != 1 || ae.Commands[0].Index != 1 {
+			t.Fatalf("batch reusing an id: %v, want 409 naming element 1", err)
+		}
+		if cs, _ := cl.Commands(ctx, []string{"bb-new"}, 0); cs[0].State != api.StateUnknown {
+			t.Fatalf("bb-new of a refused batch: %+v, want unknown", cs[0])
+		}
+		db := rg.dbRows(t)
+		var wg sync.WaitGroup
+		race := map[string][]string{} // key -> its two command ids
+		for si, s := range []*service{a, b} {
+			var reqs []api.CommandRequest
+			for i := range 50 {
+				key := fmt.Sprintf("b%d", i)
+				id := fmt.Sprintf("bu-%d-%d", si, i)
+				race[key] = append(race[key], id)
+				reqs = append(reqs, api.CommandRequest{ID: id, Table: table, Key: key, Op: "update",
+					After: json.RawMessage(fmt.Sprintf(`{"n":%d,"by":%d}`, i, si)), Version: db[key].version})
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cl, _ := api.NewClient(s.url, "", nil)
+				if _, err := cl.SubmitCommands(ctx, reqs); err != nil {
+					t.Errorf("service %d: %v", si, err)
+				}
+			}()
+		}
+		wg.Wait()
+		clB, _ := api.NewClient(b.url, "", nil)
+		var all []string
+		for _, two := range race {
+			all = append(all, two...)
+		}
+		outcome := map[string]string{}
+		for _, c := range waitAll(t, cl, all) { // svc-a knows svc-b's outcomes too
+			outcome[c.ID] = c.State
+		}
+		for _, c := range waitAll(t, clB, all) {
+			if outcome[c.ID] != c.State {
+				t.Errorf("%s: svc-a says %s, svc-b %s", c.ID, outcome[c.ID], c.State)
+			}
+		}
+		inDB := rg.commandsInDB(t)
+		for key, two := range race {
+			if n := btoi(outcome[two[0]] == "applied") + btoi(outcome[two[1]] == "applied"); n != 1 {
+				t.Errorf("row %s: %s %s and %s %s, want exactly one applied", key, two[0], outcome[two[0]], two[1], outcome[two[1]])
+			}
+			for _, id := range two {
+				if inDB[id] != outcome[id] {
+					t.Errorf("%s: receivers say %s, database %q", id, outcome[id], inDB[id])
+				}
+			}
+		}
+		rg.equalToDB(t)
+	})
+
 	t.Run("BadInput", func(t *testing.T) {
 		before := rg.commandsInStream(t)
 		big := `{"x":"` + strings.Repeat("a", 70<<10) + `"}`
@@ -290,4 +442,39 @@ func TestWriteBack(t *testing.T) {
 			t.Fatalf("svc-a's feed has no change of svc-b: %d events", len(evs))
 		}
 	})
+}
+
+// waitAll waits (GET /v1/commands?ids=) until every command of ids has an
+// outcome and returns their statuses.
+func waitAll(t *testing.T, cl *api.Client, ids []string) []api.CommandJSON {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		cs, err := cl.Commands(context.Background(), ids, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending := 0
+		for i, c := range cs {
+			if c.ID != ids[i] {
+				t.Fatalf("status %d is of %s, want %s", i, c.ID, ids[i])
+			}
+			if c.State == "pending" || c.State == api.StateUnknown {
+				pending++
+			}
+		}
+		if pending == 0 {
+			return cs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d commands still without an outcome", pending, len(ids))
+		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

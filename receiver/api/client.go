@@ -82,6 +82,9 @@ type Error struct {
 	// is not an API error, Message is its start.
 	Code    string
 	Message string
+	// Commands: a refused batch's elements (POST /v1/commands with an
+	// array), each with its index, status and reason.
+	Commands []CommandError
 }
 
 func (e *Error) Error() string {
@@ -150,14 +153,33 @@ func (c *Client) Get(ctx context.Context, path string, q url.Values, out any) er
 // 503 while the commands stream is unreachable: submit again) is an *Error.
 func (c *Client) SubmitCommand(ctx context.Context, req CommandRequest) (CommandJSON, error) {
 	var out CommandJSON
-	body, err := json.Marshal(req)
+	err := c.postCommands(ctx, req, &out, "command "+req.ID)
+	return out, err
+}
+
+// SubmitCommands posts up to MaxCommandBatch commands of distinct ids in
+// one request (POST /v1/commands with an array) and returns their statuses,
+// in order, once the receiver made every one durable (202). A refusal is an
+// *Error whose Commands say which elements and why: bad input refuses the
+// batch whole (nothing is sent); after a 503 submit the same batch again.
+func (c *Client) SubmitCommands(ctx context.Context, reqs []CommandRequest) ([]CommandJSON, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	var out CommandBatchJSON
+	err := c.postCommands(ctx, reqs, &out, fmt.Sprintf("%d commands (first %s)", len(reqs), reqs[0].ID))
+	return out.Commands, err
+}
+
+func (c *Client) postCommands(ctx context.Context, v any, out any, what string) error {
+	body, err := json.Marshal(v)
 	if err != nil {
-		return out, fmt.Errorf("encoding command %s: %w", req.ID, err)
+		return fmt.Errorf("encoding %s: %w", what, err)
 	}
 	u := c.base + "/v1/commands"
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	if err != nil {
-		return out, fmt.Errorf("POST %s: %w", u, err)
+		return fmt.Errorf("POST %s: %w", u, err)
 	}
 	hr.Header.Set("Content-Type", "application/json")
 	if c.token != "" {
@@ -165,27 +187,41 @@ func (c *Client) SubmitCommand(ctx context.Context, req CommandRequest) (Command
 	}
 	resp, err := c.http.Do(hr)
 	if err != nil {
-		return out, fmt.Errorf("submitting command %s to the receiver at %s: %w", req.ID, c.base, err)
+		return fmt.Errorf("submitting %s to the receiver at %s: %w", what, c.base, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes))
 	if err != nil {
-		return out, fmt.Errorf("reading POST %s: %w", u, err)
+		return fmt.Errorf("reading POST %s: %w", u, err)
 	}
 	if resp.StatusCode != http.StatusAccepted {
 		e := &Error{Method: http.MethodPost, URL: u, StatusCode: resp.StatusCode, Status: resp.Status}
-		var doc errorJSON
+		var doc CommandBatchJSON
 		if json.Unmarshal(b, &doc) == nil && doc.Error != "" {
-			e.Code, e.Message = doc.Code, doc.Error
+			e.Code, e.Message, e.Commands = doc.Code, doc.Error, doc.Errors
 		} else {
 			e.Message = fmt.Sprintf("%.200q", b)
 		}
-		return out, e
+		return e
 	}
-	if err := json.Unmarshal(b, &out); err != nil {
-		return out, fmt.Errorf("POST %s: decoding %.100q: %w", u, b, err)
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("POST %s: decoding %.100q: %w", u, b, err)
 	}
-	return out, nil
+	return nil
+}
+
+// Commands returns the statuses of up to MaxCommandBatch commands (GET
+// /v1/commands?ids=), in order; with wait > 0 the receiver answers as soon
+// as every one has an outcome, or after wait with those still pending. An
+// id the receiver knows nothing of has State StateUnknown.
+func (c *Client) Commands(ctx context.Context, ids []string, wait time.Duration) ([]CommandJSON, error) {
+	q := url.Values{"ids": {strings.Join(ids, ",")}}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	var out CommandBatchJSON
+	err := c.Get(ctx, "/v1/commands", q, &out)
+	return out.Commands, err
 }
 
 // Command returns a command's status (GET /v1/commands/{id}); with wait > 0

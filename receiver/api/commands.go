@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ferrysync/ferry/format/command"
@@ -27,18 +29,22 @@ import (
 
 // CommandStore is what the command endpoints need of the store.
 type CommandStore interface {
-	Submit(id string, sub store.Submitted) (store.Submitted, bool, error)
+	// SubmitBatch records the commands (distinct ids) whole, or none of
+	// them if an id is held for another command (store.ErrCommandConflict).
+	SubmitBatch(ids []string, subs []store.Submitted) ([]store.SubmitResult, error)
 	Command(id string) (store.CommandStatus, bool, error)
-	// WatchCommand returns a channel closed once the command has an
-	// outcome in the store, and the function that ends the watch.
-	WatchCommand(id string) (<-chan struct{}, func())
+	// WatchCommands returns a channel closed once every command of ids
+	// has an outcome in the store, and the function that ends the watch.
+	WatchCommands(ids []string) (<-chan struct{}, func(), error)
 }
 
-// CommandPublisher makes a command durable in the commands stream: it
-// returns once the stream acknowledged it (a repeat of the same id inside
-// the stream's de-duplication window is acknowledged as the same message).
+// CommandPublisher makes commands durable in the commands stream: it
+// returns once the stream acknowledged each of them or refused it, or ctx
+// is done, with one error per command (nil: acknowledged; a repeat of the
+// same id inside the stream's de-duplication window is acknowledged as the
+// same message). It is called concurrently, by every submission at once.
 type CommandPublisher interface {
-	PublishCommand(ctx context.Context, c *command.Command) error
+	PublishCommands(ctx context.Context, cmds []*command.Command) []error
 }
 
 // CommandConfig enables the command endpoints.
@@ -80,6 +86,7 @@ func (h *Handler) EnableCommands(cfg CommandConfig) error {
 	c := &commands{cfg: cfg, h: h}
 	h.route("POST /v1/commands", h.auth(c.submit))
 	h.route("GET /v1/commands/{id}", h.auth(c.get))
+	h.route("GET /v1/commands", h.auth(c.list))
 	return nil
 }
 
@@ -132,30 +139,138 @@ func commandJSON(id string, st store.CommandStatus) CommandJSON {
 	return out
 }
 
+// Batch bounds of POST /v1/commands with an array and GET
+// /v1/commands?ids=.
+const (
+	MaxCommandBatch      = 1000
+	maxCommandBatchBytes = 8 << 20
+)
+
+// CommandError is one element's refusal in a batch (POST /v1/commands with
+// an array): its index in the array, its id as sent, and the status and
+// code the same command alone would have been answered with.
+type CommandError struct {
+	Index  int    `json:"index"`
+	ID     string `json:"id,omitempty"`
+	Status int    `json:"status"`
+	Code   string `json:"code"`
+	Error  string `json:"error"`
+}
+
+// CommandBatchJSON answers POST /v1/commands with an array (202: every
+// command durable in the stream, in the order sent; 4xx and 503: the
+// errors, one per refused element) and GET /v1/commands?ids=.
+type CommandBatchJSON struct {
+	Commands []CommandJSON  `json:"commands,omitempty"`
+	Errors   []CommandError `json:"errors,omitempty"`
+	Error    string         `json:"error,omitempty"`
+	Code     string         `json:"code,omitempty"`
+}
+
+// submit serves POST /v1/commands: one command object, or an array of up
+// to MaxCommandBatch of them, taken whole or not at all up to the stream
+// (a bad element refuses the batch with every bad element listed; nothing
+// is recorded or sent), then published together in one asynchronous
+// window. 202 only once the stream acknowledged every one of them.
 func (c *commands) submit(w http.ResponseWriter, r *http.Request) {
 	// The image bound plus room for the other fields: a larger body is
-	// refused before it is read whole.
-	r.Body = http.MaxBytesReader(w, r.Body, int64(c.cfg.MaxImage)+16<<10)
-	var req CommandRequest
-	d := json.NewDecoder(r.Body)
-	d.DisallowUnknownFields()
-	if err := d.Decode(&req); err != nil {
+	// refused before it is read whole. A batch has its own bound.
+	one := int64(c.cfg.MaxImage) + 16<<10
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max(one, maxCommandBatchBytes)))
+	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("command body over %d bytes: the after image may hold at most %d bytes", mb.Limit, c.cfg.MaxImage))
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("command body over %d bytes: send fewer commands per request (an array of at most %d, %d bytes in all)", mb.Limit, MaxCommandBatch, maxCommandBatchBytes))
 			return
 		}
-		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("command body: %v; want {\"id\",\"table\",\"key\",\"op\",\"after\",\"version\"}", err))
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("reading the command body: %v", err))
 		return
 	}
-	if !command.ValidID(req.ID) {
-		writeError(w, http.StatusBadRequest, "invalid_id", fmt.Sprintf("command id %q: want 1-%d of [A-Za-z0-9_.:-] (a UUID fits); it is the idempotency key", clipString(req.ID), command.MaxIDLen))
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if len(trimmed) == 0 || trimmed[0] != '[' {
+		if int64(len(body)) > one {
+			writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("command body over %d bytes: the after image may hold at most %d bytes", one, c.cfg.MaxImage))
+			return
+		}
+		c.submitOne(r.Context(), w, body)
 		return
+	}
+	var raws []json.RawMessage
+	if err := json.Unmarshal(body, &raws); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("command batch: %v; want an array of {\"id\",\"table\",\"key\",\"op\",\"after\",\"version\"}", err))
+		return
+	}
+	switch {
+	case len(raws) == 0:
+		writeError(w, http.StatusBadRequest, "bad_request", "command batch: an empty array; send at least one command")
+		return
+	case len(raws) > MaxCommandBatch:
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("command batch of %d commands: at most %d per request; split it", len(raws), MaxCommandBatch))
+		return
+	}
+	cmds := make([]command.Command, len(raws))
+	var bad []CommandError
+	first := make(map[string]int, len(raws))
+	for i, raw := range raws {
+		if e := c.parse(raw, &cmds[i]); e != nil {
+			e.Index = i
+			bad = append(bad, *e)
+			continue
+		}
+		if j, dup := first[cmds[i].ID]; dup {
+			bad = append(bad, CommandError{Index: i, ID: cmds[i].ID, Status: http.StatusBadRequest, Code: "duplicate_id",
+				Error: fmt.Sprintf("command id %s is also element %d of this batch: an id names one command; send it once", cmds[i].ID, j)})
+			continue
+		}
+		first[cmds[i].ID] = i
+	}
+	if len(bad) > 0 {
+		writeBatchError(w, bad, "the batch was refused whole: nothing was recorded or sent; fix or leave out the elements listed and submit it again")
+		return
+	}
+	c.submitCommands(r.Context(), w, cmds, true)
+}
+
+func writeBatchError(w http.ResponseWriter, errs []CommandError, msg string) {
+	status := errs[0].Status
+	for _, e := range errs[1:] {
+		if e.Status != status {
+			status = http.StatusBadRequest // mixed: the elements say which
+		}
+	}
+	code := errs[0].Code
+	if len(errs) > 1 {
+		code = "batch_refused"
+	}
+	writeJSON(w, status, CommandBatchJSON{Errors: errs, Error: fmt.Sprintf("%d of the commands: %s", len(errs), msg), Code: code})
+}
+
+// submitOne serves the single-command form: its answers are those it
+// always had (a CommandJSON, or an error document).
+func (c *commands) submitOne(ctx context.Context, w http.ResponseWriter, body []byte) {
+	var cmd command.Command
+	if e := c.parse(body, &cmd); e != nil {
+		writeError(w, e.Status, e.Code, e.Error)
+		return
+	}
+	c.submitCommands(ctx, w, []command.Command{cmd}, false)
+}
+
+// parse decodes and validates one command of the service's: nil, or the
+// refusal (Index unset).
+func (c *commands) parse(body []byte, cmd *command.Command) *CommandError {
+	var req CommandRequest
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&req); err != nil {
+		return &CommandError{Status: http.StatusBadRequest, Code: "bad_request", Error: fmt.Sprintf("command body: %v; want {\"id\",\"table\",\"key\",\"op\",\"after\",\"version\"}", err)}
+	}
+	if !command.ValidID(req.ID) {
+		return &CommandError{ID: clipString(req.ID), Status: http.StatusBadRequest, Code: "invalid_id", Error: fmt.Sprintf("command id %q: want 1-%d of [A-Za-z0-9_.:-] (a UUID fits); it is the idempotency key", clipString(req.ID), command.MaxIDLen)}
 	}
 	source, ok := c.cfg.Tables[req.Table]
 	if !ok {
-		writeError(w, http.StatusBadRequest, "unknown_table", fmt.Sprintf("table %q takes no commands here: the receiver's command tables (--command-table) are %v", clipString(req.Table), tableNames(c.cfg.Tables)))
-		return
+		return &CommandError{ID: req.ID, Status: http.StatusBadRequest, Code: "unknown_table", Error: fmt.Sprintf("table %q takes no commands here: the receiver's command tables (--command-table) are %v", clipString(req.Table), tableNames(c.cfg.Tables))}
 	}
 	if len(req.After) > 0 {
 		var buf bytes.Buffer
@@ -163,49 +278,148 @@ func (c *commands) submit(w http.ResponseWriter, r *http.Request) {
 			req.After = buf.Bytes()
 		}
 	}
-	cmd := command.Command{ID: req.ID, Origin: c.cfg.Origin, Source: source, Table: req.Table, Key: req.Key,
+	*cmd = command.Command{ID: req.ID, Origin: c.cfg.Origin, Source: source, Table: req.Table, Key: req.Key,
 		Op: req.Op, After: req.After, Version: req.Version, Submitted: time.Now().UTC()}
 	if err := cmd.Validate(c.cfg.MaxImage); err != nil {
-		code, status := "invalid_command", http.StatusBadRequest
+		e := &CommandError{ID: req.ID, Status: http.StatusBadRequest, Code: "invalid_command", Error: err.Error()}
 		if len(req.After) > c.cfg.MaxImage {
-			code, status = "too_large", http.StatusRequestEntityTooLarge
+			e.Code, e.Status = "too_large", http.StatusRequestEntityTooLarge
 		}
-		writeError(w, status, code, err.Error())
-		return
+		return e
 	}
-	sub, _, err := c.cfg.Store.Submit(cmd.ID, store.Submitted{Source: source, Table: cmd.Table, Key: cmd.Key, Op: cmd.Op,
-		Digest: digest(&cmd), Time: cmd.Submitted})
+	return nil
+}
+
+// submitCommands records valid commands of distinct ids, publishes those
+// without an outcome and answers. batch: answer in the batch form.
+func (c *commands) submitCommands(ctx context.Context, w http.ResponseWriter, cmds []command.Command, batch bool) {
+	ids := make([]string, len(cmds))
+	subs := make([]store.Submitted, len(cmds))
+	for i := range cmds {
+		cm := &cmds[i]
+		ids[i] = cm.ID
+		subs[i] = store.Submitted{Source: cm.Source, Table: cm.Table, Key: cm.Key, Op: cm.Op, Digest: digest(cm), Time: cm.Submitted}
+	}
+	res, err := c.cfg.Store.SubmitBatch(ids, subs)
 	if errors.Is(err, store.ErrCommandConflict) {
-		writeError(w, http.StatusConflict, "id_in_use", fmt.Sprintf("command id %s was submitted at %s for another command (%s %s/%s): an id names one command; use a new id",
-			cmd.ID, sub.Time.Format(time.RFC3339Nano), sub.Op, sub.Table, sub.Key))
-		return
-	}
-	if err != nil {
-		c.h.log.Error("api: recording a command", "id", cmd.ID, "err", err)
-		writeError(w, http.StatusInternalServerError, "internal", "recording the command failed; submit it again with the same id")
-		return
-	}
-	cmd.Submitted = sub.Time // a repeat is the same command, submitted when it first was
-	st, _, err := c.cfg.Store.Command(cmd.ID)
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, "internal", err.Error())
-		return
-	}
-	if st.Outcome == nil {
-		// Published again on every submission until it has an outcome: a
-		// publish that failed or was lost is retried by the service's retry,
-		// and the stream (or past its window, the legacy) drops repeats.
-		ctx, cancel := context.WithTimeout(r.Context(), c.cfg.PublishTimeout)
-		err := c.cfg.Publisher.PublishCommand(ctx, &cmd)
-		cancel()
-		if err != nil {
-			c.h.log.Warn("api: publishing a command", "id", cmd.ID, "err", err)
-			writeError(w, http.StatusServiceUnavailable, "unavailable", fmt.Sprintf("the commands stream did not take command %s (%v): nothing is sent to the legacy until it does; submit it again with the same id", cmd.ID, err))
+		var errs []CommandError
+		for i, r := range res {
+			if r.Err == nil {
+				continue
+			}
+			sub := r.Held
+			errs = append(errs, CommandError{Index: i, ID: ids[i], Status: http.StatusConflict, Code: "id_in_use",
+				Error: fmt.Sprintf("command id %s was submitted at %s for another command (%s %s/%s): an id names one command; use a new id",
+					ids[i], sub.Time.Format(time.RFC3339Nano), sub.Op, sub.Table, sub.Key)})
+		}
+		if !batch {
+			writeError(w, errs[0].Status, errs[0].Code, errs[0].Error)
 			return
 		}
+		writeBatchError(w, errs, "the batch was refused whole: nothing was recorded or sent")
+		return
 	}
-	w.Header().Set("Location", "/v1/commands/"+cmd.ID)
-	writeJSON(w, http.StatusAccepted, commandJSON(cmd.ID, st))
+	if err != nil {
+		c.h.log.Error("api: recording commands", "first", ids[0], "commands", len(ids), "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "recording the commands failed; submit them again with the same ids")
+		return
+	}
+	// Published again on every submission until it has an outcome: a
+	// publish that failed or was lost is retried by the service's retry,
+	// and the stream (or past its window, the legacy) drops repeats.
+	var pub []*command.Command
+	var at []int
+	for i := range cmds {
+		cmds[i].Submitted = res[i].Held.Time // a repeat is the same command, submitted when it first was
+		if res[i].Outcome == nil {
+			pub, at = append(pub, &cmds[i]), append(at, i)
+		}
+	}
+	var failed []CommandError
+	if len(pub) > 0 {
+		ctx, cancel := context.WithTimeout(ctx, c.cfg.PublishTimeout)
+		errs := c.cfg.Publisher.PublishCommands(ctx, pub)
+		cancel()
+		for j, err := range errs {
+			if err == nil {
+				continue
+			}
+			c.h.log.Warn("api: publishing a command", "id", pub[j].ID, "err", err)
+			failed = append(failed, CommandError{Index: at[j], ID: pub[j].ID, Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Error: fmt.Sprintf("the commands stream did not take command %s (%v): nothing is sent to the legacy until it does; submit it again with the same id", pub[j].ID, err)})
+		}
+	}
+	if len(failed) > 0 {
+		if !batch {
+			writeError(w, failed[0].Status, failed[0].Code, failed[0].Error)
+			return
+		}
+		writeBatchError(w, failed, "not taken by the commands stream; the others were: submit the whole batch again (same ids), repeats are dropped")
+		return
+	}
+	out := make([]CommandJSON, len(cmds))
+	for i := range cmds {
+		out[i] = commandJSON(ids[i], store.CommandStatus{Submitted: &res[i].Held, Outcome: res[i].Outcome})
+	}
+	if !batch {
+		w.Header().Set("Location", "/v1/commands/"+ids[0])
+		writeJSON(w, http.StatusAccepted, out[0])
+		return
+	}
+	writeJSON(w, http.StatusAccepted, CommandBatchJSON{Commands: out})
+}
+
+// parseWait reads ?wait= (a duration up to MaxCommandWait, or seconds).
+func parseWait(r *http.Request) (time.Duration, error) {
+	s := r.URL.Query().Get("wait")
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		if n, nerr := strconv.ParseFloat(s, 64); nerr == nil {
+			d, err = time.Duration(n*float64(time.Second)), nil
+		}
+	}
+	if err != nil || d < 0 || d > MaxCommandWait {
+		return 0, fmt.Errorf("wait=%q: want a duration up to %s (5s, 500ms)", clipString(s), MaxCommandWait)
+	}
+	return d, nil
+}
+
+// await waits until every command of ids has an outcome, wait has passed
+// or the request is gone, and returns what the store holds of each then.
+// Woken by the last of these commands' outcomes only, not by every commit:
+// a thousand waiting services cost nothing while others' commands and
+// changes are applied.
+func (c *commands) await(ctx context.Context, ids []string, wait time.Duration) ([]store.CommandStatus, []bool, error) {
+	if wait > 0 {
+		done, stop, err := c.cfg.Store.WatchCommands(ids)
+		if err != nil {
+			return nil, nil, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-done:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		stop()
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+	}
+	sts := make([]store.CommandStatus, len(ids))
+	oks := make([]bool, len(ids))
+	for i, id := range ids {
+		st, ok, err := c.cfg.Store.Command(id)
+		if err != nil {
+			return nil, nil, err
+		}
+		sts[i], oks[i] = st, ok
+	}
+	return sts, oks, nil
 }
 
 func (c *commands) get(w http.ResponseWriter, r *http.Request) {
@@ -214,55 +428,76 @@ func (c *commands) get(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_id", fmt.Sprintf("command id %q: want 1-%d of [A-Za-z0-9_.:-]", clipString(id), command.MaxIDLen))
 		return
 	}
-	var wait time.Duration
-	if s := r.URL.Query().Get("wait"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			if n, nerr := strconv.ParseFloat(s, 64); nerr == nil {
-				d, err = time.Duration(n*float64(time.Second)), nil
-			}
-		}
-		if err != nil || d < 0 || d > MaxCommandWait {
-			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("wait=%q: want a duration up to %s (5s, 500ms)", clipString(s), MaxCommandWait))
-			return
-		}
-		wait = d
-	}
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	for {
-		// Woken by this command's outcome only, not by every commit: a
-		// thousand waiting services cost nothing while others' commands
-		// and changes are applied.
-		changed, unwatch := c.cfg.Store.WatchCommand(id)
-		st, ok, err := c.cfg.Store.Command(id)
-		if err != nil {
-			unwatch()
-			writeError(w, http.StatusInternalServerError, "internal", err.Error())
-			return
-		}
-		if st.Outcome != nil || (wait == 0 && ok) {
-			unwatch()
-			writeJSON(w, http.StatusOK, commandJSON(id, st))
-			return
-		}
-		select {
-		case <-changed:
-			unwatch()
-			continue
-		case <-r.Context().Done():
-			unwatch()
-			return
-		case <-deadline.C:
-		}
-		unwatch()
-		if !ok {
-			writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no command %s: it was not submitted through this receiver and no outcome for it has arrived", id))
-			return
-		}
-		writeJSON(w, http.StatusOK, commandJSON(id, st))
+	wait, err := parseWait(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
+	sts, oks, err := c.await(r.Context(), []string{id}, wait)
+	if r.Context().Err() != nil {
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	}
+	if !oks[0] {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no command %s: it was not submitted through this receiver and no outcome for it has arrived", id))
+		return
+	}
+	writeJSON(w, http.StatusOK, commandJSON(id, sts[0]))
+}
+
+// StateUnknown is the state GET /v1/commands?ids= gives an id the
+// receiver knows nothing of (GET /v1/commands/{id}: 404).
+const StateUnknown = "unknown"
+
+// list serves GET /v1/commands?ids=a,b,c[&wait=5s]: the status of up to
+// MaxCommandBatch commands, in the order asked, once every one has an
+// outcome or after wait.
+func (c *commands) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query().Get("ids")
+	if q == "" {
+		writeError(w, http.StatusBadRequest, "bad_request", "GET /v1/commands needs ids=ID,ID,... (the commands to read)")
+		return
+	}
+	ids := strings.Split(q, ",")
+	if len(ids) > MaxCommandBatch {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("%d ids: at most %d per request; split them", len(ids), MaxCommandBatch))
+		return
+	}
+	var bad []CommandError
+	for i, id := range ids {
+		if !command.ValidID(id) {
+			bad = append(bad, CommandError{Index: i, ID: clipString(id), Status: http.StatusBadRequest, Code: "invalid_id",
+				Error: fmt.Sprintf("command id %q: want 1-%d of [A-Za-z0-9_.:-], ids separated by commas", clipString(id), command.MaxIDLen)})
+		}
+	}
+	if len(bad) > 0 {
+		writeBatchError(w, bad, "not command ids")
+		return
+	}
+	wait, err := parseWait(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
+	sts, oks, err := c.await(r.Context(), ids, wait)
+	if r.Context().Err() != nil {
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		return
+	}
+	out := make([]CommandJSON, len(ids))
+	for i, id := range ids {
+		out[i] = commandJSON(id, sts[i])
+		if !oks[i] {
+			out[i].State = StateUnknown
+		}
+	}
+	writeJSON(w, http.StatusOK, CommandBatchJSON{Commands: out})
 }
 
 // digest identifies a command's content (not its submission time): the

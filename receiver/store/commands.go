@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -96,38 +97,107 @@ var ErrCommandConflict = errors.New("store: command id already used for another 
 
 // Submit records that the service submitted command id, unless it already
 // did: it returns the record held and whether it was new. An id held with
-// another digest is ErrCommandConflict. Submissions are serialised (one
-// check-and-set at a time). Without WithSync the record becomes durable at
-// the next flush (WithFlushInterval), well inside the commands stream's
-// de-duplication window, which covers a resubmission meanwhile.
+// another digest is ErrCommandConflict. It is SubmitBatch of one command.
 func (s *Store) Submit(id string, sub Submitted) (Submitted, bool, error) {
+	res, err := s.SubmitBatch([]string{id}, []Submitted{sub})
+	if len(res) == 0 {
+		return Submitted{}, false, err
+	}
+	return res[0].Held, res[0].New, err
+}
+
+// SubmitResult is what SubmitBatch did with one command.
+type SubmitResult struct {
+	Held    Submitted // the record held: sub if New, else the first submission's
+	New     bool
+	Outcome *Outcome // the command's outcome if the store already holds one
+	Err     error    // ErrCommandConflict: the id is held for another command
+}
+
+// SubmitBatch records that the service submitted the commands ids[i]
+// (records subs[i]), each as Submit does, in one store batch: all of them
+// or, if any id is held for another command (ErrCommandConflict in its
+// result, and as the error), none. The ids must be distinct. Submissions
+// are serialised (one check-and-set at a time). Without WithSync the
+// records become durable at the next flush (WithFlushInterval), well
+// inside the commands stream's de-duplication window, which covers a
+// resubmission meanwhile.
+func (s *Store) SubmitBatch(ids []string, subs []Submitted) ([]SubmitResult, error) {
+	if len(ids) != len(subs) {
+		return nil, fmt.Errorf("store: %d command ids for %d records", len(ids), len(subs))
+	}
 	s.cmdMu.Lock()
 	defer s.cmdMu.Unlock()
-	k := commandKey(cmdSubmitted, id)
-	if v, ok, err := s.getMeta(k); err != nil {
-		return Submitted{}, false, err
-	} else if ok {
+	res := make([]SubmitResult, len(ids))
+	var conflict error
+	for i, id := range ids {
+		v, ok, err := s.getMeta(commandKey(cmdSubmitted, id))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			res[i] = SubmitResult{Held: subs[i], New: true}
+			continue
+		}
 		var old Submitted
 		if err := decodeRecord(v, &old); err != nil {
-			return Submitted{}, false, fmt.Errorf("command %s: %w", id, err)
+			return nil, fmt.Errorf("command %s: %w", id, err)
 		}
-		if old.Digest != sub.Digest {
-			return old, false, fmt.Errorf("%w: %s", ErrCommandConflict, id)
+		res[i].Held = old
+		if old.Digest != subs[i].Digest {
+			res[i].Err = fmt.Errorf("%w: %s", ErrCommandConflict, id)
+			conflict = cmp.Or(conflict, res[i].Err)
 		}
-		return old, false, nil
 	}
-	v, err := encodeRecord(&sub)
-	if err != nil {
-		return Submitted{}, false, err
+	if conflict != nil {
+		for i := range res {
+			res[i].New = false
+		}
+		return res, conflict
 	}
-	if err := s.db.Set(k, v, s.wo); err != nil {
-		return Submitted{}, false, fmt.Errorf("store: recording command %s: %w", id, err)
+	for i, id := range ids {
+		v, ok, err := s.getMeta(commandKey(cmdOutcome, id))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			res[i].Outcome = new(Outcome)
+			if err := decodeRecord(v, res[i].Outcome); err != nil {
+				return nil, fmt.Errorf("command %s: %w", id, err)
+			}
+		}
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	n := 0
+	for i, id := range ids {
+		if !res[i].New {
+			continue
+		}
+		v, err := encodeRecord(&subs[i])
+		if err != nil {
+			return nil, err
+		}
+		if err := b.Set(commandKey(cmdSubmitted, id), v, nil); err != nil {
+			return nil, fmt.Errorf("store: recording command %s: %w", id, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return res, nil
+	}
+	if err := b.Commit(s.wo); err != nil {
+		return nil, fmt.Errorf("store: recording %d commands (first %s): %w", n, ids[0], err)
 	}
 	s.committed()
-	if err := s.track(id, &sub); err != nil {
-		return Submitted{}, false, err
+	s.cmds.mu.Lock()
+	for i, id := range ids {
+		if res[i].New && res[i].Outcome == nil {
+			s.cmds.pending[id] = pendingCmd{table: subs[i].Table, key: subs[i].Key, submitted: subs[i].Time}
+		}
 	}
-	return sub, true, nil
+	s.cmds.mu.Unlock()
+	return res, nil
 }
 
 // CommandStatus is what the store knows of a command id.
@@ -261,7 +331,12 @@ type pendingCmd struct {
 	submitted  time.Time
 }
 
-type cmdWaiter struct{ ch chan struct{} }
+// cmdWaiter waits for the outcomes of the commands left (under cmds.mu);
+// ch is closed when none is left.
+type cmdWaiter struct {
+	ch   chan struct{}
+	left map[string]struct{}
+}
 
 const (
 	latencyRing    = 1024
@@ -311,40 +386,70 @@ func (s *Store) loadCommands() error {
 	return it.Error()
 }
 
-// track starts following a command just submitted, unless its outcome is
-// already held.
-func (s *Store) track(id string, sub *Submitted) error {
-	if _, held, err := s.getMeta(commandKey(cmdOutcome, id)); err != nil || held {
-		return err
-	}
+// WatchCommands returns a channel closed once every command of ids has
+// an outcome committed to the store (at once if they all have one), and a
+// function that stops the watch (call it when done waiting). A waiter is
+// woken once, by the last of its commands, not by every outcome.
+func (s *Store) WatchCommands(ids []string) (<-chan struct{}, func(), error) {
+	w := &cmdWaiter{ch: make(chan struct{}), left: make(map[string]struct{}, len(ids))}
 	s.cmds.mu.Lock()
-	s.cmds.pending[id] = pendingCmd{table: sub.Table, key: sub.Key, submitted: sub.Time}
+	for _, id := range ids {
+		if _, ok := w.left[id]; ok {
+			continue
+		}
+		w.left[id] = struct{}{}
+		m := s.cmds.waiters[id]
+		if m == nil {
+			m = map[*cmdWaiter]struct{}{}
+			s.cmds.waiters[id] = m
+		}
+		m[w] = struct{}{}
+	}
 	s.cmds.mu.Unlock()
-	return nil
+	stop := func() {
+		s.cmds.mu.Lock()
+		for id := range w.left {
+			s.unwaitLocked(id, w)
+		}
+		clear(w.left)
+		s.cmds.mu.Unlock()
+	}
+	// Outcomes committed before the watch was registered: read from the
+	// store (those committed meanwhile are crossed off twice, harmlessly).
+	for _, id := range ids {
+		_, held, err := s.getMeta(commandKey(cmdOutcome, id))
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		if held {
+			s.cmds.mu.Lock()
+			s.crossOffLocked(id, w)
+			s.cmds.mu.Unlock()
+		}
+	}
+	return w.ch, stop, nil
 }
 
-// WatchCommand returns a channel closed once an outcome of command id is
-// committed to the store, and a function that stops the watch (call it
-// when done waiting).
-func (s *Store) WatchCommand(id string) (<-chan struct{}, func()) {
-	w := &cmdWaiter{ch: make(chan struct{})}
-	s.cmds.mu.Lock()
-	m := s.cmds.waiters[id]
-	if m == nil {
-		m = map[*cmdWaiter]struct{}{}
-		s.cmds.waiters[id] = m
+// crossOffLocked records that command id, which w waits for, has its
+// outcome, and wakes w if it was the last one.
+func (s *Store) crossOffLocked(id string, w *cmdWaiter) {
+	if _, ok := w.left[id]; !ok {
+		return
 	}
-	m[w] = struct{}{}
-	s.cmds.mu.Unlock()
-	return w.ch, func() {
-		s.cmds.mu.Lock()
-		if m := s.cmds.waiters[id]; m != nil {
-			delete(m, w)
-			if len(m) == 0 {
-				delete(s.cmds.waiters, id)
-			}
+	delete(w.left, id)
+	s.unwaitLocked(id, w)
+	if len(w.left) == 0 {
+		close(w.ch)
+	}
+}
+
+func (s *Store) unwaitLocked(id string, w *cmdWaiter) {
+	if m := s.cmds.waiters[id]; m != nil {
+		delete(m, w)
+		if len(m) == 0 {
+			delete(s.cmds.waiters, id)
 		}
-		s.cmds.mu.Unlock()
 	}
 }
 
@@ -360,9 +465,8 @@ func (s *Store) outcomesCommitted(recs []cmdRecord) {
 	for i := range recs {
 		r := &recs[i]
 		for w := range s.cmds.waiters[r.id] {
-			close(w.ch)
+			s.crossOffLocked(r.id, w)
 		}
-		delete(s.cmds.waiters, r.id)
 		p, ok := s.cmds.pending[r.id]
 		if !ok {
 			continue // another service's command, or already accounted
