@@ -56,6 +56,8 @@ type TableLoad struct {
 	// State at the receiver: waiting (nothing of it seen yet), loading,
 	// done or failed.
 	State string
+	// Error says why the load failed.
+	Error string
 	// Rows the receiver received (applied and dropped) of Estimate;
 	// Dropped those a newer live change of the key had made obsolete.
 	Rows, Estimate, Dropped uint64

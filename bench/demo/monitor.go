@@ -28,7 +28,7 @@ type monitor struct {
 	rate   [3]float64
 
 	gate    GateLog
-	done    map[string]bool // tables whose load the receiver finished
+	done    map[string]bool // tables whose load the receiver finished (done or failed)
 	readyAt time.Time       // the first 200 of /readyz
 }
 
@@ -99,7 +99,7 @@ func (m *monitor) readLoads() ([]TableLoad, bool) {
 		if !l.Wait {
 			continue
 		}
-		t := TableLoad{Table: l.Table, Load: l.Load, State: l.State, Rows: l.Rows, Estimate: l.RowsEstimate,
+		t := TableLoad{Table: l.Table, Load: l.Load, State: l.State, Error: l.Error, Rows: l.Rows, Estimate: l.RowsEstimate,
 			Dropped: l.RowsDropped, RowsPerSecond: l.RowsPerSecond, ETA: time.Duration(l.ETASeconds * float64(time.Second)), Sent: -1}
 		if l.State == store.LoadDone && l.UpdatedAt != nil {
 			t.DoneAfter = l.UpdatedAt.Sub(m.start)
@@ -135,6 +135,11 @@ func (m *monitor) logGate(s *Snapshot, now time.Time) {
 		m.gate.ClosedLoading++
 	}
 	for _, l := range s.Loads {
+		if l.State == store.LoadFailed && !m.done[l.Table] {
+			m.done[l.Table] = true // said once; the run fails when its loader returns
+			s.Events = append(s.Events, fmt.Sprintf("Load %s of %s failed at the receiver: %s", l.Load, l.Table, l.Error))
+			continue
+		}
 		if l.State != store.LoadDone || m.done[l.Table] {
 			continue
 		}

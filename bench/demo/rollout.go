@@ -79,6 +79,7 @@ func writeDump(path string, tr workload.TableRows, rows map[string][]byte) error
 		w.Write(img)
 		w.WriteByte('\n')
 	}
+	// A bufio.Writer keeps its first error: Flush returns it.
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("demo: writing the dump %s: %w", path, err)
 	}
