@@ -289,3 +289,105 @@ func TestCompareRefusesConflicts(t *testing.T) {
 		t.Errorf("Compare = %v, want an error about keys of several sources", err)
 	}
 }
+
+// TestCompareWithBase: the truth of a legacy with existing rows is its base
+// rows (a dump an initial load sends) with the change files applied over
+// them; a receiver must hold every base row, stale or resurrected ones are
+// differences, and the feed's load rows are not changes of the files.
+func TestCompareWithBase(t *testing.T) {
+	dir := t.TempDir()
+	crashedSegment(t, dir, "shop", 1, 0, tx(1, "orders", "1", `{"a":10}`), tx(2, "orders", "2", "", "3", `{"a":3}`))
+	base := map[string]map[string][]byte{
+		"orders": {"1": []byte(`{"a":1}`), "2": []byte(`{"a":2}`), "5": []byte(`{"a":5}`)},
+		"stock":  {"x": []byte(`{"q":1}`)},
+	}
+	truth, err := check.FromDir(dir, check.WithBase(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("Truth", func(t *testing.T) {
+		if got, want := truth.BaseRows, 4; got != want {
+			t.Errorf("BaseRows = %d, want %d", got, want)
+		}
+		orders := truth.Tables["orders"]
+		if r := orders["1"]; r.Base || string(r.Value) != `{"a":10}` {
+			t.Errorf("orders/1 = %s (base %v), want the update over the base row", r.Value, r.Base)
+		}
+		if _, ok := orders["2"]; ok {
+			t.Errorf("orders/2 present, want the base row deleted by the change")
+		}
+		if r := orders["5"]; !r.Base || string(r.Value) != `{"a":5}` {
+			t.Errorf("orders/5 = %s (base %v), want the base row as it was", r.Value, r.Base)
+		}
+		if got, want := truth.Rows(), 4; got != want { // orders 1, 3, 5; stock x
+			t.Errorf("Rows() = %d, want %d", got, want)
+		}
+		if len(truth.Conflicts) != 0 {
+			t.Errorf("Conflicts = %v: base rows have no source, want none", truth.Conflicts)
+		}
+	})
+	ids := truth.Sources["shop"].IDs()
+	load := func(part, idx int) check.ChangeID {
+		return check.ChangeID{Source: "load:L1", Segment: 0, Offset: int64(part), Index: idx}
+	}
+	exact := func() *memReceiver {
+		return &memReceiver{
+			rows: map[string][]check.GotRow{
+				"orders": {
+					{Key: "1", Value: []byte(`{"a":10}`), Version: ids[0].String()},
+					{Key: "3", Value: []byte(`{"a":3}`), Version: ids[2].String()},
+					{Key: "5", Value: []byte(`{"a":5}`), Version: load(0, 2).String(), Load: "L1"},
+				},
+				"stock": {{Key: "x", Value: []byte(`{"q":1}`), Version: load(1, 0).String(), Load: "L1"}},
+			},
+			// The chunk arrived after the first change (its row for
+			// orders/1 dropped) and before the delete.
+			feed: []check.ChangeID{ids[0], load(0, 0), load(0, 1), load(0, 2), load(1, 0), ids[1], ids[2]},
+		}
+	}
+	cases := []struct {
+		name   string
+		mutate func(m *memReceiver)
+		check  func(r *check.Report) bool
+	}{
+		{"Exact", func(m *memReceiver) {}, func(r *check.Report) bool {
+			return r.OK() && r.Applied == 3 && r.Written == 3 && r.LoadChanges == 4 && r.Rows == 4 && r.BaseRows == 4
+		}},
+		{"BaseRowMissing", func(m *memReceiver) { m.rows["orders"] = m.rows["orders"][:2] }, func(r *check.Report) bool { return r.RowsMissing == 1 }},
+		{"BaseTableMissing", func(m *memReceiver) { delete(m.rows, "stock") }, func(r *check.Report) bool { return r.RowsMissing == 1 }},
+		{"BaseRowStale", func(m *memReceiver) {
+			// The load's row overwrote the newer live change.
+			m.rows["orders"][0] = check.GotRow{Key: "1", Value: []byte(`{"a":1}`), Version: load(0, 0).String(), Load: "L1"}
+		}, func(r *check.Report) bool { return r.RowsWrong == 1 }},
+		{"BaseRowWrongValue", func(m *memReceiver) { m.rows["orders"][2].Value = []byte(`{"a":6}`) }, func(r *check.Report) bool { return r.RowsWrong == 1 }},
+		{"BaseRowResurrected", func(m *memReceiver) {
+			// A late chunk brought back the row the change deleted.
+			m.rows["orders"] = append(m.rows["orders"], check.GotRow{Key: "2", Value: []byte(`{"a":2}`), Version: load(0, 1).String(), Load: "L1"})
+		}, func(r *check.Report) bool { return r.RowsExtra == 1 }},
+		{"BaseRowNotFromLoad", func(m *memReceiver) {
+			m.rows["orders"][2] = check.GotRow{Key: "5", Value: []byte(`{"a":5}`), Version: ids[0].String()}
+		}, func(r *check.Report) bool { return r.RowsWrong == 1 }},
+		{"LiveChangeLost", func(m *memReceiver) { m.feed = m.feed[1:] }, func(r *check.Report) bool { return r.Lost == 1 && r.LoadChanges == 4 }},
+		{"LiveChangeTwice", func(m *memReceiver) { m.feed = append(m.feed, ids[2]) }, func(r *check.Report) bool { return r.Duplicated == 1 }},
+		{"LoadRowsTwice", func(m *memReceiver) {
+			// A chunk sent again (a resumed loader) is harmless.
+			m.feed = append(m.feed, load(0, 0), load(0, 1), load(0, 2))
+		}, func(r *check.Report) bool { return r.OK() && r.LoadChanges == 7 }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := exact()
+			c.mutate(m)
+			r, err := check.Compare(context.Background(), truth, m, check.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !c.check(r) {
+				t.Errorf("report %s; examples %v", r, r.Examples)
+			}
+			if c.name != "Exact" && c.name != "LoadRowsTwice" && r.OK() {
+				t.Errorf("report OK, want a difference")
+			}
+		})
+	}
+}

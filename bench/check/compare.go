@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+
+	"github.com/ferrysync/ferry/receiver/store"
 )
 
 // GotRow is a row as a receiver serves it.
@@ -19,6 +21,9 @@ type GotRow struct {
 	// Version is the receiver's version of the row, when it serves one as a
 	// change id ("source:segment:offset:index"); empty otherwise.
 	Version string
+	// Load is the initial load the row's state came from, when the
+	// receiver says (the API's "load"); empty for a row a change wrote.
+	Load string
 }
 
 // Receiver is what the checker reads of a receiver: its rows, table by
@@ -27,7 +32,8 @@ type Receiver interface {
 	// ScanRows calls fn for every row of table.
 	ScanRows(ctx context.Context, table string, fn func(GotRow) error) error
 	// ScanChanges calls fn with the id of every change in the feed, in
-	// feed order.
+	// feed order. An initial load's changes have the source the receiver
+	// gives them, "load:<id>" (receiver/README.md, "Initial load").
 	ScanChanges(ctx context.Context, fn func(ChangeID) error) error
 }
 
@@ -48,6 +54,12 @@ type Report struct {
 	// OutOfOrder counts feed changes that came before an earlier change of
 	// their source.
 	OutOfOrder int
+	// LoadChanges counts the feed's initial-load rows: not changes of the
+	// files, so not counted against them (a row may be sent twice); the
+	// rows they brought are checked with the state.
+	LoadChanges int
+	// BaseRows is the number of base rows the truth started from.
+	BaseRows int
 	// Rows is the number of live rows expected; RowsMissing, RowsExtra and
 	// RowsWrong count keys absent, present but deleted or never written,
 	// and present with another value.
@@ -82,6 +94,12 @@ func (r *Report) Err() error {
 
 func (r *Report) String() string {
 	s := fmt.Sprintf("rows %d (missing %d, extra %d, wrong %d)", r.Rows, r.RowsMissing, r.RowsExtra, r.RowsWrong)
+	if r.BaseRows > 0 {
+		s += fmt.Sprintf(" over %d base rows", r.BaseRows)
+	}
+	if r.FeedChecked && r.LoadChanges > 0 {
+		s += fmt.Sprintf("; %d initial-load rows in the feed", r.LoadChanges)
+	}
 	if r.FeedChecked {
 		s = fmt.Sprintf("written %d, applied %d, lost %d, duplicated %d, unexpected %d, out of order %d; ", r.Written, r.Applied, r.Lost, r.Duplicated, r.Unexpected, r.OutOfOrder) + s
 	}
@@ -104,7 +122,7 @@ func Compare(ctx context.Context, t *Truth, rc Receiver, o Options) (*Report, er
 		return nil, fmt.Errorf("check: %d keys are written by more than one source, e.g. %s: their final value depends on how a receiver interleaves the sources; give each source its own tables or keys",
 			t.conflicts, strings.Join(t.Conflicts, ", "))
 	}
-	r := &Report{Written: t.Changes(), Rows: t.Rows()}
+	r := &Report{Written: t.Changes(), Rows: t.Rows(), BaseRows: t.BaseRows}
 	if err := compareState(ctx, t, rc, o, r); err != nil {
 		return r, err
 	}
@@ -144,10 +162,17 @@ func compareState(ctx context.Context, t *Truth, rc Receiver, o Options, r *Repo
 			}
 			if !sameValue(w.Value, g.Value) {
 				r.RowsWrong++
-				r.example("%s/%s = %.80q, files say %.80q (written by %s)", table, g.Key, g.Value, w.Value, w.Version)
+				r.example("%s/%s = %.80q, files say %.80q (written by %s)", table, g.Key, g.Value, w.Value, w.writer())
 				return nil
 			}
-			if g.Version != "" && g.Version != w.Version.String() {
+			switch {
+			case w.Base:
+				// Only an initial load brings a row no change wrote.
+				if g.Version != "" && g.Load == "" {
+					r.RowsWrong++
+					r.example("%s/%s at version %s, not from an initial load: no change of the files wrote it (a base row)", table, g.Key, g.Version)
+				}
+			case g.Version != "" && g.Version != w.Version.String():
 				r.RowsWrong++
 				r.example("%s/%s at version %s, files say %s", table, g.Key, g.Version, w.Version)
 			}
@@ -160,7 +185,7 @@ func compareState(ctx context.Context, t *Truth, rc Receiver, o Options, r *Repo
 			for key, w := range want {
 				if !seen[key] {
 					r.RowsMissing++
-					r.example("%s/%s missing from the receiver (written by %s)", table, key, w.Version)
+					r.example("%s/%s missing from the receiver (written by %s)", table, key, w.writer())
 				}
 			}
 		}
@@ -204,6 +229,10 @@ func (a feedID) less(b feedID) bool {
 func compareFeed(ctx context.Context, t *Truth, rc Receiver, r *Report) error {
 	got := map[string][]feedID{}
 	err := rc.ScanChanges(ctx, func(id ChangeID) error {
+		if _, ok := store.LoadOf(id.Source); ok {
+			r.LoadChanges++
+			return nil
+		}
 		f := feedID{id.Segment, id.Offset, int32(id.Index)}
 		if l := got[id.Source]; len(l) > 0 && f.less(l[len(l)-1]) {
 			r.OutOfOrder++

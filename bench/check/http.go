@@ -60,10 +60,11 @@ type apiRow struct {
 	Value     json.RawMessage `json:"value"`
 	Encoding  string          `json:"encoding"`
 	Version   apiVersion      `json:"version"`
+	Load      string          `json:"load"`
 }
 
 func (a *apiRow) got() (GotRow, error) {
-	g := GotRow{Key: a.Key, Version: a.Version.id().String(), Value: a.Value}
+	g := GotRow{Key: a.Key, Version: a.Version.id().String(), Value: a.Value, Load: a.Load}
 	if a.KeyBase64 != "" {
 		k, err := base64.StdEncoding.DecodeString(a.KeyBase64)
 		if err != nil {

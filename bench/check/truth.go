@@ -3,9 +3,12 @@
 // every table and key once every committed transaction is applied in order,
 // torn tails excluded, nothing after a corrupt frame) and compares a
 // receiver's state and change feed with it, key by key and change by change.
+// The truth may start from base rows (WithBase): the rows the legacy held
+// before its change files, which an initial load sends.
 //
 // It is the oracle of the fault suite and of `ferry demo`'s final
-// verification; it trusts nothing but the format package.
+// verification; it trusts nothing but the format package (and the
+// receiver's API for what it serves).
 package check
 
 import (
@@ -48,8 +51,19 @@ type Row struct {
 	Value      []byte
 	Content    format.ContentType
 	Op         format.Op
-	Version    ChangeID // the change that wrote it last
+	Version    ChangeID // the change that wrote it last (zero for a base row)
 	CommitTime int64
+	// Base says no change of the files wrote the row: it is a base row
+	// (WithBase) as it was, which only an initial load can bring.
+	Base bool
+}
+
+// writer names what wrote the row, for a difference's example.
+func (r Row) writer() string {
+	if r.Base {
+		return "the base rows, no change since"
+	}
+	return r.Version.String()
 }
 
 // Source is what the files of one source hold.
@@ -84,6 +98,9 @@ type Truth struct {
 	// few): their final value depends on how the receiver interleaved the
 	// sources, so the truth cannot say it. Compare refuses such a truth.
 	Conflicts []string
+	// BaseRows is the number of base rows the truth started from
+	// (WithBase), before the changes applied over them.
+	BaseRows int
 	// conflicts counts them all.
 	conflicts int
 	owner     map[string]map[string]string // table, key → the source that wrote it
@@ -117,17 +134,52 @@ func (t *Truth) SourceNames() []string {
 	return names
 }
 
+// Option configures FromDir.
+type Option func(*fromDir)
+
+type fromDir struct {
+	base map[string]map[string][]byte
+}
+
+// WithBase starts the truth from base rows: what the legacy's database held
+// before the first change of the files (a dump, which an initial load
+// sends). base maps table, then key, to the row's JSON image, rendered as
+// the change files render rows. The changes of the files apply over them:
+// an update replaces a base row, a delete removes it. FromDir copies what
+// it keeps.
+func WithBase(base map[string]map[string][]byte) Option {
+	return func(o *fromDir) { o.base = base }
+}
+
 // FromDir computes the truth from every source's segments in dir. A torn
 // tail ends a segment (the writer crashed; its next segment follows);
 // corruption ends its source, recorded in Source.Stopped, not returned as an
 // error. The files must not be written meanwhile for the result to be
 // exact: stop or close the writers first.
-func FromDir(dir string) (*Truth, error) {
+func FromDir(dir string, opts ...Option) (*Truth, error) {
+	var o fromDir
+	for _, opt := range opts {
+		opt(&o)
+	}
 	segs, err := format.ListSegments(dir, "")
 	if err != nil {
 		return nil, fmt.Errorf("check: %w", err)
 	}
 	t := &Truth{Tables: map[string]map[string]Row{}, Sources: map[string]*Source{}, owner: map[string]map[string]string{}}
+	// Base rows first: the changes apply over them. They have no source,
+	// so they never make a key "written by more than one source".
+	for table, rows := range o.base {
+		m := t.Tables[table]
+		if m == nil {
+			m = make(map[string]Row, len(rows))
+			t.Tables[table] = m
+			t.owner[table] = map[string]string{}
+		}
+		for key, v := range rows {
+			m[key] = Row{Value: append([]byte(nil), v...), Content: format.ContentJSON, Op: format.OpInsert, Base: true}
+		}
+		t.BaseRows += len(rows)
+	}
 	for _, sf := range segs {
 		src := t.Sources[sf.Source]
 		if src == nil {

@@ -1,10 +1,16 @@
 // Package demo runs Ferry end to end in one process, for a first look and
 // for end-to-end figures: an embedded JetStream server with its store in a
 // temporary directory, a synthetic retail legacy application writing change
-// files (bench/workload), the shipper and a receiver with its HTTP API. It
-// shows live figures while the legacy writes, then waits for the receiver to
-// apply everything and verifies, key by key and change by change, that the
-// receiver holds exactly what the change files say (bench/check).
+// files (bench/workload), the shipper and a receiver with its HTTP API.
+//
+// It shows the whole roll-out: the legacy has existing rows that are not in
+// its change files; the demo reads the stream's mark, dumps every table and
+// loads the dumps (package shipper/load, as `ferry load --jsonl --mark`)
+// while the legacy keeps writing; the receiver's gate (--wait-load) opens
+// once the loads are done. It shows live figures meanwhile, then waits for
+// the receiver to apply everything and verifies, key by key and change by
+// change, that the receiver holds exactly the legacy's database: the dumps
+// with the change files applied over them (bench/check).
 package demo
 
 import (
@@ -12,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -22,7 +29,10 @@ import (
 	"github.com/ferrysync/ferry/bench/workload"
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/wire"
+	"github.com/ferrysync/ferry/receiver/api"
 	"github.com/ferrysync/ferry/shipper/inbox"
+	"github.com/ferrysync/ferry/shipper/jsclient"
+	"github.com/ferrysync/ferry/shipper/load"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
@@ -70,17 +80,29 @@ type Config struct {
 // Result is what a run measured.
 type Result struct {
 	Dir string
-	// Written, Shipped and Applied count changes, the initial load included.
+	// Written, Shipped and Applied count the legacy's changes (the change
+	// files'; the initial load's rows are not changes).
 	Written, Shipped, Applied int64
-	// Loaded is the changes of the initial load.
+	// Loaded is the rows the initial load sent, every table; Mark the
+	// stream sequence the dumps were taken after.
 	Loaded int64
-	// Writing is how long the legacy wrote after the initial load; Total
-	// from then until the receiver had applied everything.
+	Mark   uint64
+	// Loads are the tables' loads as the receiver saw them at the end.
+	Loads []TableLoad
+	// LoadTime is from the start until the receiver applied the last
+	// table's load; LoadRate is Loaded over it.
+	LoadTime time.Duration
+	LoadRate float64
+	// Gate is what the demo saw of the receiver's /readyz; Gate.ReadyAfter
+	// is the time to ready.
+	Gate GateLog
+	// Writing is how long the legacy wrote (the loads ran meanwhile);
+	// Total from the start until the receiver had applied everything.
 	Writing, Total time.Duration
 	// WriteRate is the legacy's changes/s; EndToEnd the changes/s carried
-	// from the first write to the last apply (initial load excluded).
+	// from the first write to the last apply.
 	WriteRate, EndToEnd float64
-	// Latency is commit→applied per transaction (initial load excluded).
+	// Latency is commit→applied per transaction (load rows excluded).
 	Latency Quantiles
 	// Ratio is raw change-file bytes over compressed bytes on the stream.
 	Ratio float64
@@ -113,9 +135,9 @@ func (c *Config) defaults() error {
 	return nil
 }
 
-// stockKey returns the key of the first stock row of the initial load:
-// the workload updates stock rows but never deletes them, so a query for it
-// finds it whenever the load was applied.
+// stockKey returns the key of the first stock row of the legacy's existing
+// rows: the workload updates stock rows but never deletes them, so a query
+// for it finds it once the load was applied.
 func stockKey(ws *workload.Stream) (string, bool) {
 	for _, tr := range ws.Initial() {
 		if tr.Table.Name == "stock" && len(tr.Rows) > 0 {
@@ -153,6 +175,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.Dir = root
 	changes, streamDir, dataDir := filepath.Join(root, "changes"), filepath.Join(root, "jetstream"), filepath.Join(root, "receiver")
+	dumpDir := filepath.Join(root, "dump")
 
 	ns, err := startNATS(streamDir)
 	if err != nil {
@@ -181,11 +204,36 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}()
 	leg := &legacy{w: w, stream: ws, rate: cfg.Rate, burst: cfg.Burst}
 
-	stages, err := startStages(ctx, &cfg, nc, changes, dataDir)
+	// The loader's stream, opened as `ferry load` opens it (creating it if
+	// the shipper has not yet). Ctrl-C stops the legacy only: the loads
+	// finish, so that the verification has the whole database to check.
+	lctx := context.WithoutCancel(ctx)
+	js, err := load.OpenJetStream(lctx, nc, jsclient.Config{}, 0)
+	if err != nil {
+		return nil, fmt.Errorf("demo: opening the change stream for the initial load: %w", err)
+	}
+	var tables []string
+	for _, tr := range ws.Initial() {
+		tables = append(tables, tr.Table.Name)
+	}
+	stages, err := startStages(ctx, &cfg, nc, changes, dataDir, tables)
 	if err != nil {
 		return nil, err
 	}
 	defer stages.stop()
+
+	// The mark first, then the dump (format/SPEC.md 24.4): the legacy
+	// writes its first change after both, so the dumps are its database
+	// as of the mark, and every change confirmed after it is newer.
+	mark, err := load.ReadMark(lctx, js)
+	if err != nil {
+		return nil, fmt.Errorf("demo: reading the stream's mark: %w", err)
+	}
+	res.Mark = mark.Seq
+	dumps, base, err := writeDumps(dumpDir, ws)
+	if err != nil {
+		return nil, err
+	}
 
 	where := ""
 	if cfg.Dir == "" && !cfg.Keep {
@@ -204,6 +252,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		fmt.Fprintf(cfg.Out, "  curl -s http://%s/v1/tables/stock/rows/%s\n", stages.httpAddr, url.PathEscape(key))
 	}
 	fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/changes?after=0&limit=5'\n", stages.httpAddr)
+	fmt.Fprintf(cfg.Out, "  curl -s http://%s/readyz   (503 until every initial load is done: --wait-load %s)\n", stages.httpAddr, strings.Join(tables, ","))
 	fmt.Fprintf(cfg.Out, "  ferry status --dir %s --nats %s --receiver http://%s\n", changes, ns.ClientURL(), stages.httpAddr)
 	if cfg.CanaryRate > 0 {
 		fmt.Fprintf(cfg.Out, "A canary service (origin %q) writes back %.0f orders/s through POST /v1/commands; the legacy applies them from %s:\n",
@@ -211,23 +260,22 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/tables/%s/rows?prefix=canary-&limit=3'\n", stages.httpAddr, CanaryTable)
 		fmt.Fprintf(cfg.Out, "  curl -s 'http://%s/v1/commands/order-canary-u00-000000?wait=5s'\n", stages.httpAddr)
 	}
+	nrows := 0
+	for _, d := range dumps {
+		nrows += d.rows
+	}
+	fmt.Fprintf(cfg.Out, "The legacy holds %d rows in %d tables that are not in its change files. The roll-out: the mark\n", nrows, len(dumps))
+	fmt.Fprintf(cfg.Out, "was read (ferry load mark --nats %s: %d), then the tables dumped to %s; the dumps are\n", ns.ClientURL(), mark.Seq, dumpDir)
+	fmt.Fprintf(cfg.Out, "loaded while the legacy writes, as these commands would (in parallel):\n")
+	for _, d := range dumps {
+		fmt.Fprintf(cfg.Out, "  %s\n", d.command(ns.ClientURL(), mark.Seq))
+	}
 	if cfg.Duration > 0 {
-		fmt.Fprintf(cfg.Out, "The legacy writes for %v (Ctrl-C stops it earlier).\n\n", cfg.Duration)
+		fmt.Fprintf(cfg.Out, "The legacy writes for %v (Ctrl-C stops it earlier; the loads finish).\n\n", cfg.Duration)
 	} else {
-		fmt.Fprintf(cfg.Out, "The legacy writes until Ctrl-C.\n\n")
+		fmt.Fprintf(cfg.Out, "The legacy writes until Ctrl-C (the loads finish).\n\n")
 	}
 
-	// The initial load goes first, and the timed run starts once the
-	// receiver holds it, so that the figures describe the steady stream.
-	loadStart := time.Now()
-	if err := leg.load(); err != nil {
-		return nil, err
-	}
-	res.Loaded = leg.changes.Load()
-	if err := stages.waitApplied(context.WithoutCancel(ctx), res.Loaded, cfg.CatchUpTimeout); err != nil {
-		return res, err
-	}
-	fmt.Fprintf(cfg.Out, "Initial load: %d rows written, shipped and applied in %v.\n", res.Loaded, time.Since(loadStart).Round(time.Millisecond))
 	// Latency is measured at a fixed rate only: at full speed it measures
 	// the queue the legacy builds on purpose.
 	var lat *latencies
@@ -235,8 +283,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		lat = &latencies{}
 	}
 	obs := stages.observe(lat, leg.last.Load())
+	defer obs.stop()
 
+	probe, err := api.NewClient("http://"+stages.httpAddr, "", &http.Client{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("demo: %w", err)
+	}
+	d := &display{w: cfg.Out, tty: cfg.TTY}
 	start := time.Now()
+	mon := &monitor{leg: leg, stages: stages, obs: obs, api: probe, start: start, duration: cfg.Duration, dumps: dumps, done: map[string]bool{}}
+	// The first reading: the gate, closed, before anything is loaded.
+	d.show(mon.read())
+	loads := startLoads(lctx, js, dumps, mark, &cfg)
+	defer loads.stop()
+	mon.loads = loads
 	wctx, stopWriting := context.WithCancel(ctx)
 	if cfg.Duration > 0 {
 		wctx, stopWriting = context.WithTimeout(ctx, cfg.Duration)
@@ -266,8 +326,6 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer func() { stopConsume() }()
 
-	d := &display{w: cfg.Out, tty: cfg.TTY}
-	mon := &monitor{leg: leg, stages: stages, obs: obs, start: start, duration: cfg.Duration, base: res.Loaded}
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	var writeErr error
@@ -293,14 +351,22 @@ writing:
 		return res, writeErr
 	}
 	res.Written = leg.changes.Load()
-	d.note("\nThe legacy stopped after %d changes; waiting for the receiver to apply them all...\n", res.Written-res.Loaded)
+	d.note("\nThe legacy stopped after %d changes; waiting for the loads to finish and the receiver to apply everything...\n", res.Written)
 
-	deadline := time.After(cfg.CatchUpTimeout)
-	want := res.Written - res.Loaded
+	// Done: the loaders returned, the receiver applied every change and
+	// every load, and its gate is open.
+	catchUp := time.Now()
+	if err := loads.wait(cfg.CatchUpTimeout); err != nil {
+		return res, err
+	}
+	deadline := time.After(cfg.CatchUpTimeout - time.Since(catchUp))
+	want := res.Written
+	var final *Snapshot
 	for {
 		s := mon.read()
-		if s.Applied.Changes >= want {
+		if s.Applied.Changes >= want && s.LoadsDone && s.Gate.Ready {
 			d.show(s)
+			final = s
 			break
 		}
 		select {
@@ -308,22 +374,33 @@ writing:
 			d.show(s)
 		case <-deadline:
 			d.show(s)
-			return res, fmt.Errorf("demo: the receiver applied %d of %d changes in %v after the legacy stopped (%s); see the log with -v",
-				s.Applied.Changes, want, cfg.CatchUpTimeout, stages.problem())
+			rows, est := loadTotals(s.Loads)
+			return res, fmt.Errorf("demo: %v after the legacy stopped the receiver applied %d of %d changes and %d of ~%d load rows (loads done: %v), gate %s (%s); see the log with -v",
+				time.Since(catchUp).Round(time.Millisecond), s.Applied.Changes, want, rows, est, s.LoadsDone, s.Gate, stages.problem())
 		}
 	}
 	res.Total = time.Since(start)
-	final := mon.read()
-	res.Shipped, res.Applied = final.Shipped.Changes+res.Loaded, final.Applied.Changes+res.Loaded
+	res.Shipped, res.Applied = final.Shipped.Changes, final.Applied.Changes
 	res.Ratio = final.Ratio()
-	res.WriteRate = float64(res.Written-res.Loaded) / res.Writing.Seconds()
-	res.EndToEnd = float64(res.Written-res.Loaded) / res.Total.Seconds()
+	res.WriteRate = float64(res.Written) / res.Writing.Seconds()
+	res.EndToEnd = float64(res.Written) / res.Total.Seconds()
 	obs.stop()
 	if lat != nil {
 		res.Latency = lat.quantiles()
 	}
+	res.Gate = mon.gate
+	res.Gate.Final = final.Gate
+	res.Loads = final.Loads
+	res.Loaded = loads.rows()
+	for _, l := range res.Loads {
+		res.LoadTime = max(res.LoadTime, l.DoneAfter)
+	}
+	if res.LoadTime > 0 {
+		res.LoadRate = float64(res.Loaded) / res.LoadTime.Seconds()
+	}
 
-	truth, err := check.FromDir(changes)
+	// The legacy's database: the dumps with the change files over them.
+	truth, err := check.FromDir(changes, check.WithBase(base))
 	if err != nil {
 		return res, err
 	}
@@ -362,20 +439,33 @@ func startNATS(storeDir string) (*server.Server, error) {
 
 func printSummary(out io.Writer, r *Result, truth *check.Truth) {
 	fmt.Fprintf(out, "\nSummary\n")
-	fmt.Fprintf(out, "  written   %d changes after the initial load of %d, in %v: %.0f changes/s\n", r.Written-r.Loaded, r.Loaded, r.Writing.Round(time.Millisecond), r.WriteRate)
-	fmt.Fprintf(out, "  applied   %d changes in all, the last %v after the start: %.0f changes/s end to end\n", r.Applied, r.Total.Round(time.Millisecond), r.EndToEnd)
+	var dropped uint64
+	for _, l := range r.Loads {
+		dropped += l.Dropped
+	}
+	fmt.Fprintf(out, "  load      %d rows of %d tables from dumps at mark %d, done at the receiver %v after the start: %.0f rows/s\n",
+		r.Loaded, len(r.Loads), r.Mark, r.LoadTime.Round(time.Millisecond), r.LoadRate)
+	fmt.Fprintf(out, "            %d load rows dropped: a live change confirmed after the mark had the key first\n", dropped)
+	ready := "never opened during the run"
+	if r.Gate.ReadyAfter > 0 {
+		ready = fmt.Sprintf("ready %v after the start", r.Gate.ReadyAfter.Round(time.Millisecond))
+	}
+	fmt.Fprintf(out, "  gate      %s; /readyz read %d times: 503 %d times while loading, 200 %d times while loading\n",
+		ready, r.Gate.Readings, r.Gate.ClosedLoading, r.Gate.OpenLoading)
+	fmt.Fprintf(out, "  written   %d changes while and after the load, in %v: %.0f changes/s\n", r.Written, r.Writing.Round(time.Millisecond), r.WriteRate)
+	fmt.Fprintf(out, "  applied   %d changes, the last %v after the start: %.0f changes/s end to end\n", r.Applied, r.Total.Round(time.Millisecond), r.EndToEnd)
 	fmt.Fprintf(out, "  compression %.1fx on the stream\n", r.Ratio)
 	if r.Latency.Count > 0 {
 		fmt.Fprintf(out, "  commit→applied latency over %d transactions: p50 %s, p99 %s, max %s\n", r.Latency.Count, ms(r.Latency.P50), ms(r.Latency.P99), ms(r.Latency.Max))
 	} else {
 		fmt.Fprintf(out, "  commit→applied latency is measured at a fixed --rate only (at full speed it would measure the queue)\n")
 	}
-	fmt.Fprintf(out, "Verification against the change files (%d rows in %d tables):\n  %s\n", truth.Rows(), len(truth.Tables), r.Report)
+	fmt.Fprintf(out, "Verification against the legacy's database, the dumps with the change files over them (%d rows in %d tables):\n  %s\n", truth.Rows(), len(truth.Tables), r.Report)
 	if !r.Report.FeedChecked {
 		fmt.Fprintf(out, "  (the receiver had trimmed its change log: rows compared key by key, changes not counted one by one)\n")
 	}
 	if r.Report.OK() {
-		fmt.Fprintf(out, "  OK: the receiver holds exactly what the legacy wrote; every change applied once.\n")
+		fmt.Fprintf(out, "  OK: the receiver holds exactly the legacy's rows, loaded and written; every change applied once.\n")
 	} else {
 		fmt.Fprintf(out, "  FAILED: %v\n", r.Report.Err())
 	}

@@ -12,14 +12,16 @@ import (
 
 // legacy is the demo's synthetic legacy application: the retail workload of
 // bench/workload committed to change files with format.Writer, at a fixed
-// rate with periodic bursts, or as fast as it can.
+// rate with periodic bursts, or as fast as it can. Its existing rows (the
+// workload's initial rows) are in its database only: the demo dumps them
+// (rollout.go), they never go through its change files.
 type legacy struct {
 	w      *format.Writer
 	stream *workload.Stream
 	rate   float64 // changes/s; 0 = as fast as possible
 	burst  float64 // rate multiplier during a burst; <= 1: no bursts
 
-	changes atomic.Int64 // committed changes, initial load included
+	changes atomic.Int64 // committed changes
 	txs     atomic.Int64
 	bytes   atomic.Int64 // frame bytes committed
 	last    atomic.Int64 // commit time of the last transaction, Unix ns
@@ -29,27 +31,7 @@ type legacy struct {
 const (
 	burstEvery = 5 * time.Second
 	burstLen   = time.Second
-	loadTxSize = 500
 )
-
-// load commits the workload's initial rows as insert transactions, so that
-// the receiver starts from the same rows as the legacy.
-func (l *legacy) load() error {
-	var tx format.Tx
-	for _, tr := range l.stream.Initial() {
-		for i := 0; i < len(tr.Rows); i += loadTxSize {
-			tx.Changes = tx.Changes[:0]
-			for _, row := range tr.Rows[i:min(i+loadTxSize, len(tr.Rows))] {
-				tx.Changes = append(tx.Changes, format.Change{Table: tr.Table.Name, Op: format.OpInsert,
-					Key: row.AppendKey(nil, tr.Table), After: row.AppendJSON(nil, tr.Table)})
-			}
-			if err := l.commit(&tx); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
 
 func (l *legacy) commit(tx *format.Tx) error {
 	tx.CommitTime = time.Now().UnixNano()

@@ -63,9 +63,10 @@ func (s *stages) problem() string {
 	return "no error reported"
 }
 
-// startStages starts the receiver (and its HTTP API on cfg.HTTP) and the
+// startStages starts the receiver (and its HTTP API on cfg.HTTP), whose
+// gate waits for the initial load of every table of waitLoad, and the
 // shipper of changesDir.
-func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, dataDir string) (*stages, error) {
+func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, dataDir string, waitLoad []string) (*stages, error) {
 	// The stages outlive ctx (Ctrl-C stops the legacy only): stop ends them.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &stages{cancel: cancel}
@@ -81,7 +82,7 @@ func startStages(ctx context.Context, cfg *Config, nc *nats.Conn, changesDir, da
 		return nil, fmt.Errorf("demo: starting the shipper: %w", err)
 	}
 	s.ship = ship
-	ropts := []receiver.Option{receiver.WithNATS(nc), receiver.WithDataDir(dataDir),
+	ropts := []receiver.Option{receiver.WithNATS(nc), receiver.WithDataDir(dataDir), receiver.WithWaitLoad(waitLoad...),
 		receiver.WithLogger(cfg.Log.With("component", "receiver"))}
 	if cfg.CanaryRate > 0 {
 		// The canary service's sidecar: write-back of orders, and its own
@@ -210,7 +211,9 @@ func (s *stages) observe(lat *latencies, since int64) *observer {
 				for i := range cs {
 					c := &cs[i]
 					after = c.ID
-					if c.Version.Index != 0 || c.CommitTime <= since {
+					// A transaction's first change, committed by the
+					// legacy (a load row's commit time is its chunk's).
+					if c.Version.Index != 0 || c.Load != "" || c.CommitTime <= since {
 						continue
 					}
 					lat.add(time.Duration(max(seen, c.AppliedAt) - c.CommitTime))
@@ -227,20 +230,4 @@ func (s *stages) observe(lat *latencies, since int64) *observer {
 func (o *observer) stop() {
 	o.cancel()
 	<-o.done
-}
-
-// waitApplied waits until the receiver applied n changes of the source.
-func (s *stages) waitApplied(ctx context.Context, n int64, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for s.applied().Changes < n {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("demo: the receiver applied %d of %d changes in %v (%s)", s.applied().Changes, n, limit, s.problem())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
 }

@@ -32,8 +32,10 @@ func runDemo(ctx context.Context, env *Env, args []string) error {
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: ferry demo [--rate N] [--duration D] [--row-size B] [--tx-size N] [--http ADDR]")
 		fmt.Fprintln(env.Stderr, "\nRuns an embedded JetStream server, a synthetic retail legacy writing change files,")
-		fmt.Fprintln(env.Stderr, "the shipper and a receiver in one process, shows live figures, then verifies that")
-		fmt.Fprintln(env.Stderr, "the receiver holds exactly what the legacy wrote, key by key (exit status 1 if not).")
+		fmt.Fprintln(env.Stderr, "the shipper and a receiver in one process: the roll-out of a legacy with existing rows,")
+		fmt.Fprintln(env.Stderr, "dumped after a mark and loaded (as ferry load --jsonl --mark) while it writes, the")
+		fmt.Fprintln(env.Stderr, "receiver's gate opening once the loads are done. Shows live figures, then verifies that")
+		fmt.Fprintln(env.Stderr, "the receiver holds exactly the legacy's database, key by key (exit status 1 if not).")
 		fs.PrintDefaults()
 	}
 	if _, ok, err := parseFlags(fs, env, args, false); !ok {

@@ -12,7 +12,8 @@ func TestDemoCommand(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ferry demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"curl -s", "Summary", "OK: the receiver holds exactly what the legacy wrote"} {
+	for _, want := range []string{"curl -s", "ferry load --nats nats://127.0.0.1:", "--mark ", "The receiver turned ready", "Summary",
+		"OK: the receiver holds exactly the legacy's rows, loaded and written"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
