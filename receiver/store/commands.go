@@ -258,6 +258,9 @@ func (b *Batch) outcome(id string, o Outcome) error {
 	if err != nil {
 		return err
 	}
+	if held && b.purging(id) {
+		held = false // its records go in this commit: this one is its new record
+	}
 	if held {
 		var old Outcome
 		if err := decodeRecord(v, &old); err != nil {
@@ -278,6 +281,19 @@ func (b *Batch) outcome(id string, o Outcome) error {
 	return nil
 }
 
+// purging reports whether the records of command id are purged by the work
+// being filled or the one in flight (not visible in Pebble yet).
+func (b *Batch) purging(id string) bool {
+	if _, ok := b.w.cmdPurged[id]; ok {
+		return true
+	}
+	if b.flying != nil {
+		_, ok := b.flying.cmdPurged[id]
+		return ok
+	}
+	return false
+}
+
 // cmdRecord is an outcome record waiting for its commit.
 type cmdRecord struct {
 	key, val          []byte
@@ -288,6 +304,11 @@ func (w *commitWork) writeCommands() error {
 	for _, r := range w.cmds {
 		if err := w.b.Set(r.key, r.val, nil); err != nil {
 			return fmt.Errorf("store: recording a command outcome: %w", err)
+		}
+		// Indexed by this commit's time, for the retention.
+		w.val = appendCmdIndexKey(w.val[:0], w.now, r.id)
+		if err := w.b.Set(w.val, nil, nil); err != nil {
+			return fmt.Errorf("store: indexing a command outcome: %w", err)
 		}
 	}
 	return nil
