@@ -98,6 +98,10 @@ const (
 	// FrameRejection records that the legacy refused a write-back command
 	// (format version 2).
 	FrameRejection FrameType = 5
+	// FrameApplied records again the outcome of a write-back command the
+	// legacy carried out at an earlier delivery (an optional type: readers
+	// that do not know it skip it, receivers keep the first outcome).
+	FrameApplied FrameType = 128
 )
 
 func (t FrameType) String() string {
@@ -112,6 +116,8 @@ func (t FrameType) String() string {
 		return "outcome"
 	case FrameRejection:
 		return "rejection"
+	case FrameApplied:
+		return "applied"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -148,6 +154,8 @@ func (t FrameType) PlausibleLen(n int) bool {
 		return n >= minOutcomeLen
 	case FrameRejection:
 		return n >= minRejectionLen
+	case FrameApplied:
+		return n >= minAppliedLen
 	}
 	return true
 }

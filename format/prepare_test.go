@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -339,5 +340,44 @@ func TestRejectAndCommandRoundTrip(t *testing.T) {
 	r, err := format.DecodeRejection(fr.Payload)
 	if err != nil || r.Command != "cmd-2" || r.Reason != "stale version" {
 		t.Fatalf("rejection %+v, %v", r, err)
+	}
+}
+
+func TestAppliedRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	w := openWriter(t, dir, format.WithSync(format.SyncAlways, 0))
+	want := format.Applied{Time: 1234, Command: "cmd-1", Origin: "svc-orders", TxID: "pg:778", Version: 300}
+	apos, err := w.RecordApplied(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.RecordApplied(format.Applied{Origin: "svc-orders"}); !errors.Is(err, format.ErrInvalid) {
+		t.Fatalf("applied record without a command id: %v, want ErrInvalid", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Not a transaction: checkChain checked the seal counts it is not in.
+	txs, _, all := checkChain(t, dir)
+	if len(txs) != 0 {
+		t.Fatalf("transactions %+v, want none", txs)
+	}
+	rd, f, err := format.OpenReader(all[0].path, apos.Offset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fr, err := rd.Next()
+	if err != nil || fr.Type != format.FrameApplied || !fr.Type.Skippable() {
+		t.Fatalf("frame at %v: %v %v, want an applied frame (optional)", apos, fr.Type, err)
+	}
+	got, err := format.DecodeApplied(fr.Payload)
+	if err != nil || got != want {
+		t.Fatalf("applied %+v, %v; want %+v", got, err, want)
+	}
+	for _, bad := range [][]byte{append(slices.Clone(fr.Payload), 0), fr.Payload[:len(fr.Payload)-1]} {
+		if _, err := format.DecodeApplied(bad); !errors.Is(err, format.ErrCorrupt) {
+			t.Errorf("DecodeApplied of %d bytes: %v, want ErrCorrupt", len(bad), err)
+		}
 	}
 }

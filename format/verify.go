@@ -133,8 +133,8 @@ type SegmentResult struct {
 func (r *SegmentResult) Ok() bool { return !r.Torn && !r.Corrupt }
 
 // VerifiedFrame is a valid frame as a Verifier passes it on, decoded when it
-// is a transaction, an outcome or a rejection. Its values are reused for the
-// next frame.
+// is a transaction, an outcome, a rejection or an applied record. Its values
+// are reused for the next frame.
 type VerifiedFrame struct {
 	// Offset is where the frame starts in its segment.
 	Offset    int64
@@ -142,6 +142,7 @@ type VerifiedFrame struct {
 	Tx        *Tx        // FrameTx
 	Outcome   *Outcome   // FrameOutcome
 	Rejection *Rejection // FrameRejection
+	Applied   *Applied   // FrameApplied
 }
 
 // Verifier reads and checks chains of segments, calling its hooks (any may
@@ -168,6 +169,7 @@ type Verifier struct {
 	tx      Tx
 	outcome Outcome
 	rej     Rejection
+	applied Applied
 }
 
 // Verify verifies every chain of paths (GroupSegments) in turn. Errors are
@@ -306,6 +308,10 @@ func (v *Verifier) segment(res *SegmentResult) error {
 		case FrameRejection:
 			if v.rej, derr = DecodeRejection(fr.Payload); derr == nil {
 				vf.Rejection = &v.rej
+			}
+		case FrameApplied:
+			if v.applied, derr = DecodeApplied(fr.Payload); derr == nil {
+				vf.Applied = &v.applied
 			}
 		}
 		if derr != nil {

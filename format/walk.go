@@ -120,6 +120,10 @@ func (w *Walker) CheckPrefix(t FrameType, prefix []byte, payloadLen int) (FrameI
 		if _, err := DecodeRejection(prefix); err != nil {
 			return FrameInfo{}, fmt.Errorf("rejection: %w", err)
 		}
+	case t == FrameApplied && whole:
+		if _, err := DecodeApplied(prefix); err != nil {
+			return FrameInfo{}, fmt.Errorf("applied: %w", err)
+		}
 	}
 	return info, nil
 }

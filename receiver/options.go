@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/command"
 	"github.com/ferrysync/ferry/receiver/store"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,9 @@ const (
 	// DefaultTombstoneRetention is how long a delete's tombstone is kept
 	// (WithTombstoneRetention).
 	DefaultTombstoneRetention = store.DefaultTombstoneRetention
+	// DefaultCommandRetention is how long a write-back command's records
+	// are kept after its outcome (WithCommandRetention).
+	DefaultCommandRetention = store.DefaultCommandRetention
 )
 
 type options struct {
@@ -56,6 +60,7 @@ type options struct {
 	progress      time.Duration
 	noUI          bool
 	tombRetention time.Duration
+	cmdRetention  time.Duration
 
 	// Write-back (commands.go).
 	origin         string
@@ -305,6 +310,26 @@ func WithTombstoneRetention(d time.Duration) Option {
 			return fmt.Errorf("%w: tombstone retention %v must be positive", ErrInvalidOption, d)
 		}
 		o.tombRetention = d
+		return nil
+	}
+}
+
+// WithCommandRetention sets how long the records of a write-back command
+// (what its service submitted, its outcome) are kept after its outcome
+// (default DefaultCommandRetention, 7 days). It is the receiver's
+// idempotency window: within it a resubmission of the id is the same
+// command, answered with its outcome; after it the id is a new command,
+// published again (the legacy's own record of the id still keeps it from
+// being carried out twice: it writes the outcome again). Pending commands
+// are kept whatever their age. At least the commands stream's
+// de-duplication window (10 min): a resubmission inside it would be
+// dropped by the stream and wait for an outcome for ever.
+func WithCommandRetention(d time.Duration) Option {
+	return func(o *options) error {
+		if d < command.DuplicateWindow {
+			return fmt.Errorf("%w: command retention %v is shorter than the commands stream's de-duplication window %v", ErrInvalidOption, d, command.DuplicateWindow)
+		}
+		o.cmdRetention = d
 		return nil
 	}
 }

@@ -71,7 +71,7 @@ const StoreDir = "store"
 // New validates the options and opens the store; Run starts the work.
 func New(opts ...Option) (*Receiver, error) {
 	o := options{stream: wire.DefaultStream, prefix: wire.DefaultSubjectPrefix, readyLag: DefaultReadyLag, keepChanges: DefaultKeepChanges,
-		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, progress: DefaultProgressInterval, tombRetention: DefaultTombstoneRetention, log: slog.New(slog.DiscardHandler),
+		keepAge: DefaultKeepAge, cacheSize: DefaultCacheSize, progress: DefaultProgressInterval, tombRetention: DefaultTombstoneRetention, cmdRetention: DefaultCommandRetention, log: slog.New(slog.DiscardHandler),
 		cmdStream: command.DefaultStream, cmdPrefix: command.DefaultPrefix}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
@@ -93,7 +93,7 @@ func New(opts ...Option) (*Receiver, error) {
 		return nil, fmt.Errorf("receiver: creating data directory: %w", err)
 	}
 	sopts := []store.Option{store.WithCacheSize(o.cacheSize), store.WithSync(o.sync), store.WithLogger(o.log),
-		store.WithTombstoneRetention(o.tombRetention)}
+		store.WithTombstoneRetention(o.tombRetention), store.WithCommandRetention(o.cmdRetention)}
 	if o.rebuild {
 		// The store discards itself once it holds its lock: never under a
 		// running receiver.

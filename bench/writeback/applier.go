@@ -6,7 +6,9 @@
 // delivered twice is carried out once), appends the resulting frames with
 // format.Writer.Prepare (origin and command id) before COMMIT and records
 // their outcomes after it; a command it refuses (a stale version, a row that
-// does not exist) gets a rejection frame with the reason.
+// does not exist, a value the database refuses) gets a rejection frame with
+// the reason. A command delivered again after it ended gets the same outcome
+// written again (an applied frame, or its rejection), never a second write.
 //
 // Its tables have one shape: key text primary key, value jsonb, version
 // bigint, the version drawn from one sequence (SPEC.md, "Row versions").
@@ -23,6 +25,7 @@ import (
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/command"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Schema objects shared by every table.
@@ -43,6 +46,11 @@ func CreateSchema(ctx context.Context, conn *pgx.Conn, tables ...string) error {
 		`CREATE SEQUENCE IF NOT EXISTS ` + VersionSequence,
 		`CREATE TABLE IF NOT EXISTS ` + CommandsTable + ` (id text PRIMARY KEY, origin text NOT NULL,
 			outcome text NOT NULL, reason text, at timestamptz NOT NULL DEFAULT now())`,
+		// What a command carried out wrote, so that a delivery after the
+		// agent forgot the id gets the same outcome written again
+		// (SPEC.md section 22): the row version and the transaction.
+		// Added to tables of an earlier schema; NULL there (unknown).
+		`ALTER TABLE ` + CommandsTable + ` ADD COLUMN IF NOT EXISTS version bigint, ADD COLUMN IF NOT EXISTS tx text`,
 	}
 	for _, t := range tables {
 		if !identRE.MatchString(t) {
@@ -97,18 +105,25 @@ func NewApplier(conn *pgx.Conn, w *format.Writer, tables ...string) *Applier {
 
 // result is what the database said of one command.
 type result struct {
-	prevOutcome, prevReason *string // a record from an earlier delivery
-	version                 *int64  // the row's new version: carried out
-	reason                  *string // refused, and why
+	// A record from an earlier delivery: its outcome and reason, and for
+	// one carried out the version it wrote and its transaction.
+	prevOutcome, prevReason, prevTx *string
+	prevVersion                     *int64
+	version                         *int64  // the row's new version: carried out
+	reason                          *string // refused, and why
+}
+
+func (r *result) scan(row pgx.Row) error {
+	return row.Scan(&r.prevOutcome, &r.prevReason, &r.prevVersion, &r.prevTx, &r.version, &r.reason)
 }
 
 // statement returns the one statement that carries out c, or refuses it,
 // and records its id, unless an earlier delivery did: its columns are the
-// earlier record's outcome and reason, the new version, and this
-// delivery's reason for a refusal.
+// earlier record's outcome, reason, version and transaction, the new
+// version, and this delivery's reason for a refusal.
 func statement(c *command.Command) (string, []any) {
 	t := c.Table // checked against the applier's tables
-	prev := `prev AS (SELECT outcome, reason FROM ` + CommandsTable + ` WHERE id = $1),
+	prev := `prev AS (SELECT outcome, reason, version, tx FROM ` + CommandsTable + ` WHERE id = $1),
 		cur AS (SELECT version FROM ` + t + ` WHERE key = $2)`
 	var write string
 	args := []any{c.ID, c.Key}
@@ -144,17 +159,22 @@ func statement(c *command.Command) (string, []any) {
 	args = append(args, c.Origin)
 	o := fmt.Sprintf("$%d", len(args))
 	sql := `WITH ` + prev + `, w AS (` + write + `),
-		rec AS (INSERT INTO ` + CommandsTable + ` (id, origin, outcome, reason)
-			SELECT $1, ` + o + `, CASE WHEN EXISTS (SELECT 1 FROM w) THEN 'applied' ELSE 'rejected' END, ` + reason + `
+		rec AS (INSERT INTO ` + CommandsTable + ` (id, origin, outcome, reason, version, tx)
+			SELECT $1, ` + o + `, CASE WHEN EXISTS (SELECT 1 FROM w) THEN 'applied' ELSE 'rejected' END, ` + reason + `,
+				(SELECT version FROM w), 'pg:' || pg_current_xact_id()::text
 			WHERE NOT EXISTS (SELECT 1 FROM prev) RETURNING reason)
-		SELECT (SELECT outcome FROM prev), (SELECT reason FROM prev), (SELECT version FROM w), (SELECT reason FROM rec)`
+		SELECT (SELECT outcome FROM prev), (SELECT reason FROM prev), (SELECT version FROM prev), (SELECT tx FROM prev),
+			(SELECT version FROM w), (SELECT reason FROM rec)`
 	return sql, args
 }
 
 // Handle carries out the commands of one inbox file (inbox.Handler): one
 // database transaction for all of them, one prepared frame per command
 // carried out, appended before COMMIT, their outcomes after it, then a
-// rejection frame per command refused. It returns once every command has
+// rejection frame per command refused and an applied frame per command
+// found carried out at an earlier delivery. A command the database refuses
+// (commandFault) is refused alone: the file is carried out again with a
+// savepoint around each command. It returns once every command has
 // its record in the change files, durable per the writer's sync policy.
 func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 	// A transaction an earlier run left in doubt that the database could
@@ -183,24 +203,26 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 	if len(cmds) == 0 {
 		return nil
 	}
-	tx, err := a.conn.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("writeback: begin: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) // a no-op once committed
-	b := &pgx.Batch{}
-	var xid string
-	b.Queue(`SELECT pg_current_xact_id()::text`).QueryRow(func(r pgx.Row) error { return r.Scan(&xid) })
 	res := make([]result, len(cmds))
-	for i := range cmds {
-		sql, args := statement(&cmds[i])
-		r := &res[i]
-		b.Queue(sql, args...).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&r.prevOutcome, &r.prevReason, &r.version, &r.reason)
-		})
+	tx, xid, err := a.carryOut(ctx, cmds, res, false)
+	var fault *commandFault
+	if errors.As(err, &fault) {
+		// One command the database refused (a value too long for its
+		// column, a constraint, a trigger's business rule): again, a
+		// savepoint around each command, so that it alone is refused and
+		// the others are carried out. Not the first way: a savepoint per
+		// command is a subtransaction per command, and past 64 of them
+		// every other session's snapshot of this database gets slower
+		// while the transaction runs.
+		tx.Rollback(context.WithoutCancel(ctx))
+		clear(res)
+		tx, xid, err = a.carryOut(ctx, cmds, res, true)
 	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("writeback: carrying out %d commands (first %s): %w", len(cmds), cmds[0].ID, err)
+	if tx != nil {
+		defer tx.Rollback(context.WithoutCancel(ctx)) // a no-op once committed
+	}
+	if err != nil {
+		return err
 	}
 	// Append while the transaction holds its row locks (SPEC.md, "Commit
 	// order"): a later write of the same rows commits after this frame.
@@ -208,16 +230,29 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 	var prepared []*format.Prepared
 	var later []format.Tx // AfterCommit
 	var rejects []format.Rejection
+	var again []format.Applied
 	for i := range cmds {
 		c, r := &cmds[i], &res[i]
 		switch {
 		case r.prevOutcome != nil && *r.prevOutcome == "rejected":
-			// Refused at an earlier delivery whose rejection frame may not
-			// have been written: write it again (receivers keep the first).
+			// Refused at an earlier delivery: its rejection frame may not
+			// have been written (a crash after COMMIT), or be older than
+			// what the agent remembers: write it again (receivers keep the
+			// first).
 			rejects = append(rejects, format.Rejection{Command: c.ID, Origin: c.Origin, Reason: deref(r.prevReason)})
 		case r.prevOutcome != nil:
-			// Carried out at an earlier delivery: its frame is in the files
-			// (or in doubt, resolved from the database at the writer's start).
+			// Carried out at an earlier delivery (its record is visible, so
+			// that transaction committed): not again, but its outcome is
+			// written again (SPEC.md section 22). The agent hands a
+			// command to the legacy again only when it does not know its
+			// outcome: delivered after its rescan horizon, or after a crash
+			// before it read the outcome. Without this record the inbox
+			// file would wait for ever.
+			var v uint64
+			if r.prevVersion != nil {
+				v = uint64(*r.prevVersion)
+			}
+			again = append(again, format.Applied{Command: c.ID, Origin: c.Origin, TxID: deref(r.prevTx), Version: v})
 		case r.version != nil:
 			ch := format.Change{Table: c.Table, Key: []byte(c.Key), Op: opOf(c.Op), Version: uint64(*r.version)}
 			if c.Op != command.OpDelete {
@@ -265,7 +300,145 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 		_, err := a.w.Reject(rejects[i])
 		errs = append(errs, err)
 	}
+	for i := range again {
+		again[i].Time = now
+		_, err := a.w.RecordApplied(again[i])
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// commandFault is a database error that is the command's own doing, not the
+// database's state: refusing the command is its outcome, and retrying the
+// file would fail the same way for ever.
+type commandFault struct {
+	index int
+	err   *pgconn.PgError
+}
+
+func (e *commandFault) Error() string {
+	return fmt.Sprintf("writeback: the database refused the file's command %d: %v", e.index, e.err)
+}
+func (e *commandFault) Unwrap() error { return e.err }
+
+// isCommandFault reports whether err is a PostgreSQL error caused by what
+// the command asks (SQLSTATE classes): 22 data exception (a value too long
+// for its column, out of range), 23 integrity constraint violation (check,
+// not null, foreign key), 44 check option, 54 program limit (a key too long
+// for its index), P0 raised by a trigger or function (a business rule). Not
+// serialisation failures, deadlocks, lack of resources or a connection
+// gone: those pass, and the file is retried.
+func isCommandFault(err error) (*pgconn.PgError, bool) {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || len(pe.Code) != 5 {
+		return nil, false
+	}
+	switch pe.Code[:2] {
+	case "22", "23", "44", "54", "P0":
+		return pe, true
+	}
+	return nil, false
+}
+
+// savepoint names the savepoint around each command (the same name each
+// time: each is released before the next is set).
+const savepoint = "ferry_command"
+
+// carryOut begins the transaction of one inbox file and runs the statement
+// of each command, pipelined, filling res. Without savepoints the first
+// command the database refuses is a *commandFault (the transaction is then
+// aborted; the caller rolls it back). With a savepoint around each command,
+// such a command alone is rolled back and recorded as refused, with the
+// database's error as the reason, and the commands after it run on. The
+// returned transaction is open unless it is nil.
+func (a *Applier) carryOut(ctx context.Context, cmds []command.Command, res []result, savepoints bool) (pgx.Tx, string, error) {
+	tx, err := a.conn.Begin(ctx)
+	if err != nil {
+		return nil, "", fmt.Errorf("writeback: begin: %w", err)
+	}
+	var xid string
+	for start := 0; start < len(cmds); {
+		b := &pgx.Batch{}
+		if start == 0 {
+			// The transaction's own id first: the frames carry it
+			// ("pg:<xid>"), and the in-doubt resolution asks about it.
+			b.Queue(`SELECT pg_current_xact_id()::text`)
+		}
+		for i := start; i < len(cmds); i++ {
+			sql, args := statement(&cmds[i])
+			if savepoints {
+				b.Queue(`SAVEPOINT ` + savepoint)
+			}
+			b.Queue(sql, args...)
+			if savepoints {
+				b.Queue(`RELEASE SAVEPOINT ` + savepoint)
+			}
+		}
+		br := tx.SendBatch(ctx, b)
+		failed, ferr := -1, error(nil)
+		if start == 0 {
+			ferr = br.QueryRow().Scan(&xid)
+		}
+		for i := start; i < len(cmds) && ferr == nil; i++ {
+			if savepoints {
+				if _, ferr = br.Exec(); ferr != nil {
+					break
+				}
+			}
+			if ferr = res[i].scan(br.QueryRow()); ferr != nil {
+				failed = i
+				break
+			}
+			if savepoints {
+				_, ferr = br.Exec()
+			}
+		}
+		cerr := br.Close() // after a failure: the same error, or the aborted rest
+		if ferr == nil {
+			ferr = cerr
+		}
+		if ferr == nil {
+			return tx, xid, nil
+		}
+		pe, fault := isCommandFault(ferr)
+		if failed < 0 || !fault {
+			return tx, xid, fmt.Errorf("writeback: carrying out %d commands (first %s): %w", len(cmds)-start, cmds[start].ID, ferr)
+		}
+		if !savepoints {
+			return tx, xid, &commandFault{index: failed, err: pe}
+		}
+		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT `+savepoint); err != nil {
+			return tx, xid, fmt.Errorf("writeback: rolling back command %s after %v: %w", cmds[failed].ID, ferr, err)
+		}
+		c := &cmds[failed]
+		reason := dbReason(c.ID, pe)
+		// Recorded refused like a stale version, so that a redelivery
+		// writes the same rejection again.
+		err := res[failed].scan(tx.QueryRow(ctx, `WITH prev AS (SELECT outcome, reason, version, tx FROM `+CommandsTable+` WHERE id = $1),
+			rec AS (INSERT INTO `+CommandsTable+` (id, origin, outcome, reason) SELECT $1, $2, 'rejected', $3
+				WHERE NOT EXISTS (SELECT 1 FROM prev) RETURNING reason)
+			SELECT (SELECT outcome FROM prev), (SELECT reason FROM prev), (SELECT version FROM prev), (SELECT tx FROM prev),
+				NULL::bigint, (SELECT reason FROM rec)`, c.ID, c.Origin, reason))
+		if err != nil {
+			return tx, xid, fmt.Errorf("writeback: recording command %s refused by the database: %w", c.ID, err)
+		}
+		start = failed + 1
+	}
+	return tx, xid, nil
+}
+
+// dbReason is the rejection reason of a command the database refused: the
+// command, the database's message and its SQLSTATE, within the rejection
+// frame's bound.
+func dbReason(id string, pe *pgconn.PgError) string {
+	r := fmt.Sprintf("command %s refused by the legacy database: %s (SQLSTATE %s)", id, pe.Message, pe.Code)
+	if pe.Detail != "" {
+		r += ": " + pe.Detail
+	}
+	if len(r) > format.MaxReasonLen {
+		r = strings.ToValidUTF8(r[:format.MaxReasonLen], "")
+	}
+	return r
 }
 
 // ResolveInDoubt asks the database about every transaction the writer

@@ -50,7 +50,15 @@ type rig struct {
 	ap        *writeback.Applier
 	svcs      map[string]*service
 	agent     *inbox.Agent
+	agentCfg  inbox.Config
+	stopAgent func() // stops the agent and waits for it
 	ctx       context.Context
+}
+
+// rigConfig changes the rig's defaults.
+type rigConfig struct {
+	afterCommit bool
+	rescanBack  time.Duration // the agent's (0: its default)
 }
 
 type service struct {
@@ -96,6 +104,11 @@ func connect(t testing.TB, c *pg.Cluster) *pgx.Conn {
 // newRig starts everything; services names the receivers (each its own
 // origin), each leaving its own changes out of its SSE feed.
 func newRig(t testing.TB, afterCommit bool, services ...string) *rig {
+	return newRigWith(t, rigConfig{afterCommit: afterCommit}, services...)
+}
+
+func newRigWith(t testing.TB, cfg rigConfig, services ...string) *rig {
+	afterCommit := cfg.afterCommit
 	ctx, cancel := context.WithCancel(context.Background())
 	rg := &rig{t: t, cluster: startPG(t), changeDir: t.TempDir(), svcs: map[string]*service{}, ctx: ctx}
 	rg.inboxDir = filepath.Join(rg.changeDir, "inbox")
@@ -168,16 +181,34 @@ func newRig(t testing.TB, afterCommit bool, services ...string) *rig {
 		svc.r, svc.url = r, hs.URL
 		rg.svcs[name] = svc
 	}
-	_, js := rg.srv.Connect(t)
-	rg.agent, err = inbox.New(js, inbox.Config{Source: source, ChangeDir: rg.changeDir, Dir: rg.inboxDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	run("agent", rg.agent.Run)
+	rg.agentCfg = inbox.Config{Source: source, ChangeDir: rg.changeDir, Dir: rg.inboxDir, RescanBack: cfg.rescanBack}
+	rg.startAgent()
+	stops = append(stops, func() { rg.stopAgent() })
 	run("applier", func(ctx context.Context) error {
 		return inbox.Consume(ctx, rg.inboxDir, inbox.ConsumeConfig{}, rg.ap.Handle)
 	})
 	return rg
+}
+
+// startAgent starts an inbox agent (a new one: a restart after stopAgent),
+// which reads the state its predecessor saved.
+func (rg *rig) startAgent() {
+	t := rg.t
+	_, js := rg.srv.Connect(t)
+	a, err := inbox.New(js, rg.agentCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(rg.ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	rg.agent = a
+	rg.stopAgent = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("agent: %v", err)
+		}
+	})
 }
 
 // submit posts a command to a service's receiver and returns the status

@@ -267,6 +267,25 @@ func (in *inspector) frame(res *format.SegmentResult, vf *format.VerifiedFrame) 
 		case human:
 			fmt.Fprintf(in.out, "@%-10d rejection %s, command %q of %q: %s\n", off, fmtTime(r.Time), r.Command, r.Origin, r.Reason)
 		}
+	case vf.Applied != nil:
+		r := vf.Applied
+		switch {
+		case in.opts.json:
+			in.buf = append(in.buf[:0], `{"applied_again":`...)
+			in.buf = jsonl.AppendString(in.buf, r.Command)
+			in.buf = append(in.buf, `,"origin":`...)
+			in.buf = jsonl.AppendString(in.buf, r.Origin)
+			in.buf = append(in.buf, `,"tx_id":`...)
+			in.buf = jsonl.AppendString(in.buf, r.TxID)
+			in.buf = fmt.Appendf(in.buf, `,"version":%d,"time":"%s","position":{"source":`, r.Version, fmtTime(r.Time))
+			in.buf = jsonl.AppendString(in.buf, ref.Source)
+			in.buf = fmt.Appendf(in.buf, `,"segment":%d,"offset":%d}}`+"\n", ref.Segment, off)
+			if _, err := in.out.Write(in.buf); err != nil {
+				return err
+			}
+		case human:
+			fmt.Fprintf(in.out, "@%-10d applied   %s, command %q of %q carried out earlier by %q at version %d\n", off, fmtTime(r.Time), r.Command, r.Origin, r.TxID, r.Version)
+		}
 	case vf.Outcome != nil:
 		o := vf.Outcome
 		switch {

@@ -56,6 +56,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 	keepChanges := fs.Uint64("keep-changes", receiver.DefaultKeepChanges, "keep at most this many changes in the change log (0: no count bound)")
 	keepAge := fs.Duration("keep-age", receiver.DefaultKeepAge, "drop changes older than this from the change log (0: no age bound)")
 	tombRetention := fs.Duration("tombstone-retention", receiver.DefaultTombstoneRetention, "keep deletes' tombstones this long, so that an older change arriving later cannot bring the row back")
+	cmdRetention := fs.Duration("command-retention", receiver.DefaultCommandRetention, "keep a write-back command's records this long after its outcome: the window in which a resubmission of its id is answered with that outcome (at least 10m)")
 	cacheMB := fs.Int64("cache-mb", receiver.DefaultCacheSize>>20, "Pebble block cache, MiB")
 	maxTxMB := fs.Int64("max-tx-mb", 64, "largest transaction the receiver holds, MiB: a split frame's span and a transaction's decoding working set (bounds memory whatever the stream carries)")
 	memLimitMB := fs.Int64("memory-limit-mb", 0, "soft memory limit of the process, MiB (default 192 + --cache-mb; GOMEMLIMIT wins)")
@@ -117,6 +118,7 @@ func runReceive(ctx context.Context, env *Env, args []string) error {
 		receiver.WithToken(token),
 		receiver.WithChangeLogRetention(*keepChanges, *keepAge),
 		receiver.WithTombstoneRetention(*tombRetention),
+		receiver.WithCommandRetention(*cmdRetention),
 		receiver.WithCacheSize(*cacheMB << 20),
 		receiver.WithMaxTxBytes(*maxTxMB << 20),
 		receiver.WithSync(*syncCommits),

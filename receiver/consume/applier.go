@@ -47,6 +47,7 @@ type Applier struct {
 	raw     []byte
 	txs     []format.Tx
 	rejs    []format.Rejection // rejection frames of the chunk (write-back)
+	again   []format.Applied   // applied frames of the chunk (write-back)
 	outs    []format.Outcome   // outcome frames of the chunk
 	frames  []frameRef
 	lastSeq uint64
@@ -146,7 +147,7 @@ type frameRef struct {
 	raw      []byte
 	typ      format.FrameType
 	off, end int64
-	tx       int // index into txs for FrameTx, rejs for FrameRejection, outs for FrameOutcome
+	tx       int // index into txs for FrameTx, rejs for FrameRejection, outs for FrameOutcome, again for FrameApplied
 	t        int64
 }
 
@@ -525,6 +526,8 @@ func (a *Applier) applyRange(seq uint64, b *wire.Batch, st *sourceState, pos sto
 				c.changes += len(tx.Changes)
 			case f.typ == format.FrameRejection:
 				err = a.batch.Reject(b.Source, b.Segment, f.off, f.end, seq, &a.rejs[f.tx])
+			case f.typ == format.FrameApplied:
+				err = a.batch.AppliedAgain(b.Source, b.Segment, f.off, f.end, seq, &a.again[f.tx])
 			case f.typ == format.FrameOutcome:
 				err = a.applyOutcome(seq, b, st, f, c)
 			default:
@@ -620,6 +623,7 @@ const (
 func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos store.SourcePosition, raw []byte, i int, walk *format.Walker) (next, ntx, nframes, nchanges int, ok bool) {
 	a.frames = a.frames[:0]
 	a.rejs = a.rejs[:0]
+	a.again = a.again[:0]
 	newSeg := b.Segment != pos.Segment
 	var cost int64
 	nout := 0
@@ -696,6 +700,14 @@ func (a *Applier) decodeChunk(seq uint64, b *wire.Batch, st *sourceState, pos st
 			}
 			ref.tx = len(a.rejs)
 			a.rejs = append(a.rejs, r)
+		case f.Type == format.FrameApplied:
+			r, err := format.DecodeApplied(f.Payload)
+			if err != nil {
+				a.stop(b.Source, st, &SourceError{Kind: KindCorrupt, Segment: b.Segment, Offset: off, StreamSeq: seq, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)})
+				return
+			}
+			ref.tx, ref.t = len(a.again), r.Time
+			a.again = append(a.again, r)
 		}
 		walk.Add(info)
 		i += n

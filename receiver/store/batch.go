@@ -58,6 +58,7 @@ type Batch struct {
 	crossWarned time.Time
 	crossQuiet  int
 	purged      time.Time // last look for expired tombstones
+	cmdPurged   time.Time // last look for expired command records
 
 	// Parked transactions (parked.go): parks and resolutions not yet in
 	// Pebble, by park key, tagged with the generation of the work that
@@ -107,6 +108,10 @@ type commitWork struct {
 	// Tombstone index entries to delete (purged tombstones), concatenated.
 	purge     []byte
 	purgeEnds []int
+	// Command index entries of the commands whose records go
+	// (cmdretention.go), and their ids.
+	cmdPurge  []string
+	cmdPurged map[string]struct{}
 
 	// Row guard counts, published when the commit is applied: changes
 	// skipped as stale, cross-source writes without versions, tombstones
@@ -635,6 +640,10 @@ func (b *Batch) CommitAsync() error {
 		b.err = err
 		return err
 	}
+	if err := b.purgeCommands(now); err != nil {
+		b.err = err
+		return err
+	}
 	return nil
 }
 
@@ -662,6 +671,9 @@ func (w *commitWork) prepare(s *Store) error {
 		return err
 	}
 	if err := w.writeRows(); err != nil {
+		return err
+	}
+	if err := w.writeCommandPurge(); err != nil {
 		return err
 	}
 	if err := w.writeCommands(); err != nil {
@@ -747,6 +759,7 @@ func (w *commitWork) apply(s *Store) error {
 	s.cross.Add(uint64(w.cross))
 	s.reads.Add(uint64(w.reads))
 	s.tombstones.Add(int64(w.tombs - len(w.purgeEnds)))
+	s.cmdPurgedN.Add(uint64(len(w.cmdPurge)))
 	s.outCommitted.Add(uint64(w.committedOut))
 	s.outAborted.Add(uint64(w.aborted))
 	s.outUnmatched.Add(uint64(w.unmatched))
@@ -828,6 +841,8 @@ func (w *commitWork) reset() {
 		w.indexed = false
 	}
 	w.purge, w.purgeEnds = w.purge[:0], w.purgeEnds[:0]
+	w.cmdPurge = w.cmdPurge[:0]
+	clear(w.cmdPurged)
 	w.stale, w.cross, w.tombs, w.reads = 0, 0, 0, 0
 	w.tablePairs = w.tablePairs[:0]
 	clear(w.tverDirty)

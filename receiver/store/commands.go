@@ -2,9 +2,11 @@ package store
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -237,22 +239,37 @@ func (s *Store) Command(id string) (CommandStatus, bool, error) {
 // command is its outcome (SPEC.md: a second one is reported, not applied).
 func (b *Batch) outcome(id string, o Outcome) error {
 	_, dup := b.w.seen[id]
+	first := b.w
 	if b.flying != nil && !dup {
 		_, dup = b.flying.seen[id]
+		first = b.flying
 	}
 	if dup {
-		b.s.duplicateOutcome(id, o)
+		state := ""
+		for i := range first.cmds {
+			if first.cmds[i].id == id {
+				state = first.cmds[i].state
+			}
+		}
+		b.s.duplicateOutcome(id, state, o)
 		return nil
 	}
-	_, held, err := b.s.getMeta(commandKey(cmdOutcome, id))
+	v, held, err := b.s.getMeta(commandKey(cmdOutcome, id))
 	if err != nil {
 		return err
 	}
+	if held && b.purging(id) {
+		held = false // its records go in this commit: this one is its new record
+	}
 	if held {
-		b.s.duplicateOutcome(id, o)
+		var old Outcome
+		if err := decodeRecord(v, &old); err != nil {
+			return fmt.Errorf("command %s: %w", id, err)
+		}
+		b.s.duplicateOutcome(id, old.State, o)
 		return nil
 	}
-	v, err := encodeRecord(&o)
+	v, err = encodeRecord(&o)
 	if err != nil {
 		return err
 	}
@@ -262,6 +279,19 @@ func (b *Batch) outcome(id string, o Outcome) error {
 	b.w.seen[id] = struct{}{}
 	b.w.cmds = append(b.w.cmds, cmdRecord{key: commandKey(cmdOutcome, id), val: v, id: id, state: o.State, reason: o.Reason})
 	return nil
+}
+
+// purging reports whether the records of command id are purged by the work
+// being filled or the one in flight (not visible in Pebble yet).
+func (b *Batch) purging(id string) bool {
+	if _, ok := b.w.cmdPurged[id]; ok {
+		return true
+	}
+	if b.flying != nil {
+		_, ok := b.flying.cmdPurged[id]
+		return ok
+	}
+	return false
 }
 
 // cmdRecord is an outcome record waiting for its commit.
@@ -275,18 +305,33 @@ func (w *commitWork) writeCommands() error {
 		if err := w.b.Set(r.key, r.val, nil); err != nil {
 			return fmt.Errorf("store: recording a command outcome: %w", err)
 		}
+		// Indexed by this commit's time, for the retention.
+		w.val = appendCmdIndexKey(w.val[:0], w.now, r.id)
+		if err := w.b.Set(w.val, nil, nil); err != nil {
+			return fmt.Errorf("store: indexing a command outcome: %w", err)
+		}
 	}
 	return nil
 }
 
-func (s *Store) duplicateOutcome(id string, o Outcome) {
+// duplicateOutcome reports a second outcome record of command id, the
+// first being in state first. One that agrees is the legacy writing an
+// outcome again, as SPEC.md asks of a command delivered again after it was
+// carried out or refused: expected after crashes and resubmissions, so
+// only logged at debug level. One that disagrees is a legacy breaking the
+// rules (a command both applied and rejected): a warning.
+func (s *Store) duplicateOutcome(id, first string, o Outcome) {
 	s.dupOutcomes.Add(1)
-	s.log.Warn("a second outcome for a write-back command: the first one stands", "command", id,
+	lvl, msg := slog.LevelDebug, "the outcome of a write-back command written again: the first record stands"
+	if first != o.State {
+		lvl, msg = slog.LevelWarn, "a second, different outcome for a write-back command: the first one stands"
+	}
+	s.log.Log(context.Background(), lvl, msg, "command", id, "first", first,
 		"state", o.State, "source", o.Source, "segment", o.Segment, "offset", o.Offset)
 }
 
 // DuplicateOutcomes counts outcome records that named a command which
-// already had one (kept: the first).
+// already had one (kept: the first), whether they agree with it or not.
 func (s *Store) DuplicateOutcomes() uint64 { return s.dupOutcomes.Load() }
 
 // commandApplied records the outcome of a transaction carrying a command.
@@ -311,6 +356,22 @@ func (b *Batch) Reject(source string, seg uint64, off, end int64, streamSeq uint
 	b.bytes += end - off
 	return b.outcome(r.Command, Outcome{State: CommandRejected, Origin: r.Origin, Source: source, Segment: seg,
 		Offset: off, Reason: r.Reason, Time: r.Time})
+}
+
+// AppliedAgain applies an applied frame spanning [off, end) of segment seg
+// (the legacy wrote again the outcome of a command it carried out at an
+// earlier delivery): it changes no row; it moves the source's position and
+// records the command applied, unless its outcome is already recorded
+// (the usual case: the first record stands).
+func (b *Batch) AppliedAgain(source string, seg uint64, off, end int64, streamSeq uint64, r *format.Applied) error {
+	p, err := b.advance(source, seg, off, end, streamSeq, r.Time)
+	if err != nil {
+		return err
+	}
+	b.pos[source] = *p
+	b.bytes += end - off
+	return b.outcome(r.Command, Outcome{State: CommandApplied, Origin: r.Origin, Source: source, Segment: seg,
+		Offset: off, Version: r.Version, Time: r.Time})
 }
 
 // cmdTrack follows the commands submitted through this receiver until

@@ -71,6 +71,7 @@ type options struct {
 	rowKeys      rowKeys // tests: create the store with this encoding (keys.go)
 
 	tombRetention time.Duration
+	cmdRetention  time.Duration
 }
 
 // Option configures a Store.
@@ -198,6 +199,8 @@ type Store struct {
 	closeOnce sync.Once
 
 	tombRetention time.Duration
+	cmdRetention  time.Duration // cmdretention.go
+	cmdPurgedN    atomic.Uint64
 	// Loads (loads.go): their states, under mu; whether chunks may be
 	// ingested as sstables (ingest.go), Pebble's options for writing them
 	// and the number of the last temporary table.
@@ -236,7 +239,7 @@ type Store struct {
 // Open opens (creating if needed) the store in dir.
 func Open(dir string, opts ...Option) (*Store, error) {
 	o := options{cacheSize: 64 << 20, memTableSize: 64 << 20, flushEvery: 5 * time.Second, logFileSize: 64 << 20, log: slog.New(slog.DiscardHandler),
-		tombRetention: DefaultTombstoneRetention}
+		tombRetention: DefaultTombstoneRetention, cmdRetention: DefaultCommandRetention}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, err
@@ -281,7 +284,7 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	// Write stalls (a full memtable waiting for its flush) are timed: a
 	// receiver that falls behind because Pebble cannot keep up shows it.
 	s := &Store{log: o.log, dir: dir, fs: o.fs, logFileSize: o.logFileSize, noWAL: !o.sync, positions: map[string]SourcePosition{}, notify: make(chan struct{}),
-		tombRetention: o.tombRetention, parked: map[string]int64{}, tables: map[string][]string{}, tver: map[string]tableVer{},
+		tombRetention: o.tombRetention, cmdRetention: o.cmdRetention, parked: map[string]int64{}, tables: map[string][]string{}, tver: map[string]tableVer{},
 		loads: map[string]LoadState{}, bulkLoad: !o.noBulk, po: po, space: newSpace(o.fs, dir, o.memTableSize, o.log)}
 	po.EventListener = &pebble.EventListener{
 		// A flush is what makes commits durable without a WAL: the change
@@ -425,6 +428,9 @@ func (s *Store) committed() {
 }
 
 func (s *Store) load() error {
+	if err := s.indexOutcomes(); err != nil {
+		return err
+	}
 	if err := s.loadCommands(); err != nil {
 		return err
 	}

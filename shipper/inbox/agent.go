@@ -48,8 +48,16 @@ type Config struct {
 	// after it. A command offered again that is already in the inbox or
 	// done is dropped, so a short wait costs nothing but a duplicate.
 	AckWait time.Duration
-	Client  *http.Client
-	Logger  *slog.Logger
+	// RescanBack is how far back (in time, this to twice this) a restarted
+	// agent reads the change files again to know the ids of commands done
+	// lately (default DefaultRescanBack, 10 min). A command delivered again
+	// after that (a long outage, a service resubmitting it days later) is
+	// handed to the legacy, which writes its outcome again (SPEC.md
+	// section 23): nothing is carried out twice either way; a longer
+	// horizon only saves the legacy those repeats. Tests shorten it.
+	RescanBack time.Duration
+	Client     *http.Client
+	Logger     *slog.Logger
 }
 
 // Agent delivers a source's commands to the legacy. Run it once.
@@ -86,6 +94,10 @@ type Stats struct {
 	Posts      uint64 // endpoint calls that succeeded
 	PostErrors uint64
 	Scanned    format.Position // how far the change files were read
+	// RescanFrom is where a restarted agent would read the change files
+	// again from (Config.RescanBack behind, or more; zero: from the first
+	// segment): outcomes before it are forgotten at a restart.
+	RescanFrom format.Position
 	LastError  string
 }
 
@@ -118,6 +130,9 @@ func New(js jetstream.JetStream, cfg Config) (*Agent, error) {
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 5 * time.Second
 	}
+	if cfg.RescanBack <= 0 {
+		cfg.RescanBack = DefaultRescanBack
+	}
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{Timeout: 30 * time.Second}
 	}
@@ -127,7 +142,7 @@ func New(js jetstream.JetStream, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("inbox: creating %s: %w", cfg.Dir, err)
 	}
-	sc, err := newScanner(cfg.ChangeDir, cfg.Source, cfg.Dir)
+	sc, err := newScanner(cfg.ChangeDir, cfg.Source, cfg.Dir, cfg.RescanBack)
 	if err != nil {
 		return nil, err
 	}
@@ -406,7 +421,7 @@ func (a *Agent) outcomes() error {
 
 func (a *Agent) updateStats() {
 	a.mu.Lock()
-	a.stats.Pending, a.stats.Files, a.stats.Scanned = len(a.pending), len(a.files), a.sc.position()
+	a.stats.Pending, a.stats.Files, a.stats.Scanned, a.stats.RescanFrom = len(a.pending), len(a.files), a.sc.position(), a.sc.rescanFrom()
 	a.mu.Unlock()
 }
 

@@ -12,9 +12,17 @@ import (
 // Handler carries out the commands of one inbox file, in order, for a Go
 // legacy. It must be idempotent by command id (SPEC.md, "Write-back
 // records"): record the id in the same database transaction as the write,
-// and treat an id already recorded as done. It returns once every command
-// has its record in the change files (Writer.Prepare + Commit, or
-// Writer.Reject). An error makes Consume offer the same file again.
+// with what it wrote (the row version, the transaction id), and for an id
+// already recorded carry out nothing but write its outcome again —
+// Writer.RecordApplied for one carried out, Writer.Reject with the recorded
+// reason for one refused: the command may come back after the agent forgot
+// it (Config.RescanBack), and then only that record ends its wait. It
+// returns once every command has its record in the change files
+// (Writer.Prepare + Commit, Writer.Reject or Writer.RecordApplied). An
+// error makes Consume offer the same file again: refuse a command the
+// database refuses (a value too long, a constraint) rather than fail the
+// file with it, or the file fails for ever (bench/writeback: a savepoint
+// per command).
 type Handler func(ctx context.Context, cmds []command.Command) error
 
 // ConsumeConfig configures Consume.

@@ -11,10 +11,11 @@
 // each at least once: a command
 // stays in the inbox, and is offered again to the legacy after any crash,
 // until the legacy's change files hold its outcome (a transaction carrying
-// its id, committed, or a rejection frame naming it); the agent reads the
-// change files itself to see that (outcomes.go). Exactly once in effect is
-// the legacy's part: it records the command id in the same database
-// transaction as the write, and a command it already carried out is a no-op.
+// its id, committed, a rejection frame or an applied frame naming it); the
+// agent reads the change files itself to see that (outcomes.go). Exactly
+// once in effect is the legacy's part: it records the command id in the
+// same database transaction as the write, and a command it already carried
+// out is not carried out again but has its outcome written again (Handler).
 package inbox
 
 import (

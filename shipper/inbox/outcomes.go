@@ -21,11 +21,12 @@ import (
 type scanner struct {
 	dir, source string
 	statePath   string
+	rescanBack  time.Duration
 
 	st    scanState
 	dirty bool
 	// pending is the next rescan point (the state saved at pendingAt):
-	// it becomes Back once Back is RescanBack old.
+	// it becomes Back once Back is rescanBack old.
 	pending   *backState
 	pendingAt time.Time
 	tx        format.Tx
@@ -37,15 +38,17 @@ type scanState struct {
 	Offset   int64             `json:"offset"`  // next frame (0: the segment's first)
 	Prepared []preparedCommand `json:"prepared,omitempty"`
 	prepared map[format.Position]string
-	// Back is an earlier saved state, RescanBack to RescanBack*2 behind:
+	// Back is an earlier saved state, rescanBack to rescanBack*2 behind:
 	// a restarted agent reads the change files again from there, so that
 	// it knows the ids whose outcomes it saw lately. The stream may offer
 	// those commands again — a nats-server killed before it wrote its
 	// consumer state forgets acknowledgements (and may even reuse the
 	// sequence numbers of messages it lost), a receiver publishes a
 	// command again when its service resubmits it — and a legacy that
-	// finds the id recorded writes nothing, so without this the inbox
-	// file would wait for an outcome for ever.
+	// finds the id recorded writes its outcome again (an applied frame, or
+	// its rejection frame) rather than carrying it out: reading back spares
+	// the legacy most of those, and the ids older than this are the
+	// legacy's to answer (SPEC.md section 23).
 	Back   *backState `json:"back,omitempty"`
 	BackAt time.Time  `json:"back_at,omitzero"`
 }
@@ -56,9 +59,9 @@ type backState struct {
 	Prepared []preparedCommand `json:"prepared,omitempty"`
 }
 
-// RescanBack is how far behind (in time) the state a restarted agent
-// reads the change files from again lags.
-const RescanBack = 10 * time.Minute
+// DefaultRescanBack is how far behind (in time) the state a restarted
+// agent reads the change files from again lags, by default (Config.RescanBack).
+const DefaultRescanBack = 10 * time.Minute
 
 type preparedCommand struct {
 	Segment uint64 `json:"segment"`
@@ -68,8 +71,8 @@ type preparedCommand struct {
 
 const stateFile = ".agent-state.json"
 
-func newScanner(changeDir, source, inboxDir string) (*scanner, error) {
-	s := &scanner{dir: changeDir, source: source, statePath: filepath.Join(inboxDir, stateFile)}
+func newScanner(changeDir, source, inboxDir string, rescanBack time.Duration) (*scanner, error) {
+	s := &scanner{dir: changeDir, source: source, statePath: filepath.Join(inboxDir, stateFile), rescanBack: rescanBack}
 	s.st.prepared = map[format.Position]string{}
 	b, err := os.ReadFile(s.statePath)
 	if errors.Is(err, os.ErrNotExist) {
@@ -104,9 +107,9 @@ func (s *scanner) save() error {
 	for p, c := range s.st.prepared {
 		s.st.Prepared = append(s.st.Prepared, preparedCommand{Segment: p.Segment, Offset: p.Offset, Command: c})
 	}
-	if now := time.Now(); s.st.Back == nil || now.Sub(s.st.BackAt) >= RescanBack {
+	if now := time.Now(); s.st.Back == nil || now.Sub(s.st.BackAt) >= s.rescanBack {
 		// The state saved now becomes the rescan point once it is old
-		// enough: keep the last one and move it forward every RescanBack.
+		// enough: keep the last one and move it forward every rescanBack.
 		if s.pending != nil {
 			s.st.Back, s.st.BackAt = s.pending, s.pendingAt
 		} else if s.st.Back == nil {
@@ -231,9 +234,26 @@ func (s *scanner) scanSegment(sf format.SegmentFile, done func(string)) (sealed 
 				return false, fmt.Errorf("inbox: %s at %d: %w", sf.Path, pos.Offset, err)
 			}
 			done(r.Command)
+		case format.FrameApplied:
+			// The legacy wrote the outcome of a command it carried out
+			// earlier again: a command delivered after this agent forgot
+			// its id (older than the rescan point) is done by it.
+			r, err := format.DecodeApplied(fr.Payload)
+			if err != nil {
+				return false, fmt.Errorf("inbox: %s at %d: %w", sf.Path, pos.Offset, err)
+			}
+			done(r.Command)
 		}
 		s.st.Offset, s.dirty = rd.End(), true
 	}
+}
+
+// rescanFrom returns where a restart reads the change files again from.
+func (s *scanner) rescanFrom() format.Position {
+	if b := s.st.Back; b != nil {
+		return format.Position{Segment: b.Segment, Offset: b.Offset}
+	}
+	return format.Position{}
 }
 
 // position returns where the scanner stands, for status.

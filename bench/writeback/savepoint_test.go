@@ -1,0 +1,97 @@
+package writeback_test
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferrysync/ferry/bench/writeback"
+	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/format/command"
+)
+
+// TestApplierRefusesWhatTheDatabaseRefuses hands the applier one inbox
+// file whose middle command the database refuses (its key is too long for
+// the column): that command is rejected with the database's error as the
+// reason, the others of the file are carried out, and the file is done
+// (Handle returns nil) instead of being retried for ever. A redelivery of
+// the file writes the same outcomes again and carries out nothing.
+func TestApplierRefusesWhatTheDatabaseRefuses(t *testing.T) {
+	cluster := startPG(t)
+	conn := connect(t, cluster)
+	ctx := context.Background()
+	if err := writeback.CreateSchema(ctx, conn, table); err != nil {
+		t.Fatal(err)
+	}
+	// The legacy's schema is stricter than the applier's generic one.
+	if _, err := conn.Exec(ctx, `ALTER TABLE `+table+` ALTER COLUMN key TYPE varchar(16)`); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	w, err := format.OpenWriter(dir, source, format.WithSync(format.SyncAlways, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ap := writeback.NewApplier(connect(t, cluster), w, table)
+	cmd := func(id, key string) command.Command {
+		return command.Command{ID: id, Origin: "svc", Source: source, Table: table, Key: key, Op: command.OpInsert,
+			After: json.RawMessage(`{"id":"` + id + `"}`), Submitted: time.Now().UTC(), Seq: 1}
+	}
+	cmds := []command.Command{cmd("sp-1", "short-1"), cmd("sp-2", strings.Repeat("x", 40)), cmd("sp-3", "short-3")}
+	for round := range 2 {
+		if err := ap.Handle(ctx, cmds); err != nil {
+			t.Fatalf("round %d: Handle: %v", round, err)
+		}
+	}
+	recs := records(t, dir)
+	for _, id := range []string{"sp-1", "sp-3"} {
+		if r := recs[id]; r.committed != 1 || r.rejections != 0 || len(r.applied) != 1 {
+			t.Errorf("%s: %+v, want carried out once (and its outcome written again at the second delivery)", id, r)
+		}
+	}
+	r := recs["sp-2"]
+	if r.committed != 0 || r.rejections != 2 || len(r.applied) != 0 {
+		t.Fatalf("sp-2: %+v, want two rejections (one per delivery)", r)
+	}
+	for _, reason := range r.reasons {
+		if !strings.Contains(reason, "sp-2") || !strings.Contains(reason, "value too long") || !strings.Contains(reason, "22001") {
+			t.Errorf("sp-2 rejected with %q, want the command id and the database's error", reason)
+		}
+	}
+	if r.reasons[0] != r.reasons[1] {
+		t.Errorf("the second delivery's reason %q differs from the first's %q", r.reasons[1], r.reasons[0])
+	}
+	rows := map[string]string{}
+	dbRows, err := conn.Query(ctx, `SELECT key, value->>'id' FROM `+table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dbRows.Next() {
+		var k, v string
+		if err := dbRows.Scan(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+		rows[k] = v
+	}
+	if len(rows) != 2 || rows["short-1"] != "sp-1" || rows["short-3"] != "sp-3" {
+		t.Errorf("rows %v, want short-1 and short-3 only", rows)
+	}
+	outcomes := map[string]string{}
+	cr, err := conn.Query(ctx, `SELECT id, outcome FROM `+writeback.CommandsTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cr.Next() {
+		var id, o string
+		if err := cr.Scan(&id, &o); err != nil {
+			t.Fatal(err)
+		}
+		outcomes[id] = o
+	}
+	if len(outcomes) != 3 || outcomes["sp-1"] != "applied" || outcomes["sp-2"] != "rejected" || outcomes["sp-3"] != "applied" {
+		t.Errorf("the legacy's command records %v, want sp-1 and sp-3 applied, sp-2 rejected", outcomes)
+	}
+}
