@@ -211,6 +211,32 @@ func FuzzDecodeRejection(f *testing.F) {
 	})
 }
 
+// FuzzDecodeApplied: what decodes re-encodes to the same bytes.
+func FuzzDecodeApplied(f *testing.F) {
+	for _, b := range goldenFrames(f) {
+		if format.FrameType(b[8]) == format.FrameApplied {
+			f.Add(b[format.FrameHeaderLen:])
+		}
+	}
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		a, err := format.DecodeApplied(payload)
+		if err != nil {
+			if !errors.Is(err, format.ErrCorrupt) {
+				t.Fatalf("DecodeApplied error %v is not ErrCorrupt", err)
+			}
+			return
+		}
+		re, err := format.AppendApplied(nil, a)
+		if err != nil {
+			t.Fatalf("a decoded applied record does not encode: %v", err)
+		}
+		if !bytes.Equal(re[format.FrameHeaderLen:], payload) {
+			t.Fatalf("re-encoded applied record differs:\n got %x\nwant %x", re[format.FrameHeaderLen:], payload)
+		}
+	})
+}
+
 func FuzzReader(f *testing.F) {
 	for _, b := range goldenFiles(f) {
 		f.Add(b)

@@ -53,9 +53,10 @@ func goldenHeaderV2(t *testing.T, source string, seg uint64, lw format.Position)
 	return b
 }
 
-// writebackSegment shows a write-back's two endings: a command carried out
-// (a prepared transaction with origin and command id, then its outcome) and
-// a command refused (a rejection frame).
+// writebackSegment shows a write-back's endings: a command carried out (a
+// prepared transaction with origin and command id, then its outcome), a
+// command refused (a rejection frame), and the first command delivered
+// again and found carried out (an applied frame).
 func writebackSegment(t *testing.T) []byte {
 	b := goldenHeaderV2(t, "shop", 1, format.Position{})
 	first := len(b)
@@ -68,6 +69,9 @@ func writebackSegment(t *testing.T) []byte {
 	}
 	if b, err = format.AppendRejection(b, format.Rejection{Time: goldenTime + 3, Command: "cmd-7f3b", Origin: "svc-orders",
 		Reason: "stale version: stock sku-1 is at version 302, the command read 301"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = format.AppendApplied(b, format.Applied{Time: goldenTime + 4, Command: "cmd-7f3a", Origin: "svc-orders", TxID: "pg:8100", Version: 1}); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -258,6 +262,7 @@ type goldenFrame struct {
 	Heartbeat *int64           `json:"heartbeat_unix_nano,omitempty"`
 	Outcome   *goldenOutcome   `json:"outcome,omitempty"`
 	Rejection *goldenRejection `json:"rejection,omitempty"`
+	Applied   *goldenApplied   `json:"applied,omitempty"`
 	Payload   string           `json:"payload_hex,omitempty"` // skippable frames
 }
 
@@ -275,6 +280,14 @@ type goldenRejection struct {
 	Command string `json:"command"`
 	Origin  string `json:"origin"`
 	Reason  string `json:"reason"`
+}
+
+type goldenApplied struct {
+	Time    int64  `json:"time_unix_nano"`
+	Command string `json:"command"`
+	Origin  string `json:"origin"`
+	TxID    string `json:"tx_id"`
+	Version uint64 `json:"version"`
 }
 
 type goldenOutcome struct {
@@ -398,6 +411,12 @@ func decodeGolden(t *testing.T, data []byte) goldenFile {
 				t.Fatalf("offset %d: %v", rd.Offset(), err)
 			}
 			gf.Rejection = &goldenRejection{Time: r.Time, Command: r.Command, Origin: r.Origin, Reason: r.Reason}
+		case format.FrameApplied:
+			a, err := format.DecodeApplied(f.Payload)
+			if err != nil {
+				t.Fatalf("offset %d: %v", rd.Offset(), err)
+			}
+			gf.Applied = &goldenApplied{Time: a.Time, Command: a.Command, Origin: a.Origin, TxID: a.TxID, Version: a.Version}
 		case format.FrameOutcome:
 			var o format.Outcome
 			if err := format.DecodeOutcome(f.Payload, &o); err != nil {
@@ -628,6 +647,17 @@ func (a *annotator) payload(typ format.FrameType, end int) bool {
 		}
 		sub.field(8, "time = %d (unix ns)", u64(d, a.off))
 		if !sub.bytesField("command id") || !sub.bytesField("origin") || !sub.bytesField("reason") || sub.off != end {
+			return false
+		}
+	case format.FrameApplied:
+		if end-a.off < 12 {
+			return false
+		}
+		sub.field(8, "time = %d (unix ns)", u64(d, a.off))
+		if !sub.bytesField("command id") || !sub.bytesField("origin") || !sub.bytesField("transaction id") {
+			return false
+		}
+		if _, ok := sub.varint("row version"); !ok || sub.off != end {
 			return false
 		}
 	case format.FrameOutcome:
