@@ -105,46 +105,14 @@ func BenchmarkLoad(b *testing.B) {
 	for _, codec := range []wire.Codec{wire.CodecZstd, wire.CodecS2} {
 		b.Run("stream-"+codec.String(), func(b *testing.B) { benchStream(b, ctx, url, n, cfg().WithCodec(codec)) })
 	}
-	b.Run("receiver", func(b *testing.B) {
-		var total time.Duration
-		for i := 0; i < b.N; i++ {
-			b.StopTimer()
-			br, _ := listeningBroker(b)
-			m, err := newFilePipeline(br, 0)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := m.startReceiver(ctx); err != nil {
-				b.Fatal(err)
-			}
-			nc, err := br.connect("loader")
-			if err != nil {
-				b.Fatal(err)
-			}
-			st, err := load.OpenJetStream(ctx, nc, jsclient.Config{Stream: fileStream}, 0)
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.StartTimer()
-			start := time.Now()
-			if _, err := load.Run(ctx, st, load.Input{PG: url}, load.Table{Name: loadTable.Name}, cfg()); err != nil {
-				b.Fatal(err)
-			}
-			waitLoadsDone(b, ctx, m.rcv, 1)
-			total += time.Since(start)
-			b.StopTimer()
-			var applied uint64
-			for _, ls := range m.rcv.Status().Loads {
-				applied += ls.RowsApplied
-			}
-			if applied != uint64(n) {
-				b.Fatalf("receiver applied %d rows, want %d", applied, n)
-			}
-			nc.Close()
-			m.close()
+	// receiver (zstd, the loader's default) and receiver-s2: end to end.
+	for _, codec := range []wire.Codec{wire.CodecZstd, wire.CodecS2} {
+		name := "receiver"
+		if codec != wire.CodecZstd {
+			name += "-" + codec.String()
 		}
-		b.ReportMetric(float64(n*b.N)/total.Seconds(), "rows/s")
-	})
+		b.Run(name, func(b *testing.B) { benchReceiver(b, ctx, url, n, cfg().WithCodec(codec)) })
+	}
 
 	b.Run("process", func(b *testing.B) {
 		br, natsURL := listeningBroker(b)
@@ -235,4 +203,47 @@ func benchStream(b *testing.B, ctx context.Context, url string, n int, cfg load.
 		}
 	}
 	b.ReportMetric(float64(n*b.N)/time.Since(start).Seconds(), "rows/s")
+}
+
+// benchReceiver measures the load end to end: PostgreSQL to a running
+// receiver holding every row.
+func benchReceiver(b *testing.B, ctx context.Context, url string, n int, cfg load.Config) {
+	var total time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		br, _ := listeningBroker(b)
+		m, err := newFilePipeline(br, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := m.startReceiver(ctx); err != nil {
+			b.Fatal(err)
+		}
+		nc, err := br.connect("loader")
+		if err != nil {
+			b.Fatal(err)
+		}
+		st, err := load.OpenJetStream(ctx, nc, jsclient.Config{Stream: fileStream}, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		start := time.Now()
+		if _, err := load.Run(ctx, st, load.Input{PG: url}, load.Table{Name: loadTable.Name}, cfg); err != nil {
+			b.Fatal(err)
+		}
+		waitLoadsDone(b, ctx, m.rcv, 1)
+		total += time.Since(start)
+		b.StopTimer()
+		var applied uint64
+		for _, ls := range m.rcv.Status().Loads {
+			applied += ls.RowsApplied
+		}
+		if applied != uint64(n) {
+			b.Fatalf("receiver applied %d rows, want %d", applied, n)
+		}
+		nc.Close()
+		m.close()
+	}
+	b.ReportMetric(float64(n*b.N)/total.Seconds(), "rows/s")
 }
