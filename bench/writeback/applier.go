@@ -227,7 +227,7 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 	// Append while the transaction holds its row locks (SPEC.md, "Commit
 	// order"): a later write of the same rows commits after this frame.
 	commit := a.now().UnixNano()
-	var prepared []*format.Prepared
+	var frames []*format.Tx
 	var later []format.Tx // AfterCommit
 	var rejects []format.Rejection
 	var again []format.Applied
@@ -263,14 +263,16 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 				later = append(later, ftx)
 				continue
 			}
-			p, err := a.w.Prepare(&ftx)
-			if err != nil {
-				return fmt.Errorf("writeback: appending command %s: %w", c.ID, err)
-			}
-			prepared = append(prepared, p)
+			frames = append(frames, &ftx)
 		default:
 			rejects = append(rejects, format.Rejection{Command: c.ID, Origin: c.Origin, Reason: deref(r.reason)})
 		}
+	}
+	// All of the file's frames in one append and one write: a write per
+	// command was a tenth of the applier's time per file.
+	prepared, err := a.w.PrepareBatch(frames)
+	if err != nil {
+		return fmt.Errorf("writeback: appending the frames of %d commands (first %s): %w", len(frames), cmds[0].ID, err)
 	}
 	if err := tx.Commit(ctx); err != nil {
 		// The connection may have broken during COMMIT: ask the database.
