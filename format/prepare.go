@@ -38,20 +38,61 @@ var ErrResolved = errors.New("format: transaction already resolved or not in dou
 // An error means the frame may not be in the file: roll the database
 // transaction back. Like Commit's, I/O errors are sticky.
 func (w *Writer) Prepare(tx *Tx) (*Prepared, error) {
-	w.mu.Lock()
-	prepared := tx.Prepared
-	tx.Prepared = true
-	pos, end, err := w.appendLocked(tx)
-	tx.Prepared = prepared
-	if err == nil {
-		w.inflight[pos] = struct{}{}
-		if w.opts.sync == SyncAlways {
-			w.needSync = max(w.needSync, end)
-		}
-	}
-	w.mu.Unlock()
+	ps, err := w.PrepareBatch([]*Tx{tx})
 	if err != nil {
 		return nil, err
+	}
+	return ps[0], nil
+}
+
+// PrepareBatch is Prepare for the transactions of one database transaction
+// that are recorded as separate frames (a legacy carrying out an inbox
+// file's commands in one transaction, one frame per command): it appends
+// them in order, one prepared frame each, and returns once all are written
+// to the operating system with one write, not one per frame. The order
+// contract is Prepare's: call it after the last write, before COMMIT, then
+// Commit (or Abort) every result.
+//
+// An error means no frame counts: the frames already appended for earlier
+// transactions of txs are recorded as aborted, so nothing of the batch is
+// ever applied; roll the database transaction back.
+func (w *Writer) PrepareBatch(txs []*Tx) ([]*Prepared, error) {
+	ps := make([]*Prepared, 0, len(txs))
+	w.mu.Lock()
+	var end int64
+	var err error
+	for _, tx := range txs {
+		prepared := tx.Prepared
+		tx.Prepared = true
+		var pos Position
+		pos, end, err = w.appendLocked(tx)
+		tx.Prepared = prepared
+		if err != nil {
+			break
+		}
+		w.inflight[pos] = struct{}{}
+		ps = append(ps, &Prepared{w: w, pos: pos, end: end})
+	}
+	if err != nil {
+		// An invalid transaction (or a sticky I/O error) after some were
+		// appended: those frames are in the buffer and may reach the
+		// file; their abort keeps readers from ever applying them.
+		for _, p := range ps {
+			p.done = true
+			delete(w.inflight, p.pos)
+			if w.usable() == nil {
+				w.addOutcomeLocked(Resolution{Prepared: p.pos, Decision: DecisionAborted})
+			}
+		}
+		w.mu.Unlock()
+		return nil, err
+	}
+	if w.opts.sync == SyncAlways && len(ps) > 0 {
+		w.needSync = max(w.needSync, end)
+	}
+	w.mu.Unlock()
+	if len(ps) == 0 {
+		return ps, nil
 	}
 	if err := w.writeTo(end); err != nil {
 		return nil, err
@@ -59,7 +100,7 @@ func (w *Writer) Prepare(tx *Tx) (*Prepared, error) {
 	if w.opts.sync == SyncAlways {
 		w.wake() // the flusher starts the fsync now, overlapping the COMMIT
 	}
-	return &Prepared{w: w, pos: pos, end: end}, nil
+	return ps, nil
 }
 
 // Position returns where the prepared frame is: the transaction's identity

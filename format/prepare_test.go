@@ -381,3 +381,61 @@ func TestAppliedRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepareBatch: the frames of one batch are appended in order, each a
+// prepared transaction of its own resolved on its own; a batch with an
+// invalid transaction fails whole, its valid frames recorded as aborted so
+// that no reader ever applies them.
+func TestPrepareBatch(t *testing.T) {
+	for _, policy := range []format.SyncPolicy{format.SyncNone, format.SyncAlways} {
+		t.Run(policy.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			w := openWriter(t, dir, format.WithSync(policy, 0))
+			ps, err := w.PrepareBatch([]*format.Tx{
+				rowTx("stock", "sku-1", `{"qty":1}`, 1),
+				rowTx("stock", "sku-2", `{"qty":2}`, 2),
+				rowTx("stock", "sku-1", `{"qty":3}`, 3),
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ps) != 3 || !ps[0].Position().Less(ps[1].Position()) || !ps[1].Position().Less(ps[2].Position()) {
+				t.Fatalf("%d prepared, want 3 in append order", len(ps))
+			}
+			bad := rowTx("", "sku-9", `{"qty":9}`, 9) // no table: refused
+			lost, err := w.PrepareBatch([]*format.Tx{rowTx("stock", "sku-4", `{"qty":4}`, 4), bad})
+			if !errors.Is(err, format.ErrInvalid) || lost != nil {
+				t.Fatalf("batch with an invalid transaction: %v, %v; want ErrInvalid and nothing", lost, err)
+			}
+			for _, p := range []*format.Prepared{ps[0], ps[2]} {
+				if err := p.Commit(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := ps[1].Abort(); err != nil {
+				t.Fatal(err)
+			}
+			if empty, err := w.PrepareBatch(nil); err != nil || len(empty) != 0 {
+				t.Fatalf("empty batch: %v, %v", empty, err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			txs, pos, all := checkChain(t, dir)
+			if len(txs) != 4 {
+				t.Fatalf("%d frames, want 4 (3 + the failed batch's valid one)", len(txs))
+			}
+			for i, want := range []string{"sku-1", "sku-2", "sku-1", "sku-4"} {
+				if got := string(txs[i].Changes[0].Key); got != want || !txs[i].Prepared {
+					t.Fatalf("frame %d: key %s prepared %v, want %s prepared", i, got, txs[i].Prepared, want)
+				}
+			}
+			got := decisions(t, all)
+			want := map[format.Position]format.Decision{ps[0].Position(): format.DecisionCommitted,
+				ps[1].Position(): format.DecisionAborted, ps[2].Position(): format.DecisionCommitted, pos[3]: format.DecisionAborted}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("outcomes %v, want %v", got, want)
+			}
+		})
+	}
+}

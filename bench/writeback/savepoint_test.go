@@ -46,6 +46,11 @@ func TestApplierRefusesWhatTheDatabaseRefuses(t *testing.T) {
 			t.Fatalf("round %d: Handle: %v", round, err)
 		}
 	}
+	// The second delivery finds every id recorded and writes nothing:
+	// nothing for the database to refuse.
+	if n := ap.SavepointPasses(); n != 1 {
+		t.Errorf("%d savepoint passes, want 1 (the first delivery)", n)
+	}
 	recs := records(t, dir)
 	for _, id := range []string{"sp-1", "sp-3"} {
 		if r := recs[id]; r.committed != 1 || r.rejections != 0 || len(r.applied) != 1 {

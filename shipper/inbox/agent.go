@@ -183,6 +183,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+	defer a.sc.close()
 	return a.sc.save()
 }
 

@@ -31,6 +31,23 @@ type scanner struct {
 	pendingAt time.Time
 	tx        format.Tx
 	out       format.Outcome
+	// open is the reader of the segment being written, kept from one scan
+	// to the next (at its end, it reads on as the segment grows):
+	// reopening it with a fresh 256 KiB buffer at every poll was 3% of
+	// the write-back path's CPU.
+	open struct {
+		segment uint64
+		rd      *format.Reader
+		f       *os.File
+	}
+}
+
+// close closes the segment kept open between scans, if any.
+func (s *scanner) close() {
+	if s.open.f != nil {
+		s.open.f.Close()
+	}
+	s.open.rd, s.open.f = nil, nil
 }
 
 type scanState struct {
@@ -185,18 +202,26 @@ func (s *scanner) scan(done func(id string)) error {
 }
 
 func (s *scanner) scanSegment(sf format.SegmentFile, done func(string)) (sealed bool, err error) {
-	rd, f, err := format.OpenReader(sf.Path, s.st.Offset)
-	if err != nil {
-		return false, fmt.Errorf("inbox: reading outcomes: %w", err)
+	rd := s.open.rd
+	if rd == nil || s.open.segment != sf.Segment || rd.End() != s.st.Offset {
+		s.close()
+		var f *os.File
+		if rd, f, err = format.OpenReader(sf.Path, s.st.Offset); err != nil {
+			return false, fmt.Errorf("inbox: reading outcomes: %w", err)
+		}
+		s.open.segment, s.open.rd, s.open.f = sf.Segment, rd, f
 	}
-	defer f.Close()
 	for {
 		fr, err := rd.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, format.ErrTornTail) {
 				_, sealed := rd.Sealed()
+				if sealed {
+					s.close() // nothing more comes: the next segment follows
+				}
 				return sealed, nil
 			}
+			s.close()
 			return false, fmt.Errorf("inbox: reading outcomes in %s: %w", sf.Path, err)
 		}
 		pos := format.Position{Segment: sf.Segment, Offset: rd.Offset()}
