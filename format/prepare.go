@@ -57,7 +57,7 @@ func (w *Writer) Prepare(tx *Tx) (*Prepared, error) {
 		return nil, err
 	}
 	if w.opts.sync == SyncAlways {
-		w.wakeSyncers() // the fsync starts now, overlapping the COMMIT
+		w.wake() // the flusher starts the fsync now, overlapping the COMMIT
 	}
 	return &Prepared{w: w, pos: pos, end: end}, nil
 }

@@ -218,15 +218,9 @@ type Writer struct {
 	ioMu sync.Mutex // serialises writes and segment creation; taken before mu, never while holding it
 	f    *os.File   // the segment file being written; ioMu
 
-	kick chan struct{}
-	// syncKick wakes the syncers (syncLoop): bytes that a caller waits
-	// to see durable were written. They start the fsync at once, not
-	// after the flusher's fsync in progress (a transaction prepared
-	// during one waited half an fsync for its own to start: issue 11).
-	syncKick chan struct{}
-	syncers  sync.WaitGroup
-	cancel   context.CancelFunc
-	done     chan struct{}
+	kick   chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 // sealedTail marks a segment that Commit sealed: the first n pending bytes
@@ -272,7 +266,7 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 		return nil, err
 	}
 	w := &Writer{dir: dir, source: source, opts: o, lock: lock, hdrLen: int64(HeaderLen(Version, source)),
-		seg: 1, kick: make(chan struct{}, 1), syncKick: make(chan struct{}, 1), done: make(chan struct{}),
+		seg: 1, kick: make(chan struct{}, 1), done: make(chan struct{}),
 		inflight: make(map[Position]struct{})}
 	if len(segs) > 0 {
 		w.seg = segs[len(segs)-1].Segment + 1
@@ -311,12 +305,6 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	go w.flushLoop(ctx)
-	if o.sync == SyncAlways {
-		for range maxSyncsInFlight {
-			w.syncers.Add(1)
-			go w.syncLoop(ctx)
-		}
-	}
 	if len(w.outcomes) > 0 {
 		w.wake()
 	}
@@ -636,7 +624,6 @@ func (w *Writer) Close() error {
 	w.mu.Unlock()
 	w.cancel()
 	<-w.done
-	w.syncers.Wait()
 
 	w.mu.Lock()
 	if w.err == nil {
@@ -673,60 +660,21 @@ func (w *Writer) Close() error {
 }
 
 // flush writes everything committed so far to the files, then fsyncs it if
-// sync, or under SyncAlways has the syncers fsync it if a caller waits for
-// bytes not yet durable (needSync). Commits go on meanwhile: mu is held
-// only to take the bytes and to record the outcome. It returns the
-// writer's sticky error, if any.
+// sync, or under SyncAlways if a caller waits for bytes not yet durable
+// (needSync). Commits go on meanwhile: mu is held only to take the bytes
+// and to record the outcome. It returns the writer's sticky error, if any.
 func (w *Writer) flush(sync bool) error {
 	if err := w.write(); err != nil {
 		return err
 	}
-	if !sync {
-		w.mu.Lock()
-		need := w.opts.sync == SyncAlways && w.synced < w.needSync
-		w.mu.Unlock()
-		if need {
-			w.wakeSyncers()
-		}
-		return nil
-	}
 	w.mu.Lock()
 	end := w.written
+	need := sync || (w.opts.sync == SyncAlways && w.synced < w.needSync)
 	w.mu.Unlock()
+	if !need {
+		return nil
+	}
 	return w.syncTo(end)
-}
-
-// wakeSyncers tells the syncers that written bytes await an fsync.
-func (w *Writer) wakeSyncers() {
-	select {
-	case w.syncKick <- struct{}{}:
-	default: // a wake-up is pending: the syncer that takes it sees these bytes too
-	}
-}
-
-// syncLoop is one of the SyncAlways writer's maxSyncsInFlight syncers: when
-// woken it fsyncs what is written up to the last byte a caller waits for,
-// so that with one fsync running the next starts as soon as there is
-// something to make durable, in another syncer. Errors are the writer's
-// sticky error, which the waiting callers return.
-func (w *Writer) syncLoop(ctx context.Context) {
-	defer w.syncers.Done()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-w.syncKick:
-		}
-		w.mu.Lock()
-		// Only what is written: needSync may name bytes the flusher has
-		// not written yet, which its next write wakes us for.
-		end := min(w.needSync, w.written)
-		need := w.err == nil && w.synced < end
-		w.mu.Unlock()
-		if need {
-			w.syncTo(end)
-		}
-	}
 }
 
 // write hands the pending bytes to the OS: first the tail of a sealed
