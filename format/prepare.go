@@ -41,7 +41,7 @@ func (w *Writer) Prepare(tx *Tx) (*Prepared, error) {
 	w.mu.Lock()
 	prepared := tx.Prepared
 	tx.Prepared = true
-	pos, end, err := w.appendLocked(tx)
+	pos, end, err := w.appendLocked(tx, true)
 	tx.Prepared = prepared
 	if err == nil {
 		w.inflight[pos] = struct{}{}
