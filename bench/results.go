@@ -170,7 +170,8 @@ type TxStages struct {
 	After float64 `json:"after"`
 }
 
-func (s *TxStages) total() float64 { return s.Exec + s.Append + s.Commit + s.After }
+// Total is a transaction's mean wall time.
+func (s *TxStages) Total() float64 { return s.Exec + s.Append + s.Commit + s.After }
 
 // Latency holds commit-to-visible percentiles in milliseconds.
 type Latency struct {
