@@ -148,8 +148,8 @@ type Phase struct {
 	ProcCPU  float64 `json:"proc_cpu_s"`
 	ChildCPU float64 `json:"child_cpu_s"`
 	// TxStages is where a legacy transaction's wall time went, in mean
-	// microseconds per transaction (legacy phases only): what the
-	// latency-bound workers' tx/s is made of.
+	// microseconds per transaction (legacy phases only): a worker's tx/s
+	// is one over their sum.
 	TxStages *TxStages `json:"tx_stages_us,omitempty"`
 }
 
