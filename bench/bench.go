@@ -384,6 +384,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	for _, r := range runs {
 		if r.ok() {
 			progress("%s: load: %.0f tx/s, %.0f changes/s", r.name, r.mr.Load.TxPerSec, r.mr.Load.ChangesPerSec)
+			if st := r.mr.Load.TxStages; st != nil {
+				progress("%s: load: µs per transaction: exec %.0f + append %.0f + commit %.0f + after %.0f = %.0f", r.name, st.Exec, st.Append, st.Commit, st.After, st.Total())
+			}
 		}
 	}
 	// Shipping, one mode at a time, then that mode is closed so that its

@@ -60,6 +60,41 @@ type legacy struct {
 	hook func(worker int, n int64, at crashPoint)
 
 	txs, changes atomic.Int64
+	// stage sums every transaction's wall time per stage, in ns.
+	stage [numStages]atomic.Int64
+}
+
+// stage is a part of a legacy transaction's wall time (TxStages).
+type stage int
+
+const (
+	stageExec stage = iota
+	stageAppend
+	stageCommit
+	stageAfter
+	numStages
+)
+
+// stageTimes returns the ns spent so far in each stage, over all workers.
+func (l *legacy) stageTimes() [numStages]int64 {
+	var out [numStages]int64
+	for i := range out {
+		out[i] = l.stage[i].Load()
+	}
+	return out
+}
+
+// clock times the stages of one transaction.
+type clock struct {
+	l    *legacy
+	last time.Time
+}
+
+// lap adds the time since the previous lap to stage s.
+func (c *clock) lap(s stage) {
+	now := time.Now()
+	c.l.stage[s].Add(int64(now.Sub(c.last)))
+	c.last = now
 }
 
 func openLegacy(ctx context.Context, url string, wl workload.Config, sinks []changeSink, proto WriterProtocol, before bool) (*legacy, error) {
@@ -151,10 +186,12 @@ func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, 
 	if len(l.sinks) > 0 {
 		sink = l.sinks[worker%len(l.sinks)]
 	}
+	clk := clock{l: l, last: time.Now()}
 	ptx, txid, err := execTx(ctx, conn, tx, stmts, sink != nil)
 	if err != nil {
 		return err
 	}
+	clk.lap(stageExec)
 	committed := func() {
 		if onCommit != nil {
 			onCommit(tx.Version, txid, time.Now().UnixNano())
@@ -178,16 +215,19 @@ func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, 
 		if err := ptx.Commit(ctx); err != nil {
 			return err
 		}
+		clk.lap(stageCommit)
 		committed()
 	case l.proto.Order == OrderAfterCommit:
 		if err := ptx.Commit(ctx); err != nil {
 			return err
 		}
+		clk.lap(stageCommit)
 		committed()
 		toFile(time.Now().UnixNano())
 		if _, err := sink.Commit(ftx); err != nil {
 			return fmt.Errorf("writing it to the change files: %w", err)
 		}
+		clk.lap(stageAfter)
 	default:
 		// The frame is appended while the transaction still holds its
 		// row locks: a transaction waiting on them can only commit, and
@@ -199,6 +239,7 @@ func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, 
 			ptx.Rollback(ctx)
 			return fmt.Errorf("appending it to the change files: %w", err)
 		}
+		clk.lap(stageAppend)
 		l.at(worker, n, pointPrepared)
 		if l.hook != nil {
 			if err := l.commitAt(ctx, ptx, worker, n); err != nil {
@@ -211,11 +252,13 @@ func (l *legacy) transact(ctx context.Context, conn *pgx.Conn, tx *workload.Tx, 
 			p.Abort()
 			return err
 		}
+		clk.lap(stageCommit)
 		committed()
 		l.at(worker, n, pointCommitted)
 		if err := p.Commit(); err != nil {
 			return fmt.Errorf("recording its outcome in the change files: %w", err)
 		}
+		clk.lap(stageAfter)
 	}
 	return nil
 }

@@ -146,8 +146,6 @@ func (m *phaseMeter) measure(ctx context.Context, progress func(string, ...any),
 func (p *Phase) add(q Phase) {
 	p.SliceTxPerSec = append(p.SliceTxPerSec, q.TxPerSec)
 	p.Seconds += q.Seconds
-	p.Txs += q.Txs
-	p.Changes += q.Changes
 	p.WALBytes += q.WALBytes
 	p.DataBytes += q.DataBytes
 	p.FileBytes += q.FileBytes
@@ -156,7 +154,31 @@ func (p *Phase) add(q Phase) {
 	p.DBCPU += q.DBCPU
 	p.ProcCPU += q.ProcCPU
 	p.ChildCPU += q.ChildCPU
+	if q.TxStages != nil && q.Txs > 0 {
+		// A mean over the slices, weighted by their transactions.
+		if p.TxStages == nil {
+			p.TxStages = &TxStages{}
+		}
+		prev, n := float64(p.Txs), float64(p.Txs+q.Txs)
+		a, b := p.TxStages, q.TxStages
+		a.Exec = (a.Exec*prev + b.Exec*float64(q.Txs)) / n
+		a.Append = (a.Append*prev + b.Append*float64(q.Txs)) / n
+		a.Commit = (a.Commit*prev + b.Commit*float64(q.Txs)) / n
+		a.After = (a.After*prev + b.After*float64(q.Txs)) / n
+	}
+	p.Txs += q.Txs
+	p.Changes += q.Changes
 	p.count(p.Txs, p.Changes)
+}
+
+// stages sets p.TxStages from the legacy's stage times at its end and start
+// (legacy.stageTimes); p.Txs is counted.
+func (p *Phase) stages(end, start [numStages]int64) {
+	if p.Txs == 0 {
+		return
+	}
+	us := func(s stage) float64 { return float64(end[s]-start[s]) / float64(p.Txs) / 1e3 }
+	p.TxStages = &TxStages{Exec: us(stageExec), Append: us(stageAppend), Commit: us(stageCommit), After: us(stageAfter)}
 }
 
 func (p *Phase) count(txs, changes int64) {
@@ -337,6 +359,7 @@ func (r *modeRun) legacySlice(ctx context.Context, p *Phase, label string, d tim
 		return
 	}
 	tx0, ch0 := r.lg.txs.Load(), r.lg.changes.Load()
+	st0 := r.lg.stageTimes()
 	q, err := r.meter.measure(ctx, r.progress, r.name+" "+label, r.legacyStatus(d, shipping), func() (time.Time, error) {
 		return time.Time{}, r.lg.run(ctx, d, workers, rate, onCommit)
 	})
@@ -345,6 +368,7 @@ func (r *modeRun) legacySlice(ctx context.Context, p *Phase, label string, d tim
 		return
 	}
 	q.count(r.lg.txs.Load()-tx0, r.lg.changes.Load()-ch0)
+	q.stages(r.lg.stageTimes(), st0)
 	if err := r.failed(); err != nil {
 		r.fail(err)
 		return

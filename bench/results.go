@@ -147,7 +147,31 @@ type Phase struct {
 	DBCPU    float64 `json:"db_cpu_s"`
 	ProcCPU  float64 `json:"proc_cpu_s"`
 	ChildCPU float64 `json:"child_cpu_s"`
+	// TxStages is where a legacy transaction's wall time went, in mean
+	// microseconds per transaction (legacy phases only): a worker's tx/s
+	// is one over their sum.
+	TxStages *TxStages `json:"tx_stages_us,omitempty"`
 }
+
+// TxStages splits a legacy transaction's wall time, in mean microseconds
+// per transaction. Exec holds the waits on the hot rows' locks, so the time
+// others hold them shows there.
+type TxStages struct {
+	// Exec: BEGIN and the statements in one round trip (txid_current()
+	// first in file mode), waits on row locks included.
+	Exec float64 `json:"exec"`
+	// Append: the change-file append before COMMIT (prepared protocol:
+	// encoding and Writer.Prepare), while the row locks are held.
+	Append float64 `json:"append"`
+	// Commit: the database's COMMIT.
+	Commit float64 `json:"commit"`
+	// After: the change-file work after COMMIT (Prepared.Commit's wait for
+	// the fsync; or encoding and Writer.Commit for after-commit).
+	After float64 `json:"after"`
+}
+
+// Total is a transaction's mean wall time.
+func (s *TxStages) Total() float64 { return s.Exec + s.Append + s.Commit + s.After }
 
 // Latency holds commit-to-visible percentiles in milliseconds.
 type Latency struct {

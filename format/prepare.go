@@ -65,7 +65,7 @@ func (w *Writer) PrepareBatch(txs []*Tx) ([]*Prepared, error) {
 		prepared := tx.Prepared
 		tx.Prepared = true
 		var pos Position
-		pos, end, err = w.appendLocked(tx)
+		pos, end, err = w.appendLocked(tx, true)
 		tx.Prepared = prepared
 		if err != nil {
 			break

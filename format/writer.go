@@ -445,7 +445,7 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	pos, end, err := w.appendLocked(tx)
+	pos, end, err := w.appendLocked(tx, false)
 	if err != nil {
 		return Position{}, err
 	}
@@ -454,8 +454,9 @@ func (w *Writer) Commit(tx *Tx) (Position, error) {
 
 // appendLocked encodes tx at the end of the pending bytes, rotating if the
 // segment is full, and returns its position and the end of its frame in
-// appended bytes. mu is held.
-func (w *Writer) appendLocked(tx *Tx) (Position, int64, error) {
+// appended bytes. selfWrite says the caller writes the bytes itself
+// (appendedLocked). mu is held.
+func (w *Writer) appendLocked(tx *Tx, selfWrite bool) (Position, int64, error) {
 	pos, before, err := w.reserveLocked()
 	if err != nil {
 		return Position{}, 0, err
@@ -467,7 +468,7 @@ func (w *Writer) appendLocked(tx *Tx) (Position, int64, error) {
 	w.buf = buf
 	w.txs++
 	w.chs += uint64(len(tx.Changes))
-	return pos, w.appendedLocked(before), nil
+	return pos, w.appendedLocked(before, selfWrite), nil
 }
 
 // appendFrameLocked is appendLocked for a frame that is not a transaction
@@ -482,7 +483,7 @@ func (w *Writer) appendFrameLocked(encode func([]byte) ([]byte, error)) (Positio
 		return Position{}, 0, err
 	}
 	w.buf = buf
-	return pos, w.appendedLocked(before), nil
+	return pos, w.appendedLocked(before, false), nil
 }
 
 // reserveLocked waits until the pending bytes leave room and returns where
@@ -502,13 +503,16 @@ func (w *Writer) reserveLocked() (Position, int, error) {
 
 // appendedLocked accounts for the frame appended to buf after before bytes,
 // rotates if the segment is full, wakes the flusher and returns the frame's
-// end in appended bytes. mu is held.
-func (w *Writer) appendedLocked(before int) int64 {
+// end in appended bytes. If selfWrite, the caller writes the pending bytes
+// at once (Prepare): the flusher is woken only for a rotation, for woken
+// it would only race the caller for ioMu (a futex sleep and wake-up per
+// transaction) to write the same bytes. mu is held.
+func (w *Writer) appendedLocked(before int, selfWrite bool) int64 {
 	n := int64(len(w.buf) - before)
 	w.size += n
 	w.appended += n
 	end := w.appended
-	wake := before == 0
+	wake := before == 0 && !selfWrite
 	// Rotate once full. A previous rotation the flusher has not taken up
 	// yet must go first (rare: a whole segment committed meanwhile).
 	for w.size >= w.opts.maxSize && w.err == nil && !w.closed {

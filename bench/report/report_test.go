@@ -21,7 +21,8 @@ func sample() *bench.Results {
 			{Mode: "cdc-table", Load: bench.Phase{Seconds: 1, TxPerSec: 600}, OverheadPct: 40, BytesPerChange: 2400,
 				Drain: &bench.Phase{Seconds: 1}, ShipChangesPerSec: 30000, LatencyJS: &bench.Latency{Samples: 10, P50: 5, P95: 9, P99: 12}},
 			{Mode: "cdc-log", Error: "wal2json | missing"},
-			{Mode: "file", Load: bench.Phase{Seconds: 1, TxPerSec: 970}, OverheadPct: 3, BytesPerChange: 900,
+			{Mode: "file", Load: bench.Phase{Seconds: 1, TxPerSec: 970, Txs: 970, DBCPU: 0.3, ProcCPU: 0.2,
+				TxStages: &bench.TxStages{Exec: 600, Append: 40, Commit: 1100, After: 300}}, OverheadPct: 3, BytesPerChange: 900,
 				Concurrent: &bench.Phase{TxPerSec: 900}, ConcurrentOverheadPct: 10,
 				Drain: &bench.Phase{Seconds: 1}, ShipChangesPerSec: 500000, WireBytes: 100, RawBytes: 250, Compression: 2.5,
 				LatencyJS:       &bench.Latency{Samples: 10, P50: 1, P95: 2, P99: 3},
@@ -73,7 +74,7 @@ func TestMarkdown(t *testing.T) {
 	var b bytes.Buffer
 	report.Markdown(&b, sample())
 	md := b.String()
-	for _, want := range []string{"# Ferry bench: test profile", "| none | 1,000 ± 0 % (4,000) |", "| cdc-log | failed: wal2json / missing |", "| file | 970", "Shipping:", "| file | 500,000 |", "## Goals", "**no**", "## Phases",
+	for _, want := range []string{"# Ferry bench: test profile", "| none | 1,000 ± 0 % (4,000) |", "| cdc-log | failed: wal2json / missing |", "| file | 970", "Shipping:", "| file | 600 | 40 | 1,100 | 300 | 2,040 | 515 = 309 + 206 |", "| file | 500,000 |", "## Goals", "**no**", "## Phases",
 		"Initial load (bench_rows: 1,000,000 rows of ~205 bytes, 300 MiB", "| 1,250,000 | ≥ 1,000,000: met |", "| 400,000 | ≥ 500,000: **NOT met** |", "peak RSS 80.0 MiB, ≤ 128 MiB: met"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
