@@ -51,6 +51,7 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		logFormat   = fs.String("log-format", "text", "log format: text or json")
 		inboxDir    = fs.String("inbox", "", "write-back: deliver the source's commands as files in this directory (one source only; SPEC.md, Write-back commands)")
 		inboxURL    = fs.String("inbox-endpoint", "", "write-back: also POST every inbox file to this URL of the legacy (with --inbox)")
+		inboxRescan = fs.Duration("inbox-rescan", inbox.DefaultRescanBack, "write-back: how far back in the change files a restarted agent looks for outcomes of commands it had delivered (a command redelivered after that gets its outcome written again by the legacy)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintln(env.Stderr, "Usage: ferry ship --dir DIR --source NAME --nats URL[,URL...] [flags]")
@@ -152,7 +153,7 @@ func runShip(ctx context.Context, env *Env, args []string) error {
 		log.Info("metrics", "addr", ln.Addr().String())
 	}
 	if *inboxDir != "" {
-		stop, err := startInbox(ctx, nc.Conn, sources, *inboxDir, *inboxURL, log)
+		stop, err := startInbox(ctx, nc.Conn, sources, inbox.Config{Dir: *inboxDir, Endpoint: *inboxURL, RescanBack: *inboxRescan, Logger: log})
 		if err != nil {
 			return &exitError{code: 2, err: fmt.Errorf("ferry ship: %w", err)}
 		}
@@ -187,7 +188,7 @@ func newLogger(env *Env, level, format string) (*slog.Logger, error) {
 
 // startInbox runs the write-back agent of the one source beside the
 // shipper; stop ends it and waits.
-func startInbox(ctx context.Context, nc *nats.Conn, sources []shipper.SourceConfig, dir, endpoint string, log *slog.Logger) (stop func(), err error) {
+func startInbox(ctx context.Context, nc *nats.Conn, sources []shipper.SourceConfig, cfg inbox.Config) (stop func(), err error) {
 	if len(sources) != 1 {
 		return nil, fmt.Errorf("--inbox takes one source, %d given", len(sources))
 	}
@@ -195,7 +196,8 @@ func startInbox(ctx context.Context, nc *nats.Conn, sources []shipper.SourceConf
 	if err != nil {
 		return nil, err
 	}
-	ag, err := inbox.New(js, inbox.Config{Source: sources[0].Name, ChangeDir: sources[0].Dir, Dir: dir, Endpoint: endpoint, Logger: log})
+	cfg.Source, cfg.ChangeDir = sources[0].Name, sources[0].Dir
+	ag, err := inbox.New(js, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +206,7 @@ func startInbox(ctx context.Context, nc *nats.Conn, sources []shipper.SourceConf
 	go func() {
 		defer close(done)
 		if err := ag.Run(ctx); err != nil {
-			log.Error("write-back agent stopped", "err", err)
+			cfg.Logger.Error("write-back agent stopped", "err", err)
 		}
 	}()
 	return func() { cancel(); <-done }, nil

@@ -191,6 +191,7 @@ func TestShipCommandRefuses(t *testing.T) {
 		{"MissingDir", []string{"ship", "--dir", filepath.Join(dir, "nope"), "--source", "orders", "--nats", "nats://127.0.0.1:1"}, 2, "does not exist: check the directory (--dir)"},
 		{"PasswordWithoutUser", []string{"ship", "--dir", dir, "--source", "orders", "--nats", s.ClientURL(), "--password", "x"}, 1, "--password without --user"},
 		{"IncompatibleStream", []string{"ship", "--dir", dir, "--source", "orders", "--stream", "MEM", "--nats", s.ClientURL()}, 1, "storage is Memory"},
+		{"NegativeInboxRescan", []string{"ship", "--dir", dir, "--source", "orders", "--nats", s.ClientURL(), "--inbox", filepath.Join(dir, "inbox"), "--inbox-rescan", "-1m"}, 2, "rescan horizon -1m0s is negative"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

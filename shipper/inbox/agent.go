@@ -130,7 +130,10 @@ func New(js jetstream.JetStream, cfg Config) (*Agent, error) {
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = 5 * time.Second
 	}
-	if cfg.RescanBack <= 0 {
+	if cfg.RescanBack < 0 {
+		return nil, fmt.Errorf("inbox: rescan horizon %v is negative (use 0 for the default, %v)", cfg.RescanBack, DefaultRescanBack)
+	}
+	if cfg.RescanBack == 0 {
 		cfg.RescanBack = DefaultRescanBack
 	}
 	if cfg.Client == nil {
