@@ -28,7 +28,7 @@ deps:
 	fi
 	$(GO) mod download
 
-# The whole suite, with the fault suite at its full sizes (~3 minutes of the
+# The whole suite, with the fault suite at its full sizes (~5.5 minutes of the
 # run), after gofmt and go vet (lint); a plain `go test ./...` runs the fault
 # suite's fast subset.
 test: lint

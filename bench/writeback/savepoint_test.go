@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/bench/writeback"
-	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/command"
 )
 
@@ -19,23 +18,9 @@ import (
 // (Handle returns nil) instead of being retried for ever. A redelivery of
 // the file writes the same outcomes again and carries out nothing.
 func TestApplierRefusesWhatTheDatabaseRefuses(t *testing.T) {
-	cluster := startPG(t)
-	conn := connect(t, cluster)
-	ctx := context.Background()
-	if err := writeback.CreateSchema(ctx, conn, table); err != nil {
-		t.Fatal(err)
-	}
 	// The legacy's schema is stricter than the applier's generic one.
-	if _, err := conn.Exec(ctx, `ALTER TABLE `+table+` ALTER COLUMN key TYPE varchar(16)`); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	w, err := format.OpenWriter(dir, source, format.WithSync(format.SyncAlways, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	ap := writeback.NewApplier(connect(t, cluster), w, table)
+	conn, ap, dir := newApplier(t, `ALTER TABLE `+table+` ALTER COLUMN key TYPE varchar(16)`)
+	ctx := context.Background()
 	cmd := func(id, key string) command.Command {
 		return command.Command{ID: id, Origin: "svc", Source: source, Table: table, Key: key, Op: command.OpInsert,
 			After: json.RawMessage(`{"id":"` + id + `"}`), Submitted: time.Now().UTC(), Seq: 1}
@@ -69,33 +54,11 @@ func TestApplierRefusesWhatTheDatabaseRefuses(t *testing.T) {
 	if r.reasons[0] != r.reasons[1] {
 		t.Errorf("the second delivery's reason %q differs from the first's %q", r.reasons[1], r.reasons[0])
 	}
-	rows := map[string]string{}
-	dbRows, err := conn.Query(ctx, `SELECT key, value->>'id' FROM `+table)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for dbRows.Next() {
-		var k, v string
-		if err := dbRows.Scan(&k, &v); err != nil {
-			t.Fatal(err)
-		}
-		rows[k] = v
-	}
+	rows := pairs(t, conn, `SELECT key, value->>'id' FROM `+table)
 	if len(rows) != 2 || rows["short-1"] != "sp-1" || rows["short-3"] != "sp-3" {
 		t.Errorf("rows %v, want short-1 and short-3 only", rows)
 	}
-	outcomes := map[string]string{}
-	cr, err := conn.Query(ctx, `SELECT id, outcome FROM `+writeback.CommandsTable)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for cr.Next() {
-		var id, o string
-		if err := cr.Scan(&id, &o); err != nil {
-			t.Fatal(err)
-		}
-		outcomes[id] = o
-	}
+	outcomes := pairs(t, conn, `SELECT id, outcome FROM `+writeback.CommandsTable)
 	if len(outcomes) != 3 || outcomes["sp-1"] != "applied" || outcomes["sp-2"] != "rejected" || outcomes["sp-3"] != "applied" {
 		t.Errorf("the legacy's command records %v, want sp-1 and sp-3 applied, sp-2 rejected", outcomes)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/ferrysync/ferry/bench/writeback"
 	"github.com/ferrysync/ferry/format"
 	"github.com/ferrysync/ferry/format/command"
+	"github.com/jackc/pgx/v5"
 )
 
 // TestApplierFileOfManyRuns hands the applier inbox files that mix kinds of
@@ -19,19 +20,8 @@ import (
 // check, its reason), be checked on its own, and a command delivered again
 // must not be carried out twice.
 func TestApplierFileOfManyRuns(t *testing.T) {
-	cluster := startPG(t)
-	conn := connect(t, cluster)
+	conn, ap, dir := newApplier(t, "")
 	ctx := context.Background()
-	if err := writeback.CreateSchema(ctx, conn, table); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	w, err := format.OpenWriter(dir, source, format.WithSync(format.SyncAlways, 0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	ap := writeback.NewApplier(connect(t, cluster), w, table)
 	cmd := func(id, op, key string, version uint64, after string) command.Command {
 		c := command.Command{ID: id, Origin: "svc", Source: source, Table: table, Key: key, Op: op,
 			Version: version, Submitted: time.Now().UTC(), Seq: 1}
@@ -91,19 +81,55 @@ func TestApplierFileOfManyRuns(t *testing.T) {
 			t.Errorf("%s: %+v, want one rejection %q", id, r, reason)
 		}
 	}
-	rows := map[string]string{}
-	dbRows, err := conn.Query(ctx, `SELECT key, value::text FROM `+table)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for dbRows.Next() {
-		var k, v string
-		if err := dbRows.Scan(&k, &v); err != nil {
-			t.Fatal(err)
-		}
-		rows[k] = v
-	}
+	rows := pairs(t, conn, `SELECT key, value::text FROM `+table)
 	if fmt.Sprint(rows) != `map[a:{"n": 2} c:{"n": 7}]` {
 		t.Errorf("rows %v, want a at n=2 (g-1), b deleted (g-4), c at n=7 (g-7)", rows)
 	}
+}
+
+// newApplier starts PostgreSQL with the applier's schema (then alter, if
+// not "", run on it: a stricter legacy schema) and returns a connection,
+// an applier writing change files to dir with SyncAlways, and dir.
+func newApplier(t *testing.T, alter string) (*pgx.Conn, *writeback.Applier, string) {
+	t.Helper()
+	cluster := startPG(t)
+	conn := connect(t, cluster)
+	ctx := context.Background()
+	if err := writeback.CreateSchema(ctx, conn, table); err != nil {
+		t.Fatal(err)
+	}
+	if alter != "" {
+		if _, err := conn.Exec(ctx, alter); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	w, err := format.OpenWriter(dir, source, format.WithSync(format.SyncAlways, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	return conn, writeback.NewApplier(connect(t, cluster), w, table), dir
+}
+
+// pairs runs a query of two text columns and returns them as a map.
+func pairs(t *testing.T, conn *pgx.Conn, query string) map[string]string {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var k, v string
+		if err := rows.Scan(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+		out[k] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
