@@ -41,6 +41,9 @@ type Reader struct {
 	last   int64 // offset of the frame Next returned last
 	raw    []byte
 	eof    bool // the underlying reader reported EOF on its last read
+	// zeroTo is where the zeros found after r.off end, once checked: the
+	// next look at a preallocated tail reads only what lies beyond.
+	zeroTo int64
 	err    error
 }
 
@@ -159,16 +162,32 @@ func (r *Reader) Next() (Frame, error) {
 				// Larger than the buffer: check that it is a whole valid
 				// frame before buffering that much of what may be garbage.
 				if cerr := r.checkBig(need); cerr != nil {
-					return r.badFrameAt(cerr, fmt.Sprintf("%d bytes of a frame of %d bytes", r.hi-r.lo, need-FrameHeaderLen))
+					f, err := r.badFrameAt(cerr, fmt.Sprintf("%d bytes of a frame of %d bytes", r.hi-r.lo, need-FrameHeaderLen))
+					if errors.Is(err, errReread) {
+						continue
+					}
+					return f, err
 				}
 				r.reserve(need)
 			}
 		}
 		if !errors.Is(err, ErrTornTail) {
+			if r.zeros() {
+				if more, zerr := r.zeroTail(); zerr != nil || more {
+					if zerr != nil {
+						return Frame{}, zerr
+					}
+					continue
+				}
+			}
 			// A frame that does not check out is a torn tail only if no
 			// valid frame follows it: a writer never writes after a frame
 			// it failed to write whole.
-			return r.badFrame(err, fmt.Sprintf("%d bytes that are not a whole valid frame (%v), nothing valid after them", r.hi-r.lo, err))
+			f, err := r.badFrame(err, fmt.Sprintf("%d bytes that are not a whole valid frame (%v), nothing valid after them", r.hi-r.lo, err))
+			if errors.Is(err, errReread) {
+				continue
+			}
+			return f, err
 		}
 		if r.eof {
 			// Try once more: a segment being written may have grown.
@@ -183,16 +202,82 @@ func (r *Reader) Next() (Frame, error) {
 			if r.hi == r.lo {
 				return Frame{}, io.EOF
 			}
+			if r.zeros() {
+				if more, zerr := r.zeroTail(); zerr != nil || more {
+					if zerr != nil {
+						return Frame{}, zerr
+					}
+					continue
+				}
+			}
 			// The frame's declared length runs past the end of the data: a
 			// torn or in-progress write, unless a valid frame follows (then
 			// the length field itself is corrupt).
 			what, cause := partialFrame(r.buf[r.lo:r.hi])
-			return r.badFrame(fmt.Errorf("%w: %s", ErrCorrupt, cause), what)
+			f, err := r.badFrame(fmt.Errorf("%w: %s", ErrCorrupt, cause), what)
+			if errors.Is(err, errReread) {
+				continue
+			}
+			return f, err
 		}
 		if _, ferr := r.grow(); ferr != nil {
 			return Frame{}, ferr
 		}
 	}
+}
+
+// zeros reports whether the unread bytes, at a frame boundary, are all
+// zero: no frame starts with zeros (type 0 is no frame type), so they may be
+// the unwritten tail of a preallocated segment.
+func (r *Reader) zeros() bool {
+	return r.hi > r.lo && firstNonZero(r.buf[r.lo:r.hi]) < 0
+}
+
+// zeroTail is called with zeros at r.off. It returns io.EOF if every byte to
+// the end of the input is zero: a preallocated segment's unwritten tail
+// (SPEC.md, "Readers", step 3), which is neither torn nor corrupt; the
+// buffered zeros are dropped, so that a later Next reads what is written
+// there meanwhile. more reports that a frame was written at r.off since the
+// zeros were read: parse again. Otherwise (bytes that are not zero follow
+// the zeros) the caller classifies the zeros like any bad bytes.
+func (r *Reader) zeroTail() (more bool, err error) {
+	if r.ra == nil {
+		for !r.eof {
+			if _, err := r.grow(); err != nil {
+				return false, err
+			}
+		}
+		if r.zeros() {
+			return false, io.EOF // the input ends in zeros; nothing to read again
+		}
+		return true, nil
+	}
+	end, err := r.size()
+	if err != nil {
+		return false, r.ioErr(r.off, err)
+	}
+	from := r.off
+	if r.zeroTo > from {
+		from = r.zeroTo // checked before, and a writer writes only at r.off
+	}
+	at, err := NextNonZero(r.ra, from, end)
+	if err != nil {
+		return false, r.ioErr(from, err)
+	}
+	if at < 0 {
+		r.zeroTo = max(end, r.off)
+		r.hi, r.eof = r.lo, false
+		return false, io.EOF
+	}
+	// A reader's copy of a page can precede the writer's while its copy of
+	// a later page follows it: look at r.off again.
+	var h [FrameHeaderLen]byte
+	n, _ := r.ra.ReadAt(h[:], r.off)
+	if firstNonZero(h[:n]) >= 0 {
+		r.hi, r.eof = r.lo, false
+		return true, nil
+	}
+	return false, nil
 }
 
 // partialFrame describes bytes that end the data before their frame does:
@@ -238,8 +323,21 @@ func (r *Reader) badFrameAt(why error, torn string) (Frame, error) {
 		return Frame{}, r.ioErr(r.off, err)
 	}
 	at, err := FindFrame(r.ra, r.off+1, end)
+	if err == nil && at > r.off {
+		// Bytes written in place (a preallocated segment) change without
+		// the size: the frame at r.off may have been a write in progress
+		// that is whole now. Once a later frame is whole, an earlier one
+		// is too, so one more look at r.off decides.
+		if ok, ferr := FrameAt(r.ra, r.off, end); ferr == nil && ok {
+			r.hi, r.eof = r.lo, false
+			return Frame{}, errReread
+		}
+	}
 	return r.classified(why, torn, at, err)
 }
+
+// errReread tells Next to read the bytes at r.off again: they changed.
+var errReread = errors.New("format: bytes changed under the reader")
 
 // checkBig checks that the frame of need bytes at r.off is whole in the file
 // and matches its CRC, reading it in pieces; nil if it does.
@@ -323,7 +421,15 @@ func (r *Reader) fill() error {
 		_, err := r.grow()
 		return err
 	}
-	n, err := r.r.Read(r.buf[r.hi:])
+	var n int
+	var err error
+	if r.ra != nil {
+		// Positioned, so that bytes dropped from the buffer (a
+		// preallocated tail's zeros) are read again.
+		n, err = r.ra.ReadAt(r.buf[r.hi:], r.off+int64(r.hi-r.lo))
+	} else {
+		n, err = r.r.Read(r.buf[r.hi:])
+	}
 	r.hi += n
 	if err == io.EOF || (n == 0 && err == nil) {
 		r.eof = true

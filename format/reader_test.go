@@ -47,7 +47,18 @@ func buildSegment(t testing.TB, seg uint64, n int, sealed bool) ([]byte, []int) 
 // frames' offsets and the error (io.EOF at a clean end).
 func readFrames(t *testing.T, data []byte) ([]int64, error) {
 	t.Helper()
-	rd, err := format.NewReader(bytes.NewReader(data), "seg")
+	return readFramesFrom(t, data, false)
+}
+
+// readFramesFrom is readFrames over an io.ReaderAt or, plain, a bare
+// io.Reader (which the Reader has to buffer).
+func readFramesFrom(t *testing.T, data []byte, plain bool) ([]int64, error) {
+	t.Helper()
+	var in io.Reader = bytes.NewReader(data)
+	if plain {
+		in = plainReader{in}
+	}
+	rd, err := format.NewReader(in, "seg")
 	if err != nil {
 		return nil, err
 	}
@@ -109,6 +120,10 @@ func TestReaderTornTailAtEveryCut(t *testing.T) {
 	}
 }
 
+// TestReaderZeroFilledTail: zeros at a frame boundary up to the end are
+// space with no data yet (a preallocated segment, or a file system that
+// extended the file and wrote nothing): the data ends there, nothing torn.
+// Zeros inside a frame are a torn tail.
 func TestReaderZeroFilledTail(t *testing.T) {
 	data, offs := buildSegment(t, 1, 5, false)
 	last := offs[4]
@@ -116,22 +131,33 @@ func TestReaderZeroFilledTail(t *testing.T) {
 	cases := []struct {
 		name   string
 		data   []byte
-		frames int // whole frames before the torn tail
-		at     int // offset of the torn tail
+		frames int // whole frames read
+		torn   int // offset of the torn tail; -1: a clean end (io.EOF)
 	}{
-		// The file system extended the file but wrote no data.
-		{"ZerosAfterLastFrame", zeros(data, 4096), 5, len(data)},
+		// The file system extended the file but wrote no data, or the
+		// writer preallocated it.
+		{"ZerosAfterLastFrame", zeros(data, 4096), 5, -1},
 		// The last frame's data was only partly written.
 		{"LastFramePartlyZero", zeros(data[:last+20], len(data)-last-20+512), 4, last},
 		// Nothing of the last frame reached the disk but its size did.
-		{"LastFrameAllZero", zeros(data[:last], len(data)-last), 4, last},
+		{"LastFrameAllZero", zeros(data[:last], len(data)-last), 4, -1},
+		// Fewer zeros than a frame header.
+		{"FewZeros", zeros(data, 3), 5, -1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := readFrames(t, c.data)
-			wantPosErr(t, err, format.ErrTornTail, c.at)
-			if len(got) != c.frames {
-				t.Fatalf("read %d frames, want %d", len(got), c.frames)
+			for _, plain := range []bool{false, true} {
+				got, err := readFramesFrom(t, c.data, plain)
+				if c.torn < 0 {
+					if err != io.EOF {
+						t.Fatalf("plain %v: error %v, want io.EOF", plain, err)
+					}
+				} else {
+					wantPosErr(t, err, format.ErrTornTail, c.torn)
+				}
+				if len(got) != c.frames {
+					t.Fatalf("plain %v: read %d frames, want %d", plain, len(got), c.frames)
+				}
 			}
 		})
 	}

@@ -55,6 +55,18 @@ func FindFrame(r io.ReaderAt, from, end int64) (int64, error) {
 			}
 		}
 		h := win[i-wOff:]
+		if h[8] == 0 {
+			// Type 0 is no frame's: jump to the next candidate whose type
+			// byte is not zero, so that a preallocated segment's zeros
+			// (SPEC.md, "Writers", step 3) scan at memory speed.
+			j := firstNonZero(win[i-wOff+8 : wLen])
+			if j < 0 {
+				i = wOff + int64(wLen) - FrameHeaderLen // the loop's i++ slides the window
+				continue
+			}
+			i += int64(j) - 1
+			continue
+		}
 		n := int64(binary.LittleEndian.Uint32(h))
 		if n > MaxFrameLen || i+FrameHeaderLen+n > end || !plausibleFrame(FrameType(h[8]), n) {
 			continue
@@ -131,4 +143,65 @@ func FrameAt(r io.ReaderAt, off, end int64) (bool, error) {
 		return false, nil
 	}
 	return crcAt(r, hdr[8], binary.LittleEndian.Uint32(hdr[4:]), off+FrameHeaderLen, n, make([]byte, min(n+1, scanChunk)))
+}
+
+// NextNonZero returns the offset of the first byte in [from, end) of r that
+// is not zero, or -1 if they all are (or r ends before end): how a reader
+// tells a preallocated segment's unwritten tail (SPEC.md, "Readers", step 3)
+// from bytes written after it. It reads r in windows of scanChunk bytes.
+func NextNonZero(r io.ReaderAt, from, end int64) (int64, error) {
+	buf := make([]byte, min(int64(scanChunk), max(end-from, 0)))
+	for off := from; off < end; {
+		n, err := r.ReadAt(buf[:min(int64(len(buf)), end-off)], off)
+		if j := firstNonZero(buf[:n]); j >= 0 {
+			return off + int64(j), nil
+		}
+		if err == io.EOF || n == 0 {
+			return -1, nil
+		}
+		if err != nil {
+			return -1, fmt.Errorf("format: reading at %d: %w", off, err)
+		}
+		off += int64(n)
+	}
+	return -1, nil
+}
+
+// firstNonZero returns the index of the first byte of b that is not zero,
+// or -1: eight bytes at a time.
+func firstNonZero(b []byte) int {
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		if binary.LittleEndian.Uint64(b[i:]) != 0 {
+			break
+		}
+	}
+	for ; i < len(b); i++ {
+		if b[i] != 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+// DataEnd returns the end of the last byte in [from, end) of r that is not
+// zero, or from if they all are: where the data of a preallocated segment
+// ends (its unwritten space reads as zeros). It reads r backwards in windows
+// of scanChunk bytes.
+func DataEnd(r io.ReaderAt, from, end int64) (int64, error) {
+	buf := make([]byte, min(int64(scanChunk), max(end-from, 0)))
+	for end > from {
+		n := min(int64(len(buf)), end-from)
+		k, err := r.ReadAt(buf[:n], end-n)
+		if err != nil && err != io.EOF {
+			return from, fmt.Errorf("format: reading at %d: %w", end-n, err)
+		}
+		for i := k - 1; i >= 0; i-- {
+			if buf[i] != 0 {
+				return end - n + int64(i) + 1, nil
+			}
+		}
+		end -= n
+	}
+	return from, nil
 }

@@ -73,8 +73,18 @@ type writerOptions struct {
 	heartbeat    time.Duration
 	maxPending   int
 	resolver     Resolver
+	prealloc     preallocMode
 	now          func() time.Time
 }
+
+// preallocMode is WithPreallocate's setting; the zero value is the default.
+type preallocMode int8
+
+const (
+	preallocDefault preallocMode = iota
+	preallocOn
+	preallocOff
+)
 
 // WriterOption configures a Writer.
 type WriterOption func(*writerOptions) error
@@ -95,6 +105,33 @@ func WithSync(p SyncPolicy, interval time.Duration) WriterOption {
 		}
 		return nil
 	}
+}
+
+// WithPreallocate sets whether each new segment's space is reserved up to
+// the size limit when the segment is created (fallocate on Linux; the space
+// reads as zeros, SPEC.md "Writers", step 3), and cut back to its frames
+// when it is sealed. An fsync of frames written into reserved space changes
+// neither the file's size nor its block map, so the file system commits no
+// journal transaction for it: on ext4 it takes about a third less CPU and
+// time than an fsync of appended bytes. The default is on under SyncAlways,
+// where every commit waits for an fsync, and off under the other policies;
+// where the file system cannot reserve space, segments grow as written.
+func WithPreallocate(on bool) WriterOption {
+	return func(o *writerOptions) error {
+		o.prealloc = preallocOff
+		if on {
+			o.prealloc = preallocOn
+		}
+		return nil
+	}
+}
+
+// preallocates reports whether new segments are preallocated.
+func (o *writerOptions) preallocates() bool {
+	if o.prealloc == preallocDefault {
+		return o.sync == SyncAlways
+	}
+	return o.prealloc == preallocOn
 }
 
 // WithMaxSegmentSize rotates to a new segment once one holds n bytes.
@@ -217,6 +254,8 @@ type Writer struct {
 
 	ioMu sync.Mutex // serialises writes and segment creation; taken before mu, never while holding it
 	f    *os.File   // the segment file being written; ioMu
+	fOff int64      // where f's frames end: the next write's offset; ioMu
+	fPre bool       // f's space is preallocated past fOff (to cut before its seal); ioMu
 
 	kick   chan struct{}
 	cancel context.CancelFunc
@@ -295,12 +334,12 @@ func OpenWriter(dir, source string, opts ...WriterOption) (*Writer, error) {
 		w.resolveInDoubt(o.resolver)
 	}
 	now := o.now()
-	f, err := w.createSegment(w.seg, now, lw)
+	f, pre, err := w.createSegment(w.seg, now, lw)
 	if err != nil {
 		lock.Close()
 		return nil, err
 	}
-	w.f, w.size, w.segBorn = f, w.hdrLen, now
+	w.f, w.fOff, w.fPre, w.size, w.segBorn = f, w.hdrLen, pre, w.hdrLen, now
 	w.lastWrite, w.lastSync = now, now
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
@@ -336,38 +375,43 @@ func lockSource(dir, source string) (*os.File, error) {
 	return f, nil
 }
 
-// createSegment creates segment seg, writes and fsyncs its header and the
-
-// createSegment creates segment seg, writes and fsyncs its header and the
-// directory entry, and returns the file open for appending.
-func (w *Writer) createSegment(seg uint64, created time.Time, lw Position) (*os.File, error) {
+// createSegment creates segment seg, writes its header, preallocates its
+// space if the writer does (pre says whether that worked), fsyncs them and
+// the directory entry, and returns the file, to be written at the header's
+// end on.
+func (w *Writer) createSegment(seg uint64, created time.Time, lw Position) (f *os.File, pre bool, err error) {
 	hdr, err := AppendHeader(nil, SegmentHeader{Source: w.source, Segment: seg, Created: created.UnixNano(), LowWatermark: lw})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	path := filepath.Join(w.dir, SegmentName(w.source, seg))
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND, 0o644)
+	// Positioned writes, not O_APPEND: frames go at the end of the last
+	// frame, which is before the end of a preallocated file.
+	f, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("format: creating segment: %w", err)
+		return nil, false, fmt.Errorf("format: creating segment: %w", err)
 	}
 	if _, err := f.Write(hdr); err != nil {
-		return nil, w.abandonSegment(f, path, fmt.Errorf("format: writing segment header to %s: %w", path, err))
+		return nil, false, w.abandonSegment(f, path, fmt.Errorf("format: writing segment header to %s: %w", path, err))
 	}
+	// Without the space (a file system that cannot reserve it, or too
+	// little free space for a whole segment) the segment grows as written.
+	pre = w.opts.preallocates() && preallocate(f, max(w.opts.maxSize, int64(len(hdr)))) == nil
 	if err := f.Sync(); err != nil {
-		return nil, w.abandonSegment(f, path, fmt.Errorf("format: syncing %s: %w", path, err))
+		return nil, false, w.abandonSegment(f, path, fmt.Errorf("format: syncing %s: %w", path, err))
 	}
 	if err := syncDir(w.dir); err != nil {
 		f.Close()
-		return nil, err
+		return nil, false, err
 	}
 	// Recorded only once the segment exists: a crash in between leaves the
 	// record one behind, which the directory listing makes up for; recorded
 	// first, it would leave a gap in the chain.
 	if err := recordLastSegment(w.lock, seg); err != nil {
 		f.Close()
-		return nil, err
+		return nil, false, err
 	}
-	return f, nil
+	return f, pre, nil
 }
 
 // abandonSegment removes a segment whose header could not be written or
@@ -698,13 +742,15 @@ func (w *Writer) write() error {
 		return err
 	}
 	tail, b, end := w.tail, w.buf, w.appended
+	// Once closed, the pending bytes end with the last segment's seal.
+	sealing := w.closed
 	w.tail, w.buf, w.spare = nil, w.spare[:0], nil
 	if tail != nil {
 		w.cond.Broadcast() // a commit may wait to seal the next segment
 	}
 	w.mu.Unlock()
 
-	err := w.writeOut(tail, b)
+	err := w.writeOut(tail, b, sealing)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -730,29 +776,60 @@ func (w *Writer) writeTo(end int64) error {
 
 // writeOut does write's I/O; ioMu is held. The sealed segment's file joins
 // the ones the next sync fsyncs and closes, so that a rotation does not hold
-// up commits for the time a large fsync takes.
-func (w *Writer) writeOut(tail *sealedTail, b []byte) error {
+// up commits for the time a large fsync takes. sealing says that b ends with
+// the seal of the segment it ends in (Close).
+func (w *Writer) writeOut(tail *sealedTail, b []byte, sealing bool) error {
 	if tail != nil {
 		seg := tail.next - 1
-		if _, err := w.f.Write(b[:tail.n]); err != nil {
-			return fmt.Errorf("format: writing segment %d: %w", seg, err)
+		if err := w.cutPrealloc(seg); err != nil {
+			return err
+		}
+		if err := w.writeFile(b[:tail.n], seg); err != nil {
+			return err
 		}
 		w.mu.Lock()
 		w.sealed = append(w.sealed, w.f)
 		w.mu.Unlock()
 		w.f = nil
-		f, err := w.createSegment(tail.next, tail.created, tail.lowWatermark)
+		f, pre, err := w.createSegment(tail.next, tail.created, tail.lowWatermark)
 		if err != nil {
 			return err
 		}
-		w.f = f
+		w.f, w.fOff, w.fPre = f, w.hdrLen, pre
 		b = b[tail.n:]
 	}
-	if len(b) > 0 {
-		if _, err := w.f.Write(b); err != nil {
-			return fmt.Errorf("format: writing segment %d: %w", w.segOf(tail), err)
+	if sealing {
+		if err := w.cutPrealloc(w.segOf(tail)); err != nil {
+			return err
 		}
 	}
+	if len(b) > 0 {
+		return w.writeFile(b, w.segOf(tail))
+	}
+	return nil
+}
+
+// writeFile writes b at the end of f's frames; ioMu is held.
+func (w *Writer) writeFile(b []byte, seg uint64) error {
+	n, err := w.f.WriteAt(b, w.fOff)
+	w.fOff += int64(n)
+	if err != nil {
+		return fmt.Errorf("format: writing segment %d: %w", seg, err)
+	}
+	return nil
+}
+
+// cutPrealloc truncates f's preallocated space after its frames, before its
+// seal is written: a sealed segment ends with its seal (SPEC.md, "Writers",
+// step 3). ioMu is held.
+func (w *Writer) cutPrealloc(seg uint64) error {
+	if !w.fPre {
+		return nil
+	}
+	if err := w.f.Truncate(w.fOff); err != nil {
+		return fmt.Errorf("format: cutting segment %d's preallocated space before its seal: %w", seg, err)
+	}
+	w.fPre = false
 	return nil
 }
 

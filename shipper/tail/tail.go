@@ -125,7 +125,12 @@ type Follower struct {
 	// endSize is the file's size at the last atEnd; checkedSize the size
 	// at which bytes that do not form a frame were last proven torn.
 	endSize, checkedSize int64
-	err                  error
+	// [zeroFrom, zeroTo) of the file was last found all zeros: a
+	// preallocated segment's unwritten space (SPEC.md, "Readers", step
+	// 3). atZeros says the last parse ended there, at scan.
+	zeroFrom, zeroTo int64
+	atZeros          bool
+	err              error
 }
 
 // Partial returns the bytes at the end of the current segment that were
@@ -237,6 +242,7 @@ func (fl *Follower) openSegment(seg uint64, off int64) error {
 	fl.pos, fl.scan, fl.full = off, off, false
 	fl.sealed, fl.sealNext, fl.nextSeen = false, 0, false
 	fl.endSize, fl.checkedSize = -1, -1
+	fl.zeroFrom, fl.zeroTo, fl.atZeros = -1, -1, false
 	fl.acc = Span{}
 	fl.walk = format.NewWalker(seg, 0, off == 0)
 	return nil
@@ -386,6 +392,7 @@ func (fl *Follower) ReadAt(p []byte, off int64) (int, error) {
 // is full, the data ends, or the seal is reached. It reports a Big frame.
 func (fl *Follower) parse() (bool, error) {
 	readEOF := false
+	fl.atZeros = false
 	for !fl.full && !fl.sealed {
 		b := fl.buf[fl.scan-fl.bufOff : fl.hi]
 		f, n, err := format.ParseFrame(b)
@@ -410,8 +417,24 @@ func (fl *Follower) parse() (bool, error) {
 			continue
 		}
 		if !errors.Is(err, format.ErrTornTail) {
+			if zeros(b) {
+				switch z, err := fl.zeroTail(); {
+				case err != nil:
+					return false, err
+				case z == zeroEnd:
+					return false, nil
+				case z == zeroWritten:
+					readEOF = false
+					continue
+				}
+			}
 			// Not a whole valid frame: torn tail or corruption.
-			return false, fl.classify(err, -1)
+			if err := fl.classify(err, -1); !errors.Is(err, errGrew) {
+				return false, err
+			}
+			fl.dropBuffered()
+			readEOF = false
+			continue
 		}
 		if need := format.FrameLen(b); need > fl.opts.MaxBytes {
 			if fl.acc.Frames > 0 {
@@ -421,6 +444,15 @@ func (fl *Follower) parse() (bool, error) {
 			return fl.bigFrame(need)
 		}
 		if readEOF {
+			if zeros(b) {
+				switch z, err := fl.zeroTail(); {
+				case err != nil:
+					return false, err
+				case z == zeroWritten:
+					readEOF = false
+					continue
+				}
+			}
 			return false, nil
 		}
 		got, err := fl.read()
@@ -451,6 +483,69 @@ func (fl *Follower) read() (bool, error) {
 		fl.size = end
 	}
 	return n > 0, nil
+}
+
+// zeros reports whether b, the bytes at a frame boundary, are all zero: no
+// frame starts so (type 0 is no frame type), a preallocated tail may.
+func zeros(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return len(b) > 0
+}
+
+// What zeroTail found after zeros at scan.
+type zeroState int
+
+const (
+	zeroEnd     zeroState = iota // zeros to the end of the file: no more data yet
+	zeroWritten                  // a frame was written at scan since it was read: parse again
+	zeroHole                     // zeros, then bytes that are not: classify them
+)
+
+// zeroTail is called with zeros at scan. Zeros from there to the end of the
+// file are a preallocated segment's unwritten space, neither torn nor
+// corrupt: the buffered zeros are dropped so that the next read sees what
+// the writer puts there, and atEnd takes the file to end at scan. The space
+// is read once; the next look reads only what lies beyond (a writer writes
+// at scan first, so what was zeros after it still is while scan is zeros).
+func (fl *Follower) zeroTail() (zeroState, error) {
+	st, err := fl.f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("tail: stat %s: %w", fl.path, err)
+	}
+	from := fl.scan
+	if fl.zeroFrom >= 0 && fl.zeroFrom <= fl.scan && fl.scan < fl.zeroTo {
+		from = fl.zeroTo
+	}
+	at, err := format.NextNonZero(fl.f, from, st.Size())
+	if err != nil {
+		return 0, fmt.Errorf("tail: %s: %w", fl.path, err)
+	}
+	if at < 0 {
+		fl.zeroFrom, fl.zeroTo = fl.scan, max(st.Size(), fl.scan)
+		fl.dropBuffered()
+		fl.atZeros = true
+		return zeroEnd, nil
+	}
+	// Our copy of a page may precede the writer's while our copy of a
+	// later page follows it: look at scan again.
+	var h [format.FrameHeaderLen]byte
+	n, _ := fl.f.ReadAt(h[:], fl.scan)
+	if !zeros(h[:n]) {
+		fl.dropBuffered()
+		return zeroWritten, nil
+	}
+	return zeroHole, nil
+}
+
+// dropBuffered forgets the bytes buffered after scan (they were zeros, or a
+// write in progress), so that the next read takes them from the file again.
+func (fl *Follower) dropBuffered() {
+	fl.hi = int(fl.scan - fl.bufOff)
+	fl.size = fl.scan
 }
 
 // check validates a whole frame at off (format.Walker: its type, where it
@@ -563,6 +658,13 @@ func (fl *Follower) classify(why error, size int64) error {
 	case err != nil:
 		return fmt.Errorf("tail: %s: %w", fl.path, err)
 	case at >= 0:
+		// Bytes written in place (a preallocated segment) change without
+		// the size: the frame at scan may have been a write in progress
+		// that is whole now. Once a later frame is whole, an earlier one
+		// is too, so one more look at scan decides.
+		if ok, ferr := format.FrameAt(fl.f, fl.scan, size); ferr == nil && ok {
+			return errGrew
+		}
 		return fl.fail(fl.scan, fmt.Errorf("%w; a valid frame starts at offset %d: the damage is in the middle of the segment, not a torn tail", why, at))
 	}
 	fl.checkedSize = st.Size()
@@ -577,24 +679,28 @@ func (fl *Follower) atEnd() (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("tail: stat %s: %w", fl.path, err)
 	}
-	if st.Size() < fl.size || st.Size() < fl.scan {
-		return false, fl.fail(st.Size(), fmt.Errorf("%w: from %d to %d bytes (shipped up to %d); segments are append-only: restore the file or move the source's files away",
-			ErrShrunk, max(fl.size, fl.scan), st.Size(), fl.pos))
+	size := st.Size()
+	if fl.atZeros && !fl.sealed && fl.zeroTo >= size {
+		size = fl.scan // the rest is preallocated space, all zeros: no data
 	}
-	grew := st.Size() > fl.size
-	fl.size = st.Size()
+	if size < fl.size || size < fl.scan {
+		return false, fl.fail(size, fmt.Errorf("%w: from %d to %d bytes (shipped up to %d); segments are append-only: restore the file or move the source's files away",
+			ErrShrunk, max(fl.size, fl.scan), size, fl.pos))
+	}
+	grew := size > fl.size
+	fl.size = size
 	if fl.sealed {
-		if st.Size() > fl.scan {
-			return false, fl.fail(fl.scan, fmt.Errorf("%w: %d bytes after the seal frame", format.ErrCorrupt, st.Size()-fl.scan))
+		if size > fl.scan {
+			return false, fl.fail(fl.scan, fmt.Errorf("%w: %d bytes after the seal frame", format.ErrCorrupt, size-fl.scan))
 		}
 		return fl.moveOn(fl.sealNext, 0, false)
 	}
 	if grew {
 		return true, nil // more bytes arrived since we read: parse them first
 	}
-	stable := st.Size() == fl.endSize
-	fl.endSize = st.Size()
-	if rest := st.Size() - fl.scan; rest > 0 && stable && fl.checkedSize != st.Size() {
+	stable := size == fl.endSize
+	fl.endSize = size
+	if rest := size - fl.scan; rest > 0 && stable && fl.checkedSize != size {
 		// Bytes that do not form a whole frame, and the file did not grow
 		// since the last look: a writer that crashed in the middle of a
 		// frame, or a corrupt length field with valid frames after it.
@@ -619,15 +725,20 @@ func (fl *Follower) atEnd() (bool, error) {
 		return false, fl.checkGap(next)
 	}
 	// Abandoned by a crashed writer: what did not form a frame is torn.
-	if rest := st.Size() - fl.scan; rest > 0 && fl.checkedSize != st.Size() {
-		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of an abandoned segment that are not a whole frame", format.ErrCorrupt, rest), st.Size()); err != nil {
+	if rest := size - fl.scan; rest > 0 && fl.checkedSize != size {
+		if err := fl.classify(fmt.Errorf("%w: %d bytes at the end of an abandoned segment that are not a whole frame", format.ErrCorrupt, rest), size); err != nil {
 			if errors.Is(err, errGrew) {
 				return true, nil // never abandon bytes that arrived meanwhile
 			}
 			return false, err
 		}
 	}
-	return fl.moveOn(next, st.Size()-fl.scan, fl.scan == fl.hdrLen)
+	// A preallocated segment's space after its torn bytes is not torn.
+	end, err := format.DataEnd(fl.f, fl.scan, size)
+	if err != nil {
+		return false, fmt.Errorf("tail: %s: %w", fl.path, err)
+	}
+	return fl.moveOn(next, end-fl.scan, fl.scan == fl.hdrLen)
 }
 
 // errGrew tells atEnd that the file grew while it classified its end: the
