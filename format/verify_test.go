@@ -74,6 +74,26 @@ func TestVerifier(t *testing.T) {
 			// Cut the seal only: the writer stopped without closing.
 			must(t, os.WriteFile(segFile(dir, 1), b[:len(b)-format.FrameHeaderLen-32], 0o644))
 		}, abandoned: 1, txs: 120},
+		{name: "AbandonedPreallocated", damage: func(t *testing.T, dir string) {
+			b, _ := os.ReadFile(segFile(dir, 1))
+			// A preallocating writer stopped without closing: its
+			// unwritten space is zeros, neither torn nor corrupt.
+			b = append(b[:len(b)-format.FrameHeaderLen-32], make([]byte, 64<<10)...)
+			must(t, os.WriteFile(segFile(dir, 1), b, 0o644))
+		}, abandoned: 1, txs: 120},
+		{name: "TornThenPreallocated", damage: func(t *testing.T, dir string) {
+			b, _ := os.ReadFile(segFile(dir, 1))
+			b = append(b[:len(b)-format.FrameHeaderLen-40], make([]byte, 64<<10)...)
+			must(t, os.WriteFile(segFile(dir, 1), b, 0o644))
+		}, torn: 1, wantFirstMatch: "torn tail", txs: -1},
+		{name: "ZerosThenFrames", damage: func(t *testing.T, dir string) {
+			// Zeros in the middle, valid frames after them: not space a
+			// writer left unwritten, but damage.
+			b, _ := os.ReadFile(segFile(dir, 1))
+			h, _ := format.ParseHeader(b)
+			clear(b[h.Len : h.Len+600])
+			must(t, os.WriteFile(segFile(dir, 1), b, 0o644))
+		}, corrupt: 1, txs: -1},
 		{name: "IncompleteHeader", damage: func(t *testing.T, dir string) {
 			last := lastSeg(t, dir)
 			b, _ := os.ReadFile(last)

@@ -141,31 +141,115 @@ func commit(t *testing.T, w *format.Writer, tx *format.Tx) format.Position {
 }
 
 func TestWriterRotatesBySize(t *testing.T) {
-	dir := t.TempDir()
-	w := openWriter(t, dir, format.WithSync(format.SyncNone, 0), format.WithMaxSegmentSize(4096))
-	var want []format.Position
-	for i := 0; i < 200; i++ {
-		want = append(want, commit(t, w, testTx(i)))
+	for _, pre := range []bool{false, true} {
+		t.Run(fmt.Sprintf("Preallocate=%v", pre), func(t *testing.T) {
+			dir := t.TempDir()
+			w := openWriter(t, dir, format.WithSync(format.SyncNone, 0), format.WithMaxSegmentSize(4096), format.WithPreallocate(pre))
+			var want []format.Position
+			for i := 0; i < 200; i++ {
+				want = append(want, commit(t, w, testTx(i)))
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			// checkChain also finds a preallocated segment cut back at its
+			// seal: zeros after a seal are data after it.
+			txs, pos, segs := checkChain(t, dir)
+			if len(segs) < 5 {
+				t.Fatalf("%d segments of at most ~4 KiB for 200 transactions, want rotation", len(segs))
+			}
+			if len(txs) != 200 {
+				t.Fatalf("read %d transactions, want 200", len(txs))
+			}
+			for i := range txs {
+				if txs[i].ID != testTx(i).ID || pos[i] != want[i] {
+					t.Fatalf("transaction %d: %s at %v, want %s at %v", i, txs[i].ID, pos[i], testTx(i).ID, want[i])
+				}
+			}
+			for _, s := range segs {
+				if s.seal == nil {
+					t.Fatalf("segment %d not sealed after Close", s.hdr.Segment)
+				}
+			}
+		})
 	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	txs, pos, segs := checkChain(t, dir)
-	if len(segs) < 5 {
-		t.Fatalf("%d segments of at most ~4 KiB for 200 transactions, want rotation", len(segs))
-	}
-	if len(txs) != 200 {
-		t.Fatalf("read %d transactions, want 200", len(txs))
-	}
-	for i := range txs {
-		if txs[i].ID != testTx(i).ID || pos[i] != want[i] {
-			t.Fatalf("transaction %d: %s at %v, want %s at %v", i, txs[i].ID, pos[i], testTx(i).ID, want[i])
-		}
-	}
-	for _, s := range segs {
-		if s.seal == nil {
-			t.Fatalf("segment %d not sealed after Close", s.hdr.Segment)
-		}
+}
+
+// TestWriterPreallocates: under SyncAlways (by default) or when asked, the
+// open segment's space is reserved up to the size limit and reads as its
+// frames, then a clean end; Close cuts it back to its frames and seal. A
+// crashed writer's preallocated segment is read the same way.
+func TestWriterPreallocates(t *testing.T) {
+	const max = 1 << 20
+	for _, c := range []struct {
+		name string
+		opts []format.WriterOption
+		pre  bool
+	}{
+		{"SyncAlways", []format.WriterOption{format.WithSync(format.SyncAlways, 0)}, true},
+		{"SyncAlwaysOff", []format.WriterOption{format.WithSync(format.SyncAlways, 0), format.WithPreallocate(false)}, false},
+		{"SyncNone", []format.WriterOption{format.WithSync(format.SyncNone, 0)}, false},
+		{"SyncNoneOn", []format.WriterOption{format.WithSync(format.SyncNone, 0), format.WithPreallocate(true)}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			w := openWriter(t, dir, append(c.opts, format.WithMaxSegmentSize(max))...)
+			for i := 0; i < 20; i++ {
+				commit(t, w, testTx(i))
+			}
+			if err := w.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(dir, format.SegmentName("shop", 1))
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := st.Size() == max; got != c.pre {
+				t.Fatalf("open segment of %d bytes: preallocated %v, want %v", st.Size(), got, c.pre)
+			}
+			// What a crashed writer leaves: the open segment as it is now.
+			crashDir := t.TempDir()
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(crashDir, format.SegmentName("shop", 1)), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []string{dir, crashDir} {
+				sf := readSegment(t, path)
+				if d == crashDir {
+					sf = readSegment(t, filepath.Join(crashDir, format.SegmentName("shop", 1)))
+				}
+				if sf.endErr != io.EOF || len(sf.txs) != 20 || sf.seal != nil {
+					t.Fatalf("%s: %d transactions, seal %v, then %v; want 20, none, io.EOF", d, len(sf.txs), sf.seal, sf.endErr)
+				}
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if txs, _, _ := checkChain(t, dir); len(txs) != 20 {
+				t.Fatalf("%d transactions after Close, want 20", len(txs))
+			}
+			// The crashed writer's successor starts segment 2 and finds
+			// every transaction of segment 1.
+			w2 := openWriter(t, crashDir, c.opts...)
+			if p := commit(t, w2, testTx(20)); p.Segment != 2 {
+				t.Fatalf("restarted writer committed to segment %d, want 2", p.Segment)
+			}
+			if err := w2.Close(); err != nil {
+				t.Fatal(err)
+			}
+			var v format.Verifier
+			v.Chain = true
+			if err := v.Verify([]string{crashDir}); err != nil {
+				t.Fatal(err)
+			}
+			if v.Corrupt != 0 || v.Torn != 0 || v.Transactions != 21 {
+				t.Fatalf("after the crash: corrupt %d, torn %d, %d transactions; want 0, 0, 21 (first problem: %v)", v.Corrupt, v.Torn, v.Transactions, v.First)
+			}
+		})
 	}
 }
 
