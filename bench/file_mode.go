@@ -402,11 +402,11 @@ func (m *fileMode) settleSource(ctx context.Context, timeout time.Duration, src 
 		return fmt.Errorf("bench: listing the change files of source %s: %v", src, err)
 	}
 	last := segs[len(segs)-1]
-	fi, err := os.Stat(last.Path)
+	size, err := format.SegmentDataSize(last.Path)
 	if err != nil {
 		return fmt.Errorf("bench: reading the change files' end: %w", err)
 	}
-	end := format.Position{Segment: last.Segment, Offset: fi.Size()}
+	end := format.Position{Segment: last.Segment, Offset: size}
 	var at format.Position
 	var checked time.Time
 	err = waitFor(ctx, timeout, "the receiver applying the change files of source "+src+" up to "+end.String(), func() (bool, error) {
@@ -527,7 +527,8 @@ func (m *fileMode) watchApplied(lat *latencies) func() error {
 	}
 }
 
-// fileBytes returns the bytes of the change files.
+// fileBytes returns the bytes of the change files (their data: not the
+// space a preallocating writer reserved ahead of it).
 func (m *fileMode) fileBytes() int64 {
 	ents, _ := os.ReadDir(m.dir)
 	var n int64
@@ -535,8 +536,8 @@ func (m *fileMode) fileBytes() int64 {
 		if filepath.Ext(e.Name()) != ".ferry" {
 			continue
 		}
-		if fi, err := e.Info(); err == nil {
-			n += fi.Size()
+		if size, err := format.SegmentDataSize(filepath.Join(m.dir, e.Name())); err == nil {
+			n += size
 		}
 	}
 	return n

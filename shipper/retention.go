@@ -129,3 +129,13 @@ func statSize(path string) (int64, error) {
 	}
 	return fi.Size(), nil
 }
+
+// segmentSize is the size of the segment at path; of its data only, if open
+// (the newest segment), which a preallocating writer keeps larger than its
+// frames.
+func segmentSize(path string, open bool) (int64, error) {
+	if !open {
+		return statSize(path)
+	}
+	return format.SegmentDataSize(path)
+}

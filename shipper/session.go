@@ -838,14 +838,14 @@ func (s *Shipper) upkeep(fl *tail.Follower, now time.Time) {
 	var backlog int64
 	var segs int
 	if list, err := format.ListSegments(s.dir, s.source); err == nil {
-		for _, sf := range list {
+		for i, sf := range list {
 			if sf.Segment < acked.Segment {
 				continue
 			}
 			var size int64
 			if fl != nil && sf.Segment == fl.Pos().Segment && fl.Size() > 0 {
 				size = fl.Size()
-			} else if fi, err := statSize(sf.Path); err == nil {
+			} else if fi, err := segmentSize(sf.Path, i == len(list)-1); err == nil {
 				size = fi
 			}
 			rest := size

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"os"
 	"testing"
 	"time"
 
@@ -240,11 +239,12 @@ func filesEnd(t testing.TB, dir string) format.Position {
 		t.Fatalf("change files of %s: %d segments, %v", source, len(segs), err)
 	}
 	last := segs[len(segs)-1]
-	fi, err := os.Stat(last.Path)
+	// The data's end: the applier's writer preallocates its segments.
+	end, err := format.SegmentDataSize(last.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return format.Position{Segment: last.Segment, Offset: fi.Size()}
+	return format.Position{Segment: last.Segment, Offset: end}
 }
 
 // after reports whether p is at or after q.

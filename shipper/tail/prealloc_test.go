@@ -84,7 +84,9 @@ func TestFollowsPreallocatingWriter(t *testing.T) {
 	}
 }
 
-func itoa(i int) string { return string(rune('a'+i/26/26%26)) + string(rune('a'+i/26%26)) + string(rune('a'+i%26)) }
+func itoa(i int) string {
+	return string(rune('a'+i/26/26%26)) + string(rune('a'+i/26%26)) + string(rune('a'+i%26))
+}
 
 // TestPreallocatedSegments: segments as a preallocating writer leaves them —
 // live, crashed, damaged.

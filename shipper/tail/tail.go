@@ -478,8 +478,15 @@ func (fl *Follower) read() (bool, error) {
 	if err != nil && err != io.EOF {
 		return false, fmt.Errorf("tail: reading %s at %d: %w", fl.path, fl.bufOff+int64(fl.hi), err)
 	}
+	got := fl.buf[fl.hi : fl.hi+n]
 	fl.hi += n
-	if end := fl.bufOff + int64(fl.hi); end > fl.size {
+	// A preallocated segment's zeros are not data (the backlog metric
+	// reads Size).
+	k := len(got)
+	for k > 0 && got[k-1] == 0 {
+		k--
+	}
+	if end := fl.bufOff + int64(fl.hi-len(got)+k); k > 0 && end > fl.size {
 		fl.size = end
 	}
 	return n > 0, nil
@@ -589,12 +596,11 @@ func (fl *Follower) bigFrame(n int) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("tail: stat %s: %w", fl.path, err)
 	}
-	if st.Size() > fl.size {
-		fl.size = st.Size()
-	}
 	if st.Size() < end {
 		return false, nil // still being written, or a torn tail: atEnd decides
 	}
+	// Not the file's size: a preallocated segment's is its reserved space.
+	fl.size = max(fl.size, end)
 	var hdr [format.FrameHeaderLen]byte
 	if _, err := fl.ReadAt(hdr[:], fl.scan); err != nil {
 		return false, err
