@@ -19,17 +19,3 @@ func preallocate(f *os.File, size int64) error {
 	}
 }
 
-// seekHole is lseek's SEEK_HOLE on Linux.
-const seekHole = 4
-
-// DataSize returns where the data of the segment file f, of size bytes,
-// ends: size, less the zeros of a preallocated tail (SPEC.md, "Writers",
-// step 3), found without reading reserved space that was never written
-// (SEEK_HOLE stops at it).
-func DataSize(f *os.File, size int64) (int64, error) {
-	end := size
-	if off, err := f.Seek(0, seekHole); err == nil && off < size {
-		end = off
-	}
-	return DataEnd(f, max(0, end-scanChunk), end)
-}

@@ -137,5 +137,14 @@ func segmentSize(path string, open bool) (int64, error) {
 	if !open {
 		return statSize(path)
 	}
-	return format.SegmentDataSize(path)
+	f, err := format.OpenSegment(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return format.EstimateDataSize(f, fi.Size())
 }
