@@ -18,4 +18,3 @@ func preallocate(f *os.File, size int64) error {
 		}
 	}
 }
-

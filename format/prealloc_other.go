@@ -9,4 +9,3 @@ import (
 
 // preallocate is unsupported here: segments grow as they are written.
 func preallocate(f *os.File, size int64) error { return errors.ErrUnsupported }
-
