@@ -5,6 +5,7 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -191,4 +192,40 @@ func BenchmarkCommitLatency(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// BenchmarkSyncAlways commits one small transaction at a time under
+// SyncAlways, each waiting for its fsync, into appended or preallocated
+// segments (WithPreallocate), and reports the process's CPU per commit
+// beside the time: the cost a legacy pays for durability. Compare the two
+// side by side (-count 6 | benchstat): absolute figures move with the disk.
+func BenchmarkSyncAlways(b *testing.B) {
+	for _, pre := range []bool{false, true} {
+		b.Run(fmt.Sprintf("preallocate=%v", pre), func(b *testing.B) {
+			w, err := format.OpenWriter(b.TempDir(), "bench", format.WithSync(format.SyncAlways, 0), format.WithPreallocate(pre))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer w.Close()
+			tx := benchTx(1, 1)
+			cpu0 := processCPU(b)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := w.Commit(tx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU(b)-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+		})
+	}
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -88,6 +88,12 @@ func naiveFind(b []byte, from int) int {
 func FuzzWalk(f *testing.F) {
 	for _, b := range goldenFiles(f) {
 		f.Add(b)
+		// A preallocated segment: zeros after the frames, and zeros with
+		// a frame after them (damage).
+		f.Add(append(bytes.Clone(b), make([]byte, 300)...))
+		if h, err := format.ParseHeader(b); err == nil {
+			f.Add(append(append(bytes.Clone(b[:h.Len]), make([]byte, 40)...), b[h.Len:]...))
+		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var at, plain walkResult
