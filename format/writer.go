@@ -376,7 +376,7 @@ func lockSource(dir, source string) (*os.File, error) {
 }
 
 // createSegment creates segment seg, writes its header, preallocates its
-// space if the writer does (pre says whether that worked), fsyncs them and
+// space if the writer does (pre: then it is cut before the seal), fsyncs them and
 // the directory entry, and returns the file, to be written at the header's
 // end on.
 func (w *Writer) createSegment(seg uint64, created time.Time, lw Position) (f *os.File, pre bool, err error) {
@@ -396,7 +396,11 @@ func (w *Writer) createSegment(seg uint64, created time.Time, lw Position) (f *o
 	}
 	// Without the space (a file system that cannot reserve it, or too
 	// little free space for a whole segment) the segment grows as written.
-	pre = w.opts.preallocates() && preallocate(f, max(w.opts.maxSize, int64(len(hdr)))) == nil
+	// It is cut before its seal all the same: a failed fallocate may have
+	// reserved part of the space.
+	if pre = w.opts.preallocates(); pre {
+		_ = preallocate(f, max(w.opts.maxSize, int64(len(hdr))))
+	}
 	if err := f.Sync(); err != nil {
 		return nil, false, w.abandonSegment(f, path, fmt.Errorf("format: syncing %s: %w", path, err))
 	}
