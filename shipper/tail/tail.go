@@ -19,6 +19,7 @@
 package tail
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -474,7 +475,10 @@ func (fl *Follower) read() (bool, error) {
 	if fl.hi == len(fl.buf) {
 		return false, nil // full of a span that the caller will take first
 	}
-	n, err := fl.f.ReadAt(fl.buf[fl.hi:], fl.bufOff+int64(fl.hi))
+	// In chunks: a preallocated segment's file holds its reserved space
+	// after the data, which a read of the whole buffer would copy at
+	// every look.
+	n, err := fl.f.ReadAt(fl.buf[fl.hi:min(len(fl.buf), fl.hi+readChunk)], fl.bufOff+int64(fl.hi))
 	if err != nil && err != io.EOF {
 		return false, fmt.Errorf("tail: reading %s at %d: %w", fl.path, fl.bufOff+int64(fl.hi), err)
 	}
@@ -492,15 +496,14 @@ func (fl *Follower) read() (bool, error) {
 	return n > 0, nil
 }
 
+// readChunk is the most read reads at once.
+const readChunk = 256 << 10
+
 // zeros reports whether b, the bytes at a frame boundary, are all zero: no
-// frame starts so (type 0 is no frame type), a preallocated tail may.
+// frame starts so (type 0 is no frame type), a preallocated tail may. (Each
+// byte equal to the one before it, the first zero: at memcmp speed.)
 func zeros(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return len(b) > 0
+	return len(b) > 0 && b[0] == 0 && bytes.Equal(b[1:], b[:len(b)-1])
 }
 
 // What zeroTail found after zeros at scan.
