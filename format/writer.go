@@ -894,7 +894,7 @@ func (w *Writer) syncTo(end int64) error {
 	var err error
 	for _, s := range sealed {
 		if err == nil {
-			if serr := s.Sync(); serr != nil {
+			if serr := syncData(s); serr != nil {
 				err = fmt.Errorf("format: syncing sealed segment %s: %w", s.Name(), serr)
 			}
 		}
@@ -903,7 +903,7 @@ func (w *Writer) syncTo(end int64) error {
 		}
 	}
 	if err == nil && f != nil {
-		if serr := f.Sync(); serr != nil {
+		if serr := syncData(f); serr != nil {
 			err = fmt.Errorf("format: syncing segment %s: %w", f.Name(), serr)
 		}
 	}
