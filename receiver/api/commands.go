@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format/command"
+	"github.com/ferrysync/ferry/internal/flatjson"
 	"github.com/ferrysync/ferry/receiver/store"
 )
 
@@ -195,10 +196,17 @@ func (c *commands) submit(w http.ResponseWriter, r *http.Request) {
 		c.submitOne(r.Context(), w, body)
 		return
 	}
-	var raws []json.RawMessage
-	if err := json.Unmarshal(body, &raws); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("command batch: %v; want an array of {\"id\",\"table\",\"key\",\"op\",\"after\",\"version\"}", err))
-		return
+	raws, ok := flatjson.Elements(body)
+	if !ok {
+		var rs []json.RawMessage
+		if err := json.Unmarshal(body, &rs); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("command batch: %v; want an array of {\"id\",\"table\",\"key\",\"op\",\"after\",\"version\"}", err))
+			return
+		}
+		raws = make([][]byte, len(rs))
+		for i := range rs {
+			raws[i] = rs[i]
+		}
 	}
 	switch {
 	case len(raws) == 0:
@@ -259,11 +267,14 @@ func (c *commands) submitOne(ctx context.Context, w http.ResponseWriter, body []
 // parse decodes and validates one command of the service's: nil, or the
 // refusal (Index unset).
 func (c *commands) parse(body []byte, cmd *command.Command) *CommandError {
-	var req CommandRequest
-	d := json.NewDecoder(bytes.NewReader(body))
-	d.DisallowUnknownFields()
-	if err := d.Decode(&req); err != nil {
-		return &CommandError{Status: http.StatusBadRequest, Code: "bad_request", Error: fmt.Sprintf("command body: %v; want {\"id\",\"table\",\"key\",\"op\",\"after\",\"version\"}", err)}
+	req, compact, ok := decodePlainRequest(body)
+	if !ok {
+		req, compact = CommandRequest{}, false
+		d := json.NewDecoder(bytes.NewReader(body))
+		d.DisallowUnknownFields()
+		if err := d.Decode(&req); err != nil {
+			return &CommandError{Status: http.StatusBadRequest, Code: "bad_request", Error: fmt.Sprintf("command body: %v; want {\"id\",\"table\",\"key\",\"op\",\"after\",\"version\"}", err)}
+		}
 	}
 	if !command.ValidID(req.ID) {
 		return &CommandError{ID: clipString(req.ID), Status: http.StatusBadRequest, Code: "invalid_id", Error: fmt.Sprintf("command id %q: want 1-%d of [A-Za-z0-9_.:-] (a UUID fits); it is the idempotency key", clipString(req.ID), command.MaxIDLen)}
@@ -272,7 +283,7 @@ func (c *commands) parse(body []byte, cmd *command.Command) *CommandError {
 	if !ok {
 		return &CommandError{ID: req.ID, Status: http.StatusBadRequest, Code: "unknown_table", Error: fmt.Sprintf("table %q takes no commands here: the receiver's command tables (--command-table) are %v", clipString(req.Table), tableNames(c.cfg.Tables))}
 	}
-	if len(req.After) > 0 {
+	if len(req.After) > 0 && !compact {
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, req.After); err == nil {
 			req.After = buf.Bytes()
@@ -288,6 +299,40 @@ func (c *commands) parse(body []byte, cmd *command.Command) *CommandError {
 		return e
 	}
 	return nil
+}
+
+// decodePlainRequest decodes a command request in the plain form
+// (flatjson) as json.Decoder with DisallowUnknownFields would, After
+// aliasing body; compact: After is compact already. False if the request
+// is not in that form, and the caller decodes it with encoding/json.
+func decodePlainRequest(body []byte) (req CommandRequest, compact, ok bool) {
+	o := flatjson.Open(body)
+	var seen [6]bool // a field twice is left to encoding/json
+	for o.Next() {
+		f := 0
+		switch string(o.Key()) {
+		case "id":
+			f, req.ID = 0, o.Str()
+		case "table":
+			f, req.Table = 1, o.Str()
+		case "key":
+			f, req.Key = 2, o.Str()
+		case "op":
+			f, req.Op = 3, o.Str()
+		case "after":
+			f = 4
+			req.After, compact = o.Raw()
+		case "version":
+			f, req.Version = 5, o.Uint()
+		default:
+			o.Fail()
+		}
+		if seen[f] {
+			o.Fail()
+		}
+		seen[f] = true
+	}
+	return req, compact, o.OK()
 }
 
 // submitCommands records valid commands of distinct ids, publishes those
@@ -503,10 +548,15 @@ func (c *commands) list(w http.ResponseWriter, r *http.Request) {
 // digest identifies a command's content (not its submission time): the
 // same id must come with the same digest.
 func digest(c *command.Command) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00%s\x00%s\x00%d\x00", c.Source, c.Table, c.Key, c.Op, c.Version)
-	h.Write(c.After)
-	return hex.EncodeToString(h.Sum(nil)[:16])
+	// Source, table, key, op and version, each followed by a NUL, then the
+	// after image: the digests recorded by every release so far.
+	b := make([]byte, 0, len(c.Source)+len(c.Table)+len(c.Key)+len(c.Op)+25+len(c.After))
+	for _, s := range [...]string{c.Source, c.Table, c.Key, c.Op} {
+		b = append(append(b, s...), 0)
+	}
+	b = append(strconv.AppendUint(b, c.Version, 10), 0)
+	sum := sha256.Sum256(append(b, c.After...))
+	return hex.EncodeToString(sum[:16])
 }
 
 func clipString(s string) string {
