@@ -157,6 +157,37 @@ func (o *Object) Uint() uint64 {
 	return n
 }
 
+// Int reads a signed integer: Uint's form with an optional '-', within
+// int64.
+func (o *Object) Int() int64 {
+	neg := o.i < len(o.b) && o.b[o.i] == '-'
+	if neg {
+		o.i++
+	}
+	n := o.Uint()
+	switch {
+	case o.bad:
+		return 0
+	case neg && n <= 1<<63:
+		return -int64(n)
+	case !neg && n < 1<<63:
+		return int64(n)
+	}
+	o.bad = true
+	return 0
+}
+
+// Rest reports whether nothing but whitespace follows the object (as
+// json.Unmarshal requires).
+func (o *Object) Rest() bool {
+	if !o.OK() {
+		return false
+	}
+	o.i = o.end
+	o.ws()
+	return o.i == len(o.b)
+}
+
 // Raw reads an object or array value as it is written (valid JSON, not
 // copied: it aliases the input). compact reports that it has no whitespace
 // outside its strings, i.e. json.Compact would not change it.

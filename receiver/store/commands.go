@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/internal/flatjson"
 )
 
 // Write-back commands (SPEC.md, "Write-back records"). The store keeps two
@@ -73,21 +75,183 @@ type Outcome struct {
 const commandRecordVersion = 1
 
 func encodeRecord(v any) ([]byte, error) {
-	b, err := json.Marshal(v)
+	b := []byte{commandRecordVersion}
+	var ok bool
+	switch r := v.(type) {
+	case *Submitted:
+		b, ok = r.appendPlain(b)
+	case *Outcome:
+		b, ok = r.appendPlain(b)
+	}
+	if ok {
+		return b, nil
+	}
+	j, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
 	}
-	return append([]byte{commandRecordVersion}, b...), nil
+	return append([]byte{commandRecordVersion}, j...), nil
 }
 
 func decodeRecord(b []byte, v any) error {
 	if len(b) == 0 || b[0] != commandRecordVersion {
 		return fmt.Errorf("%w: command record of version %v", ErrCorruptRecord, b[:min(len(b), 1)])
 	}
+	switch r := v.(type) {
+	case *Submitted:
+		if r.decodePlain(b[1:]) {
+			return nil
+		}
+	case *Outcome:
+		if r.decodePlain(b[1:]) {
+			return nil
+		}
+	}
 	if err := json.Unmarshal(b[1:], v); err != nil {
 		return fmt.Errorf("%w: command record: %v", ErrCorruptRecord, err)
 	}
 	return nil
+}
+
+// The records in the plain form (internal/flatjson) are written and read
+// without reflection, as json.Marshal and json.Unmarshal would: a point
+// read of a command decoded its two records through encoding/json, ~3% of
+// a write-back command's CPU. Anything else takes encoding/json.
+
+func (r *Submitted) appendPlain(b []byte) ([]byte, bool) {
+	ok := true
+	str := func(name, v string) {
+		if ok {
+			b = append(b, name...)
+			b, ok = flatjson.AppendString(b, v)
+		}
+	}
+	b = append(b, '{')
+	str(`"source":`, r.Source)
+	str(`,"table":`, r.Table)
+	str(`,"key":`, r.Key)
+	str(`,"op":`, r.Op)
+	str(`,"digest":`, r.Digest)
+	if !ok {
+		return b, false
+	}
+	b = append(b, `,"time":"`...)
+	b, err := r.Time.AppendText(b) // what Time.MarshalJSON writes between its quotes
+	if err != nil {
+		return b, false
+	}
+	return append(b, `"}`...), true
+}
+
+func (r *Submitted) decodePlain(b []byte) bool {
+	x := *r // json.Unmarshal leaves the fields the record lacks as they were
+	o := flatjson.Open(b)
+	seen := 0 // a field twice is left to encoding/json
+	for o.Next() {
+		f := 0
+		switch string(o.Key()) {
+		case "source":
+			f, x.Source = 1, o.Str()
+		case "table":
+			f, x.Table = 2, o.Str()
+		case "key":
+			f, x.Key = 4, o.Str()
+		case "op":
+			f, x.Op = 8, o.Str()
+		case "digest":
+			f, x.Digest = 16, o.Str()
+		case "time":
+			f = 32
+			if err := x.Time.UnmarshalText(o.Bytes()); err != nil { // what Time.UnmarshalJSON does inside the quotes
+				o.Fail()
+			}
+		default:
+			o.Fail()
+		}
+		if seen&f != 0 {
+			o.Fail()
+		}
+		seen |= f
+	}
+	if !o.Rest() {
+		return false
+	}
+	*r = x
+	return true
+}
+
+func (r *Outcome) appendPlain(b []byte) ([]byte, bool) {
+	ok := true
+	str := func(name, v string) {
+		if ok {
+			b = append(b, name...)
+			b, ok = flatjson.AppendString(b, v)
+		}
+	}
+	b = append(b, '{')
+	str(`"state":`, r.State)
+	if r.Origin != "" {
+		str(`,"origin":`, r.Origin)
+	}
+	str(`,"source":`, r.Source)
+	if !ok {
+		return b, false
+	}
+	b = strconv.AppendUint(append(b, `,"segment":`...), r.Segment, 10)
+	b = strconv.AppendInt(append(b, `,"offset":`...), r.Offset, 10)
+	if r.ChangeID != 0 {
+		b = strconv.AppendUint(append(b, `,"change_id":`...), r.ChangeID, 10)
+	}
+	if r.Version != 0 {
+		b = strconv.AppendUint(append(b, `,"version":`...), r.Version, 10)
+	}
+	if r.Reason != "" {
+		if str(`,"reason":`, r.Reason); !ok {
+			return b, false
+		}
+	}
+	b = strconv.AppendInt(append(b, `,"time":`...), r.Time, 10)
+	return append(b, '}'), true
+}
+
+func (r *Outcome) decodePlain(b []byte) bool {
+	x := *r
+	o := flatjson.Open(b)
+	seen := 0
+	for o.Next() {
+		f := 0
+		switch string(o.Key()) {
+		case "state":
+			f, x.State = 1, o.Str()
+		case "origin":
+			f, x.Origin = 2, o.Str()
+		case "source":
+			f, x.Source = 4, o.Str()
+		case "segment":
+			f, x.Segment = 8, o.Uint()
+		case "offset":
+			f, x.Offset = 16, o.Int()
+		case "change_id":
+			f, x.ChangeID = 32, o.Uint()
+		case "version":
+			f, x.Version = 64, o.Uint()
+		case "reason":
+			f, x.Reason = 128, o.Str()
+		case "time":
+			f, x.Time = 256, o.Int()
+		default:
+			o.Fail()
+		}
+		if seen&f != 0 {
+			o.Fail()
+		}
+		seen |= f
+	}
+	if !o.Rest() {
+		return false
+	}
+	*r = x
+	return true
 }
 
 // ErrCorruptRecord means a record in the store cannot be decoded.
