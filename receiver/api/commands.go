@@ -33,7 +33,9 @@ type CommandStore interface {
 	// SubmitBatch records the commands (distinct ids) whole, or none of
 	// them if an id is held for another command (store.ErrCommandConflict).
 	SubmitBatch(ids []string, subs []store.Submitted) ([]store.SubmitResult, error)
-	Command(id string) (store.CommandStatus, bool, error)
+	// Commands returns what the store holds of each command of ids (oks[i]
+	// false: nothing).
+	Commands(ids []string) (sts []store.CommandStatus, oks []bool, err error)
 	// WatchCommands returns a channel closed once every command of ids
 	// has an outcome in the store, and the function that ends the watch.
 	WatchCommands(ids []string) (<-chan struct{}, func(), error)
@@ -455,16 +457,7 @@ func (c *commands) await(ctx context.Context, ids []string, wait time.Duration) 
 			return nil, nil, ctx.Err()
 		}
 	}
-	sts := make([]store.CommandStatus, len(ids))
-	oks := make([]bool, len(ids))
-	for i, id := range ids {
-		st, ok, err := c.cfg.Store.Command(id)
-		if err != nil {
-			return nil, nil, err
-		}
-		sts[i], oks[i] = st, ok
-	}
-	return sts, oks, nil
+	return c.cfg.Store.Commands(ids)
 }
 
 func (c *commands) get(w http.ResponseWriter, r *http.Request) {
