@@ -453,6 +453,9 @@ func (s *Store) readCommands(ids []string, kinds []byte, fn func(kind byte, i in
 // outcome records a command's outcome in the batch, unless one is already
 // recorded (in the store, or earlier in this batch): the first record of a
 // command is its outcome (SPEC.md: a second one is reported, not applied).
+// The store is checked once for the whole work, at its commit
+// (dropHeldOutcomes): a Get per outcome here was 3% of a write-back
+// command's CPU.
 func (b *Batch) outcome(id string, o Outcome) error {
 	_, dup := b.w.seen[id]
 	first := b.w
@@ -464,28 +467,13 @@ func (b *Batch) outcome(id string, o Outcome) error {
 		state := ""
 		for i := range first.cmds {
 			if first.cmds[i].id == id {
-				state = first.cmds[i].state
+				state = first.cmds[i].out.State
 			}
 		}
 		b.s.duplicateOutcome(id, state, o)
 		return nil
 	}
-	v, held, err := b.s.getMeta(commandKey(cmdOutcome, id))
-	if err != nil {
-		return err
-	}
-	if held && b.purging(id) {
-		held = false // its records go in this commit: this one is its new record
-	}
-	if held {
-		var old Outcome
-		if err := decodeRecord(v, &old); err != nil {
-			return fmt.Errorf("command %s: %w", id, err)
-		}
-		b.s.duplicateOutcome(id, old.State, o)
-		return nil
-	}
-	v, err = encodeRecord(&o)
+	v, err := encodeRecord(&o)
 	if err != nil {
 		return err
 	}
@@ -493,7 +481,55 @@ func (b *Batch) outcome(id string, o Outcome) error {
 		b.w.seen = map[string]struct{}{}
 	}
 	b.w.seen[id] = struct{}{}
-	b.w.cmds = append(b.w.cmds, cmdRecord{key: commandKey(cmdOutcome, id), val: v, id: id, state: o.State, reason: o.Reason})
+	b.w.cmds = append(b.w.cmds, cmdRecord{key: commandKey(cmdOutcome, id), val: v, id: id, out: o})
+	return nil
+}
+
+// dropHeldOutcomes drops, before the work is committed, its outcome records
+// of commands the store already holds an outcome of (the first stands),
+// unless the work or the one in flight purges that record. The work in
+// flight, not visible in Pebble yet, was checked in memory by outcome; the
+// store holds the same answer now as it did then for the rest: only this
+// batch writes outcomes between the two, and a purge in flight that lands
+// meanwhile takes the record away just as purging discounts it.
+func (b *Batch) dropHeldOutcomes() error {
+	w := b.w
+	if len(w.cmds) == 0 {
+		return nil
+	}
+	ids := make([]string, len(w.cmds))
+	for i := range w.cmds {
+		ids[i] = w.cmds[i].id
+	}
+	var drop []bool
+	err := b.s.readCommands(ids, []byte{cmdOutcome}, func(_ byte, i int, v []byte) error {
+		if b.purging(ids[i]) {
+			return nil // its records go in this commit: this one is its new record
+		}
+		var old Outcome
+		if err := decodeRecord(v, &old); err != nil {
+			return fmt.Errorf("command %s: %w", ids[i], err)
+		}
+		b.s.duplicateOutcome(ids[i], old.State, w.cmds[i].out)
+		if drop == nil {
+			drop = make([]bool, len(ids))
+		}
+		drop[i] = true
+		return nil
+	})
+	if err != nil || drop == nil {
+		return err
+	}
+	kept := w.cmds[:0]
+	for i, r := range w.cmds {
+		if drop[i] {
+			delete(w.seen, r.id) // a later outcome is checked against the store's
+			continue
+		}
+		kept = append(kept, r)
+	}
+	clear(w.cmds[len(kept):])
+	w.cmds = kept
 	return nil
 }
 
@@ -512,8 +548,9 @@ func (b *Batch) purging(id string) bool {
 
 // cmdRecord is an outcome record waiting for its commit.
 type cmdRecord struct {
-	key, val          []byte
-	id, state, reason string
+	key, val []byte
+	id       string
+	out      Outcome
 }
 
 func (w *commitWork) writeCommands() error {
@@ -753,7 +790,7 @@ func (s *Store) outcomesCommitted(recs []cmdRecord) {
 			continue // another service's command, or already accounted
 		}
 		delete(s.cmds.pending, r.id)
-		if r.state == CommandApplied {
+		if r.out.State == CommandApplied {
 			s.cmds.applied++
 		} else {
 			s.cmds.rejected++
@@ -768,7 +805,7 @@ func (s *Store) outcomesCommitted(recs []cmdRecord) {
 		if len(s.cmds.recent) == recentCommands {
 			s.cmds.recent = append(s.cmds.recent[:0], s.cmds.recent[1:]...)
 		}
-		s.cmds.recent = append(s.cmds.recent, RecentCommand{ID: r.id, State: r.state, Table: p.table, Key: p.key, Reason: r.reason, Latency: lat})
+		s.cmds.recent = append(s.cmds.recent, RecentCommand{ID: r.id, State: r.out.State, Table: p.table, Key: p.key, Reason: r.out.Reason, Latency: lat})
 	}
 }
 

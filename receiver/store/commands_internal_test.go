@@ -144,3 +144,69 @@ func TestCommandRecordsRead(t *testing.T) {
 	defer s.Close()
 	check("reopened")
 }
+
+// The first outcome of a command stands, whether the later ones come in the
+// same work, while the first is in flight, or once it is in the store; each
+// later one is counted.
+func TestDuplicateOutcomes(t *testing.T) {
+	s, err := Open("db", WithFS(vfs.NewMem()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b := s.NewBatch()
+	off, seq := int64(45), uint64(1)
+	reject := func(id, reason string) {
+		t.Helper()
+		r := format.Rejection{Time: int64(seq), Command: id, Origin: "svc", Reason: reason}
+		frame, err := format.AppendRejection(nil, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Reject("s", 1, off, off+int64(len(frame)), seq, &r); err != nil {
+			t.Fatal(err)
+		}
+		off, seq = off+int64(len(frame)), seq+1
+	}
+	want := map[string]string{}
+	check := func(when string, dups uint64) {
+		t.Helper()
+		for id, reason := range want {
+			st, ok, err := s.Command(id)
+			if err != nil || !ok || st.Outcome == nil || st.Outcome.Reason != reason {
+				t.Fatalf("%s: %s = %+v %v %v, want the outcome %q", when, id, st.Outcome, ok, err, reason)
+			}
+		}
+		if got := s.DuplicateOutcomes(); got != dups {
+			t.Fatalf("%s: %d duplicate outcomes, want %d", when, got, dups)
+		}
+	}
+	reject("a", "first")
+	reject("b", "first")
+	reject("b", "second") // the same work
+	want["a"], want["b"] = "first", "first"
+	if err := b.CommitAsync(); err != nil {
+		t.Fatal(err)
+	}
+	reject("a", "in flight") // the first one is in flight (or just landed)
+	reject("c", "first")
+	want["c"] = "first"
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	check("in flight", 2)
+	reject("a", "stored")
+	reject("a", "stored again")
+	reject("c", "stored")
+	reject("d", "first")
+	want["d"] = "first"
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	check("stored", 5)
+	reject("d", "next work")
+	if err := b.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	check("next work", 6)
+}
