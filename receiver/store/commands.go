@@ -77,7 +77,7 @@ type Outcome struct {
 const commandRecordVersion = 1
 
 func encodeRecord(v any) ([]byte, error) {
-	b := []byte{commandRecordVersion}
+	b := append(make([]byte, 0, 192), commandRecordVersion)
 	var ok bool
 	switch r := v.(type) {
 	case *Submitted:
