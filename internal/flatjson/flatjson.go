@@ -44,17 +44,61 @@ type Object struct {
 // follows the object is not read, as json.Decoder does not read it.
 func Open(b []byte) Object {
 	o := Object{b: b}
+	o.open()
+	return o
+}
+
+func (o *Object) open() {
 	o.ws()
-	if o.i >= len(b) || b[o.i] != '{' {
+	if o.i >= len(o.b) || o.b[o.i] != '{' {
 		o.bad = true
-		return o
+		return
 	}
 	o.i++
 	o.ws()
-	if o.i < len(b) && b[o.i] == '}' {
+	if o.i < len(o.b) && o.b[o.i] == '}' {
 		o.done, o.end = true, o.i+1
 	}
-	return o
+}
+
+// Objects reads an array value whose elements are all objects: fn reads
+// each element (Next until false) as it reads an Object; an element not
+// read whole, or not an object, fails the object.
+func (o *Object) Objects(fn func(e *Object)) {
+	b := o.b
+	if o.i >= len(b) || b[o.i] != '[' {
+		o.bad = true
+		return
+	}
+	o.i++
+	o.ws()
+	if o.i < len(b) && b[o.i] == ']' {
+		o.i++
+		return
+	}
+	for {
+		e := Object{b: b, i: o.i, str: o.str}
+		if e.open(); !e.bad {
+			fn(&e)
+		}
+		if !e.OK() {
+			o.bad = true
+			return
+		}
+		o.str, o.i = e.str, e.end
+		o.ws()
+		switch {
+		case o.i < len(b) && b[o.i] == ',':
+			o.i++
+			o.ws()
+		case o.i < len(b) && b[o.i] == ']':
+			o.i++
+			return
+		default:
+			o.bad = true
+			return
+		}
+	}
 }
 
 // Next moves to the next member: false at the end of the object, or once

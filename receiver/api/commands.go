@@ -410,10 +410,10 @@ func (c *commands) submitCommands(ctx context.Context, w http.ResponseWriter, cm
 	}
 	if !batch {
 		w.Header().Set("Location", "/v1/commands/"+ids[0])
-		writeJSON(w, http.StatusAccepted, out[0])
+		writeCommand(w, http.StatusAccepted, &out[0])
 		return
 	}
-	writeJSON(w, http.StatusAccepted, CommandBatchJSON{Commands: out})
+	writeCommands(w, http.StatusAccepted, out)
 }
 
 // parseWait reads ?wait= (a duration up to MaxCommandWait, or seconds).
@@ -483,7 +483,8 @@ func (c *commands) get(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no command %s: it was not submitted through this receiver and no outcome for it has arrived", id))
 		return
 	}
-	writeJSON(w, http.StatusOK, commandJSON(id, sts[0]))
+	out := commandJSON(id, sts[0])
+	writeCommand(w, http.StatusOK, &out)
 }
 
 // StateUnknown is the state GET /v1/commands?ids= gives an id the
@@ -535,7 +536,7 @@ func (c *commands) list(w http.ResponseWriter, r *http.Request) {
 			out[i].State = StateUnknown
 		}
 	}
-	writeJSON(w, http.StatusOK, CommandBatchJSON{Commands: out})
+	writeCommands(w, http.StatusOK, out)
 }
 
 // digest identifies a command's content (not its submission time): the
