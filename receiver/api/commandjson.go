@@ -108,8 +108,8 @@ func unmarshalResponse(b []byte, out any) error {
 
 func decodeCommandBatchPlain(b []byte, out *CommandBatchJSON) bool {
 	o := flatjson.Open(b)
-	var cmds []CommandJSON
-	seen := false // a field twice is left to encoding/json
+	cmds := make([]CommandJSON, 0, len(b)/160) // a status is at least ~160 bytes
+	seen := false                              // a field twice is left to encoding/json
 	for o.Next() {
 		if string(o.Key()) != "commands" || seen {
 			o.Fail()
@@ -125,11 +125,7 @@ func decodeCommandBatchPlain(b []byte, out *CommandBatchJSON) bool {
 		return false
 	}
 	if seen {
-		// As json.Unmarshal: an empty array is an empty slice, not nil.
-		out.Commands = append(out.Commands[:0], cmds...)
-		if out.Commands == nil {
-			out.Commands = []CommandJSON{}
-		}
+		out.Commands = cmds // as json.Unmarshal: [] is an empty slice, not nil
 	}
 	return true
 }

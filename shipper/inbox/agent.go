@@ -308,8 +308,8 @@ func (a *Agent) fetch(cons jetstream.Consumer, wait time.Duration) ([]jetstream.
 // deliver writes one inbox file for msgs (those not already delivered),
 // then acknowledges them all.
 func (a *Agent) deliver(ctx context.Context, msgs []jetstream.Msg) error {
-	var cmds []command.Command
-	seen := map[string]bool{}
+	cmds := make([]command.Command, 0, len(msgs))
+	seen := make(map[string]bool, len(msgs))
 	dups := 0
 	for _, m := range msgs {
 		md, err := m.Metadata()

@@ -87,7 +87,7 @@ func ReadFile(path string) ([]command.Command, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbox: reading %s: %w", path, err)
 	}
-	var out []command.Command
+	out := make([]command.Command, 0, bytes.Count(b, []byte{'\n'})+1)
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(nil, command.MaxImage+64<<10+1024)
 	for line := 1; sc.Scan(); line++ {
