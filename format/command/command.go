@@ -93,7 +93,11 @@ func ValidID(id string) bool {
 
 // Validate checks c against the rules of SPEC.md's "Write-back commands";
 // maxImage bounds After (0: DefaultMaxImage). The error names the field.
-func (c *Command) Validate(maxImage int) error {
+func (c *Command) Validate(maxImage int) error { return c.validate(maxImage, false) }
+
+// validate is Validate, without checking again that After is JSON if
+// afterValid (the plain decoding checked it).
+func (c *Command) validate(maxImage int, afterValid bool) error {
 	if maxImage <= 0 {
 		maxImage = DefaultMaxImage
 	}
@@ -125,7 +129,7 @@ func (c *Command) Validate(maxImage int) error {
 			return bad("%s without an after image", c.Op)
 		case len(c.After) > maxImage:
 			return bad("after image of %d bytes (max %d)", len(c.After), maxImage)
-		case !json.Valid(c.After):
+		case !afterValid && !json.Valid(c.After):
 			return bad("after image is not a JSON document")
 		}
 	}
@@ -204,8 +208,8 @@ func appendPlain(b []byte, c *Command) ([]byte, bool) {
 
 // Unmarshal decodes one command and validates it (maxImage as in Validate).
 func Unmarshal(b []byte, maxImage int) (Command, error) {
-	c, ok := decodePlain(b)
-	if !ok {
+	c, plain := decodePlain(b)
+	if !plain {
 		c = Command{}
 		d := json.NewDecoder(bytes.NewReader(b))
 		d.DisallowUnknownFields()
@@ -216,7 +220,7 @@ func Unmarshal(b []byte, maxImage int) (Command, error) {
 	if maxImage <= 0 {
 		maxImage = MaxImage
 	}
-	if err := c.Validate(maxImage); err != nil {
+	if err := c.validate(maxImage, plain); err != nil {
 		return Command{}, err
 	}
 	return c, nil

@@ -3,6 +3,7 @@ package command
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"testing"
 	"time"
 )
@@ -142,5 +143,11 @@ func TestPlainDecoding(t *testing.T) {
 	got, ok := decodePlain(b)
 	if !ok || !sameCommand(got, c) {
 		t.Fatalf("decodePlain(%q) = %+v, %v", b, got, ok)
+	}
+	// Validated whole, the after image too, though the plain decoding
+	// spares Unmarshal checking it twice.
+	bad := []byte(`{"id":"c1","origin":"svc","source":"shop","table":"t","key":"k","op":"insert","after":{"a":},"submitted":"2026-12-04T03:04:05Z"}`)
+	if _, err := Unmarshal(bad, 0); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("Unmarshal(%q) = %v, want ErrInvalid", bad, err)
 	}
 }

@@ -31,19 +31,28 @@ import (
 //	}
 //	if !o.OK() { /* encoding/json */ }
 type Object struct {
-	b    []byte
-	i    int
-	key  []byte
-	str  string // b as a string, made on the first Str: one allocation for every string of the object
-	bad  bool
-	done bool
-	end  int
+	b     []byte
+	valid bool // b is known to be valid JSON
+	i     int
+	key   []byte
+	str   string // b as a string, made on the first Str: one allocation for every string of the object
+	bad   bool
+	done  bool
+	end   int
 }
 
 // Open starts reading the object b begins with (after whitespace). What
 // follows the object is not read, as json.Decoder does not read it.
 func Open(b []byte) Object {
 	o := Object{b: b}
+	o.open()
+	return o
+}
+
+// OpenValid is Open for a b known to be valid JSON (json.Valid): its raw
+// values are not checked again.
+func OpenValid(b []byte) Object {
+	o := Object{b: b, valid: true}
 	o.open()
 	return o
 }
@@ -77,7 +86,7 @@ func (o *Object) Objects(fn func(e *Object)) {
 		return
 	}
 	for {
-		e := Object{b: b, i: o.i, str: o.str}
+		e := Object{b: b, i: o.i, str: o.str, valid: o.valid}
 		if e.open(); !e.bad {
 			fn(&e)
 		}
@@ -267,7 +276,7 @@ func (o *Object) Raw() (raw []byte, compact bool) {
 		return nil, false
 	}
 	raw = b[start : i+1]
-	if !json.Valid(raw) {
+	if !o.valid && !json.Valid(raw) {
 		o.bad = true
 		return nil, false
 	}

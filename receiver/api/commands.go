@@ -222,7 +222,7 @@ func (c *commands) submit(w http.ResponseWriter, r *http.Request) {
 	var bad []CommandError
 	first := make(map[string]int, len(raws))
 	for i, raw := range raws {
-		if e := c.parse(raw, &cmds[i]); e != nil {
+		if e := c.parse(raw, true, &cmds[i]); e != nil { // the batch is valid JSON
 			e.Index = i
 			bad = append(bad, *e)
 			continue
@@ -259,7 +259,7 @@ func writeBatchError(w http.ResponseWriter, errs []CommandError, msg string) {
 // always had (a CommandJSON, or an error document).
 func (c *commands) submitOne(ctx context.Context, w http.ResponseWriter, body []byte) {
 	var cmd command.Command
-	if e := c.parse(body, &cmd); e != nil {
+	if e := c.parse(body, false, &cmd); e != nil {
 		writeError(w, e.Status, e.Code, e.Error)
 		return
 	}
@@ -267,9 +267,9 @@ func (c *commands) submitOne(ctx context.Context, w http.ResponseWriter, body []
 }
 
 // parse decodes and validates one command of the service's: nil, or the
-// refusal (Index unset).
-func (c *commands) parse(body []byte, cmd *command.Command) *CommandError {
-	req, compact, ok := decodePlainRequest(body)
+// refusal (Index unset). valid: body is known to be valid JSON.
+func (c *commands) parse(body []byte, valid bool, cmd *command.Command) *CommandError {
+	req, compact, ok := decodePlainRequest(body, valid)
 	if !ok {
 		req, compact = CommandRequest{}, false
 		d := json.NewDecoder(bytes.NewReader(body))
@@ -305,10 +305,15 @@ func (c *commands) parse(body []byte, cmd *command.Command) *CommandError {
 
 // decodePlainRequest decodes a command request in the plain form
 // (flatjson) as json.Decoder with DisallowUnknownFields would, After
-// aliasing body; compact: After is compact already. False if the request
+// aliasing body; compact: After is compact already. valid: body is known
+// to be valid JSON. False if the request
 // is not in that form, and the caller decodes it with encoding/json.
-func decodePlainRequest(body []byte) (req CommandRequest, compact, ok bool) {
-	o := flatjson.Open(body)
+func decodePlainRequest(body []byte, valid bool) (req CommandRequest, compact, ok bool) {
+	open := flatjson.Open
+	if valid {
+		open = flatjson.OpenValid
+	}
+	o := open(body)
 	var seen [6]bool // a field twice is left to encoding/json
 	for o.Next() {
 		f := 0

@@ -41,7 +41,14 @@ func FuzzPlainRequest(f *testing.F) {
 		d := json.NewDecoder(bytes.NewReader(b))
 		d.DisallowUnknownFields()
 		werr := d.Decode(&want)
-		if got, compact, ok := decodePlainRequest(b); ok {
+		if json.Valid(b) {
+			if _, _, ok := decodePlainRequest(b, false); ok {
+				if got, _, vok := decodePlainRequest(b, true); !vok || got.ID != want.ID {
+					t.Fatalf("%q: decoded as valid JSON: %+v, %v", b, got, vok)
+				}
+			}
+		}
+		if got, compact, ok := decodePlainRequest(b, false); ok {
 			if werr != nil {
 				t.Fatalf("plain decoding took %q, encoding/json refuses it: %v", b, werr)
 			}
