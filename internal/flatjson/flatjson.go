@@ -71,7 +71,7 @@ func (o *Object) open() {
 }
 
 // Objects reads an array value whose elements are all objects: fn reads
-// each element (Next until false) as it reads an Object; an element not
+// each element (Next until false) as an Object of its own; an element not
 // read whole, or not an object, fails the object.
 func (o *Object) Objects(fn func(e *Object)) {
 	b := o.b
@@ -86,15 +86,22 @@ func (o *Object) Objects(fn func(e *Object)) {
 		return
 	}
 	for {
-		e := Object{b: b, i: o.i, str: o.str, valid: o.valid}
-		if e.open(); !e.bad {
-			fn(&e)
-		}
-		if !e.OK() {
+		// Each element reads its own bytes: its strings share a copy of
+		// the element, not of the whole document.
+		end, _, ok := extent(b, o.i)
+		if !ok {
 			o.bad = true
 			return
 		}
-		o.str, o.i = e.str, e.end
+		e := Object{b: b[o.i:end], valid: o.valid}
+		if e.open(); !e.bad {
+			fn(&e)
+		}
+		if !e.OK() || e.end != len(e.b) {
+			o.bad = true
+			return
+		}
+		o.i = end
 		o.ws()
 		switch {
 		case o.i < len(b) && b[o.i] == ',':
@@ -246,18 +253,36 @@ func (o *Object) Rest() bool {
 // outside its strings, i.e. json.Compact would not change it.
 func (o *Object) Raw() (raw []byte, compact bool) {
 	b, start := o.b, o.i
-	if start >= len(b) || (b[start] != '{' && b[start] != '[') {
+	end, compact, ok := extent(b, start)
+	if !ok {
 		o.bad = true
 		return nil, false
 	}
+	raw = b[start:end]
+	if !o.valid && !json.Valid(raw) {
+		o.bad = true
+		return nil, false
+	}
+	o.i = end
+	return raw, compact
+}
+
+// extent finds the end of the object or array starting at b[start]
+// (matching brackets outside strings; not a validation), and whether it
+// has whitespace outside its strings.
+func extent(b []byte, start int) (end int, compact, ok bool) {
+	if start >= len(b) || (b[start] != '{' && b[start] != '[') {
+		return 0, false, false
+	}
 	depth, compact := 0, true
-	i := start
-	for ; i < len(b); i++ {
-		switch c := b[i]; c {
+	for i := start; i < len(b); i++ {
+		switch b[i] {
 		case '{', '[':
 			depth++
 		case '}', ']':
-			depth--
+			if depth--; depth == 0 {
+				return i + 1, compact, true
+			}
 		case ' ', '\t', '\n', '\r':
 			compact = false
 		case '"':
@@ -267,21 +292,8 @@ func (o *Object) Raw() (raw []byte, compact bool) {
 				}
 			}
 		}
-		if depth == 0 {
-			break
-		}
 	}
-	if depth != 0 || i >= len(b) {
-		o.bad = true
-		return nil, false
-	}
-	raw = b[start : i+1]
-	if !o.valid && !json.Valid(raw) {
-		o.bad = true
-		return nil, false
-	}
-	o.i = i + 1
-	return raw, compact
+	return 0, false, false
 }
 
 // plainString reads a string without escapes or control characters, of
