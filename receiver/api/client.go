@@ -124,7 +124,7 @@ func (c *Client) Get(ctx context.Context, path string, q url.Values, out any) er
 		return fmt.Errorf("asking the receiver at %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
+	body, err := readBody(io.LimitReader(resp.Body, MaxResponseBytes+1), resp.ContentLength)
 	if err != nil {
 		return fmt.Errorf("reading GET %s: %w", u, err)
 	}
@@ -190,7 +190,7 @@ func (c *Client) postCommands(ctx context.Context, v any, out any, what string) 
 		return fmt.Errorf("submitting %s to the receiver at %s: %w", what, c.base, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes))
+	b, err := readBody(io.LimitReader(resp.Body, MaxResponseBytes), resp.ContentLength)
 	if err != nil {
 		return fmt.Errorf("reading POST %s: %w", u, err)
 	}

