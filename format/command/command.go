@@ -152,14 +152,20 @@ func clip(s string) string {
 
 // Marshal encodes c as one line of JSON (no newline inside, one at the end).
 func Marshal(c *Command) ([]byte, error) {
-	if b, ok := appendPlain(make([]byte, 0, 256+len(c.After)), c); ok {
+	return Append(make([]byte, 0, 256+len(c.After)), c)
+}
+
+// Append appends c to dst as Marshal encodes it: the commands of a batch
+// can share one buffer.
+func Append(dst []byte, c *Command) ([]byte, error) {
+	if b, ok := appendPlain(dst, c); ok {
 		return append(b, '\n'), nil
 	}
 	b, err := json.Marshal(c)
 	if err != nil {
-		return nil, fmt.Errorf("command: encoding %s: %w", c.ID, err)
+		return dst, fmt.Errorf("command: encoding %s: %w", c.ID, err)
 	}
-	return append(b, '\n'), nil
+	return append(append(dst, b...), '\n'), nil
 }
 
 // appendPlain appends c as json.Marshal writes it, if every field is in the

@@ -123,6 +123,9 @@ func TestPlainEncoding(t *testing.T) {
 			if (gerr != nil) != (werr != nil) || (werr == nil && !bytes.Equal(got, append(want, '\n'))) {
 				t.Fatalf("Marshal = %q, %v; json.Marshal %q, %v", got, gerr, want, werr)
 			}
+			if app, err := Append([]byte("prefix"), &c); (err != nil) != (gerr != nil) || (err == nil && string(app) != "prefix"+string(got)) {
+				t.Fatalf("Append = %q, %v; Marshal %q, %v", app, err, got, gerr)
+			}
 		})
 	}
 }
