@@ -210,3 +210,75 @@ func TestDuplicateOutcomes(t *testing.T) {
 	}
 	check("next work", 6)
 }
+
+// A watch ends when the last of its commands has an outcome (at once if
+// they all had one), whoever else waits for the same commands; a watch
+// stopped early leaves nothing behind.
+func TestWatchCommands(t *testing.T) {
+	s, err := Open("db", WithFS(vfs.NewMem()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b := s.NewBatch()
+	off, seq := int64(45), uint64(1)
+	outcomes := func(ids ...string) {
+		t.Helper()
+		for _, id := range ids {
+			r := format.Rejection{Time: int64(seq), Command: id, Origin: "svc", Reason: "no"}
+			frame, err := format.AppendRejection(nil, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Reject("s", 1, off, off+int64(len(frame)), seq, &r); err != nil {
+				t.Fatal(err)
+			}
+			off, seq = off+int64(len(frame)), seq+1
+		}
+		if err := b.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	watch := func(ids ...string) (<-chan struct{}, func()) {
+		t.Helper()
+		ch, stop, err := s.WatchCommands(ids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch, stop
+	}
+	outcomes("old")
+	a, stopA := watch("a", "b", "old", "a")
+	b2, stopB := watch("b", "c")
+	c, stopC := watch("b")
+	if old, stopOld := watch("old"); !done(old) {
+		t.Fatal("a watch of a command with an outcome did not end at once")
+	} else {
+		stopOld()
+	}
+	stopC()
+	outcomes("b")
+	if done(a) || done(b2) || done(c) {
+		t.Fatal("a watch ended before the last of its commands")
+	}
+	outcomes("a", "x")
+	if !done(a) || done(b2) {
+		t.Fatalf("after a: watch a ended %v (want true), watch b %v (want false)", done(a), done(b2))
+	}
+	stopA()
+	stopB()
+	s.cmds.mu.Lock()
+	left := len(s.cmds.waiters)
+	s.cmds.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d commands still watched after every watch stopped", left)
+	}
+}
