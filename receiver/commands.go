@@ -124,12 +124,22 @@ func (p *publisher) PublishCommands(ctx context.Context, cmds []*command.Command
 		stall = max(time.Until(d), time.Millisecond)
 	}
 	futs := make([]jetstream.PubAckFuture, len(cmds))
+	// The bodies share one buffer (each capped, so that none grows into
+	// the next; a buffer outgrown stays with the bodies in it), held by
+	// the messages until acknowledged.
+	n := 0
+	for _, c := range cmds {
+		n += 256 + len(c.After)
+	}
+	buf := make([]byte, 0, n)
 	for i, c := range cmds {
-		body, err := command.Marshal(c)
-		if err != nil {
+		start := len(buf)
+		var err error
+		if buf, err = command.Append(buf, c); err != nil {
 			errs[i] = err
 			continue
 		}
+		body := buf[start:len(buf):len(buf)]
 		futs[i], err = p.js.PublishAsync(command.Subject(p.prefix, c.Source), body, jetstream.WithMsgID(c.ID), jetstream.WithStallWait(stall))
 		if err != nil {
 			errs[i] = fmt.Errorf("publishing command %s: %w", c.ID, err)

@@ -374,7 +374,7 @@ func (a *Applier) Handle(ctx context.Context, cmds []command.Command) error {
 	if err := a.ResolveInDoubt(ctx); err != nil {
 		return err
 	}
-	ours := cmds[:0:0]
+	ours := make([]command.Command, 0, len(cmds))
 	for i := range cmds {
 		if a.tables[cmds[i].Table] {
 			ours = append(ours, cmds[i])

@@ -15,10 +15,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
 	"github.com/ferrysync/ferry/format"
+	"github.com/ferrysync/ferry/internal/flatjson"
 )
 
 // Limits of a command.
@@ -91,7 +93,11 @@ func ValidID(id string) bool {
 
 // Validate checks c against the rules of SPEC.md's "Write-back commands";
 // maxImage bounds After (0: DefaultMaxImage). The error names the field.
-func (c *Command) Validate(maxImage int) error {
+func (c *Command) Validate(maxImage int) error { return c.validate(maxImage, false) }
+
+// validate is Validate, without checking again that After is JSON if
+// afterValid (the plain decoding checked it).
+func (c *Command) validate(maxImage int, afterValid bool) error {
 	if maxImage <= 0 {
 		maxImage = DefaultMaxImage
 	}
@@ -123,7 +129,7 @@ func (c *Command) Validate(maxImage int) error {
 			return bad("%s without an after image", c.Op)
 		case len(c.After) > maxImage:
 			return bad("after image of %d bytes (max %d)", len(c.After), maxImage)
-		case !json.Valid(c.After):
+		case !afterValid && !json.Valid(c.After):
 			return bad("after image is not a JSON document")
 		}
 	}
@@ -146,28 +152,144 @@ func clip(s string) string {
 
 // Marshal encodes c as one line of JSON (no newline inside, one at the end).
 func Marshal(c *Command) ([]byte, error) {
+	return Append(make([]byte, 0, 256+len(c.After)), c)
+}
+
+// Append appends c to dst as Marshal encodes it: the commands of a batch
+// can share one buffer.
+func Append(dst []byte, c *Command) ([]byte, error) {
+	if b, ok := appendPlain(dst, c); ok {
+		return append(b, '\n'), nil
+	}
 	b, err := json.Marshal(c)
 	if err != nil {
-		return nil, fmt.Errorf("command: encoding %s: %w", c.ID, err)
+		return dst, fmt.Errorf("command: encoding %s: %w", c.ID, err)
 	}
-	return append(b, '\n'), nil
+	return append(append(dst, b...), '\n'), nil
+}
+
+// appendPlain appends c as json.Marshal writes it, if every field is in the
+// plain form (flatjson): false otherwise, and the caller uses json.Marshal.
+func appendPlain(b []byte, c *Command) ([]byte, bool) {
+	ok := true
+	str := func(name, v string) {
+		if ok {
+			b = append(b, name...)
+			b, ok = flatjson.AppendString(b, v)
+		}
+	}
+	b = append(b, '{')
+	str(`"id":`, c.ID)
+	str(`,"origin":`, c.Origin)
+	str(`,"source":`, c.Source)
+	str(`,"table":`, c.Table)
+	str(`,"key":`, c.Key)
+	str(`,"op":`, c.Op)
+	if !ok {
+		return b, false
+	}
+	if len(c.After) > 0 {
+		if !flatjson.PlainRaw(c.After) {
+			return b, false
+		}
+		b = append(b, `,"after":`...)
+		b = append(b, c.After...)
+	}
+	if c.Version != 0 {
+		b = append(b, `,"version":`...)
+		b = strconv.AppendUint(b, c.Version, 10)
+	}
+	b = append(b, `,"submitted":"`...)
+	b, err := c.Submitted.AppendText(b) // what Time.MarshalJSON writes between its quotes
+	if err != nil {
+		return b, false
+	}
+	b = append(b, '"')
+	if c.Seq != 0 {
+		b = append(b, `,"seq":`...)
+		b = strconv.AppendUint(b, c.Seq, 10)
+	}
+	return append(b, '}'), true
 }
 
 // Unmarshal decodes one command and validates it (maxImage as in Validate).
 func Unmarshal(b []byte, maxImage int) (Command, error) {
-	var c Command
-	d := json.NewDecoder(bytes.NewReader(b))
-	d.DisallowUnknownFields()
-	if err := d.Decode(&c); err != nil {
-		return Command{}, fmt.Errorf("%w: not a command document: %v", ErrInvalid, err)
+	c, plain := decodePlain(b)
+	if !plain {
+		c = Command{}
+		d := json.NewDecoder(bytes.NewReader(b))
+		d.DisallowUnknownFields()
+		if err := d.Decode(&c); err != nil {
+			return Command{}, fmt.Errorf("%w: not a command document: %v", ErrInvalid, err)
+		}
 	}
 	if maxImage <= 0 {
 		maxImage = MaxImage
 	}
-	if err := c.Validate(maxImage); err != nil {
+	if err := c.validate(maxImage, plain); err != nil {
 		return Command{}, err
 	}
 	return c, nil
+}
+
+// Fields of a command document, as bits (a field seen twice is left to
+// encoding/json).
+const (
+	fID = 1 << iota
+	fOrigin
+	fSource
+	fTable
+	fKey
+	fOp
+	fAfter
+	fVersion
+	fSubmitted
+	fSeq
+)
+
+// decodePlain decodes a command document in the plain form (flatjson) as
+// json.Decoder with DisallowUnknownFields would: false if it is not in
+// that form, and the caller decodes it with encoding/json.
+func decodePlain(b []byte) (Command, bool) {
+	var c Command
+	o := flatjson.Open(b)
+	seen := 0
+	for o.Next() {
+		var f int
+		switch string(o.Key()) {
+		case "id":
+			f, c.ID = fID, o.Str()
+		case "origin":
+			f, c.Origin = fOrigin, o.Str()
+		case "source":
+			f, c.Source = fSource, o.Str()
+		case "table":
+			f, c.Table = fTable, o.Str()
+		case "key":
+			f, c.Key = fKey, o.Str()
+		case "op":
+			f, c.Op = fOp, o.Str()
+		case "after":
+			raw, _ := o.Raw()
+			f, c.After = fAfter, append(json.RawMessage(nil), raw...)
+		case "version":
+			f, c.Version = fVersion, o.Uint()
+		case "submitted":
+			f = fSubmitted
+			if err := c.Submitted.UnmarshalText(o.Bytes()); err != nil { // what Time.UnmarshalJSON does inside the quotes
+				o.Fail()
+			}
+		case "seq":
+			f, c.Seq = fSeq, o.Uint()
+		default:
+			o.Fail()
+		}
+		if seen&f != 0 {
+			o.Fail()
+		}
+		seen |= f
+	}
+	return c, o.OK()
 }
 
 // Stream defaults: commands travel on their own stream, not on the change

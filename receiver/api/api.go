@@ -251,10 +251,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 		status = http.StatusInternalServerError
 		b, _ = json.Marshal(errorJSON{Error: "encoding the response: " + err.Error(), Code: "internal"})
 	}
+	writeBody(w, status, append(b, '\n'))
+}
+
+// writeBody answers with a JSON document b (ending with its newline).
+func writeBody(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b)
 }
 
 func (h *Handler) internal(w http.ResponseWriter, what string, err error) {

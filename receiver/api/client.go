@@ -124,7 +124,7 @@ func (c *Client) Get(ctx context.Context, path string, q url.Values, out any) er
 		return fmt.Errorf("asking the receiver at %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes+1))
+	body, err := readBody(io.LimitReader(resp.Body, MaxResponseBytes+1), resp.ContentLength)
 	if err != nil {
 		return fmt.Errorf("reading GET %s: %w", u, err)
 	}
@@ -141,7 +141,7 @@ func (c *Client) Get(ctx context.Context, path string, q url.Values, out any) er
 		}
 		return e
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := unmarshalResponse(body, out); err != nil {
 		return fmt.Errorf("GET %s: decoding %.100q: %w (is this a Ferry receiver?)", u, body, err)
 	}
 	return nil
@@ -172,7 +172,7 @@ func (c *Client) SubmitCommands(ctx context.Context, reqs []CommandRequest) ([]C
 }
 
 func (c *Client) postCommands(ctx context.Context, v any, out any, what string) error {
-	body, err := json.Marshal(v)
+	body, err := marshalRequest(v)
 	if err != nil {
 		return fmt.Errorf("encoding %s: %w", what, err)
 	}
@@ -190,7 +190,7 @@ func (c *Client) postCommands(ctx context.Context, v any, out any, what string) 
 		return fmt.Errorf("submitting %s to the receiver at %s: %w", what, c.base, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes))
+	b, err := readBody(io.LimitReader(resp.Body, MaxResponseBytes), resp.ContentLength)
 	if err != nil {
 		return fmt.Errorf("reading POST %s: %w", u, err)
 	}
@@ -204,7 +204,7 @@ func (c *Client) postCommands(ctx context.Context, v any, out any, what string) 
 		}
 		return e
 	}
-	if err := json.Unmarshal(b, out); err != nil {
+	if err := unmarshalResponse(b, out); err != nil {
 		return fmt.Errorf("POST %s: decoding %.100q: %w", u, b, err)
 	}
 	return nil

@@ -583,6 +583,9 @@ func (b *Batch) CommitAsync() error {
 	if err := b.flushIngest(); err != nil {
 		return err
 	}
+	if err := b.dropHeldOutcomes(); err != nil {
+		return err
+	}
 	w := b.w
 	w.entryOK, b.body.open = false, false
 	w.positions = w.positions[:0]

@@ -87,7 +87,7 @@ func ReadFile(path string) ([]command.Command, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inbox: reading %s: %w", path, err)
 	}
-	var out []command.Command
+	out := make([]command.Command, 0, bytes.Count(b, []byte{'\n'})+1)
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(nil, command.MaxImage+64<<10+1024)
 	for line := 1; sc.Scan(); line++ {
@@ -110,13 +110,16 @@ func ReadFile(path string) ([]command.Command, error) {
 // temporary name, fsynced, renamed, and the directory fsynced, so that a
 // reader sees the whole file or nothing and a crash keeps what was renamed.
 func writeFile(dir string, cmds []command.Command) (string, error) {
-	var buf bytes.Buffer
+	n := 0
 	for i := range cmds {
-		b, err := command.Marshal(&cmds[i])
-		if err != nil {
+		n += 256 + len(cmds[i].After)
+	}
+	buf := make([]byte, 0, n)
+	for i := range cmds {
+		var err error
+		if buf, err = command.Append(buf, &cmds[i]); err != nil {
 			return "", err
 		}
-		buf.Write(b)
 	}
 	name := FileName(cmds[0].Seq)
 	tmp := filepath.Join(dir, tmpPrefix+name)
@@ -124,7 +127,7 @@ func writeFile(dir string, cmds []command.Command) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("inbox: creating %s: %w", tmp, err)
 	}
-	if _, err := f.Write(buf.Bytes()); err != nil {
+	if _, err := f.Write(buf); err != nil {
 		f.Close()
 		return "", fmt.Errorf("inbox: writing %s: %w", tmp, err)
 	}
