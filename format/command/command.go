@@ -20,7 +20,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ferrysync/ferry/format"
-	"github.com/ferrysync/ferry/internal/flatjson"
+	"github.com/ferrysync/ferry/format/flatjson"
 )
 
 // Limits of a command.

@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ferrysync/ferry/internal/flatjson"
+	"github.com/ferrysync/ferry/format/flatjson"
 )
 
 // Command statuses in the plain form (internal/flatjson) are written by the

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format/command"
-	"github.com/ferrysync/ferry/internal/flatjson"
+	"github.com/ferrysync/ferry/format/flatjson"
 	"github.com/ferrysync/ferry/receiver/store"
 )
 

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/ferrysync/ferry/format/command"
-	"github.com/ferrysync/ferry/internal/flatjson"
+	"github.com/ferrysync/ferry/format/flatjson"
 )
 
 // A command request in the plain form decodes as encoding/json decodes it

@@ -17,7 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/ferrysync/ferry/format"
-	"github.com/ferrysync/ferry/internal/flatjson"
+	"github.com/ferrysync/ferry/format/flatjson"
 )
 
 // Write-back commands (SPEC.md, "Write-back records"). The store keeps two
