@@ -37,12 +37,12 @@ test: lint
 test-faults:
 	FERRY_FAULTS=full $(GO) test -count=1 -timeout 60m -run 'Fault' -v ./bench/faults/...
 
-# Every fuzz target of the decoders (format/..., receiver/store), FUZZTIME
+# Every fuzz target of the decoders (format/..., receiver/store, receiver/api), FUZZTIME
 # each (seeds also run in `make test`). Targets with the same name in two
 # packages both run.
 FUZZTIME ?= 10s
 fuzz:
-	@for pkg in $$($(GO) list ./format/... ./receiver/store); do \
+	@for pkg in $$($(GO) list ./format/... ./receiver/store ./receiver/api); do \
 		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 			echo "fuzz $$pkg $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 		done; \
