@@ -9,7 +9,9 @@
 // encodes the document with encoding/json instead: encoding/json stays the
 // authority on what a document means and on every error message. What the
 // plain form accepts, encoding/json accepts with the same result
-// (fuzz-tested by its callers against encoding/json).
+// (fuzz-tested by its callers against encoding/json). A key twice in one
+// object is not the plain form either (encoding/json keeps the last one):
+// a caller marks the keys it read and calls Fail on a repeat.
 package flatjson
 
 import (
