@@ -19,8 +19,12 @@ import (
 // starts anywhere after them, and sticky corruption when one does. A Reader
 // does not decide whether a torn tail is a crashed writer's or a write in
 // progress; its caller knows whether the writer has moved on (see SPEC.md,
-// "Readers"). It assumes bytes below the file's size are final, as on local
-// file systems, where a write extends the size only over copied data.
+// "Readers"). Zeros from a frame boundary to the end of the file are no
+// data yet (a preallocated segment, SPEC.md "Readers", step 3): Next returns
+// io.EOF there and reads them again next time, as frames may since have
+// been written in place. Other bytes below the file's size it takes as
+// final, except that a frame found bad is read once more before a valid
+// frame after it makes it corruption.
 //
 // Memory: when its input is also an io.ReaderAt that knows its size (an
 // *os.File, a *bytes.Reader), a Reader holds at most one valid frame plus a
