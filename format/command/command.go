@@ -284,10 +284,7 @@ func decodePlain(b []byte) (Command, bool) {
 		default:
 			o.Fail()
 		}
-		if seen&f != 0 {
-			o.Fail()
-		}
-		seen |= f
+		o.Once(&seen, f)
 	}
 	return c, o.OK()
 }

@@ -11,7 +11,7 @@
 // plain form accepts, encoding/json accepts with the same result
 // (fuzz-tested by its callers against encoding/json). A key twice in one
 // object is not the plain form either (encoding/json keeps the last one):
-// a caller marks the keys it read and calls Fail on a repeat.
+// a caller marks each key it reads with Object.Once.
 package flatjson
 
 import (
@@ -162,6 +162,16 @@ func (o *Object) Key() []byte { return o.key }
 // Fail marks the object as not in the plain form (an unknown key, a value
 // of another type): the caller falls back to encoding/json.
 func (o *Object) Fail() { o.bad = true }
+
+// Once marks bit in seen, the keys a caller has read, and fails the object
+// if it was marked already: a key twice is not the plain form
+// (encoding/json keeps the last one).
+func (o *Object) Once(seen *int, bit int) {
+	if *seen&bit != 0 {
+		o.bad = true
+	}
+	*seen |= bit
+}
 
 // OK reports whether the whole object was read in the plain form.
 func (o *Object) OK() bool { return !o.bad && o.done }

@@ -176,10 +176,7 @@ func decodeCommandPlain(o *flatjson.Object, c *CommandJSON) bool {
 		default:
 			o.Fail()
 		}
-		if seen&f != 0 {
-			o.Fail()
-		}
-		seen |= f
+		o.Once(&seen, f)
 	}
 	if !o.OK() {
 		return false

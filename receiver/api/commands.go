@@ -329,30 +329,27 @@ func decodePlainRequest(body []byte, valid bool) (req CommandRequest, compact, o
 		open = flatjson.OpenValid
 	}
 	o := open(body)
-	var seen [6]bool // a field twice is left to encoding/json
+	seen := 0 // a field twice is left to encoding/json
 	for o.Next() {
 		f := 0
 		switch string(o.Key()) {
 		case "id":
-			f, req.ID = 0, o.Str()
+			f, req.ID = 1, o.Str()
 		case "table":
-			f, req.Table = 1, o.Str()
+			f, req.Table = 2, o.Str()
 		case "key":
-			f, req.Key = 2, o.Str()
+			f, req.Key = 4, o.Str()
 		case "op":
-			f, req.Op = 3, o.Str()
+			f, req.Op = 8, o.Str()
 		case "after":
-			f = 4
+			f = 16
 			req.After, compact = o.Raw()
 		case "version":
-			f, req.Version = 5, o.Uint()
+			f, req.Version = 32, o.Uint()
 		default:
 			o.Fail()
 		}
-		if seen[f] {
-			o.Fail()
-		}
-		seen[f] = true
+		o.Once(&seen, f)
 	}
 	return req, compact, o.OK()
 }

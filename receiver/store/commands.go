@@ -170,10 +170,7 @@ func (r *Submitted) decodePlain(b []byte) bool {
 		default:
 			o.Fail()
 		}
-		if seen&f != 0 {
-			o.Fail()
-		}
-		seen |= f
+		o.Once(&seen, f)
 	}
 	if !o.Rest() {
 		return false
@@ -244,10 +241,7 @@ func (r *Outcome) decodePlain(b []byte) bool {
 		default:
 			o.Fail()
 		}
-		if seen&f != 0 {
-			o.Fail()
-		}
-		seen |= f
+		o.Once(&seen, f)
 	}
 	if !o.Rest() {
 		return false
